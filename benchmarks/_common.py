@@ -1,0 +1,71 @@
+"""Shared helpers for benchmark scripts: a result table row and a server in a child process."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@dataclass
+class Row:
+    benchmark: str
+    metric: str
+    value: float
+    unit: str
+    ratio: float
+    ratio_meaning: str
+    target: str
+    ok: bool
+
+
+def emit(rows: list[Row]) -> None:
+    """Print a table and, for run_all.py, one JSON line per row prefixed with BENCH."""
+    for r in rows:
+        flag = "ok" if r.ok else "MISS"
+        print(f"{r.benchmark:<28} {r.metric:<34} {r.value:>10.3f} {r.unit:<10} ratio {r.ratio:>7.3f} ({r.ratio_meaning}; target {r.target}) {flag}")
+    if os.environ.get("WEBDANCER_BENCH_JSON"):
+        for r in rows:
+            print("BENCH " + json.dumps(asdict(r)))
+
+
+def _serve_fake_openai(port_q: mp.Queue, latency_s: float, script: str) -> None:
+    import asyncio
+    from collections import deque
+
+    from webdancer.testing.fake_openai import FakeOpenAIState, serve_asyncio
+
+    scripts = {"search_twice_then_answer": _search_twice_then_answer}
+    state = FakeOpenAIState(replies=deque(), default=scripts[script], latency_s=latency_s, keep_requests=False)
+    asyncio.run(serve_asyncio(state, on_ready=port_q.put))
+
+
+def _search_twice_then_answer(request: dict) -> str:
+    n_obs = sum(1 for m in request["messages"] if m["content"].startswith("<tool_response>"))
+    if n_obs < 2:
+        call = {"name": "search", "arguments": {"query": [f"query {n_obs}"]}}
+        return f"<think>look it up</think>\n<tool_call>\n{json.dumps(call)}\n</tool_call>"
+    return "<think>found it</think>\n<answer>done</answer>"
+
+
+class FakeModelProcess:
+    """The fake OpenAI server in its own process, so the agent under test does not share its GIL."""
+
+    def __init__(self, latency_s: float, script: str = "search_twice_then_answer"):
+        ctx = mp.get_context("spawn")
+        self.q: mp.Queue = ctx.Queue()
+        self.proc = ctx.Process(target=_serve_fake_openai, args=(self.q, latency_s, script), daemon=True)
+
+    def __enter__(self) -> str:
+        self.proc.start()
+        port = self.q.get(timeout=30)
+        return f"http://127.0.0.1:{port}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.join(5)

@@ -1,0 +1,59 @@
+"""Rewards `format` and `answer`: the paper's format score and answer score (exact/F1 fallback)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from webdancer import hookimpl
+from webdancer.rewards import Reward, RewardInput
+from webdancer.scoring import contains_answer, exact_match, token_f1
+from webdancer.wire import parse_assistant
+
+
+class FormatReward(Reward):
+    """1.0 when the response ends in exactly one well-formed <answer> and every turn parses."""
+
+    name = "format"
+
+    async def score(self, sample: RewardInput) -> float:
+        if sample.trajectory is not None:
+            steps = sample.trajectory.steps
+            ok = bool(steps) and all(s.parse_error is None and not s.wrote_tool_response for s in steps)
+            return float(ok and steps[-1].answer is not None)
+        parsed = parse_assistant(_last_turn(sample.response), {})
+        return float(parsed.answer is not None and parsed.error is None)
+
+
+def _last_turn(response: str) -> str:
+    """The text after the last tool response: the final assistant turn of a flattened rollout."""
+    marker = "</tool_response>"
+    return response.rsplit(marker, 1)[-1] if marker in response else response
+
+
+@dataclass
+class AnswerRewardConfig:
+    # exact: normalized exact match (or the reference contained in a short answer); f1: token F1.
+    metric: str = "exact"
+
+
+class AnswerReward(Reward):
+    """Answer correctness without a judge model; the LLM judge is a separate reward plugin."""
+
+    name = "answer"
+    Config = AnswerRewardConfig
+
+    async def score(self, sample: RewardInput) -> float:
+        answer = sample.answer
+        if answer is None:
+            answer = parse_assistant(_last_turn(sample.response), {}).answer
+        if not answer:
+            return 0.0
+        if self.config.metric == "f1":
+            return token_f1(answer, sample.reference)
+        return float(exact_match(answer, sample.reference) or (len(answer.split()) <= 3 * max(1, len(sample.reference.split())) and contains_answer(answer, sample.reference)))
+
+
+@hookimpl
+def register_rewards(register):
+    register(FormatReward)
+    register(AnswerReward)

@@ -1,0 +1,43 @@
+"""Small real tools registered in-process by the tests (the same hook third-party plugins use)."""
+
+import asyncio
+
+from webdancer import hookimpl
+from webdancer.tools import Tool
+
+LIST_OF_STRINGS = {"type": "array", "items": {"type": "string"}}
+
+
+class EchoTool(Tool):
+    name = "search"
+    description = "Echo the queries back (stands in for search in agent-loop tests)."
+    parameters = {"type": "object", "properties": {"query": LIST_OF_STRINGS}, "required": ["query"]}
+
+    async def call(self, arguments):
+        return "results for: " + " | ".join(arguments["query"])
+
+
+class SlowTool(Tool):
+    name = "slow"
+    description = "Sleeps for `seconds`."
+    parameters = {"type": "object", "properties": {"seconds": {"type": "number"}}, "required": ["seconds"]}
+
+    async def call(self, arguments):
+        await asyncio.sleep(arguments["seconds"])
+        return "woke up"
+
+
+class BoomTool(Tool):
+    name = "boom"
+    description = "Always raises."
+    parameters = {"type": "object", "properties": {}}
+
+    async def call(self, arguments):
+        raise RuntimeError("the tool broke")
+
+
+@hookimpl
+def register_tools(register):
+    register(EchoTool)
+    register(SlowTool)
+    register(BoomTool)

@@ -1,0 +1,147 @@
+"""The ReAct agent loop: policy turn -> parse -> tool call -> observation, until an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import inspect
+from typing import Any, Callable, Iterable, Optional
+
+from webdancer.config import AgentConfig
+from webdancer.errors import WebdancerError
+from webdancer.policies import Policy
+from webdancer.records import Message, QAItem, Step, ToolResult, Trajectory, Usage, stable_id
+from webdancer.tools import ToolBox
+from webdancer.wire import initial_messages, parse_assistant, render_tool_response
+
+StepCallback = Callable[[Step], Any]
+TRUNCATED = "[earlier observation removed to fit the context budget]"
+
+
+class Agent:
+    """Runs one policy with one toolbox. Safe to run many trajectories concurrently."""
+
+    def __init__(self, policy: Policy, toolbox: ToolBox, config: Optional[AgentConfig] = None):
+        self.policy = policy
+        self.toolbox = toolbox
+        self.config = config or AgentConfig()
+        self._tool_params = {s["name"]: s["parameters"] for s in toolbox.schemas()}
+
+    def _date(self) -> str:
+        return self.config.current_date or dt.date.today().isoformat()
+
+    def _fit_context(self, messages: list[Message]) -> bool:
+        """Blank the oldest observations until the prompt fits; False when even that is not enough."""
+        count = self.policy.count_tokens
+        budget = self.config.max_context_tokens
+        total = sum(count(m.content) for m in messages)
+        for i in range(2, len(messages)):
+            if total <= budget:
+                break
+            msg = messages[i]
+            if msg.role == "user" and msg.content != render_tool_response(TRUNCATED):
+                before = count(msg.content)
+                msg.content = render_tool_response(TRUNCATED)
+                total -= before - count(msg.content)
+        return total <= budget
+
+    async def run(
+        self,
+        question: str,
+        *,
+        task: Optional[QAItem] = None,
+        sample_index: int = 0,
+        on_step: Optional[StepCallback] = None,
+    ) -> Trajectory:
+        started = time.perf_counter()
+        qid = task.id if task else stable_id(question)
+        traj = Trajectory(
+            id=f"{qid}:{sample_index}",
+            question=question,
+            messages=initial_messages(question, self.toolbox.schemas(), self._date(), self.config.system_prompt_file),
+            question_id=qid,
+            sample_index=sample_index,
+            reference_answer=task.answer if task else None,
+            policy=self.policy.name,
+            model=self.policy.model_name,
+            tools=self.toolbox.schemas(),
+            provenance={"tag": task.tag} if task and task.tag else {},
+            started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            termination="max_turns",
+        )
+        try:
+            await self._loop(traj, task, on_step)
+        finally:
+            traj.elapsed_s = time.perf_counter() - started
+        return traj
+
+    async def _loop(self, traj: Trajectory, task: Optional[QAItem], on_step: Optional[StepCallback]) -> None:
+        for index in range(self.config.max_turns):
+            if not self._fit_context(traj.messages):
+                traj.termination = "context_overflow"
+                return
+            try:
+                out = await self.policy.act(list(traj.messages), task)
+            except WebdancerError as exc:
+                traj.termination, traj.error = "model_error", str(exc)
+                return
+            except Exception as exc:  # a policy bug is recorded, not raised: one rollout must not stop a run
+                traj.termination, traj.error = "policy_error", f"{type(exc).__name__}: {exc}"
+                return
+            traj.usage.add(out.usage)
+            parsed = parse_assistant(out.text, self._tool_params)
+            step = Step(
+                index=index,
+                raw_output=out.text,
+                thought=parsed.thought,
+                tool_call=parsed.tool_call,
+                answer=parsed.answer,
+                parse_error=parsed.error,
+                wrote_tool_response=parsed.wrote_tool_response,
+                model_latency_s=out.latency_s,
+                usage=Usage(out.usage.prompt_tokens, out.usage.completion_tokens),
+            )
+            traj.steps.append(step)
+            traj.messages.append(Message("assistant", parsed.text))
+            if parsed.answer is not None:
+                traj.answer, traj.termination = parsed.answer, "answered"
+                await _notify(on_step, step)
+                return
+            if parsed.error is not None:
+                result = ToolResult(name="", content=f"[format error] {parsed.error}", error=True)
+            else:
+                result = await self.toolbox.run(parsed.tool_call)
+            step.tool_result = result
+            traj.messages.append(Message("user", render_tool_response(result.content)))
+            await _notify(on_step, step)
+        traj.termination = "max_turns"
+
+
+async def _notify(callback: Optional[StepCallback], step: Step) -> None:
+    if callback is None:
+        return
+    out = callback(step)
+    if inspect.isawaitable(out):
+        await out
+
+
+async def run_many(
+    agent: Agent,
+    tasks: Iterable[tuple[QAItem, int]],
+    concurrency: int,
+    on_done: Optional[Callable[[Trajectory], Any]] = None,
+) -> list[Trajectory]:
+    """Run (task, sample index) pairs with at most `concurrency` in flight; results in completion order."""
+    sem = asyncio.Semaphore(concurrency)
+    results: list[Trajectory] = []
+
+    async def one(task: QAItem, sample: int) -> None:
+        async with sem:
+            traj = await agent.run(task.question, task=task, sample_index=sample)
+        results.append(traj)
+        if on_done is not None:
+            await _notify(on_done, traj)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(one(t, s) for t, s in tasks))
+    return results

@@ -1,0 +1,193 @@
+"""The `webdancer` command line; plugins add their own subcommands through `register_commands`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+import click
+
+from webdancer import __version__
+from webdancer.config import WebdancerConfig, config_to_yaml, load_config
+from webdancer.errors import WebdancerError
+from webdancer.plugins import KINDS, get_plugins
+from webdancer.records import Step, ToolCall, stable_id
+
+
+class WebdancerGroup(click.Group):
+    """Turns WebdancerError into one clear line and its exit code (2 for config errors)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WebdancerError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def config_options(fn):
+    """`-c CONFIG` plus trailing `key=value` overrides, shared by every command that reads config."""
+    fn = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (see configs/).")(fn)
+    return fn
+
+
+def resolve_config(config_path: Optional[str], overrides: tuple[str, ...]) -> WebdancerConfig:
+    return load_config(config_path, overrides)
+
+
+@click.group(cls=WebdancerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="webdancer")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Train and run web information-seeking agents (WebDancer)."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_cmd(as_json: bool) -> None:
+    """List installed plugins and what each registers."""
+    plugins = get_plugins()
+    infos = plugins.describe()
+    if as_json:
+        out = {
+            "hook_kinds": list(KINDS),
+            "plugins": [
+                {
+                    "name": i.name,
+                    "distribution": i.distribution,
+                    "version": i.version,
+                    "registers": i.registers,
+                    "commands": i.commands,
+                    "error": i.error or None,
+                }
+                for i in infos
+            ],
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="webdancer plugins")
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("distribution")
+    for kind in KINDS:
+        table.add_column(kind)
+    table.add_column("status")
+    for i in infos:
+        dist = f"{i.distribution} {i.version}".strip()
+        status = f"[red]failed: {i.error}[/red]" if i.error else "ok"
+        table.add_row(i.name, dist, *[", ".join(i.registers[k]) for k in KINDS], status)
+    Console().print(table)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect configuration."""
+
+
+@config_group.command("show")
+@config_options
+@click.argument("overrides", nargs=-1)
+def config_show(config_path: Optional[str], overrides: tuple[str, ...]) -> None:
+    """Print the resolved config (defaults <- file <- overrides)."""
+    click.echo(config_to_yaml(resolve_config(config_path, overrides)), nl=False)
+
+
+@cli.command("tool")
+@config_options
+@click.argument("name")
+@click.argument("json_args")
+@click.argument("overrides", nargs=-1)
+def tool_cmd(config_path: Optional[str], name: str, json_args: str, overrides: tuple[str, ...]) -> None:
+    """Call tool NAME with JSON_ARGS and print its observation."""
+    from webdancer.tools import ToolBox
+    from webdancer.wire import validate_arguments
+
+    cfg = resolve_config(config_path, overrides)
+    try:
+        arguments = json.loads(json_args)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"JSON_ARGS is not valid JSON ({exc.msg}); example: '{{\"query\": [\"python\"]}}'")
+    if not isinstance(arguments, dict):
+        raise click.UsageError("JSON_ARGS must be a JSON object")
+    toolbox = ToolBox.from_config([name], cfg.tools, cfg.agent.tool_timeout_s)
+    problem = validate_arguments(arguments, toolbox.tools[name].parameters)
+    if problem:
+        raise click.UsageError(f"tool '{name}': {problem}")
+
+    async def go() -> int:
+        async with toolbox:
+            result = await toolbox.run(ToolCall(name, arguments))
+        click.echo(result.content)
+        return 1 if result.error else 0
+
+    sys.exit(asyncio.run(go()))
+
+
+def print_step(step: Step) -> None:
+    click.secho(f"── step {step.index + 1} ──", fg="cyan")
+    if step.thought:
+        click.secho(f"think: {step.thought}", dim=True)
+    if step.tool_call is not None:
+        click.secho(f"call:  {step.tool_call.name} {json.dumps(step.tool_call.arguments, ensure_ascii=False)}", fg="yellow")
+    if step.parse_error:
+        click.secho(f"format error: {step.parse_error}", fg="red")
+    if step.tool_result is not None and step.tool_call is not None:
+        text = step.tool_result.content
+        click.echo("obs:   " + (text[:600] + f" … [{len(text)} chars]" if len(text) > 600 else text))
+    if step.answer is not None:
+        click.secho(f"answer: {step.answer}", fg="green", bold=True)
+
+
+@cli.command("run")
+@config_options
+@click.argument("question")
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Append the trajectory to this JSONL file.")
+def run_cmd(config_path: Optional[str], question: str, overrides: tuple[str, ...], out: Optional[str]) -> None:
+    """Run the agent once on QUESTION, streaming its steps."""
+    from webdancer.agent import Agent
+    from webdancer.jsonl import JsonlAppender
+    from webdancer.policies import build_policy
+    from webdancer.tools import ToolBox
+
+    cfg = resolve_config(config_path, overrides)
+    policy = build_policy(cfg.policy.name, cfg.policy.options, cfg.model)
+    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
+
+    sink = JsonlAppender(out) if out else None
+    sample = 0
+    if sink is not None:  # another run of the same question is the next sample, never a duplicate id
+        while f"{stable_id(question)}:{sample}" in sink:
+            sample += 1
+
+    async def go():
+        try:
+            async with toolbox:
+                return await Agent(policy, toolbox, cfg.agent).run(question, sample_index=sample, on_step=print_step)
+        finally:
+            await policy.aclose()
+
+    traj = asyncio.run(go())
+    click.secho(f"termination: {traj.termination}  turns: {len(traj.steps)}  time: {traj.elapsed_s:.1f}s", fg="cyan")
+    if traj.error:
+        click.secho(f"error: {traj.error}", fg="red", err=True)
+    if sink is not None:
+        sink.write(traj)
+        sink.close()
+    sys.exit(0 if traj.termination == "answered" else 1)
+
+
+def main() -> None:
+    get_plugins().add_commands(cli)
+    cli(prog_name="webdancer")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Typed config: omegaconf YAML with `defaults:` composition and `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from webdancer.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    root: str = "runs"
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.root) / self.name
+
+
+@dataclass
+class ModelConfig:
+    """An OpenAI-compatible chat endpoint; the key is read from the env var named here, never stored."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "webdancer-tiny"
+    api_key_env: Optional[str] = None
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    stop: list[str] = field(default_factory=lambda: ["<tool_response>"])
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AgentConfig:
+    max_turns: int = 20
+    max_context_tokens: int = 32768
+    # The tools offered to the model, in this order; their options live under `tools.<name>`.
+    tools: list[str] = field(default_factory=lambda: ["search", "visit"])
+    tool_timeout_s: float = 60.0
+    concurrency: int = 8
+    system_prompt_file: Optional[str] = None
+    current_date: Optional[str] = None
+
+
+@dataclass
+class ComponentConfig:
+    """Names a registered component (policy, reward, ...) and passes it its own options."""
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WebdancerConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    policy: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="openai"))
+    # Tool name -> that tool's options (for any tool, offered or not).
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Reward name -> weight, for scoring trajectories and RL.
+    rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "answer": 0.9})
+    reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    if close:
+        return f"closest valid keys: {', '.join(close)}"
+    return f"valid keys: {', '.join(choices)}" if choices else "this section takes no keys"
+
+
+def _fields_at(schema: type, dotted: str) -> list[str]:
+    """The field names of the dataclass holding the last key of `dotted` inside `schema`."""
+    import typing
+
+    cls: Any = schema
+    for part in [p for p in dotted.split(".") if p][:-1]:
+        if not dataclasses.is_dataclass(cls):
+            return []
+        cls = typing.get_type_hints(cls).get(part)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load `path`, merging the files its `defaults:` list names (relative to it) underneath it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'defaults' includes itself through {' -> '.join(str(p) for p in seen)}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    includes = data.pop("defaults", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged = OmegaConf.create()
+    for inc in includes:
+        if not isinstance(inc, str):
+            raise ConfigError(f"{path}: 'defaults' entries must be file paths, got {inc!r}")
+        merged = OmegaConf.merge(merged, _load_yaml(path.parent / inc, seen + (path,)))
+    return OmegaConf.merge(merged, OmegaConf.create(data))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), schema: type = WebdancerConfig) -> Any:
+    """Compose defaults <- YAML file(s) <- `key=value` overrides, validated into `schema`."""
+    base = OmegaConf.structured(schema)
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        layers.append((str(path), _load_yaml(Path(path))))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. agent.max_turns=10)")
+    if overrides:
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"command-line overrides: {exc}") from None
+    merged = base
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as exc:
+            key = exc.full_key or str(exc.key)
+            last = key.split(".")[-1]
+            raise ConfigError(f"{source}: unknown config key '{key}'; {_closest(last, _fields_at(schema, key))}") from None
+        except ValidationError as exc:
+            key = exc.full_key or str(exc.key)
+            raise ConfigError(f"{source}: bad value for '{key}': {str(exc).splitlines()[0]}") from None
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "")
+        raise ConfigError(f"config: '{key}': {str(exc).splitlines()[0]}") from None
+
+
+def validate_options(cls: type, options: dict[str, Any], where: str) -> Any:
+    """Validate a component's `options` mapping against its own Config dataclass (same errors as the core)."""
+    from webdancer.typed import FieldError, from_dict
+
+    options = OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else dict(options or {})
+    try:
+        return from_dict(cls, options)
+    except FieldError as exc:
+        last = exc.path.split(".")[-1]
+        if "is not a field" in exc.message:
+            names = [f.name for f in dataclasses.fields(cls)]
+            raise ConfigError(f"unknown config key '{where}.{exc.path}'; {_closest(last, names)}") from None
+        raise ConfigError(f"bad value for '{where}.{exc.path}': {exc.message}") from None
+
+
+def read_secret(env_names: list[str] | str | None, what: str) -> str | None:
+    """The one place that reads API keys from the environment; returns None when no name is set."""
+    if not env_names:
+        return None
+    names = [env_names] if isinstance(env_names, str) else list(env_names)
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    raise ConfigError(f"{what} needs an API key: set the environment variable {' or '.join(names)}")
+
+
+def config_to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

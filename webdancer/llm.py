@@ -1,0 +1,134 @@
+"""Async client for OpenAI-compatible chat endpoints (SGLang, vLLM, transformers serve, hosted APIs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import httpx
+
+from webdancer.config import ModelConfig, read_secret
+from webdancer.errors import ModelError
+from webdancer.http import ShardedAsyncClient, shared_ssl_context
+from webdancer.records import Message, Usage
+
+log = logging.getLogger("webdancer.llm")
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class ChatResult:
+    text: str
+    reasoning: str = ""
+    finish_reason: str = ""
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    attempts: int = 1
+
+
+class ChatClient:
+    """One endpoint + model. Retries 429/5xx/connection errors with jittered exponential backoff.
+
+    The API key is read once from the env var the config names and only ever goes into the
+    Authorization header; error messages are scrubbed of it.
+    """
+
+    def __init__(self, config: ModelConfig, client: Optional[Any] = None):
+        self.config = config
+        self._key = read_secret(config.api_key_env, f"model endpoint {config.base_url}")
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
+        self._client = client or ShardedAsyncClient(lambda: httpx.AsyncClient(timeout=timeout, verify=shared_ssl_context()))
+        self._headers = headers
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        stop: Optional[list[str]] = None,
+        temperature: Optional[float] = None,
+        max_tokens: Optional[int] = None,
+        **extra: Any,
+    ) -> ChatResult:
+        cfg = self.config
+        body: dict[str, Any] = {
+            "model": cfg.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "temperature": cfg.temperature if temperature is None else temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_tokens if max_tokens is None else max_tokens,
+            **cfg.extra_body,
+            **extra,
+        }
+        stops = cfg.stop if stop is None else stop
+        if stops:
+            body["stop"] = list(stops)
+        start = time.perf_counter()
+        last_error = ""
+        for attempt in range(1, cfg.max_retries + 2):
+            retry_after: Optional[float] = None
+            try:
+                resp = await self._client.post(self._url, json=body, headers=self._headers)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return self._result(resp, start, attempt)
+                last_error = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+                retry_after = _retry_after(resp)
+            if attempt > cfg.max_retries:
+                break
+            delay = retry_after if retry_after is not None else cfg.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("model call failed (%s), retry %d/%d in %.2fs", self._scrub(last_error)[:200], attempt, cfg.max_retries, delay)
+            await asyncio.sleep(delay)
+        raise ModelError(f"model endpoint {cfg.base_url} (model {cfg.model}) failed: {self._scrub(last_error)}")
+
+    def _result(self, resp: httpx.Response, start: float, attempt: int) -> ChatResult:
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ModelError(f"model endpoint {self.config.base_url} sent a reply that is not a chat completion ({type(exc).__name__}: {exc})") from None
+        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+        usage = data.get("usage") or {}
+        return ChatResult(
+            text=text,
+            reasoning=reasoning,
+            finish_reason=choice.get("finish_reason") or "",
+            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            latency_s=time.perf_counter() - start,
+            attempts=attempt,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> "ChatClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _retry_after(resp: httpx.Response) -> Optional[float]:
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return min(float(value), 60.0)
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""Loopback fakes that speak real wire protocols, for tests, benchmarks and plugin authors."""

@@ -1,0 +1,145 @@
+"""A fake OpenAI-compatible chat server on loopback: scripted replies, failures, fixed latency.
+
+It speaks the real `/v1/chat/completions` wire format (request JSON, `choices[0].message`,
+`usage`, `finish_reason`, HTTP errors with `Retry-After`) so the real client is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+from webdancer.testing.servers import BackgroundServer, QuietHandler
+
+# A reply is the assistant text, or (status, body) for an HTTP failure, or a function of the request.
+Reply = Union[str, tuple[int, str], Callable[[dict], str]]
+
+
+@dataclass
+class FakeOpenAIState:
+    replies: deque = field(default_factory=deque)
+    default: Optional[Reply] = None
+    latency_s: float = 0.0
+    requests: list[dict] = field(default_factory=list)
+    headers: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reasoning: str = ""
+    keep_requests: bool = True
+    async_latency: bool = False
+
+
+class _Handler(QuietHandler):
+    state: FakeOpenAIState
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            self.send_json(200, json.dumps({"object": "list", "data": [{"id": "fake-model", "object": "model"}]}).encode())
+        elif self.path in ("/health", "/v1/health"):
+            self.send_json(200, b"{}")
+        else:
+            self.send_json(404, b'{"error": {"message": "not found"}}')
+
+    def do_POST(self) -> None:  # noqa: N802
+        state = self.server.owner.state  # type: ignore[attr-defined]
+        status, payload, headers = respond(state, self.path, self.read_body(), dict(self.headers))
+        self.send_json(status, payload, headers)
+
+
+def respond(state: FakeOpenAIState, path: str, body: bytes, headers: dict) -> tuple[int, bytes, Optional[dict]]:
+    """The reply to one POST, shared by the threaded server (tests) and the asyncio one (benchmarks)."""
+    if not path.endswith("/chat/completions"):
+        return 404, b'{"error": {"message": "not found"}}', None
+    try:
+        request = json.loads(body)
+    except json.JSONDecodeError:
+        return 400, b'{"error": {"message": "invalid JSON body"}}', None
+    with state.lock:
+        if state.keep_requests:
+            state.requests.append(request)
+            state.headers.append(headers)
+        reply = state.replies.popleft() if state.replies else state.default
+    if state.latency_s and not state.async_latency:
+        time.sleep(state.latency_s)
+    if reply is None:
+        return 500, b'{"error": {"message": "fake server has no scripted reply left"}}', None
+    if callable(reply):
+        reply = reply(request)
+    if isinstance(reply, tuple):
+        status, text = reply
+        extra = {"Retry-After": "0"} if status == 429 else None
+        return status, json.dumps({"error": {"message": text}}).encode(), extra
+    text = reply
+    for stop in request.get("stop") or []:
+        idx = text.find(stop)
+        if idx >= 0:
+            text = text[:idx]
+    message = {"role": "assistant", "content": text}
+    if state.reasoning:
+        message["reasoning_content"] = state.reasoning
+    prompt_chars = sum(len(m.get("content") or "") for m in request.get("messages", []))
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "fake-model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_chars // 4 + 1,
+            "completion_tokens": len(text) // 4 + 1,
+            "total_tokens": prompt_chars // 4 + len(text) // 4 + 2,
+        },
+    }
+    return 200, json.dumps(payload).encode(), None
+
+
+async def serve_asyncio(state: FakeOpenAIState, port: int = 0, on_ready=None) -> None:
+    """The same fake on asyncio, for load benchmarks: one thread, no per-connection threads.
+
+    Minimal HTTP/1.1 with keep-alive and Content-Length bodies, which is all OpenAI clients send.
+    """
+    import asyncio
+
+    state.async_latency = True
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                hdrs = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                length = int(next((v for k, v in hdrs.items() if k.lower() == "content-length"), "0"))
+                body = await reader.readexactly(length) if length else b""
+                if state.latency_s:
+                    await asyncio.sleep(state.latency_s)
+                status, payload, extra = respond(state, path, body, hdrs)
+                out = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+                out += [f"{k}: {v}" for k, v in (extra or {}).items()]
+                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    if on_ready is not None:
+        on_ready(server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+class FakeOpenAIServer(BackgroundServer):
+    """Usage: `with FakeOpenAIServer(["reply 1", (429, "slow down"), "reply 2"]) as srv: srv.base_url`."""
+
+    def __init__(self, replies: Optional[list[Reply]] = None, default: Optional[Reply] = None, latency_s: float = 0.0, port: int = 0):
+        super().__init__(_Handler, port)
+        self.state = FakeOpenAIState(replies=deque(replies or []), default=default, latency_s=latency_s)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"

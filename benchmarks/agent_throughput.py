@@ -40,7 +40,10 @@ def build_agent(base_url: str):
         def register_tools(register):
             register(FixedLatencySearch)
 
-    plugins = Plugins()
+    import webdancer_openai
+
+    plugins = Plugins(load_entrypoints=False)  # only the policy under test and the fixed-latency tool
+    plugins.register(webdancer_openai, name="openai")
     plugins.register(Plugin, name="bench")
     policy = build_policy("openai", {}, ModelConfig(base_url=base_url, model="fake", max_retries=0), plugins)
     toolbox = ToolBox.from_config(["search"], {}, 10.0, plugins)

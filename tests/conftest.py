@@ -30,3 +30,38 @@ def reference_dir():
     if not (REFERENCE / "sample_traj.jsonl").exists():
         pytest.skip("../shared/reference is not beside this checkout")
     return REFERENCE
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+PYTHON_DOCS = Path("/usr/share/doc/python3-doc/html")
+FOLDOC = Path("/usr/share/dictd/foldoc.index")
+
+
+@pytest.fixture(scope="session")
+def local_web(tmp_path_factory):
+    """A small real offline web (Python docs + FOLDOC, from their Debian packages), built and served once."""
+    if not PYTHON_DOCS.is_dir() or not FOLDOC.is_file():
+        pytest.fail("python3-doc and dict-foldoc must be installed (scripts/setup.sh installs them)")
+    from webdancer.config import SiteConfig, WebConfig
+    from webdancer_web.build import build_web
+    from webdancer_web.server import LocalWebServer
+
+    root = tmp_path_factory.mktemp("web")
+    web = WebConfig(
+        root=str(root),
+        port=free_port(),
+        sites=[
+            SiteConfig("python", "html_dir", str(PYTHON_DOCS), max_pages=80),
+            SiteConfig("foldoc", "foldoc", str(FOLDOC.parent)),
+        ],
+    )
+    stats = build_web(web.sites, root, web.base_url)
+    with LocalWebServer(root, web.host, web.port) as server:
+        yield web, stats, server

@@ -21,7 +21,7 @@ def answer(text):
     return render_assistant("done", answer=text)
 
 
-def make_agent(plugins, srv, tools=("search",), **agent_kw):
+def make_agent(plugins, srv, tools=("lookup",), **agent_kw):
     model = ModelConfig(base_url=srv.base_url, model="fake", backoff_s=0.01, max_retries=1)
     policy = build_policy("openai", {}, model, plugins)
     toolbox = ToolBox.from_config(list(tools), {}, agent_kw.pop("tool_timeout_s", 5.0), plugins)
@@ -29,7 +29,7 @@ def make_agent(plugins, srv, tools=("search",), **agent_kw):
 
 
 async def test_search_then_answer(plugins):
-    with FakeOpenAIServer([call("search", query=["who won 1964 derby"]), answer("Santa Claus")]) as srv:
+    with FakeOpenAIServer([call("lookup", query=["who won 1964 derby"]), answer("Santa Claus")]) as srv:
         steps = []
         traj = await make_agent(plugins, srv).run("Who won?", on_step=steps.append)
     assert traj.termination == "answered" and traj.answer == "Santa Claus"
@@ -53,7 +53,7 @@ async def test_malformed_output_becomes_observation_and_rollout_continues(plugin
 
 
 async def test_max_turns(plugins):
-    with FakeOpenAIServer(default=call("search", query=["again"])) as srv:
+    with FakeOpenAIServer(default=call("lookup", query=["again"])) as srv:
         traj = await make_agent(plugins, srv, max_turns=3).run("q")
     assert traj.termination == "max_turns" and len(traj.steps) == 3 and traj.answer is None
 
@@ -68,7 +68,7 @@ async def test_tool_timeout_and_tool_exception_are_observations(plugins):
 
 
 async def test_model_failure_ends_rollout_with_reason(plugins):
-    with FakeOpenAIServer([call("search", query=["a"])], default=(503, "down")) as srv:
+    with FakeOpenAIServer([call("lookup", query=["a"])], default=(503, "down")) as srv:
         traj = await make_agent(plugins, srv).run("q")
     assert traj.termination == "model_error" and "HTTP 503" in traj.error
     assert len(traj.steps) == 1
@@ -76,7 +76,7 @@ async def test_model_failure_ends_rollout_with_reason(plugins):
 
 async def test_context_budget_truncates_old_observations_never_system(plugins):
     big = ["x" * 4000]
-    replies = [call("search", query=big), call("search", query=big), answer("a")]
+    replies = [call("lookup", query=big), call("lookup", query=big), answer("a")]
     with FakeOpenAIServer(replies) as srv:
         agent = make_agent(plugins, srv, max_context_tokens=3600)
         traj = await agent.run("q")
@@ -96,7 +96,7 @@ async def test_context_overflow_when_prompt_alone_is_too_big(plugins):
 async def test_many_concurrent_trajectories(plugins):
     def script(request):
         n_obs = sum(1 for m in request["messages"] if m["content"].startswith("<tool_response>"))
-        return call("search", query=["step"]) if n_obs < 2 else answer("done")
+        return call("lookup", query=["step"]) if n_obs < 2 else answer("done")
 
     with FakeOpenAIServer(default=script, latency_s=0.05) as srv:
         agent = make_agent(plugins, srv)

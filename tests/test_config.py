@@ -24,8 +24,16 @@ def test_composition_and_overrides(tmp_path):
     assert cfg.agent.max_turns == 7
     assert cfg.model.model == "run-model"
     assert cfg.agent.concurrency == 3
-    assert cfg.tools["search"] == {"top_k": 5}
+    assert cfg.tools["search"] == {"top_k": 5, "web_root": cfg.web.root}
     assert cfg.agent.tools == ["search"]
+
+
+def test_web_tools_follow_the_web_section():
+    cfg = load_config(None, ["web.root=/tmp/w", "web.port=9001"])
+    assert cfg.tools["search"]["web_root"] == "/tmp/w"
+    assert cfg.tools["visit"]["local_sites"] == ["127.0.0.1:9001"]
+    explicit = load_config(None, ["web.root=/tmp/w", "tools.search.web_root=/elsewhere"])
+    assert explicit.tools["search"]["web_root"] == "/elsewhere"
 
 
 def test_unknown_key_names_key_and_closest(tmp_path):

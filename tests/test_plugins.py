@@ -22,7 +22,7 @@ def test_first_party_plugins_come_from_entry_points():
 
 def test_duplicate_name_names_both_plugins(plugins):
     class Another(Tool):
-        name = "search"
+        name = "lookup"
         description = "dup"
         parameters = {"type": "object", "properties": {}}
 
@@ -35,11 +35,11 @@ def test_duplicate_name_names_both_plugins(plugins):
     plugins.register(Dup, name="dup-plugin")
     with pytest.raises(PluginError) as err:
         plugins.components("tools")
-    assert "'search'" in str(err.value) and "test-toolkit" in str(err.value) and "dup-plugin" in str(err.value)
+    assert "'lookup'" in str(err.value) and "test-toolkit" in str(err.value) and "dup-plugin" in str(err.value)
 
 
 def test_unknown_component_lists_installed(plugins):
-    with pytest.raises(PluginError, match=r"no tool named 'nope'.*installed: boom, search, slow"):
+    with pytest.raises(PluginError, match=r"no tool named 'nope'.*installed: boom, lookup, search, slow, visit"):
         plugins.get("tools", "nope")
 
 
@@ -66,9 +66,9 @@ def test_broken_plugin_is_reported_and_cli_keeps_working(tmp_path, monkeypatch):
 def test_plugins_json_lists_hook_kinds(plugins):
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     data = json.loads(result.output)
-    assert data["hook_kinds"] == ["tools", "rewards", "synthesizers", "policies"]
+    assert data["hook_kinds"][:4] == ["tools", "rewards", "synthesizers", "policies"]
     toolkit = [p for p in data["plugins"] if p["name"] == "test-toolkit"][0]
-    assert toolkit["registers"]["tools"] == ["search", "slow", "boom"]
+    assert toolkit["registers"]["tools"] == ["lookup", "slow", "boom"]
     table = CliRunner().invoke(cli, ["plugins"])
     assert table.exit_code == 0 and "test-toolkit" in table.output
 
@@ -81,9 +81,9 @@ def test_config_error_exit_code_2(plugins):
 
 
 def test_tool_command_calls_registered_tool(plugins):
-    result = CliRunner().invoke(cli, ["tool", "search", '{"query": ["a", "b"]}'])
+    result = CliRunner().invoke(cli, ["tool", "lookup", '{"query": ["a", "b"]}'])
     assert result.exit_code == 0 and result.output.strip() == "results for: a | b"
-    bad = CliRunner().invoke(cli, ["tool", "search", '{"q": 1}'])
+    bad = CliRunner().invoke(cli, ["tool", "lookup", '{"q": 1}'])
     assert bad.exit_code == 2 and "missing required argument 'query'" in bad.output
     missing = CliRunner().invoke(cli, ["tool", "nope", "{}"])
     assert missing.exit_code == 1 and "no tool named 'nope'" in missing.output

@@ -9,8 +9,8 @@ LIST_OF_STRINGS = {"type": "array", "items": {"type": "string"}}
 
 
 class EchoTool(Tool):
-    name = "search"
-    description = "Echo the queries back (stands in for search in agent-loop tests)."
+    name = "lookup"
+    description = "Echo the queries back (a search stand-in for agent-loop tests)."
     parameters = {"type": "object", "properties": {"query": LIST_OF_STRINGS}, "required": ["query"]}
 
     async def call(self, arguments):

@@ -75,14 +75,16 @@ def plugins_cmd(as_json: bool) -> None:
 
     table = Table(title="webdancer plugins")
     table.add_column("plugin", no_wrap=True)
-    table.add_column("distribution")
-    for kind in KINDS:
-        table.add_column(kind)
+    table.add_column("distribution", no_wrap=True)
+    table.add_column("registers")
     table.add_column("status")
     for i in infos:
         dist = f"{i.distribution} {i.version}".strip()
+        registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in i.registers.items() if v)
+        if i.commands:
+            registers = f"{registers}; commands" if registers else "commands"
         status = f"[red]failed: {i.error}[/red]" if i.error else "ok"
-        table.add_row(i.name, dist, *[", ".join(i.registers[k]) for k in KINDS], status)
+        table.add_row(i.name, dist, registers, status)
     Console().print(table)
 
 

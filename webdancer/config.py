@@ -64,6 +64,36 @@ class ComponentConfig:
 
 
 @dataclass
+class SiteConfig:
+    """One local site, served under /<name>/ by `webdancer web serve`."""
+
+    name: str = ""
+    # html_dir: a folder of real HTML pages (Debian python3-doc); foldoc: the dictd files of dict-foldoc.
+    kind: str = "html_dir"
+    source: str = ""
+    max_pages: int = 0  # 0 = all
+
+
+@dataclass
+class WebConfig:
+    """The offline web: built into `root`, served on host:port (stable URLs depend on the port)."""
+
+    root: str = ".webdancer/web"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    sites: list[SiteConfig] = field(
+        default_factory=lambda: [
+            SiteConfig("python", "html_dir", "/usr/share/doc/python3-doc/html"),
+            SiteConfig("foldoc", "foldoc", "/usr/share/dictd"),
+        ]
+    )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
 class WebdancerConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -74,6 +104,7 @@ class WebdancerConfig:
     # Reward name -> weight, for scoring trajectories and RL.
     rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "answer": 0.9})
     reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:
@@ -149,10 +180,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
     try:
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "")
         raise ConfigError(f"config: '{key}': {str(exc).splitlines()[0]}") from None
+    if isinstance(cfg, WebdancerConfig):
+        _link_web_tools(cfg)
+    return cfg
+
+
+def _link_web_tools(cfg: WebdancerConfig) -> None:
+    """The web tools default to the configured offline web, so `web.root`/`web.port` are set in one place."""
+    search = cfg.tools.setdefault("search", {})
+    search.setdefault("web_root", cfg.web.root)
+    visit = cfg.tools.setdefault("visit", {})
+    visit.setdefault("local_sites", [f"{cfg.web.host}:{cfg.web.port}"])
 
 
 def validate_options(cls: type, options: dict[str, Any], where: str) -> Any:

@@ -46,5 +46,21 @@ def register_policies(register):
 
 
 @hookspec
+def register_search_backends(register):
+    """Register search backends (subclasses of `webdancer_web.search.SearchBackend`) for the `search` tool.
+
+    Selected by `tools.search.backend`; first-party: `local` (BM25 over the local web), `serper`.
+    """
+
+
+@hookspec
+def register_page_readers(register):
+    """Register page readers (subclasses of `webdancer_web.visit.PageReader`) for the `visit` tool.
+
+    A reader turns a URL into page text; selected by `tools.visit.reader`; first-party: `local`, `jina`.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the `webdancer` click group `cli` (e.g. `webdancer web ...`)."""

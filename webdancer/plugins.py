@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
-import sys
-import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -15,7 +13,7 @@ from webdancer import hookspecs
 from webdancer.errors import PluginError
 
 ENTRY_POINT_GROUP = "webdancer"
-KINDS = ("tools", "rewards", "synthesizers", "policies")
+KINDS = ("tools", "rewards", "synthesizers", "policies", "search_backends", "page_readers")
 
 
 @dataclass
@@ -77,11 +75,11 @@ class Plugins:
                 def register(component: Any, _kind: str = kind, _plugin: str = plugin_name) -> None:
                     cname = getattr(component, "name", None)
                     if not isinstance(cname, str) or not cname:
-                        raise PluginError(f"plugin '{_plugin}' registered a {_kind[:-1]} without a string `name`: {component!r}")
+                        raise PluginError(f"plugin '{_plugin}' registered a {_singular(_kind)} without a string `name`: {component!r}")
                     if cname in registry[_kind]:
                         other = registry[_kind][cname][1]
                         raise PluginError(
-                            f"{_kind[:-1]} name '{cname}' is registered twice: by plugin '{other}' and by plugin '{_plugin}'; "
+                            f"{_singular(_kind)} name '{cname}' is registered twice: by plugin '{other}' and by plugin '{_plugin}'; "
                             f"uninstall one of them or rename the component"
                         )
                     registry[_kind][cname] = (component, _plugin)
@@ -110,7 +108,7 @@ class Plugins:
             broken = [i.name for i in self.info.values() if i.error]
             if broken:
                 hint = f"; plugins that failed to load: {', '.join(broken)} (see `webdancer plugins`)"
-            raise PluginError(f"no {kind[:-1]} named '{name}' is registered (installed: {have}){hint}")
+            raise PluginError(f"no {_singular(kind)} named '{name}' is registered (installed: {have}){hint}")
         return entry[0]
 
     def describe(self) -> list[PluginInfo]:
@@ -124,6 +122,10 @@ class Plugins:
             except Exception as exc:
                 info = self.info.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name))
                 info.error = f"register_commands failed: {type(exc).__name__}: {exc}"
+
+
+def _singular(kind: str) -> str:
+    return kind[:-1].replace("_", " ")
 
 
 _default: Plugins | None = None

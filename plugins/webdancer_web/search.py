@@ -1,0 +1,176 @@
+"""The `search` tool (reference schema: a list of queries) and its backends: local BM25 and Serper."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import httpx
+
+from webdancer.config import read_secret, validate_options
+from webdancer.errors import WebdancerError
+from webdancer.tools import Tool
+
+from webdancer_web.index import Hit, LocalIndex
+
+SEPARATOR = "\n=======\n"
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class SearchConfig:
+    backend: str = "local"
+    top_k: int = 10
+    # local: the folder `webdancer web build` wrote.
+    web_root: str = ".webdancer/web"
+    # serper: endpoint and the env vars holding the key (the reference release used GOOGLE_SEARCH_KEY).
+    serper_url: str = "https://google.serper.dev/search"
+    api_key_env: list[str] = field(default_factory=lambda: ["SERPER_API_KEY", "GOOGLE_SEARCH_KEY"])
+    timeout_s: float = 20.0
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    max_queries: int = 5
+
+
+class SearchBackend:
+    """Subclass, set `name` and `label`, implement `search`. Raise WebdancerError for readable failures."""
+
+    name: ClassVar[str]
+    label: ClassVar[str] = "A search"
+
+    def __init__(self, config: SearchConfig):
+        self.config = config
+
+    async def search(self, query: str, k: int) -> list[Hit]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close clients."""
+
+
+@functools.lru_cache(maxsize=4)
+def _load_index(root: str) -> LocalIndex:
+    return LocalIndex(Path(root))
+
+
+class LocalSearch(SearchBackend):
+    """BM25 over the local web's page store; loads the index once per process."""
+
+    name = "local"
+    label = "A search"
+
+    def __init__(self, config: SearchConfig):
+        super().__init__(config)
+        self.index = _load_index(str(Path(config.web_root).resolve()))
+
+    async def search(self, query: str, k: int) -> list[Hit]:
+        return self.index.search(query, k)
+
+
+class SerperSearch(SearchBackend):
+    """Google results through Serper's API (POST JSON, X-API-KEY header, `organic` results)."""
+
+    name = "serper"
+    label = "A Google search"
+
+    def __init__(self, config: SearchConfig):
+        super().__init__(config)
+        self.key = read_secret(config.api_key_env, "the serper search backend")
+        self.client = httpx.AsyncClient(timeout=config.timeout_s)
+
+    async def search(self, query: str, k: int) -> list[Hit]:
+        cfg = self.config
+        last = ""
+        for attempt in range(cfg.max_retries + 1):
+            try:
+                resp = await self.client.post(cfg.serper_url, json={"q": query, "num": k}, headers={"X-API-KEY": self.key})
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}"
+            else:
+                if resp.status_code == 200:
+                    return self._hits(resp, k)
+                if resp.status_code in (401, 403):
+                    raise WebdancerError(f"serper rejected the API key (HTTP {resp.status_code}); check {' or '.join(cfg.api_key_env)}")
+                last = f"HTTP {resp.status_code}"
+                if resp.status_code not in RETRY_STATUS:
+                    break
+            if attempt < cfg.max_retries:
+                await asyncio.sleep(cfg.backoff_s * (2**attempt) * (0.5 + random.random()))
+        raise WebdancerError(f"serper search failed after {cfg.max_retries + 1} tries ({last})")
+
+    @staticmethod
+    def _hits(resp: httpx.Response, k: int) -> list[Hit]:
+        try:
+            organic = resp.json().get("organic") or []
+        except ValueError:
+            raise WebdancerError("serper sent a reply that is not JSON") from None
+        hits = []
+        for item in organic[:k]:
+            if not isinstance(item, dict) or not item.get("link"):
+                continue
+            snippet = item.get("snippet") or ""
+            if item.get("date"):
+                snippet = f"Date published: {item['date']}\n\n{snippet}"
+            hits.append(Hit(item["link"], item.get("title") or item["link"], snippet, 0.0))
+        return hits
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def format_results(label: str, query: str, hits: list[Hit]) -> str:
+    """The reference layout: a header line, `## Web Results`, numbered [title](url) blocks with snippets."""
+    if not hits:
+        return f"No results found for '{query}'. Try a shorter or more general query."
+    blocks = []
+    for i, hit in enumerate(hits, start=1):
+        snippet = hit.snippet.strip()
+        blocks.append(f"{i}. [{hit.title}]({hit.url})" + (f"\n\n{snippet}" if snippet else ""))
+    return f"{label} for '{query}' found {len(hits)} results:\n\n## Web Results\n" + "\n\n".join(blocks)
+
+
+class SearchTool(Tool):
+    name = "search"
+    description = "Search the web: give a list of queries; each query returns its top results (title, URL, snippet)."
+    parameters = {
+        "type": "object",
+        "properties": {
+            "query": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "One or more complementary search queries.",
+            }
+        },
+        "required": ["query"],
+    }
+    Config = SearchConfig
+
+    def __init__(self, config: Optional[SearchConfig] = None, plugins: Any = None):
+        super().__init__(config)
+        from webdancer.plugins import get_plugins
+
+        backend_cls = (plugins or get_plugins()).get("search_backends", self.config.backend)
+        self.backend: SearchBackend = backend_cls(self.config)
+
+    async def call(self, arguments: dict[str, Any]) -> str:
+        queries = [q.strip() for q in arguments["query"] if isinstance(q, str) and q.strip()]
+        if not queries:
+            return "[search] no query given: pass a list of non-empty query strings."
+        queries = queries[: self.config.max_queries]
+
+        async def one(q: str) -> str:
+            try:
+                return format_results(self.backend.label, q, await self.backend.search(q, self.config.top_k))
+            except WebdancerError as exc:
+                return f"[search] '{q}' failed: {exc}"
+
+        return SEPARATOR.join(await asyncio.gather(*(one(q) for q in queries)))
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+

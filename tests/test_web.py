@@ -1,0 +1,267 @@
+"""The offline web: build, serve over real HTTP, and the search/visit tools on it."""
+
+import json
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+
+from webdancer.agent import Agent
+from webdancer.config import AgentConfig, ModelConfig, load_config
+from webdancer.errors import ConfigError
+from webdancer.jsonl import iter_json_lines
+from webdancer.policies import build_policy
+from webdancer.records import ToolCall
+from webdancer.testing.fake_openai import FakeOpenAIServer
+from webdancer.tools import ToolBox
+from webdancer.wire import render_assistant
+from webdancer_web.search import SearchConfig, SearchTool
+from webdancer_web.visit import VisitConfig, VisitTool
+
+from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
+
+
+def test_build_writes_page_store_index_and_manifest(local_web):
+    web, stats, _ = local_web
+    assert stats.per_site["python"] == 80 and stats.per_site["foldoc"] > 2000
+    pages = [obj for _, obj in iter_json_lines(f"{web.root}/pages.jsonl")]
+    assert len(pages) == stats.pages >= 500
+    python = next(p for p in pages if p["url"].endswith("/foldoc/python.html"))
+    assert python["title"] == "Python - FOLDOC"
+    assert "Guido van Rossum" in python["text"] and "1991" in python["text"]
+    assert any(link.endswith("/foldoc/abc.html") for link in python["links"])
+    manifest = json.loads(open(f"{web.root}/manifest.json").read())
+    assert manifest["base_url"] == web.base_url and [s["name"] for s in manifest["sites"]] == ["python", "foldoc"]
+
+
+def test_server_status_codes_types_redirects(local_web):
+    web, _, server = local_web
+    base = server.url
+    assert server.url == web.base_url
+    with httpx.Client() as client:
+        home = client.get(base + "/")
+        assert home.status_code == 200 and "/foldoc/" in home.text
+        page = client.get(base + "/foldoc/python.html")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        css = client.get(base + "/python/_static/pygments.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert client.get(base + "/foldoc/no-such-entry.html").status_code == 404
+        assert client.get(base + "/nosite/").status_code == 404
+        assert client.get(base + "/python/../../../../etc/passwd").status_code == 404
+        folder = client.get(base + "/python/library")
+        assert folder.status_code == 301 and folder.headers["location"] == "/python/library/"
+        redirects = json.loads(open(f"{web.root}/sites/foldoc/_redirects.json").read())
+        alias, target = next(iter(redirects.items()))
+        moved = client.get(f"{base}/foldoc/{alias}")
+        assert moved.status_code == 301 and moved.headers["location"] == f"/foldoc/{target}"
+        assert client.get(f"{base}/foldoc/{alias}", follow_redirects=True).status_code == 200
+
+
+def test_relative_links_resolve(local_web):
+    _, _, server = local_web
+    with httpx.Client() as client:
+        url = server.url + "/python/library/index.html"
+        page = client.get(url)
+        from webdancer_web.extract import extract
+
+        links = [l for l in extract(page.text, url).links if l.startswith(server.url + "/python/library/") and l.endswith(".html")]
+        assert len(links) > 5
+        ok = [client.get(l).status_code for l in links[:10]]
+        assert ok.count(200) >= 8
+
+
+async def test_local_search_finds_the_entry_and_formats_like_reference(local_web):
+    web, _, _ = local_web
+    tool = SearchTool(SearchConfig(web_root=web.root, top_k=5))
+    out = await tool.call({"query": ["Guido van Rossum interpreted language 1991", "zzqqxxv"]})
+    first, second = out.split("\n=======\n")
+    assert first.startswith("A search for 'Guido van Rossum interpreted language 1991' found ")
+    assert "\n\n## Web Results\n1. [" in first
+    assert f"]({web.base_url}/foldoc/python.html)" in first.split("\n\n2. ")[0]
+    assert second.startswith("No results found for 'zzqqxxv'")
+    assert "[search] no query" in await tool.call({"query": ["  "]})
+
+
+async def test_serper_backend_against_fake(monkeypatch):
+    with FakeSerper(statuses=[429, 503]) as srv:
+        monkeypatch.setenv("SERPER_API_KEY", srv.key)
+        tool = SearchTool(SearchConfig(backend="serper", serper_url=srv.url + "/search", backoff_s=0.01))
+        out = await tool.call({"query": ["santa claus derby"]})
+        await tool.aclose()
+    assert out.startswith("A Google search for 'santa claus derby' found 3 results:")
+    assert "1. [Result 1 for santa claus derby](https://example.org/1)\n\nDate published: May 19, 2025\n\nSnippet 1." in out
+    assert len(srv.requests) == 3 and srv.requests[-1]["body"] == {"q": "santa claus derby", "num": 10}
+    assert srv.requests[-1]["key"] == srv.key
+
+
+async def test_serper_bad_key_and_outage(monkeypatch):
+    with FakeSerper() as srv:
+        monkeypatch.setenv("GOOGLE_SEARCH_KEY", "wrong")
+        monkeypatch.delenv("SERPER_API_KEY", raising=False)
+        tool = SearchTool(SearchConfig(backend="serper", serper_url=srv.url + "/search", backoff_s=0.01))
+        out = await tool.call({"query": ["x"]})
+        assert "rejected the API key (HTTP 403)" in out and "SERPER_API_KEY or GOOGLE_SEARCH_KEY" in out
+        assert "wrong" not in out
+        monkeypatch.setenv("GOOGLE_SEARCH_KEY", srv.key)
+        srv.statuses = [500, 500, 500]
+        tool = SearchTool(SearchConfig(backend="serper", serper_url=srv.url + "/search", backoff_s=0.01, max_retries=2))
+        out = await tool.call({"query": ["x"]})
+        assert out == "[search] 'x' failed: serper search failed after 3 tries (HTTP 500)"
+
+
+def test_missing_keys_name_the_env_vars(monkeypatch):
+    for var in ("SERPER_API_KEY", "GOOGLE_SEARCH_KEY", "JINA_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="SERPER_API_KEY or GOOGLE_SEARCH_KEY"):
+        SearchTool(SearchConfig(backend="serper"))
+    with pytest.raises(ConfigError, match="JINA_API_KEY"):
+        VisitTool(VisitConfig(reader="jina"))
+
+
+def visit_tool(local_sites, tmp_path=None, **kw):
+    return VisitTool(VisitConfig(local_sites=local_sites, cache_dir=str(tmp_path / "cache") if tmp_path else None, backoff_s=0.01, **kw))
+
+
+async def test_visit_local_site_extracts_evidence(local_web):
+    web, _, _ = local_web
+    tool = visit_tool([f"{web.host}:{web.port}"])
+    out = await tool.call({"url": [f"{web.base_url}/foldoc/python.html"], "goal": "who invented Python and in which year"})
+    await tool.aclose()
+    assert out.startswith(f"The useful information in {web.base_url}/foldoc/python.html for user goal who invented Python")
+    evidence = out.split("Evidence in page: \n")[1].split("\n\nSummary: \n")[0]
+    assert "Guido van Rossum" in evidence and "1991" in evidence
+    assert "Guido van Rossum" in out.split("Summary: \n")[1]
+
+
+async def test_visit_cache_serves_second_call_without_fetching(tmp_path):
+    with ScriptedSite({"/a.html": Route(body=b"<html><head><title>A</title></head><body><p>The answer is forty-two, said the computer.</p></body></html>")}) as site:
+        tool = visit_tool([site.host_port], tmp_path)
+        first = await tool.call({"url": [site.url + "/a.html"], "goal": "the answer"})
+        await tool.aclose()
+        tool = visit_tool([site.host_port], tmp_path)
+        second = await tool.call({"url": [site.url + "/a.html"], "goal": "the answer"})
+        await tool.aclose()
+    assert first == second and "forty-two" in first
+    assert site.hits["/a.html"] == 1
+
+
+REFUSED = [
+    ("http://10.1.2.3/", "private address"),
+    ("http://192.168.0.10:8080/admin", "private address"),
+    ("http://172.16.5.4/", "private address"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
+    ("http://[::1]:8765/", "loopback"),
+    ("http://[::ffff:127.0.0.1]/", "loopback"),
+    ("http://127.0.0.1:9/", "loopback"),
+    ("http://localhost:9/", "loopback"),
+    ("http://db.localhost/", "loopback name"),
+    ("http://0.0.0.0/", "private address"),
+    ("http://224.0.0.1/", "multicast"),
+    ("file:///etc/passwd", "only http and https"),
+    ("ftp://example.org/x", "only http and https"),
+    ("gopher://127.0.0.1:70/", "only http and https"),
+    ("http://999.1.1.1/", "does not resolve"),
+]
+
+
+@pytest.mark.parametrize("url,reason", REFUSED, ids=[u for u, _ in REFUSED])
+async def test_ssrf_guard_refuses(url, reason):
+    tool = visit_tool(["127.0.0.1:8765"])
+    out = await tool.call({"url": [url], "goal": "anything"})
+    await tool.aclose()
+    assert out.startswith(f"[visit] could not fetch {url}: refused") or "does not resolve" in out
+    assert reason in out
+
+
+async def test_ssrf_guard_checks_every_redirect_hop():
+    with ScriptedSite() as inner, ScriptedSite() as outer:
+        inner.routes["/secret"] = Route(body=b"<p>internal secret</p>")
+        outer.routes["/go"] = Route(status=302, headers={"Location": inner.url + "/secret"})
+        outer.routes["/local"] = Route(status=301, headers={"Location": "/page"})
+        outer.routes["/page"] = Route(body=b"<html><body><p>A page reached through a same-site redirect works.</p></body></html>")
+        tool = visit_tool([outer.host_port])
+        out = await tool.call({"url": [outer.url + "/go", outer.url + "/local"], "goal": "secret"})
+        await tool.aclose()
+    refused, followed = out.split("\n=======\n")
+    assert "refused: '127.0.0.1' resolves to a loopback address" in refused
+    assert inner.hits == {}
+    assert "same-site redirect works" in followed
+
+
+async def test_oversize_slow_and_garbage_pages():
+    big = b"<html><body>" + b"<p>word </p>" * 200_000 + b"</body></html>"
+    routes = {
+        "/big": Route(body=big),
+        "/big-chunked": Route(body=big, chunked=True),
+        "/slow": Route(body=b"<p>late</p>", delay_s=2.0),
+        "/png": Route(body=b"\x89PNG\r\n\x1a\n" + bytes(100), content_type="image/png"),
+        "/garbage": Route(body=b"<html><body><p>Valid words survive \xff\xfe\xfa broken bytes in the page text.</p></body></html>"),
+        "/flaky": Route(status=503),
+    }
+    with ScriptedSite(routes) as site:
+        tool = visit_tool([site.host_port], max_bytes=1_000_000, timeout_s=0.5, max_retries=1)
+        urls = [site.url + p for p in routes]
+        out = (await tool.call({"url": urls[:5], "goal": "words"})).split("\n=======\n")
+        flaky = await tool.call({"url": urls[5:], "goal": "words"})
+        await tool.aclose()
+    assert "page too large" in out[0] and "page too large" in out[1]
+    assert "timeout after 0.5 s" in out[2]
+    assert "unsupported content type 'image/png'" in out[3]
+    assert "Valid words survive" in out[4]
+    assert flaky == f"[visit] could not fetch {urls[5]}: HTTP 503" and site.hits["/flaky"] == 2
+
+
+async def test_jina_reader_against_fake(monkeypatch):
+    with FakeJina() as jina:
+        monkeypatch.setenv("JINA_API_KEY", jina.key)
+        tool = VisitTool(VisitConfig(reader="jina", jina_url=jina.url, cache_dir=None))
+        out = await tool.call({"url": ["https://en.wikipedia.org/wiki/Epsom_Derby"], "goal": "who won in 1964"})
+        await tool.aclose()
+        monkeypatch.setenv("JINA_API_KEY", "bad")
+        tool = VisitTool(VisitConfig(reader="jina", jina_url=jina.url, cache_dir=None))
+        bad = await tool.call({"url": ["https://example.org/"], "goal": "x"})
+        await tool.aclose()
+    assert jina.requests[0] == {"path": "/https://en.wikipedia.org/wiki/Epsom_Derby", "auth": f"Bearer {jina.key}"}
+    assert "Santa Claus in 1964" in out
+    assert "jina rejected the API key (HTTP 401)" in bad and "JINA_API_KEY" in bad
+
+
+async def test_llm_summary_and_garbage_fallback(local_web):
+    web, _, _ = local_web
+    reply = json.dumps({"rational": "entry names the inventor", "evidence": "invented by Guido van Rossum in 1991", "summary": "Guido van Rossum, 1991."})
+    with FakeOpenAIServer([reply, "no json here", "still none"]) as srv:
+        cfg = dict(local_sites=[f"{web.host}:{web.port}"], cache_dir=None, summary_model={"base_url": srv.base_url, "model": "summarizer"})
+        tool = VisitTool(VisitConfig(**cfg))
+        good = await tool.call({"url": [f"{web.base_url}/foldoc/python.html"], "goal": "inventor"})
+        fallback = await tool.call({"url": [f"{web.base_url}/foldoc/python.html"], "goal": "inventor"})
+        await tool.aclose()
+    prompt = srv.state.requests[0]["messages"][0]["content"]
+    assert "Guido van Rossum" in prompt and "## User goal\ninventor" in prompt
+    assert "Evidence in page: \ninvented by Guido van Rossum in 1991\n\nSummary: \nGuido van Rossum, 1991." in good
+    assert "Guido van Rossum" in fallback and len(srv.state.requests) == 3
+
+
+async def test_agent_searches_and_visits_the_local_web(plugins, local_web):
+    web, _, _ = local_web
+
+    def script(request):
+        n = sum(1 for m in request["messages"] if m["content"].startswith("<tool_response>"))
+        if n == 0:
+            return render_assistant("search first", tool_call=ToolCall("search", {"query": ["Guido van Rossum language"]}))
+        if n == 1:
+            last = request["messages"][-1]["content"]
+            url = last.split("](")[1].split(")")[0]
+            return render_assistant("read the top hit", tool_call=ToolCall("visit", {"url": [url], "goal": "who invented it"}))
+        return render_assistant("the page says so", answer="Guido van Rossum")
+
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
+    with FakeOpenAIServer(default=script) as srv:
+        policy = build_policy("openai", {}, ModelConfig(base_url=srv.base_url, model="fake"))
+        toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, 30)
+        async with toolbox:
+            traj = await Agent(policy, toolbox, AgentConfig(current_date="2026-11-24")).run("Who created Python?")
+        await policy.aclose()
+    assert traj.termination == "answered" and traj.answer == "Guido van Rossum"
+    assert "Guido van Rossum" in traj.steps[1].tool_result.content
+    assert traj.steps[1].tool_call.arguments["url"][0].startswith(web.base_url)

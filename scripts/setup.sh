@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# Create or reuse the core environment .venv/ and install webdancer with the extras named in $WEBDANCER_EXTRAS.
+# Create or reuse the core environment .venv/ and install webdancer with the extras in $WEBDANCER_EXTRAS
+# (default: test), plus the Debian packages that ship the offline web (python3-doc, dict-foldoc).
 # Idempotent: a second run with unchanged pyproject.toml and extras returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 EXTRAS=${WEBDANCER_EXTRAS:-test}
+
+# The offline web's content: real HTML (Python docs) and FOLDOC, from Debian.
+need=()
+[ -d /usr/share/doc/python3-doc/html/library ] || need+=(python3-doc)
+[ -f /usr/share/dictd/foldoc.index ] || need+=(dict-foldoc)
+if [ ${#need[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing ${need[*]} (the offline web's pages)" >&2
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "warning: install ${need[*]} (Debian/Ubuntu packages) for the offline web" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -37,10 +37,14 @@ def site_base(base_url: str, site: str) -> str:
     return f"{base_url.rstrip('/')}/{site}/"
 
 
-def _extract_batch(args: tuple[str, list[tuple[str, str]]]) -> list[tuple[str, str, list[str]]]:
-    base, items = args
+def _extract_batch(args: tuple[str, Optional[str], list[tuple[str, str]]]) -> list[tuple[str, str, list[str]]]:
+    """Extract a batch of pages (in a worker process); generated sites are also written out here."""
+    base, write_to, items = args
     out = []
     for path, html in items:
+        if write_to is not None:
+            with open(os.path.join(write_to, path), "w", encoding="utf-8") as fh:
+                fh.write(html)
         ex = extract(html, base + path)
         out.append((ex.title, ex.text, ex.links))
     return out
@@ -72,31 +76,29 @@ def build_web(
     per_site: dict[str, int] = {}
     for site in sites:
         source_pages: list[SourcePage] = list(site_pages(site))
-        if site.kind == "html_dir":
+        base = site_base(base_url, site.name)
+        folder = root / "sites" / site.name
+        tmp = folder.with_name(folder.name + ".tmp")
+        write_to: Optional[str] = None
+        if site.kind == "html_dir":  # a real HTML tree is served where its package put it
             served[site.name] = str(Path(site.source).resolve())
-            redirects: dict[str, str] = {}
         else:
-            folder = root / "sites" / site.name
-            tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            redirects = {}
-            for sp in source_pages:
-                (tmp / sp.path).write_text(sp.html, encoding="utf-8")
-                for alias in sp.redirects_from:
-                    redirects[alias] = sp.path
+            write_to = str(tmp)
+            redirects = {alias: sp.path for sp in source_pages for alias in sp.redirects_from}
             (tmp / "_redirects.json").write_text(json.dumps(redirects, indent=0, sort_keys=True), encoding="utf-8")
+        items = [(sp.path, sp.html) for sp in source_pages]
+        jobs = [(base, write_to, batch) for batch in _chunks(items, max(25, len(items) // (workers * 4)))]
+        if workers > 1 and len(items) > 400:
+            with ProcessPoolExecutor(workers) as pool:
+                results = [r for batch in pool.map(_extract_batch, jobs) for r in batch]
+        else:
+            results = [r for job in jobs for r in _extract_batch(job)]
+        if write_to is not None:
             shutil.rmtree(folder, ignore_errors=True)
             tmp.rename(folder)
             served[site.name] = str(folder.resolve())
-        base = site_base(base_url, site.name)
-        items = [(sp.path, sp.html) for sp in source_pages]
-        batches = list(_chunks(items, 200))
-        if workers > 1 and len(items) > 400:
-            with ProcessPoolExecutor(workers) as pool:
-                results = [r for batch in pool.map(_extract_batch, [(base, b) for b in batches]) for r in batch]
-        else:
-            results = [r for b in batches for r in _extract_batch((base, b))]
         for (path, _), (title, text, links) in zip(items, results):
             pages.append(Page(url=base + path, site=site.name, path=path, title=title or path, text=text, links=links))
         per_site[site.name] = len(items)
@@ -106,7 +108,7 @@ def build_web(
     tmp_store = store.with_suffix(".jsonl.tmp")
     with tmp_store.open("w", encoding="utf-8") as fh:
         for page in pages:
-            fh.write(json.dumps(asdict(page), ensure_ascii=False) + "\n")
+            fh.write(json.dumps(page.__dict__, ensure_ascii=False) + "\n")
     os.replace(tmp_store, store)
     index_tmp = root / "index.tmp"
     shutil.rmtree(index_tmp, ignore_errors=True)

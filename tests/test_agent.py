@@ -1,16 +1,12 @@
 import asyncio
-import json
-
-import pytest
 
 from webdancer.agent import Agent, run_many
 from webdancer.config import AgentConfig, ModelConfig
 from webdancer.policies import build_policy
-from webdancer.records import QAItem
+from webdancer.records import QAItem, ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.tools import ToolBox
 from webdancer.wire import render_assistant
-from webdancer.records import ToolCall
 
 
 def call(name, **args):

@@ -1,5 +1,6 @@
-import pytest
 from dataclasses import dataclass
+
+import pytest
 
 from webdancer.config import WebdancerConfig, load_config, read_secret, validate_options
 from webdancer.errors import ConfigError

@@ -1,6 +1,4 @@
 import json
-import sys
-import textwrap
 
 import pytest
 from click.testing import CliRunner

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from webdancer.records import Trajectory
 from webdancer.jsonl import read_records
+from webdancer.records import Trajectory
 from webdancer.testing.fake_openai import FakeOpenAIServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "webdancer-plugin-calculator"

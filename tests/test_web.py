@@ -1,10 +1,12 @@
 """The offline web: build, serve over real HTTP, and the search/visit tools on it."""
 
 import json
-from urllib.parse import urljoin
 
 import httpx
 import pytest
+from webdancer_web.search import SearchConfig, SearchTool
+from webdancer_web.visit import VisitConfig, VisitTool
+from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
 
 from webdancer.agent import Agent
 from webdancer.config import AgentConfig, ModelConfig, load_config
@@ -15,10 +17,6 @@ from webdancer.records import ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.tools import ToolBox
 from webdancer.wire import render_assistant
-from webdancer_web.search import SearchConfig, SearchTool
-from webdancer_web.visit import VisitConfig, VisitTool
-
-from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
 
 
 def test_build_writes_page_store_index_and_manifest(local_web):

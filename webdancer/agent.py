@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 import inspect
+import time
 from typing import Any, Callable, Iterable, Optional
 
 from webdancer.config import AgentConfig

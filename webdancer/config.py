@@ -94,6 +94,25 @@ class WebConfig:
 
 
 @dataclass
+class ServeConfig:
+    """How `webdancer serve` starts a model server (or where an external one is)."""
+
+    # transformers: `transformers serve` on CPU; sglang: `python -m sglang.launch_server` on GPU;
+    # external: an OpenAI-compatible server someone else runs (only health-checked).
+    backend: str = "transformers"
+    model_path: str = ".webdancer/models/smollm2-135m"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    external_url: str = ""
+    served_model_name: str = ""
+    tensor_parallel: int = 1
+    context_length: int = 8192
+    mem_fraction_static: float = 0.85
+    health_timeout_s: float = 300.0
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
 class WebdancerConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -105,6 +124,7 @@ class WebdancerConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "answer": 0.9})
     reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     web: WebConfig = field(default_factory=WebConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:

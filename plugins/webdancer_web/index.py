@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-
-import logging
 
 import bm25s
 import numpy as np

@@ -11,10 +11,9 @@ from typing import Any, ClassVar, Optional
 
 import httpx
 
-from webdancer.config import read_secret, validate_options
+from webdancer.config import read_secret
 from webdancer.errors import WebdancerError
 from webdancer.tools import Tool
-
 from webdancer_web.index import Hit, LocalIndex
 
 SEPARATOR = "\n=======\n"

@@ -13,7 +13,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from webdancer.errors import WebdancerError
-
 from webdancer_web.build import load_manifest
 
 

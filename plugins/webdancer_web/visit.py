@@ -24,7 +24,6 @@ from webdancer.llm import ChatClient
 from webdancer.records import Message
 from webdancer.tools import Tool
 from webdancer.typed import from_dict
-
 from webdancer_web.extract import extract
 from webdancer_web.guard import host_key, refusal
 from webdancer_web.search import SEPARATOR
@@ -340,8 +339,8 @@ class VisitTool(Tool):
 
     def __init__(self, config: Optional[VisitConfig] = None, plugins: Any = None):
         super().__init__(config)
-        from webdancer.plugins import get_plugins
         from webdancer.config import validate_options
+        from webdancer.plugins import get_plugins
 
         reader_cls = (plugins or get_plugins()).get("page_readers", self.config.reader)
         self.reader: PageReader = reader_cls(self.config)

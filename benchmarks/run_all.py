@@ -1,0 +1,33 @@
+"""Run every benchmark and print one table of ratios with the targets beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py"]
+
+
+def main() -> int:
+    rows, failed = [], []
+    env = dict(os.environ, WEBDANCER_BENCH_JSON="1")
+    for name in BENCHMARKS:
+        proc = subprocess.run([sys.executable, str(HERE / name)], cwd=HERE, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            failed.append(f"{name}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            continue
+        rows += [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    print(f"{'benchmark':<18} {'metric':<38} {'value':>10} {'unit':<8} {'ratio':>8}  {'ratio is':<30} {'target':<16} ok")
+    for r in rows:
+        print(f"{r['benchmark']:<18} {r['metric']:<38} {r['value']:>10.3f} {r['unit']:<8} {r['ratio']:>8.3f}  {r['ratio_meaning']:<30} {r['target']:<16} {'yes' if r['ok'] else 'NO'}")
+    for f in failed:
+        print(f"FAILED {f}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

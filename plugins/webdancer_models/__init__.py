@@ -1,0 +1,11 @@
+"""Models and serving: `webdancer model list|export`, `webdancer serve` (transformers / SGLang / external)."""
+
+from webdancer import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    from webdancer_models.cli import model, serve
+
+    cli.add_command(model)
+    cli.add_command(serve)

@@ -1,0 +1,63 @@
+"""`webdancer model ...` and `webdancer serve`."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from webdancer.cli import config_options, resolve_config
+
+
+@click.group("model")
+def model() -> None:
+    """Named local models: list them, export one as a Hugging Face folder."""
+
+
+@model.command("list")
+def list_cmd() -> None:
+    """List the named models and where their weights come from."""
+    from webdancer_models.registry import MODELS
+
+    for source in MODELS.values():
+        click.echo(f"{source.name}\t{source.distribution}/{source.filename}\t{source.license}\t{source.description}")
+
+
+@model.command("export")
+@click.argument("name")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def export_cmd(name: str, out_dir: str) -> None:
+    """Export model NAME to OUT_DIR (safetensors, tokenizer, wire-format chat template)."""
+    from webdancer_models.export import export_model
+
+    start = time.perf_counter()
+    path = export_model(name, Path(out_dir))
+    click.echo(f"exported {name} to {path} in {time.perf_counter() - start:.0f} s")
+
+
+@click.command("serve")
+@config_options
+@click.argument("overrides", nargs=-1)
+@click.option("--print-command", is_flag=True, help="Print the server command and exit (e.g. to run it on a GPU host).")
+def serve(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool) -> None:
+    """Start the model server of `serve.*` and keep it running until interrupted."""
+    from webdancer_models.serve import served_model_name, sglang_command, start_server, transformers_command
+
+    cfg = resolve_config(config_path, overrides)
+    if print_command:
+        cmd = sglang_command(cfg.serve) if cfg.serve.backend == "sglang" else transformers_command(cfg.serve)
+        click.echo(shlex.join(cmd))
+        return
+    server = start_server(cfg.serve, cfg.run.dir / "logs")
+    click.echo(f"ready: {server.base_url}  model: {served_model_name(cfg.serve)}  log: {server.log_file}", err=True)
+    try:
+        while server.proc is None or server.proc.poll() is None:
+            time.sleep(1)
+        click.echo(f"the server exited; last log lines:\n{server.tail()}", err=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

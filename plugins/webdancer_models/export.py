@@ -1,0 +1,70 @@
+"""`webdancer model export`: a named model -> a plain Hugging Face folder every trainer and server can load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from webdancer.errors import WebdancerError
+from webdancer_models.chat_template import WIRE_CHATML_TEMPLATE
+from webdancer_models.registry import get_source, locate_gguf
+
+MARKER = "webdancer_model.json"
+
+
+def load_gguf(name: str):
+    """The model and tokenizer from the packaged GGUF (dequantized by transformers; no hub access)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = locate_gguf(get_source(name))
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    return model, tokenizer, gguf
+
+
+def export_model(name: str, out_dir: Path) -> Path:
+    """Write safetensors + config + tokenizer + wire-format chat template into `out_dir`.
+
+    A GGUF-loaded model is flagged quantized and refuses save_pretrained, so the weights are
+    copied into a fresh model built from the same config. An existing export of the same model
+    is kept (resume); a folder holding anything else is never overwritten.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = get_source(name)
+    marker = out_dir / MARKER
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if done.get("name") == name:
+            return out_dir
+        raise WebdancerError(f"{out_dir} already holds an export of '{done.get('name')}'; choose another folder")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise WebdancerError(f"{out_dir} exists and is not empty; choose an empty or new folder")
+    model, tokenizer, gguf = load_gguf(name)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise WebdancerError(f"weights of '{name}' did not map onto its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    fresh.tie_weights()
+    fresh.generation_config = model.generation_config
+    tokenizer.chat_template = WIRE_CHATML_TEMPLATE
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {"name": name, "source": str(gguf), "distribution": source.distribution, "license": source.license,
+             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    if out_dir.exists():
+        out_dir.rmdir()
+    tmp.rename(out_dir)
+    return out_dir

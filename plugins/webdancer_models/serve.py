@@ -1,0 +1,153 @@
+"""Model servers as child processes: build the command, wait for health, show the log when it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+from webdancer.config import ServeConfig
+from webdancer.errors import WebdancerError
+
+
+def transformers_command(cfg: ServeConfig) -> list[str]:
+    """The maintained `transformers serve` OpenAI server, pinned to one model folder, on the CPU."""
+    return [
+        sys.executable, "-m", "transformers.cli.transformers", "serve", cfg.model_path,
+        "--host", cfg.host, "--port", str(cfg.port), "--device", "cpu", *cfg.extra_args,
+    ]
+
+
+def sglang_command(cfg: ServeConfig, python: str = "python") -> list[str]:
+    """What the reference deploy script runs: `python -m sglang.launch_server` with TP, port, name, length, memory."""
+    cmd = [
+        python, "-m", "sglang.launch_server",
+        "--model-path", cfg.model_path,
+        "--host", cfg.host,
+        "--port", str(cfg.port),
+        "--tp", str(cfg.tensor_parallel),
+        "--context-length", str(cfg.context_length),
+        "--mem-fraction-static", str(cfg.mem_fraction_static),
+    ]
+    if cfg.served_model_name:
+        cmd += ["--served-model-name", cfg.served_model_name]
+    return cmd + list(cfg.extra_args)
+
+
+def served_model_name(cfg: ServeConfig) -> str:
+    """The `model` value clients must send: transformers serve pins the path it was given."""
+    if cfg.backend == "transformers":
+        return cfg.model_path
+    return cfg.served_model_name or cfg.model_path
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class ServerProcess:
+    """A model server child process in its own process group, logging to a file."""
+
+    def __init__(self, command: list[str], base_url: str, log_file: Path, env: Optional[dict[str, str]] = None):
+        self.command = command
+        self.base_url = base_url.rstrip("/")
+        self.log_file = log_file
+        self.env = env
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout_s: float) -> "ServerProcess":
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_file.open("wb")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(self.env or {})}
+        try:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except FileNotFoundError as exc:
+            raise WebdancerError(f"cannot start the model server: {exc}") from None
+        finally:
+            log.close()
+        self.wait_healthy(timeout_s)
+        return self
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            with self.log_file.open("r", encoding="utf-8", errors="replace") as fh:
+                return "".join(deque(fh, maxlen=lines))
+        except OSError:
+            return ""
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise WebdancerError(
+                    f"the model server exited with code {self.proc.returncode} before it was ready; last log lines "
+                    f"({self.log_file}):\n{self.tail()}"
+                )
+            if is_healthy(self.base_url):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise WebdancerError(f"the model server was not healthy after {timeout_s:g} s; last log lines ({self.log_file}):\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def is_healthy(base_url: str) -> bool:
+    """`/health` (transformers serve, SGLang) or `/v1/models` (any OpenAI-compatible server)."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    for url in (f"{root}/health", f"{root}/v1/models"):
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            continue
+    return False
+
+
+def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
+    """Start (or, for `external`, check) the configured server; errors say what to do."""
+    base_url = f"http://{cfg.host}:{cfg.port}/v1"
+    if cfg.backend == "external":
+        if not cfg.external_url:
+            raise WebdancerError("serve.backend=external needs serve.external_url (an OpenAI-compatible base URL)")
+        server = ServerProcess([], cfg.external_url, log_dir / "external.log")
+        if not is_healthy(cfg.external_url):
+            raise WebdancerError(f"no healthy OpenAI-compatible server at {cfg.external_url}")
+        return server
+    if port_in_use(cfg.host, cfg.port):
+        raise WebdancerError(f"port {cfg.port} on {cfg.host} is already in use; stop that server or set serve.port")
+    if cfg.backend == "transformers":
+        if not (Path(cfg.model_path) / "config.json").is_file():
+            raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
+        command = transformers_command(cfg)
+    elif cfg.backend == "sglang":
+        command = sglang_command(cfg, sys.executable)
+    else:
+        raise WebdancerError(f"serve.backend '{cfg.backend}' is not one of transformers, sglang, external")
+    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log").start(cfg.health_timeout_s)

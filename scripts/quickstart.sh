@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up .venv/ and run the main job on the embedded default, on the CPU, with no keys:
+# build the offline web, export the tiny model, serve both on loopback, and run the ReAct agent
+# on the quickstart questions. Trajectories land in runs/quickstart/trajectories.jsonl (appended).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+WD=".venv/bin/webdancer"
+CFG=configs/quickstart.yaml
+RUN=runs/quickstart
+mkdir -p "$RUN/logs"
+
+[ -f .webdancer/web/manifest.json ] || $WD web build -c "$CFG"
+$WD model export smollm2-135m .webdancer/models/smollm2-135m
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+$WD web serve -c "$CFG" > "$RUN/logs/web.log" 2>&1 &
+pids+=($!)
+$WD serve -c "$CFG" > "$RUN/logs/serve.log" 2>&1 &
+pids+=($!)
+echo "waiting for the model server (log: $RUN/logs/serve.log) ..."
+for _ in $(seq 1 240); do
+  curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && curl -sf http://127.0.0.1:8765/ >/dev/null 2>&1 && break
+  sleep 1
+done
+
+status=0
+while IFS= read -r line; do
+  question=$(printf '%s' "$line" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["question"])')
+  echo
+  echo "### $question"
+  $WD run -c "$CFG" "$question" --out "$RUN/trajectories.jsonl" || status=$?
+done < configs/quickstart_questions.jsonl
+echo
+echo "trajectories: $RUN/trajectories.jsonl  (the tiny model is weak; the stages that train it are on the way)"

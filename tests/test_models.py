@@ -1,0 +1,109 @@
+"""The embedded tiny model: loaded from its package, exported, templated, served on CPU, driven by the agent."""
+
+import json
+import sys
+
+import pytest
+from conftest import free_port
+from webdancer_models.export import export_model
+from webdancer_models.serve import ServerProcess, port_in_use, served_model_name, sglang_command, start_server, transformers_command
+
+from webdancer.agent import Agent
+from webdancer.config import AgentConfig, ModelConfig, ServeConfig, load_config
+from webdancer.errors import WebdancerError
+from webdancer.policies import build_policy
+from webdancer.records import ToolCall
+from webdancer.tools import ToolBox
+from webdancer.wire import render_assistant, render_tool_response
+
+
+def test_export_writes_a_plain_hf_folder(tiny_model):
+    from transformers import AutoConfig
+
+    names = {p.name for p in tiny_model.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "webdancer_model.json"} <= names
+    assert AutoConfig.from_pretrained(tiny_model).model_type == "llama"
+    assert export_model("smollm2-135m", tiny_model) == tiny_model  # resume: already there, untouched
+
+
+def test_export_never_overwrites_other_content(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(WebdancerError, match="not empty"):
+        export_model("smollm2-135m", tmp_path)
+    with pytest.raises(WebdancerError, match="unknown model 'gpt-9'"):
+        export_model("gpt-9", tmp_path / "x")
+
+
+def test_chat_template_renders_openai_tool_messages_as_the_wire_format(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    call = ToolCall("search", {"query": ["who invented Python"]})
+    wire = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": render_assistant("look it up", tool_call=call)},
+        {"role": "user", "content": render_tool_response("1. [Python](http://x)")},
+    ]
+    openai_style = [
+        wire[0],
+        wire[1],
+        {"role": "assistant", "content": "<think>\nlook it up\n</think>\n",
+         "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": ["who invented Python"]}}}]},
+        {"role": "tool", "content": "1. [Python](http://x)"},
+    ]
+    a = tok.apply_chat_template(wire, tokenize=False, add_generation_prompt=True)
+    b = tok.apply_chat_template(openai_style, tokenize=False, add_generation_prompt=True)
+    assert a == b
+    assert a.endswith("<|im_start|>assistant\n")
+    assert '<tool_call>\n{"name": "search", "arguments": {"query": ["who invented Python"]}}\n</tool_call><|im_end|>' in a
+    # Arguments as a JSON string (what OpenAI clients send) render the same.
+    openai_style[2]["tool_calls"][0]["function"]["arguments"] = json.dumps({"query": ["who invented Python"]})
+    assert tok.apply_chat_template(openai_style, tokenize=False, add_generation_prompt=True) == a
+
+
+def test_command_builders():
+    cfg = ServeConfig(backend="sglang", model_path="/m/WebDancer-32B", port=8004, tensor_parallel=4, served_model_name="wd",
+                      context_length=32768, mem_fraction_static=0.8, host="0.0.0.0")
+    assert sglang_command(cfg) == [
+        "python", "-m", "sglang.launch_server", "--model-path", "/m/WebDancer-32B", "--host", "0.0.0.0", "--port", "8004",
+        "--tp", "4", "--context-length", "32768", "--mem-fraction-static", "0.8", "--served-model-name", "wd",
+    ]
+    t = ServeConfig(backend="transformers", model_path="/m/tiny", port=9000)
+    assert transformers_command(t)[1:6] == ["-m", "transformers.cli.transformers", "serve", "/m/tiny", "--host"]
+    assert "--device" in transformers_command(t) and served_model_name(t) == "/m/tiny"
+
+
+def test_server_that_dies_shows_its_log(tmp_path):
+    cmd = [sys.executable, "-c", "print('loading weights'); print('CUDA error: no device'); raise SystemExit(3)"]
+    with pytest.raises(WebdancerError) as err:
+        ServerProcess(cmd, f"http://127.0.0.1:{free_port()}/v1", tmp_path / "s.log").start(30)
+    assert "exited with code 3" in str(err.value) and "CUDA error: no device" in str(err.value)
+
+
+def test_port_in_use_and_missing_model_are_clear_errors(tiny_server, tmp_path):
+    cfg, _ = tiny_server
+    assert port_in_use(cfg.host, cfg.port)
+    with pytest.raises(WebdancerError, match=f"port {cfg.port} .* already in use"):
+        start_server(cfg, tmp_path)
+    with pytest.raises(WebdancerError, match="webdancer model export"):
+        start_server(ServeConfig(model_path=str(tmp_path / "nothing"), port=free_port()), tmp_path)
+
+
+async def test_agent_runs_against_the_served_tiny_model(plugins, tiny_server, local_web):
+    serve_cfg, server = tiny_server
+    web, _, _ = local_web
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
+    model = ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_tokens=96, temperature=0.0, max_retries=1)
+    policy = build_policy("openai", {}, model)
+    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, 30)
+    async with toolbox:
+        traj = await Agent(policy, toolbox, AgentConfig(max_turns=3, current_date="2026-11-24")).run("Who invented Python?")
+    await policy.aclose()
+    assert traj.termination in ("answered", "max_turns"), traj.error
+    assert 1 <= len(traj.steps) <= 3
+    assert traj.usage.completion_tokens > 0
+    for step in traj.steps:
+        assert step.raw_output.strip()
+        # Whatever the tiny model wrote was handled: an answer, a tool call, or an error observation.
+        assert step.answer is not None or step.tool_call is not None or step.parse_error

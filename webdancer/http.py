@@ -7,12 +7,16 @@ to a 50 ms server gave 88 req/s on one client and ~830 req/s spread over 16 clie
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import random
 import ssl
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,3 +63,47 @@ class ShardedAsyncClient:
             await client.aclose()
         self._shards.clear()
         self._busy.clear()
+
+
+class Retry(Exception):
+    """Raised by one attempt to ask for another; `delay_s` overrides the backoff (e.g. Retry-After)."""
+
+    def __init__(self, reason: str, delay_s: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+class RetriesExhausted(Exception):
+    def __init__(self, reason: str, attempts: int):
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    max_retries: int,
+    backoff_s: float,
+    on_retry: Callable[[str, int, float], None] | None = None,
+) -> T:
+    """Run `attempt` until it returns; each `Retry` it raises waits (jittered exponential backoff) and tries again.
+
+    Transport errors and timeouts count as `Retry`. Any other exception passes straight through.
+    """
+    for number in range(1, max_retries + 2):
+        try:
+            return await attempt()
+        except httpx.TimeoutException:
+            retry = Retry("timeout")
+        except httpx.TransportError as exc:
+            retry = Retry(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        except Retry as exc:
+            retry = exc
+        if number > max_retries:
+            raise RetriesExhausted(retry.reason, number)
+        delay = retry.delay_s if retry.delay_s is not None else backoff_s * (2 ** (number - 1)) * (0.5 + random.random())
+        if on_retry is not None:
+            on_retry(retry.reason, number, delay)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

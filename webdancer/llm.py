@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -13,7 +11,7 @@ import httpx
 
 from webdancer.config import ModelConfig, read_secret
 from webdancer.errors import ModelError
-from webdancer.http import ShardedAsyncClient, shared_ssl_context
+from webdancer.http import RetriesExhausted, Retry, ShardedAsyncClient, shared_ssl_context, with_retries
 from webdancer.records import Message, Usage
 
 log = logging.getLogger("webdancer.llm")
@@ -74,26 +72,26 @@ class ChatClient:
         if stops:
             body["stop"] = list(stops)
         start = time.perf_counter()
-        last_error = ""
-        for attempt in range(1, cfg.max_retries + 2):
-            retry_after: Optional[float] = None
-            try:
-                resp = await self._client.post(self._url, json=body, headers=self._headers)
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code == 200:
-                    return self._result(resp, start, attempt)
-                last_error = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                if resp.status_code not in RETRY_STATUS:
-                    break
-                retry_after = _retry_after(resp)
-            if attempt > cfg.max_retries:
-                break
-            delay = retry_after if retry_after is not None else cfg.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("model call failed (%s), retry %d/%d in %.2fs", self._scrub(last_error)[:200], attempt, cfg.max_retries, delay)
-            await asyncio.sleep(delay)
-        raise ModelError(f"model endpoint {cfg.base_url} (model {cfg.model}) failed: {self._scrub(last_error)}")
+        attempts = 0
+
+        async def attempt() -> ChatResult:
+            nonlocal attempts
+            attempts += 1
+            resp = await self._client.post(self._url, json=body, headers=self._headers)
+            if resp.status_code == 200:
+                return self._result(resp, start, attempts)
+            reason = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            if resp.status_code in RETRY_STATUS:
+                raise Retry(reason, _retry_after(resp))
+            raise ModelError(f"model endpoint {cfg.base_url} (model {cfg.model}) failed: {self._scrub(reason)}")
+
+        def warn(reason: str, number: int, delay: float) -> None:
+            log.warning("model call failed (%s), retry %d/%d in %.2fs", self._scrub(reason)[:200], number, cfg.max_retries, delay)
+
+        try:
+            return await with_retries(attempt, cfg.max_retries, cfg.backoff_s, warn)
+        except RetriesExhausted as exc:
+            raise ModelError(f"model endpoint {cfg.base_url} (model {cfg.model}) failed: {self._scrub(exc.reason)}") from None
 
     def _result(self, resp: httpx.Response, start: float, attempt: int) -> ChatResult:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -13,6 +12,7 @@ import httpx
 
 from webdancer.config import read_secret
 from webdancer.errors import WebdancerError
+from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.tools import Tool
 from webdancer_web.index import Hit, LocalIndex
 
@@ -83,23 +83,21 @@ class SerperSearch(SearchBackend):
 
     async def search(self, query: str, k: int) -> list[Hit]:
         cfg = self.config
-        last = ""
-        for attempt in range(cfg.max_retries + 1):
-            try:
-                resp = await self.client.post(cfg.serper_url, json={"q": query, "num": k}, headers={"X-API-KEY": self.key})
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}"
-            else:
-                if resp.status_code == 200:
-                    return self._hits(resp, k)
-                if resp.status_code in (401, 403):
-                    raise WebdancerError(f"serper rejected the API key (HTTP {resp.status_code}); check {' or '.join(cfg.api_key_env)}")
-                last = f"HTTP {resp.status_code}"
-                if resp.status_code not in RETRY_STATUS:
-                    break
-            if attempt < cfg.max_retries:
-                await asyncio.sleep(cfg.backoff_s * (2**attempt) * (0.5 + random.random()))
-        raise WebdancerError(f"serper search failed after {cfg.max_retries + 1} tries ({last})")
+
+        async def attempt() -> list[Hit]:
+            resp = await self.client.post(cfg.serper_url, json={"q": query, "num": k}, headers={"X-API-KEY": self.key})
+            if resp.status_code == 200:
+                return self._hits(resp, k)
+            if resp.status_code in (401, 403):
+                raise WebdancerError(f"serper rejected the API key (HTTP {resp.status_code}); check {' or '.join(cfg.api_key_env)}")
+            if resp.status_code in RETRY_STATUS:
+                raise Retry(f"HTTP {resp.status_code}")
+            raise WebdancerError(f"serper search failed (HTTP {resp.status_code})")
+
+        try:
+            return await with_retries(attempt, cfg.max_retries, cfg.backoff_s)
+        except RetriesExhausted as exc:
+            raise WebdancerError(f"serper search failed after {exc.attempts} tries ({exc.reason})") from None
 
     @staticmethod
     def _hits(resp: httpx.Response, k: int) -> list[Hit]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ import httpx
 
 from webdancer.config import ModelConfig, read_secret
 from webdancer.errors import WebdancerError
+from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import atomic_write_text
 from webdancer.llm import ChatClient
 from webdancer.records import Message
@@ -80,24 +80,13 @@ class PageReader:
         """Close clients."""
 
 
-async def _with_retries(config: VisitConfig, fn, what: str):
-    last = ""
-    for attempt in range(config.max_retries + 1):
-        try:
-            return await fn()
-        except httpx.TimeoutException:
-            last = f"timeout after {config.timeout_s:g} s"
-        except httpx.TransportError as exc:
-            last = f"{type(exc).__name__}"
-        except _Retryable as exc:
-            last = str(exc)
-        if attempt < config.max_retries:
-            await asyncio.sleep(config.backoff_s * (2**attempt) * (0.5 + random.random()))
-    raise FetchError(last or f"{what} failed")
-
-
-class _Retryable(Exception):
-    pass
+async def _with_retries(config: VisitConfig, attempt):
+    """The shared retry loop, with failures worded for the model ("timeout after 20 s")."""
+    try:
+        return await with_retries(attempt, config.max_retries, config.backoff_s)
+    except RetriesExhausted as exc:
+        reason = f"timeout after {config.timeout_s:g} s" if exc.reason == "timeout" else exc.reason
+        raise FetchError(reason) from None
 
 
 class LocalReader(PageReader):
@@ -117,7 +106,7 @@ class LocalReader(PageReader):
             problem = await refusal(current, self.config.local_sites)
             if problem:
                 raise FetchError(f"refused: {problem}")
-            status, headers, body = await _with_retries(self.config, lambda u=current: self._get(u), "fetch")
+            status, headers, body = await _with_retries(self.config, lambda u=current: self._get(u))
             if status in (301, 302, 303, 307, 308) and headers.get("location"):
                 current = urljoin(current, headers["location"])
                 continue
@@ -129,7 +118,7 @@ class LocalReader(PageReader):
     async def _get(self, url: str) -> tuple[int, httpx.Headers, bytes]:
         async with self.client.stream("GET", url) as resp:
             if resp.status_code in (429,) or resp.status_code >= 500:
-                raise _Retryable(f"HTTP {resp.status_code}")
+                raise Retry(f"HTTP {resp.status_code}")
             declared = int(resp.headers.get("content-length") or 0)
             if declared > self.config.max_bytes:
                 raise FetchError(f"page too large ({declared} bytes > {self.config.max_bytes})")
@@ -198,10 +187,10 @@ class JinaReader(PageReader):
                 headers={"Authorization": f"Bearer {self.key}", "Accept": "text/plain"},
             )
             if resp.status_code == 429 or resp.status_code >= 500:
-                raise _Retryable(f"jina HTTP {resp.status_code}")
+                raise Retry(f"jina HTTP {resp.status_code}")
             return resp
 
-        resp = await _with_retries(self.config, get, "jina")
+        resp = await _with_retries(self.config, get)
         if resp.status_code in (401, 403):
             raise FetchError(f"jina rejected the API key (HTTP {resp.status_code}); check {' or '.join(self.config.jina_api_key_env)}")
         if resp.status_code >= 400:

@@ -86,9 +86,10 @@ def in_process_tokens_per_s() -> float:
 
 
 def main() -> None:
-    from webdancer.config import ServeConfig
     from webdancer_models.serve import served_model_name, start_server
     from webdancer_web.server import LocalWebServer
+
+    from webdancer.config import ServeConfig
 
     if not (MODEL / "config.json").is_file() or not (WEB / "manifest.json").is_file():
         sys.exit("run scripts/quickstart.sh first (it exports the model and builds the web)")

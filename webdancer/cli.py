@@ -186,6 +186,71 @@ def run_cmd(config_path: Optional[str], question: str, overrides: tuple[str, ...
     sys.exit(0 if traj.termination == "answered" else 1)
 
 
+class SynthGroup(click.Group):
+    """`webdancer synth NAME` for every registered synthesizer, plus `webdancer synth stats FILE`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(get_plugins().components("synthesizers")) + ["stats"]
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name == "stats":
+            return synth_stats
+        if name in get_plugins().components("synthesizers"):
+            return _synth_command(name)
+        return None
+
+
+def _synth_command(name: str) -> click.Command:
+    @click.command(name, help=f"Run the `{name}` synthesizer (options under `synth.{name}.*`).")
+    @config_options
+    @click.argument("overrides", nargs=-1)
+    @click.option("--out", type=click.Path(dir_okay=False), default=None, help="QA JSONL to append to (default runs/<run>/qa_<name>.jsonl).")
+    @click.option("--input", "input_file", type=click.Path(dir_okay=False), default=None, help="Seed QA file, for synthesizers that take one.")
+    def command(config_path: Optional[str], overrides: tuple[str, ...], out: Optional[str], input_file: Optional[str]) -> None:
+        from webdancer.config import validate_options
+        from webdancer.synth import run_synthesizer
+
+        cfg = resolve_config(config_path, overrides)
+        cls = get_plugins().get("synthesizers", name)
+        options = dict(cfg.synth.get(name, {}))
+        if input_file:
+            options["seed_file"] = input_file
+        names = {f.name for f in __import__("dataclasses").fields(cls.Config)}
+        if "crawl_store" in names and not options.get("crawl_store"):
+            options["crawl_store"] = str(cfg.run.dir / f"crawl_{name}.jsonl")
+        synth = cls(validate_options(cls.Config, options, f"synth.{name}"))
+        out_path = out or str(cfg.run.dir / f"qa_{name}.jsonl")
+        counts = asyncio.run(run_synthesizer(synth, __import__("pathlib").Path(out_path)))
+        dropped = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})
+        click.echo(f"{name}: wrote {counts['written']} items to {out_path} ({counts['already_there']} already there); dropped: {dropped or 'none'}")
+
+    return command
+
+
+@cli.group("synth", cls=SynthGroup)
+def synth_group() -> None:
+    """Synthesize browsing QA data (CrawlQA, E2HQA, plugins) and inspect it."""
+
+
+@click.command("stats")
+@click.argument("qa_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def synth_stats(qa_file: str, as_json: bool) -> None:
+    """Counts of QA_FILE by tag, kind, hops and difficulty."""
+    from webdancer.jsonl import read_records
+    from webdancer.records import QAItem
+    from webdancer.synth import qa_stats
+
+    items = list(read_records(qa_file, QAItem))
+    stats = qa_stats(items)
+    if as_json:
+        click.echo(json.dumps({"items": len(items), **stats}, indent=2))
+        return
+    click.echo(f"{len(items)} items in {qa_file}")
+    for key, counts in stats.items():
+        click.echo(f"  {key:<11} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
 def main() -> None:
     get_plugins().add_commands(cli)
     cli(prog_name="webdancer")

@@ -124,6 +124,8 @@ class WebdancerConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "answer": 0.9})
     reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     web: WebConfig = field(default_factory=WebConfig)
+    # Synthesizer name -> its options (see `webdancer synth NAME --help`).
+    synth: dict[str, dict[str, Any]] = field(default_factory=dict)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
 
 from webdancer.records import QAItem
@@ -26,3 +27,35 @@ class Synthesizer:
 
     async def aclose(self) -> None:
         """Close clients."""
+
+
+async def run_synthesizer(synth: Synthesizer, out: Path, progress: Any = None) -> dict[str, int]:
+    """Write the synthesizer's items to `out` (append-only); ids already there are skipped (resume)."""
+    from webdancer.jsonl import JsonlAppender
+
+    written = skipped = 0
+    with JsonlAppender(out) as sink:
+        async for item in synth.generate():
+            if item.id in sink:
+                skipped += 1
+                continue
+            sink.write(item)
+            written += 1
+            if progress is not None:
+                progress(written)
+    await synth.aclose()
+    return {"written": written, "already_there": skipped}
+
+
+def qa_stats(items: list[QAItem]) -> dict[str, dict[str, int]]:
+    """Counts by tag, kind, hops and difficulty (E2HQA round)."""
+    from collections import Counter
+
+    out: dict[str, Counter] = {"tag": Counter(), "kind": Counter(), "hops": Counter(), "difficulty": Counter(), "generator": Counter()}
+    for item in items:
+        out["tag"][item.tag or "-"] += 1
+        out["kind"][str(item.provenance.get("kind", "-"))] += 1
+        out["hops"][str(item.hops)] += 1
+        out["difficulty"][str(item.provenance.get("difficulty", 0))] += 1
+        out["generator"][str(item.provenance.get("generator", "-"))] += 1
+    return {k: dict(sorted(v.items())) for k, v in out.items()}

@@ -1,0 +1,207 @@
+"""Synthesizer `crawlqa`: crawl a site, walk its links, write questions whose answers sit in the walked pages."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+from webdancer.records import QAItem, stable_id
+from webdancer.synth import Synthesizer
+from webdancer_synth.checks import QualityGate
+from webdancer_synth.crawl import CrawlConfig, CrawledPage, crawl
+from webdancer_synth.llm import ask_json, load_prompt, make_client
+from webdancer_synth.pages import PageFacts, facts, year_in
+
+KINDS = ["identify", "multi_hop", "comparison", "temporal", "counting"]
+
+
+@dataclass
+class CrawlQAConfig:
+    root_url: str = ""  # default: the local web's FOLDOC entry for Python (set from `web.*`)
+    site_name: str = "FOLDOC"
+    crawl_store: str = ""  # default: runs/<run.name>/crawl.jsonl
+    max_pages: int = 600
+    max_depth: int = 4
+    concurrency: int = 4
+    delay_s: float = 0.0
+    respect_robots: bool = True
+    num_items: int = 200
+    seed: int = 0
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    # An OpenAI-compatible model (ModelConfig fields) writes the questions; empty = structural generator.
+    llm: dict[str, Any] = field(default_factory=dict)
+    prompt_file: str = "configs/prompts/crawlqa.txt"
+    max_page_chars: int = 1500
+    max_llm_calls: int = 0  # 0 = five per wanted item
+
+
+class CrawlQA(Synthesizer):
+    name = "crawlqa"
+    Config = CrawlQAConfig
+
+    def __init__(self, config: Optional[CrawlQAConfig] = None):
+        super().__init__(config)
+        self.gate = QualityGate()
+        self.pages: list[CrawledPage] = []
+
+    async def generate(self) -> AsyncIterator[QAItem]:
+        cfg = self.config
+        if not cfg.root_url:
+            from webdancer.errors import ConfigError
+
+            raise ConfigError("synth.crawlqa.root_url is empty: give the site's root URL")
+        crawl_cfg = CrawlConfig(cfg.root_url, cfg.max_pages, cfg.max_depth, cfg.concurrency, cfg.delay_s, cfg.respect_robots)
+        self.pages = await crawl(crawl_cfg, Path(cfg.crawl_store))
+        rng = random.Random(cfg.seed)
+        if cfg.llm:
+            async for item in self._llm_items(rng):
+                yield item
+            return
+        for item in self._structural_items(rng):
+            yield item
+
+    # --- deterministic: questions from page structure (names, masked first sentences, dates, senses, links) ---
+
+    def _structural_items(self, rng: random.Random):
+        cfg = self.config
+        info: dict[str, PageFacts] = {}
+        for page in sorted(self.pages, key=lambda p: p.url):
+            f = facts(page.url, page.title, page.text)
+            if f is not None:
+                info[page.url] = f
+        texts = {p.url: p.text for p in self.pages}
+        links = {p.url: [l for l in p.links if l in info] for p in self.pages}
+        urls = sorted(info)
+        if not urls:
+            return
+        made, attempts = 0, 0
+        kinds = [k for k in KINDS if k in cfg.kinds]
+        while made < cfg.num_items and attempts < cfg.num_items * 40:
+            kind = kinds[attempts % len(kinds)]
+            attempts += 1
+            built = getattr(self, f"_q_{kind}")(rng, urls, info, links)
+            if built is None:
+                continue
+            question, answer, path, hops, computed_from = built
+            # A computed answer (a year gap) is supported when its inputs are in the pages.
+            support = [answer] if computed_from and all(y in texts[u] for y, u in zip(computed_from, path)) else [texts[u] for u in path]
+            if not self.gate.admit(question, answer, support):
+                continue
+            made += 1
+            yield QAItem(
+                question=question,
+                answer=answer,
+                id=stable_id("crawlqa", question, answer),
+                tag="crawlqa",
+                hops=hops,
+                source_urls=path,
+                provenance={
+                    "kind": kind,
+                    "generator": "structural",
+                    "hop_path": path,
+                    "supporting_sentences": [_sentence_with(texts[u], answer) or info[u].first_sentence for u in path],
+                },
+            )
+
+    def _q_identify(self, rng, urls, info, links):
+        p = info[rng.choice(urls)]
+        q = f'Which entry of {self.config.site_name} is described as follows: "{p.description}"?'
+        return q, p.name, [p.url], 1, None
+
+    def _q_temporal(self, rng, urls, info, links):
+        p = info[rng.choice(urls)]
+        year = year_in(p.first_sentence)
+        if year:
+            blanked = p.first_sentence.replace(year, "____", 1)
+            q = f'According to {self.config.site_name}, which year fills the blank in its entry for "{p.name}": "{blanked}"?'
+            return q, year, [p.url], 1, None
+        if p.updated:
+            q = f'In which year was the {self.config.site_name} entry described as "{p.description}" last updated?'
+            return q, p.updated[:4], [p.url], 1, None
+        return None
+
+    def _q_multi_hop(self, rng, urls, info, links):
+        start = rng.choice(urls)
+        targets = [u for u in links.get(start, []) if info[u].updated]
+        if not targets:
+            return None
+        a, b = info[start], info[rng.choice(targets)]
+        thing = b.category or "related entry"
+        q = (
+            f'{self.config.site_name}\'s entry described as "{a.description}" mentions a {thing} described as '
+            f'"{b.description}". In which year was the entry for that {thing} last updated?'
+        )
+        return q, b.updated[:4], [a.url, b.url], 2, None
+
+    def _q_comparison(self, rng, urls, info, links):
+        x, y = (info[u] for u in rng.sample(urls, 2))
+        if not x.updated or not y.updated or x.updated[:4] == y.updated[:4]:
+            return None
+        gap = abs(int(x.updated[:4]) - int(y.updated[:4]))
+        q = f'On {self.config.site_name}, how many years apart were the last updates of the entries for "{x.name}" and "{y.name}"?'
+        return q, str(gap), [x.url, y.url], 2, [x.updated, y.updated]
+
+    def _q_counting(self, rng, urls, info, links):
+        candidates = [u for u in urls if info[u].senses >= 2]
+        if not candidates:
+            return None
+        p = info[rng.choice(candidates)]
+        q = f'How many distinct numbered senses does the {self.config.site_name} entry for "{p.name}" list?'
+        return q, str(p.senses), [p.url], 1, None
+
+    # --- LLM: the model writes a question from a random walk of 1-4 linked pages ---
+
+    async def _llm_items(self, rng: random.Random):
+        cfg = self.config
+        client = make_client(cfg.llm, "synth.crawlqa.llm")
+        template = load_prompt(cfg.prompt_file)
+        by_url = {p.url: p for p in self.pages}
+        urls = sorted(by_url)
+        made, attempts = 0, 0
+        try:
+            budget = cfg.max_llm_calls or cfg.num_items * 5
+            while made < cfg.num_items and attempts < budget:
+                attempts += 1
+                walk = [by_url[rng.choice(urls)]]
+                for _ in range(rng.randint(0, 3)):
+                    nxt = [l for l in walk[-1].links if l in by_url and by_url[l] not in walk]
+                    if not nxt:
+                        break
+                    walk.append(by_url[rng.choice(nxt)])
+                pages = "\n\n".join(f"## Page {i + 1}: {p.title} ({p.url})\n{p.text[: cfg.max_page_chars]}" for i, p in enumerate(walk))
+                data = await ask_json(client, template.format(pages=pages))
+                if not data or not isinstance(data.get("question"), str) or not isinstance(data.get("answer"), str):
+                    self.gate.dropped["llm_unparseable"] += 1
+                    continue
+                question, answer = data["question"].strip(), data["answer"].strip()
+                if not self.gate.admit(question, answer, [p.text for p in walk]):
+                    continue
+                made += 1
+                path = [p.url for p in walk]
+                yield QAItem(
+                    question=question,
+                    answer=answer,
+                    id=stable_id("crawlqa", question, answer),
+                    tag="crawlqa",
+                    hops=len(walk),
+                    source_urls=path,
+                    provenance={
+                        "kind": str(data.get("type") or "unknown"),
+                        "generator": "llm",
+                        "model": client.config.model,
+                        "hop_path": path,
+                        "supporting_sentences": [s for s in data.get("supporting_sentences") or [] if isinstance(s, str)],
+                    },
+                )
+        finally:
+            await client.aclose()
+
+
+def _sentence_with(text: str, answer: str) -> str:
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+        if answer.lower() in sentence.lower():
+            return sentence.strip()
+    return ""

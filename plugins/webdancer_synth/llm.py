@@ -1,0 +1,51 @@
+"""The LLM path of the synthesizers: fill a prompt from configs/prompts/, parse the JSON the model returns."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from webdancer.config import ModelConfig, validate_options
+from webdancer.errors import ConfigError, WebdancerError
+from webdancer.llm import ChatClient
+from webdancer.records import Message
+
+
+def load_prompt(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompt file {path} not found (prompts live in configs/prompts/)")
+    return p.read_text(encoding="utf-8")
+
+
+def make_client(options: dict[str, Any], where: str) -> Optional[ChatClient]:
+    if not options:
+        return None
+    model = validate_options(ModelConfig, options, where)
+    model.stop = []
+    return ChatClient(model)
+
+
+def parse_json_object(text: str) -> Optional[dict[str, Any]]:
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fence:
+        text = fence.group(1)
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        obj = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+async def ask_json(client: ChatClient, prompt: str) -> Optional[dict[str, Any]]:
+    """One completion parsed as a JSON object; None when the reply is not one (counted by the caller)."""
+    try:
+        reply = await client.chat([Message("user", prompt)])
+    except WebdancerError:
+        return None
+    return parse_json_object(reply.text)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv/ and run the main job on the embedded default, on the CPU, with no keys:
-# build the offline web, export the tiny model, serve both on loopback, and run the ReAct agent
-# on the quickstart questions. Trajectories land in runs/quickstart/trajectories.jsonl (appended).
+# build the offline web, export the tiny model, serve both on loopback, synthesize CrawlQA and
+# E2HQA questions, and run the ReAct agent on the quickstart questions. Trajectories land in runs/quickstart/trajectories.jsonl (appended).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -26,6 +26,12 @@ for _ in $(seq 1 240); do
   curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && curl -sf http://127.0.0.1:8765/ >/dev/null 2>&1 && break
   sleep 1
 done
+
+# Stage 1: synthesize browsing questions from the offline web (resumes; never rewrites what is there).
+$WD synth crawlqa -c "$CFG"
+$WD synth e2hqa -c "$CFG" --input "$RUN/qa_crawlqa.jsonl"
+$WD synth stats "$RUN/qa_crawlqa.jsonl"
+$WD synth stats "$RUN/qa_e2hqa.jsonl"
 
 status=0
 while IFS= read -r line; do

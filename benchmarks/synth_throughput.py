@@ -28,12 +28,13 @@ def _busy(port: int) -> bool:
 
 
 def main() -> None:
-    from webdancer.jsonl import read_records
-    from webdancer.records import QAItem
-    from webdancer.synth import run_synthesizer
     from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
     from webdancer_synth.e2hqa import E2HQA, E2HQAConfig
     from webdancer_web.server import LocalWebServer
+
+    from webdancer.jsonl import read_records
+    from webdancer.records import QAItem
+    from webdancer.synth import run_synthesizer
 
     if not (WEB / "manifest.json").is_file():
         sys.exit("build the web first: webdancer web build")

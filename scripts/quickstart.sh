@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv/ and run the main job on the embedded default, on the CPU, with no keys:
 # build the offline web, export the tiny model, serve both on loopback, synthesize CrawlQA and
-# E2HQA questions, and run the ReAct agent on the quickstart questions. Trajectories land in runs/quickstart/trajectories.jsonl (appended).
+# E2HQA questions, sample expert trajectories and filter them, and run the ReAct agent with the
+# tiny model on the quickstart questions. Trajectories land in runs/quickstart/trajectories.jsonl (appended).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -32,6 +33,10 @@ $WD synth crawlqa -c "$CFG"
 $WD synth e2hqa -c "$CFG" --input "$RUN/qa_crawlqa.jsonl"
 $WD synth stats "$RUN/qa_crawlqa.jsonl"
 $WD synth stats "$RUN/qa_e2hqa.jsonl"
+
+# Stage 2: sample trajectories with the offline expert demonstrator, then the three-stage filter.
+$WD sample "$RUN/qa_crawlqa.jsonl" -c "$CFG" policy.name=expert --n 1
+$WD filter "$RUN/trajectories_expert.jsonl" -c "$CFG" --out "$RUN/kept_expert.jsonl"
 
 status=0
 while IFS= read -r line; do

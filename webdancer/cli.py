@@ -251,6 +251,101 @@ def synth_stats(qa_file: str, as_json: bool) -> None:
         click.echo(f"  {key:<11} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
 
 
+@cli.command("sample")
+@config_options
+@click.argument("qa_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--n", "n", type=int, default=None, help="Rollouts per question (default sample.n).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Trajectory JSONL to append to (default runs/<run>/trajectories_<policy>.jsonl).")
+def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], n: Optional[int], out: Optional[str]) -> None:
+    """Roll out the configured policy on every question of QA_FILE, N times each (resumable)."""
+    from pathlib import Path
+
+    from rich.progress import Progress, TextColumn
+
+    from webdancer.agent import Agent
+    from webdancer.jsonl import read_records
+    from webdancer.policies import build_policy
+    from webdancer.records import QAItem
+    from webdancer.sampling import sample
+    from webdancer.tools import ToolBox
+
+    cfg = resolve_config(config_path, overrides)
+    items = list(read_records(qa_file, QAItem))
+    if not items:
+        raise click.UsageError(f"{qa_file} has no QA items")
+    runs = n if n is not None else cfg.sample.n
+    out_path = Path(out or cfg.run.dir / f"trajectories_{cfg.policy.name}.jsonl")
+    policy = build_policy(cfg.policy.name, cfg.policy.options, cfg.model)
+    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
+
+    with Progress(TextColumn("{task.description}"), transient=False) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def show(stats) -> None:
+            progress.update(
+                task,
+                description=f"done {stats.done}/{stats.planned}  correct {stats.correct}  failed {stats.failed}  "
+                f"{stats.tokens_per_s:.1f} tok/s  {dict(stats.terminations)}",
+            )
+
+        async def go():
+            try:
+                async with toolbox:
+                    return await sample(Agent(policy, toolbox, cfg.agent), items, runs, out_path, cfg.agent.concurrency, show)
+            finally:
+                await policy.aclose()
+
+        stats = asyncio.run(go())
+        show(stats)
+    click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
+
+
+@cli.command("filter")
+@config_options
+@click.argument("traj_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Kept trajectories (default runs/<run>/kept.jsonl).")
+def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str, ...], out: Optional[str]) -> None:
+    """Keep valid, correct, good trajectories of TRAJ_FILE (ours or the reference release's); report why others went."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from webdancer.config import validate_options
+    from webdancer.filtering import filter_file, write_report
+
+    cfg = resolve_config(config_path, overrides)
+    out_path = Path(out or cfg.run.dir / "kept.jsonl")
+    judge = None
+    if cfg.filter.judge:
+        cls = get_plugins().get("rewards", "judge")
+        judge = cls(validate_options(cls.Config, {"model": cfg.filter.judge}, "filter.judge"))
+
+    async def go():
+        try:
+            return await filter_file(Path(traj_file), out_path, cfg.filter, judge)
+        finally:
+            if judge is not None:
+                await judge.aclose()
+
+    report = asyncio.run(go())
+    report_path = out_path.with_name(out_path.stem + "_report.json")
+    write_report(report, report_path)
+    table = Table(title=f"filter: {report.kept} kept of {report.total} (correctness: {report.correctness_method})")
+    table.add_column("stage")
+    table.add_column("reason")
+    table.add_column("dropped", justify="right")
+    for stage, reasons in report.dropped.items():
+        for reason, count in sorted(reasons.items()):
+            table.add_row(stage, reason, str(count))
+    Console().print(table)
+    for policy, counts in sorted(report.by_policy.items()):
+        click.echo(f"  policy {policy}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(f"kept -> {out_path}; report -> {report_path}")
+
+
 def main() -> None:
     get_plugins().add_commands(cli)
     cli(prog_name="webdancer")

@@ -113,6 +113,25 @@ class ServeConfig:
 
 
 @dataclass
+class SampleConfig:
+    n: int = 1  # rollouts per question (rejection sampling)
+
+
+@dataclass
+class FilterConfig:
+    """The three-stage trajectory filter: validity, correctness, quality."""
+
+    max_turns: int = 20
+    max_chars: int = 200_000
+    max_thought_chars: int = 6000
+    # correctness: judge when `judge` names a model, else normalized exact match / containment / token F1.
+    judge: dict[str, Any] = field(default_factory=dict)
+    f1_threshold: float = 0.8
+    # The shortest correct trajectories kept per question (0 = all that pass).
+    keep_per_question: int = 1
+
+
+@dataclass
 class WebdancerConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +146,8 @@ class WebdancerConfig:
     # Synthesizer name -> its options (see `webdancer synth NAME --help`).
     synth: dict[str, dict[str, Any]] = field(default_factory=dict)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:

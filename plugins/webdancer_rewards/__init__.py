@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webdancer import hookimpl
 from webdancer.rewards import Reward, RewardInput
@@ -53,7 +53,54 @@ class AnswerReward(Reward):
         return float(exact_match(answer, sample.reference) or (len(answer.split()) <= 3 * max(1, len(sample.reference.split())) and contains_answer(answer, sample.reference)))
 
 
+@dataclass
+class JudgeRewardConfig:
+    # An OpenAI-compatible model (ModelConfig fields); the prompt is the WebWalker-style correct/incorrect judge.
+    model: dict = field(default_factory=dict)
+    prompt_file: str = "configs/prompts/judge.txt"
+
+
+class JudgeReward(Reward):
+    """LLM-as-judge correctness: 1.0 when the judge says Correct. Without a model it is an error, not a guess."""
+
+    name = "judge"
+    Config = JudgeRewardConfig
+
+    def __init__(self, config: JudgeRewardConfig | None = None):
+        super().__init__(config)
+        from pathlib import Path
+
+        from webdancer.config import ModelConfig, validate_options
+        from webdancer.errors import ConfigError
+        from webdancer.llm import ChatClient
+
+        if not self.config.model:
+            raise ConfigError("the judge reward needs a model: set its options' model: {base_url, model, api_key_env}")
+        model = validate_options(ModelConfig, self.config.model, "judge.model")
+        model.stop, model.temperature, model.max_tokens = [], 0.0, 8
+        self.client = ChatClient(model)
+        path = Path(self.config.prompt_file)
+        if not path.is_file():
+            raise ConfigError(f"judge prompt {path} not found")
+        self.template = path.read_text(encoding="utf-8")
+
+    async def score(self, sample: RewardInput) -> float:
+        from webdancer.records import Message
+
+        answer = sample.answer if sample.answer is not None else parse_assistant(_last_turn(sample.response), {}).answer
+        if not answer:
+            return 0.0
+        prompt = self.template.format(question=sample.question, reference=sample.reference, answer=answer)
+        reply = await self.client.chat([Message("user", prompt)])
+        verdict = reply.text.strip().lower()
+        return 1.0 if verdict.startswith("correct") else 0.0
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 @hookimpl
 def register_rewards(register):
     register(FormatReward)
     register(AnswerReward)
+    register(JudgeReward)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import httpx
 
 from webdancer.config import ModelConfig, read_secret
 from webdancer.errors import ModelError
-from webdancer.http import RetriesExhausted, Retry, ShardedAsyncClient, shared_ssl_context, with_retries
+from webdancer.http import CorePool, RawResponse, RetriesExhausted, Retry, ShardedAsyncClient, with_retries
 from webdancer.records import Message, Usage
 
 log = logging.getLogger("webdancer.llm")
@@ -41,8 +41,8 @@ class ChatClient:
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
-        self._client = client or ShardedAsyncClient(lambda: httpx.AsyncClient(timeout=timeout, verify=shared_ssl_context()))
+        connect = min(10.0, config.timeout_s)
+        self._client = client or ShardedAsyncClient(lambda: CorePool(config.timeout_s, connect))
         self._headers = headers
         self._url = config.base_url.rstrip("/") + "/chat/completions"
 
@@ -77,7 +77,8 @@ class ChatClient:
         async def attempt() -> ChatResult:
             nonlocal attempts
             attempts += 1
-            resp = await self._client.post(self._url, json=body, headers=self._headers)
+            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            resp = await self._client.request("POST", self._url, content=payload, headers=self._headers)
             if resp.status_code == 200:
                 return self._result(resp, start, attempts)
             reason = f"HTTP {resp.status_code}: {resp.text[:300]}"
@@ -93,7 +94,7 @@ class ChatClient:
         except RetriesExhausted as exc:
             raise ModelError(f"model endpoint {cfg.base_url} (model {cfg.model}) failed: {self._scrub(exc.reason)}") from None
 
-    def _result(self, resp: httpx.Response, start: float, attempt: int) -> ChatResult:
+    def _result(self, resp: RawResponse, start: float, attempt: int) -> ChatResult:
         try:
             data = resp.json()
             choice = data["choices"][0]
@@ -122,7 +123,7 @@ class ChatClient:
         await self.aclose()
 
 
-def _retry_after(resp: httpx.Response) -> Optional[float]:
+def _retry_after(resp: RawResponse) -> Optional[float]:
     value = resp.headers.get("retry-after")
     if not value:
         return None

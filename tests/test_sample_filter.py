@@ -45,16 +45,53 @@ def test_a_good_trajectory_passes_every_stage():
     assert validity_problem(t, CFG) is None and matches(t.answer, t.reference_answer, 0.8) and quality_problem(t, CFG) is None
 
 
+def _traj_with(**changes):
+    t = traj(calls=(("search", {"query": ["a"]}, "x"), ("visit", {"url": ["u"], "goal": "g"}, "1991")))
+    for index, attrs in changes.items():
+        for key, value in attrs.items():
+            setattr(t.steps[int(index[1:])], key, value)
+    return t
+
+
+def _answers_twice():
+    t = traj()
+    t.steps[0].answer = "1990"
+    return t
+
+
+def _answered_but_stopped():
+    t = traj()
+    t.termination = "max_turns"
+    return t
+
+
+def _huge_messages():
+    t = traj()
+    t.messages = t.messages + [Message("user", "x" * 250_000)]
+    return t
+
+
 @pytest.mark.parametrize(
     "make,reason",
     [
         (lambda: traj(parse_error="bad json"), "parse_error"),
+        (lambda: _traj_with(s1={"parse_error": "two answers"}), "parse_error"),
+        (lambda: _traj_with(s2={"parse_error": "empty"}), "parse_error"),
         (lambda: traj(wrote_tool_response=True), "wrote_tool_response"),
+        (lambda: _traj_with(s1={"wrote_tool_response": True}), "wrote_tool_response"),
+        (lambda: _traj_with(s2={"wrote_tool_response": True}), "wrote_tool_response"),
         (lambda: traj(calls=(("browse", {"url": ["x"]}, "obs"),)), "unknown_tool"),
+        (lambda: traj(calls=(("search", {"query": ["a"]}, "o"), ("calculator", {"expression": "1+1"}, "2"))), "unknown_tool"),
+        (lambda: traj(calls=(("Search", {"query": ["a"]}, "o"),)), "unknown_tool"),
         (lambda: traj(calls=(("search", {"query": "not a list"}, "obs"),)), "invalid_arguments"),
         (lambda: traj(calls=(("visit", {"url": ["http://x"]}, "obs"),)), "invalid_arguments"),
+        (lambda: traj(calls=(("search", {"query": ["a"], "k": 3}, "obs"),)), "invalid_arguments"),
         (lambda: traj(answer=None), "no_answer"),
+        (_answers_twice, "no_answer"),
+        (_answered_but_stopped, "no_answer"),
         (lambda: traj(calls=(("search", {"query": [str(i)]}, "1991") for i in range(7))), "too_long"),
+        (_huge_messages, "too_long"),
+        (lambda: traj(calls=(("search", {"query": [str(i)]}, "1991") for i in range(6))), "too_long"),
         (lambda: traj(calls=(("search", {"query": ["x" * 300_000]}, "1991"),)), None),  # arguments are not message text
     ],
 )
@@ -62,13 +99,24 @@ def test_validity_rules(make, reason):
     assert validity_problem(make(), CFG) == reason
 
 
-def test_no_answer_also_catches_a_missing_final_answer_turn():
-    t = traj()
-    t.termination = "max_turns"
-    assert validity_problem(t, CFG) == "no_answer"
-    t = traj()
-    t.messages = t.messages + [Message("user", "x" * 250_000)]
-    assert validity_problem(t, CFG) == "too_long"
+async def test_long_cot_preset_turns_reasoning_into_the_thought(plugins):
+    from webdancer_openai import OpenAIPolicy, OpenAIPolicyConfig
+
+    with FakeOpenAIServer(["<answer>1991</answer>"]) as srv:
+        srv.state.reasoning = "The FOLDOC entry says 1991."
+        policy = OpenAIPolicy(OpenAIPolicyConfig(cot="long"), ModelConfig(base_url=srv.base_url, model="reasoner"))
+        async with ToolBox.from_config(["lookup"], {}, 5) as toolbox:
+            t = await Agent(policy, toolbox, AgentConfig(current_date="2026-11-24")).run("When?")
+        await policy.aclose()
+    assert t.steps[0].thought == "The FOLDOC entry says 1991." and t.answer == "1991"
+    assert t.messages[-1].content.startswith("<think>\nThe FOLDOC entry says 1991.\n</think>")
+    with FakeOpenAIServer(["I recall it.<answer>1991</answer>"]) as srv:
+        srv.state.reasoning = "hidden"
+        policy = OpenAIPolicy(OpenAIPolicyConfig(cot="short"), ModelConfig(base_url=srv.base_url, model="instruct"))
+        async with ToolBox.from_config(["lookup"], {}, 5) as toolbox:
+            t = await Agent(policy, toolbox, AgentConfig(current_date="2026-11-24")).run("When?")
+        await policy.aclose()
+    assert t.steps[0].thought == "I recall it." and "hidden" not in t.messages[-1].content
 
 
 @pytest.mark.parametrize(

@@ -185,3 +185,25 @@ def test_synth_cli_and_stats(local_web, tmp_path, crawlqa_items):
     assert "crawlqa: wrote 5 items" in result.output
     bad = CliRunner().invoke(cli, ["synth", "crawlqa", "synth.crawlqa.num_itmes=5"])
     assert bad.exit_code == 2 and "num_items" in bad.output
+
+
+async def test_e2hqa_llm_path_against_fake(crawlqa_items, local_web, tmp_path):
+    web, _, _ = local_web
+    _, seeds_file, _ = crawlqa_items
+    seeds = [i for i in read_records(seeds_file, QAItem) if '"' in i.question][:3]
+    seed_file = tmp_path / "seeds.jsonl"
+    seed_file.write_text("".join(json.dumps({"question": s.question, "answer": s.answer, "id": s.id}) + "\n" for s in seeds))
+
+    def rewrite(request):
+        prompt = request["messages"][0]["content"]
+        entity = prompt.split('no longer names "', 1)[1].split('"', 1)[0]
+        question = prompt.split("Question: ", 1)[1].split("\nAnswer", 1)[0]
+        return json.dumps({"question": question.replace(entity, "a thing found by search")})
+
+    with FakeOpenAIServer(default=rewrite) as srv:
+        synth = E2HQA(E2HQAConfig(seed_file=str(seed_file), rounds=1, search={"web_root": web.root},
+                                  llm={"base_url": srv.base_url, "model": "rewriter"}))
+        await run_synthesizer(synth, tmp_path / "hard.jsonl")
+    items = list(read_records(tmp_path / "hard.jsonl", QAItem))
+    assert items and all("a thing found by search" in i.question and i.provenance["generator"] == "llm" for i in items)
+    assert "Evidence about" in srv.state.requests[0]["messages"][0]["content"]

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-
 from webdancer.config import ModelConfig, read_secret
 from webdancer.errors import ModelError
 from webdancer.http import CorePool, RawResponse, RetriesExhausted, Retry, ShardedAsyncClient, with_retries

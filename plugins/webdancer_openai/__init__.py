@@ -31,7 +31,7 @@ class OpenAIPolicy(Policy):
     async def act(self, messages: list[Message], task: Optional[QAItem] = None) -> PolicyOutput:
         result = await self.client.chat(messages)
         text = result.text
-        if result.reasoning and THINK_OPEN not in text:
+        if self.config.cot == "long" and result.reasoning and THINK_OPEN not in text:
             text = f"{THINK_OPEN}\n{result.reasoning.strip()}\n{THINK_CLOSE}\n{text.lstrip()}"
         return PolicyOutput(text=text, usage=result.usage, latency_s=result.latency_s)
 

@@ -87,3 +87,42 @@ def tiny_server(tiny_model, tmp_path_factory):
     server = start_server(cfg, tmp_path_factory.mktemp("logs"))
     yield cfg, server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def expert_trajectories(local_web, tmp_path_factory):
+    """Real trajectories: CrawlQA questions on the local web, rolled out by the expert policy."""
+    import asyncio
+
+    from webdancer.agent import Agent
+    from webdancer.config import AgentConfig, load_config
+    from webdancer.policies import build_policy
+    from webdancer.synth import run_synthesizer
+    from webdancer.sampling import sample
+    from webdancer.jsonl import read_records
+    from webdancer.records import QAItem
+    from webdancer.tools import ToolBox
+    from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
+
+    web, _, _ = local_web
+    folder = tmp_path_factory.mktemp("expert")
+    qa = folder / "qa.jsonl"
+    asyncio.run(run_synthesizer(CrawlQA(CrawlQAConfig(root_url=f"{web.base_url}/foldoc/python.html", crawl_store=str(folder / "c.jsonl"),
+                                                      max_pages=120, num_items=8, kinds=["identify", "multi_hop"])), qa))
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "tools.visit.max_tokens=300"])
+
+    async def go():
+        policy = build_policy("expert", {}, cfg.model)
+        async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
+            await sample(Agent(policy, toolbox, AgentConfig(current_date="2026-11-24")), list(read_records(qa, QAItem)), 1, folder / "t.jsonl", 4)
+
+    asyncio.run(go())
+    return folder / "t.jsonl"
+
+
+@pytest.fixture(scope="session")
+def sft_venv():
+    venv = ROOT / ".venvs" / "sft"
+    if not (venv / "bin" / "llamafactory-cli").is_file():
+        pytest.fail("the SFT environment is missing: bash scripts/setup_sft.sh (scripts/test.sh runs it)")
+    return venv

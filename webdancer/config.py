@@ -132,6 +132,31 @@ class FilterConfig:
 
 
 @dataclass
+class SftConfig:
+    """SFT with LLaMA-Factory: what goes into the YAML `webdancer sft train` writes."""
+
+    model_path: str = ".webdancer/models/smollm2-135m"
+    # LLaMA-Factory template: `qwen` renders the wire format for ChatML models (SmolLM2, Qwen2.5).
+    template: str = "qwen"
+    finetuning_type: str = "full"  # full | lora | freeze
+    lora_rank: int = 8
+    cutoff_len: int = 2048
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    logging_steps: int = 1
+    save_steps: int = 500
+    dataset_dir: str = ""  # default runs/<run>/sft_data
+    output_dir: str = ""  # default runs/<run>/sft
+    use_cpu: bool = True
+    venv: str = ".venvs/sft"  # the environment `scripts/setup_sft.sh` makes
+    # Passed through to the YAML untouched (deepspeed, fsdp, bf16, gradient_checkpointing, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class WebdancerConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -148,6 +173,7 @@ class WebdancerConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:

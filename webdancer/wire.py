@@ -188,6 +188,9 @@ def render_tool_response(text: str) -> str:
 
 def unwrap_tool_response(text: str) -> Optional[str]:
     """The observation inside a `<tool_response>` user turn, or None if the turn is not one."""
+    head, tail = RESP_OPEN + "\n", "\n" + RESP_CLOSE
+    if text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail):
+        return text[len(head) : -len(tail)]  # the exact inverse of render_tool_response
     stripped = text.strip()
     if stripped.startswith(RESP_OPEN) and stripped.endswith(RESP_CLOSE):
         return stripped[len(RESP_OPEN) : -len(RESP_CLOSE)].strip("\n")

@@ -1,0 +1,10 @@
+"""SFT cold start with LLaMA-Factory: `webdancer sft export` and `webdancer sft train`."""
+
+from webdancer import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    from webdancer_sft.cli import sft
+
+    cli.add_command(sft)

@@ -1,0 +1,42 @@
+"""`webdancer sft export|train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from webdancer.cli import config_options, resolve_config
+
+
+@click.group("sft")
+def sft() -> None:
+    """Supervised fine-tuning with LLaMA-Factory (its own environment, .venvs/sft)."""
+
+
+@sft.command("export")
+@click.argument("traj_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+def export_cmd(traj_file: str, out_dir: str) -> None:
+    """Write TRAJ_FILE (ours or the reference release's) as a LLaMA-Factory sharegpt dataset in OUT_DIR."""
+    from webdancer_sft.export import export_sft
+
+    stats = export_sft(Path(traj_file), Path(out_dir))
+    click.echo(f"exported {stats.exported} trajectories to {out_dir} (skipped: {stats.skipped or 'none'})")
+
+
+@sft.command("train")
+@config_options
+@click.argument("overrides", nargs=-1)
+def train_cmd(config_path: Optional[str], overrides: tuple[str, ...]) -> None:
+    """Write the LLaMA-Factory YAML from `sft.*` and run `llamafactory-cli train` on it, streaming its log."""
+    from webdancer_sft.train import run_training
+
+    cfg = resolve_config(config_path, overrides)
+    dataset_dir = Path(cfg.sft.dataset_dir or cfg.run.dir / "sft_data")
+    output_dir = Path(cfg.sft.output_dir or cfg.run.dir / "sft")
+    result = run_training(cfg.sft, dataset_dir, output_dir, echo=click.echo)
+    losses = result["losses"]
+    if losses:
+        click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logged steps; checkpoint in {output_dir}")

@@ -1,0 +1,119 @@
+"""`webdancer sft train`: write a complete LLaMA-Factory YAML and run the native `llamafactory-cli train`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from webdancer.config import SftConfig
+from webdancer.errors import WebdancerError
+from webdancer.jsonl import atomic_write_text
+
+from webdancer_sft.export import DATASET
+
+
+def llamafactory_yaml(cfg: SftConfig, dataset_dir: Path, output_dir: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "model_name_or_path": cfg.model_path,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": cfg.finetuning_type,
+        "dataset": DATASET,
+        "dataset_dir": str(dataset_dir),
+        "template": cfg.template,
+        "cutoff_len": cfg.cutoff_len,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "output_dir": str(output_dir),
+        "logging_steps": cfg.logging_steps,
+        "save_steps": cfg.save_steps,
+        "plot_loss": True,
+        "overwrite_output_dir": False,
+        "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.num_train_epochs,
+        "max_steps": cfg.max_steps,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.0,
+        "report_to": "none",
+    }
+    if cfg.finetuning_type == "lora":
+        doc.update({"lora_rank": cfg.lora_rank, "lora_target": "all"})
+    if cfg.use_cpu:
+        doc["use_cpu"] = True
+    doc.update(cfg.extra)
+    return doc
+
+
+def cli_path(venv: str) -> Path:
+    path = Path(venv) / "bin" / "llamafactory-cli"
+    if not path.is_file():
+        raise WebdancerError(f"{path} not found: run `bash scripts/setup_sft.sh` (or set sft.venv to an environment with llamafactory)")
+    return path
+
+
+def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the YAML and the exact command beside the outputs, run it, return the loss log."""
+    if not (dataset_dir / "dataset_info.json").is_file():
+        raise WebdancerError(f"{dataset_dir} has no dataset_info.json: run `webdancer sft export TRAJ_FILE {dataset_dir}` first")
+    if (output_dir / "trainer_state.json").exists():
+        raise WebdancerError(f"{output_dir} already holds a finished training; choose another sft.output_dir (nothing is overwritten)")
+    report = inspect_dataset(cfg, dataset_dir)
+    if report["kept"] < report["in_file"]:
+        raise WebdancerError(
+            f"LLaMA-Factory kept {report['kept']} of {report['in_file']} examples of {dataset_dir} (it skips malformed ones "
+            f"with only a warning); re-export, or raise sft.cutoff_len ({cfg.cutoff_len})"
+        )
+    echo(f"LLaMA-Factory accepts all {report['kept']} examples; {sum(e['trained_tokens'] for e in report['examples'])} "
+         f"of {sum(e['tokens'] for e in report['examples'])} tokens are trained on (observations, prompts masked)")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "llamafactory_train.yaml"
+    atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir), sort_keys=False))
+    command = [str(cli_path(cfg.venv)), "train", str(config_file)]
+    atomic_write_text(output_dir / "command.sh", "#!/usr/bin/env bash\n# Rerun by hand or on a cluster install of LLaMA-Factory:\n" + shlex.join(command) + "\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+    with (output_dir / "train.log").open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            echo(line.rstrip("\n"))
+        code = proc.wait()
+    if code != 0:
+        tail = (output_dir / "train.log").read_text(encoding="utf-8").splitlines()[-15:]
+        raise WebdancerError(f"llamafactory-cli train exited with code {code}; last lines:\n" + "\n".join(tail))
+    return {"losses": training_losses(output_dir), "command": command}
+
+
+def training_losses(output_dir: Path) -> list[float]:
+    log = output_dir / "trainer_log.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line)["loss"] for line in log.read_text().splitlines() if line.strip() and "loss" in json.loads(line)]
+
+
+
+
+def inspect_dataset(cfg: SftConfig, dataset_dir: Path) -> dict[str, Any]:
+    """What LLaMA-Factory's own loader builds from the export: kept examples, full and trained text."""
+    python = Path(cfg.venv) / "bin" / "python"
+    if not python.is_file():
+        raise WebdancerError(f"{python} not found: run `bash scripts/setup_sft.sh`")
+    script = Path(__file__).with_name("inspect_dataset.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+    proc = subprocess.run(
+        [str(python), str(script), cfg.model_path, str(dataset_dir), cfg.template, str(cfg.cutoff_len)],
+        capture_output=True, text=True, env=env,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("WEBDANCER_INSPECT "):
+            return json.loads(line[len("WEBDANCER_INSPECT "):])
+    raise WebdancerError(f"LLaMA-Factory could not load {dataset_dir}:\n" + "\n".join((proc.stderr or proc.stdout).splitlines()[-15:]))

@@ -1,0 +1,90 @@
+"""Stage 3: trajectories -> LLaMA-Factory dataset, checked with LLaMA-Factory's own loader, and a real CPU SFT run."""
+
+import json
+
+import pytest
+
+from webdancer.config import SftConfig
+from webdancer.errors import RecordError, WebdancerError
+from webdancer.jsonl import read_records
+from webdancer.records import Trajectory
+from webdancer_sft.export import export_sft
+from webdancer_sft.train import inspect_dataset, run_training
+
+
+def test_export_shape(expert_trajectories, tmp_path):
+    stats = export_sft(expert_trajectories, tmp_path)
+    records = json.loads((tmp_path / "webdancer_sft.json").read_text())
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    trajs = list(read_records(expert_trajectories, Trajectory))
+    assert stats.exported == len(records) == len(trajs) > 0
+    assert info["webdancer_sft"]["formatting"] == "sharegpt" and "tools" not in info["webdancer_sft"]["columns"]
+    for rec, traj in zip(records, trajs):
+        roles = [t["from"] for t in rec["conversations"]]
+        assert roles[0] == "human" and roles[-1] == "gpt" and len(roles) % 2 == 0
+        assert all(r == "gpt" for r in roles[1::2]) and all(r == "observation" for r in roles[2::2])
+        assert rec["system"] == traj.messages[0].content
+        obs = [t["value"] for t in rec["conversations"] if t["from"] == "observation"]
+        assert obs == [s.tool_result.content for s in traj.steps if s.tool_result]  # unwrapped, not re-wrapped
+
+
+def test_reference_release_exports(reference_dir, tmp_path):
+    stats = export_sft(reference_dir / "sample_traj.jsonl", tmp_path)
+    assert stats.exported == 150 and not stats.skipped
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(WebdancerError, match="no trajectory could be exported"):
+        export_sft(empty, tmp_path / "out")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "x", "question": "q"}\n')
+    with pytest.raises(RecordError, match=r"broken.jsonl:1: .*'messages'"):
+        export_sft(broken, tmp_path / "out")
+
+
+def test_llamafactory_loader_masks_observations_and_renders_the_inference_text(expert_trajectories, tiny_model, sft_venv, tmp_path):
+    from transformers import AutoTokenizer
+
+    export_sft(expert_trajectories, tmp_path)
+    report = inspect_dataset(SftConfig(model_path=str(tiny_model), venv=str(sft_venv), cutoff_len=4096), tmp_path)
+    trajs = list(read_records(expert_trajectories, Trajectory))
+    assert report["kept"] == report["in_file"] == len(trajs)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for example, traj in zip(report["examples"], trajs):
+        inference = tok.apply_chat_template([{"role": m.role, "content": m.content} for m in traj.messages], tokenize=False)
+        assert example["text"] == inference  # what LLaMA-Factory trains on is what the agent sends
+        for msg in traj.messages[2:]:
+            if msg.role == "assistant":
+                assert msg.content + "<|im_end|>" in example["trained"]
+            else:
+                assert msg.content not in example["trained"]  # observations are masked (labels -100)
+        assert traj.messages[1].content not in example["trained"] and traj.messages[0].content not in example["trained"]
+        assert 0 < example["trained_tokens"] < example["tokens"]
+
+
+def test_cpu_sft_run_writes_a_loadable_checkpoint(expert_trajectories, tiny_model, sft_venv, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = tmp_path / "data"
+    export_sft(expert_trajectories, data)
+    cfg = SftConfig(model_path=str(tiny_model), venv=str(sft_venv), max_steps=2, per_device_train_batch_size=1, cutoff_len=2048,
+                    learning_rate=5e-5, save_steps=2)
+    lines = []
+    result = run_training(cfg, data, tmp_path / "sft", echo=lines.append)
+    out = tmp_path / "sft"
+    assert len(result["losses"]) == 2 and all(loss > 0 for loss in result["losses"])
+    assert (out / "command.sh").read_text().strip().endswith(f"train {out / 'llamafactory_train.yaml'}")
+    assert any("are trained on" in line for line in lines)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.model_type == "llama"
+    assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_model).chat_template
+    with pytest.raises(WebdancerError, match="already holds a finished training"):
+        run_training(cfg, data, out)
+
+
+def test_missing_environment_is_named(tmp_path, expert_trajectories):
+    export_sft(expert_trajectories, tmp_path)
+    with pytest.raises(WebdancerError, match="setup_sft.sh"):
+        inspect_dataset(SftConfig(venv=str(tmp_path / "no-venv")), tmp_path)

@@ -130,3 +130,20 @@ def _retry_after(resp: RawResponse) -> Optional[float]:
         return min(float(value), 60.0)
     except ValueError:
         return None
+
+
+def parse_json_object(text: str) -> Optional[dict[str, Any]]:
+    """The JSON object in a model reply (fenced or surrounded by prose), or None when there is none."""
+    import re
+
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fence:
+        text = fence.group(1)
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        obj = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None

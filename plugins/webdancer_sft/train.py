@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import subprocess
-
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,7 +14,6 @@ import yaml
 from webdancer.config import SftConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
-
 from webdancer_sft.export import DATASET
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 from webdancer.config import ModelConfig, validate_options
 from webdancer.errors import ConfigError, WebdancerError
-from webdancer.llm import ChatClient
+from webdancer.llm import ChatClient, parse_json_object
 from webdancer.records import Message
 
 
@@ -26,20 +24,6 @@ def make_client(options: dict[str, Any], where: str) -> Optional[ChatClient]:
     model = validate_options(ModelConfig, options, where)
     model.stop = []
     return ChatClient(model)
-
-
-def parse_json_object(text: str) -> Optional[dict[str, Any]]:
-    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    if fence:
-        text = fence.group(1)
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        obj = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 async def ask_json(client: ChatClient, prompt: str) -> Optional[dict[str, Any]]:

@@ -20,7 +20,7 @@ from webdancer.config import ModelConfig, read_secret
 from webdancer.errors import WebdancerError
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import atomic_write_text
-from webdancer.llm import ChatClient
+from webdancer.llm import ChatClient, parse_json_object
 from webdancer.records import Message
 from webdancer.tools import Tool
 from webdancer.typed import from_dict
@@ -288,18 +288,9 @@ def extractive_evidence(text: str, goal: str, budget_chars: int) -> tuple[str, s
 
 
 def _parse_llm_json(text: str) -> Optional[dict[str, str]]:
-    text = text.strip()
-    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
-    if fence:
-        text = fence.group(1)
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end <= start:
-        return None
-    try:
-        data = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("evidence"), (str, list)) or not isinstance(data.get("summary"), str):
+    """The extractor's reply: a JSON object with string `summary` and `evidence` (a string or a list)."""
+    data = parse_json_object(text)
+    if data is None or not isinstance(data.get("evidence"), (str, list)) or not isinstance(data.get("summary"), str):
         return None
     if isinstance(data["evidence"], list):
         data["evidence"] = "\n".join(str(x) for x in data["evidence"])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "synth_throughput.py", "sample_filter.py"]
+BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py"]
 
 
 def main() -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import click
@@ -215,12 +217,12 @@ def _synth_command(name: str) -> click.Command:
         options = dict(cfg.synth.get(name, {}))
         if input_file:
             options["seed_file"] = input_file
-        names = {f.name for f in __import__("dataclasses").fields(cls.Config)}
+        names = {f.name for f in dataclasses.fields(cls.Config)}
         if "crawl_store" in names and not options.get("crawl_store"):
             options["crawl_store"] = str(cfg.run.dir / f"crawl_{name}.jsonl")
         synth = cls(validate_options(cls.Config, options, f"synth.{name}"))
         out_path = out or str(cfg.run.dir / f"qa_{name}.jsonl")
-        counts = asyncio.run(run_synthesizer(synth, __import__("pathlib").Path(out_path)))
+        counts = asyncio.run(run_synthesizer(synth, Path(out_path)))
         dropped = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})
         click.echo(f"{name}: wrote {counts['written']} items to {out_path} ({counts['already_there']} already there); dropped: {dropped or 'none'}")
 
@@ -259,7 +261,6 @@ def synth_stats(qa_file: str, as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Trajectory JSONL to append to (default runs/<run>/trajectories_<policy>.jsonl).")
 def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], n: Optional[int], out: Optional[str]) -> None:
     """Roll out the configured policy on every question of QA_FILE, N times each (resumable)."""
-    from pathlib import Path
 
     from rich.progress import Progress, TextColumn
 
@@ -308,7 +309,6 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Kept trajectories (default runs/<run>/kept.jsonl).")
 def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str, ...], out: Optional[str]) -> None:
     """Keep valid, correct, good trajectories of TRAJ_FILE (ours or the reference release's); report why others went."""
-    from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
@@ -53,7 +53,8 @@ class CrawlQA(Synthesizer):
             from webdancer.errors import ConfigError
 
             raise ConfigError("synth.crawlqa.root_url is empty: give the site's root URL")
-        crawl_cfg = CrawlConfig(cfg.root_url, cfg.max_pages, cfg.max_depth, cfg.concurrency, cfg.delay_s, cfg.respect_robots)
+        # The crawl options are the same-named fields of this config (kept flat for users).
+        crawl_cfg = CrawlConfig(**{f.name: getattr(cfg, f.name) for f in fields(CrawlConfig) if hasattr(cfg, f.name)})
         self.pages = await crawl(crawl_cfg, Path(cfg.crawl_store))
         rng = random.Random(cfg.seed)
         if cfg.llm:

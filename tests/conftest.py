@@ -94,15 +94,16 @@ def expert_trajectories(local_web, tmp_path_factory):
     """Real trajectories: CrawlQA questions on the local web, rolled out by the expert policy."""
     import asyncio
 
+    from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
+
     from webdancer.agent import Agent
     from webdancer.config import AgentConfig, load_config
-    from webdancer.policies import build_policy
-    from webdancer.synth import run_synthesizer
-    from webdancer.sampling import sample
     from webdancer.jsonl import read_records
+    from webdancer.policies import build_policy
     from webdancer.records import QAItem
+    from webdancer.sampling import sample
+    from webdancer.synth import run_synthesizer
     from webdancer.tools import ToolBox
-    from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
 
     web, _, _ = local_web
     folder = tmp_path_factory.mktemp("expert")

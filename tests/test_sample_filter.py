@@ -8,11 +8,12 @@ from click.testing import CliRunner
 from webdancer.agent import Agent
 from webdancer.cli import cli
 from webdancer.config import AgentConfig, FilterConfig, ModelConfig, load_config
-from webdancer.filtering import filter_file, matches, quality_problem, validity_problem
+from webdancer.filtering import filter_file, quality_problem, validity_problem
 from webdancer.jsonl import JsonlAppender, read_records
 from webdancer.policies import build_policy
 from webdancer.records import Message, QAItem, Step, ToolCall, ToolResult, Trajectory
 from webdancer.sampling import sample
+from webdancer.scoring import matches
 from webdancer.synth import run_synthesizer
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.tools import ToolBox

@@ -3,13 +3,13 @@
 import json
 
 import pytest
+from webdancer_sft.export import export_sft
+from webdancer_sft.train import inspect_dataset, run_training
 
 from webdancer.config import SftConfig
 from webdancer.errors import RecordError, WebdancerError
 from webdancer.jsonl import read_records
 from webdancer.records import Trajectory
-from webdancer_sft.export import export_sft
-from webdancer_sft.train import inspect_dataset, run_training
 
 
 def test_export_shape(expert_trajectories, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,14 @@ from typing import Any, Optional
 
 from webdancer.config import FilterConfig
 from webdancer.jsonl import atomic_write_json, iter_json_lines
-from webdancer.records import Trajectory, record_from_dict
-from webdancer.reference import is_reference_record, reference_to_trajectory
+from webdancer.records import Trajectory
+from webdancer.reference import is_reference_record, load_trajectory, reference_to_trajectory
 from webdancer.rewards import Reward, RewardInput
-from webdancer.scoring import contains_answer, exact_match, normalize_answer, token_f1
+from webdancer.scoring import matches, normalize_answer
 from webdancer.typed import to_dict
 from webdancer.wire import validate_arguments
 
 CHUNK = 256
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 
 def validity_problem(traj: Trajectory, cfg: FilterConfig) -> Optional[str]:
@@ -48,19 +46,6 @@ def validity_problem(traj: Trajectory, cfg: FilterConfig) -> Optional[str]:
     if len(traj.steps) > cfg.max_turns or sum(len(m.content) for m in traj.messages) > cfg.max_chars:
         return "too_long"
     return None
-
-
-def matches(answer: str, reference: str, f1_threshold: float) -> bool:
-    """The fallback when no judge model is configured: exact match, containment in a short answer, or F1.
-
-    A long answer is judged by its emphasized spans (**...**), where prose answers put the fact.
-    """
-    candidates = [answer] + _BOLD.findall(answer)
-    for cand in candidates:
-        short = len(cand.split()) <= max(8, 3 * len(reference.split()))
-        if exact_match(cand, reference) or (short and contains_answer(cand, reference)) or token_f1(cand, reference) >= f1_threshold:
-            return True
-    return False
 
 
 def quality_problem(traj: Trajectory, cfg: FilterConfig) -> Optional[str]:
@@ -114,12 +99,6 @@ async def _correct(trajs: list[Trajectory], judge: Optional[Reward], cfg: Filter
     return list(await asyncio.gather(*(one(t) for t in trajs)))
 
 
-def _load(obj: dict[str, Any], where: str) -> Trajectory:
-    if is_reference_record(obj):
-        return reference_to_trajectory(obj, where)
-    return record_from_dict(Trajectory, obj, where)
-
-
 async def filter_file(src: Path, out: Path, cfg: FilterConfig, judge: Optional[Reward] = None) -> FilterReport:
     """Filter `src` into `out` (written atomically); reference-release records are converted on the fly."""
     report = FilterReport(correctness_method="llm judge" if judge else f"exact/contains/F1>={cfg.f1_threshold}")
@@ -154,7 +133,7 @@ async def filter_file(src: Path, out: Path, cfg: FilterConfig, judge: Optional[R
 
     for lineno, obj in iter_json_lines(src):
         report.total += 1
-        chunk.append((lineno, _load(obj, f"{src}:{lineno}")))
+        chunk.append((lineno, load_trajectory(obj, f"{src}:{lineno}")))
         if len(chunk) >= CHUNK:
             await flush()
     await flush()

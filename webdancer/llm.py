@@ -72,11 +72,11 @@ class ChatClient:
             body["stop"] = list(stops)
         start = time.perf_counter()
         attempts = 0
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
 
         async def attempt() -> ChatResult:
             nonlocal attempts
             attempts += 1
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
             resp = await self._client.request("POST", self._url, content=payload, headers=self._headers)
             if resp.status_code == 200:
                 return self._result(resp, start, attempts)

@@ -75,3 +75,10 @@ def reference_to_trajectory(obj: dict[str, Any], where: str = "") -> Trajectory:
         tools=tools,
         provenance={"tag": obj.get("tag", ""), "source": "WebDancer reference release"},
     )
+
+
+def load_trajectory(obj: dict[str, Any], where: str = "") -> Trajectory:
+    """A trajectory record of ours, or a reference-release record converted on the way in."""
+    from webdancer.records import record_from_dict
+
+    return reference_to_trajectory(obj, where) if is_reference_record(obj) else record_from_dict(Trajectory, obj, where)

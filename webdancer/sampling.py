@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from webdancer.agent import Agent, run_many
 from webdancer.jsonl import JsonlAppender
 from webdancer.records import QAItem, Trajectory
-from webdancer.scoring import contains_answer, exact_match
+from webdancer.scoring import matches
 
 
 @dataclass
@@ -34,10 +34,10 @@ class SampleStats:
 
 
 def quick_correct(traj: Trajectory) -> bool:
-    """For live counts only; the filter decides for real (judge or exact/F1)."""
+    """For live counts only: the filter's no-judge rule (the filter decides for real, with a judge if set)."""
     if not traj.answer or not traj.reference_answer:
         return False
-    return exact_match(traj.answer, traj.reference_answer) or contains_answer(traj.answer, traj.reference_answer)
+    return matches(traj.answer, traj.reference_answer)
 
 
 async def sample(

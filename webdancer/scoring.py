@@ -6,6 +6,7 @@ import re
 import string
 from collections import Counter
 
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.I)
 _PUNCT = str.maketrans({c: " " for c in string.punctuation})
 
@@ -38,3 +39,15 @@ def contains_answer(prediction: str, reference: str) -> bool:
     """True when the normalized reference appears as whole words in the prediction (long answers)."""
     ref = normalize_answer(reference)
     return bool(ref) and f" {ref} " in f" {normalize_answer(prediction)} "
+
+
+def matches(answer: str, reference: str, f1_threshold: float = 0.8) -> bool:
+    """Correct without a judge model: exact match, containment in a short answer, or token F1.
+
+    A long answer is judged by its emphasized spans (**...**), where prose answers put the fact.
+    """
+    for cand in [answer] + _BOLD.findall(answer):
+        short = len(cand.split()) <= max(8, 3 * len(reference.split()))
+        if exact_match(cand, reference) or (short and contains_answer(cand, reference)) or token_f1(cand, reference) >= f1_threshold:
+            return True
+    return False

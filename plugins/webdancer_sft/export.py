@@ -18,8 +18,8 @@ from typing import Any, Iterable
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines
-from webdancer.records import Trajectory, record_from_dict
-from webdancer.reference import is_reference_record, reference_to_trajectory
+from webdancer.records import Trajectory
+from webdancer.reference import load_trajectory
 from webdancer.wire import unwrap_tool_response
 
 DATASET = "webdancer_sft"
@@ -58,8 +58,7 @@ def to_sharegpt(traj: Trajectory) -> dict[str, Any] | str:
 
 def load_trajectories(path: Path) -> Iterable[Trajectory]:
     for lineno, obj in iter_json_lines(path):
-        where = f"{path}:{lineno}"
-        yield reference_to_trajectory(obj, where) if is_reference_record(obj) else record_from_dict(Trajectory, obj, where)
+        yield load_trajectory(obj, f"{path}:{lineno}")
 
 
 def export_sft(src: Path, out_dir: Path) -> ExportStats:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create or reuse the core environment .venv/ and install webdancer with the extras in $WEBDANCER_EXTRAS
-# (default: test), plus the Debian packages that ship the offline web (python3-doc, dict-foldoc).
+# (default: test), plus the Debian packages that ship the offline web (python3-doc, dict-foldoc)
+# and, for the tests, Chromium with its driver (the demo's browser test).
 # Idempotent: a second run with unchanged pyproject.toml and extras returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,11 +12,16 @@ EXTRAS=${WEBDANCER_EXTRAS:-test}
 need=()
 [ -d /usr/share/doc/python3-doc/html/library ] || need+=(python3-doc)
 [ -f /usr/share/dictd/foldoc.index ] || need+=(dict-foldoc)
+# The demo's browser test drives Debian's Chromium through its matching driver.
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    echo "installing ${need[*]} (the offline web's pages)" >&2
+    echo "installing ${need[*]} (Debian packages)" >&2
     $SUDO apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
   else

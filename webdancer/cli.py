@@ -13,6 +13,7 @@ from typing import Any, Optional
 import click
 
 from webdancer import __version__
+from webdancer.cli_eval import eval_group
 from webdancer.config import WebdancerConfig, config_to_yaml, load_config
 from webdancer.errors import WebdancerError
 from webdancer.plugins import KINDS, get_plugins
@@ -344,6 +345,9 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
     for policy, counts in sorted(report.by_policy.items()):
         click.echo(f"  policy {policy}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     click.echo(f"kept -> {out_path}; report -> {report_path}")
+
+
+cli.add_command(eval_group)
 
 
 def main() -> None:

@@ -132,6 +132,29 @@ class FilterConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`webdancer eval`: k runs per question, judged by an LLM when `judge` names a model."""
+
+    k: int = 1
+    # An OpenAI-compatible judge (ModelConfig fields: base_url, model, api_key_env); empty = exact/F1 match.
+    judge: dict[str, Any] = field(default_factory=dict)
+    judge_prompt: str = "configs/prompts/judge.txt"
+    f1_threshold: float = 0.8
+    judge_concurrency: int = 8
+
+
+@dataclass
+class DemoConfig:
+    """`webdancer demo`: the gradio app (model and tools come from `model`, `agent`, `tools`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    title: str = "WebDancer"
+    # QA JSONL whose questions are offered as examples (the embedded default's questions by default).
+    examples_file: str = "configs/quickstart_questions.jsonl"
+
+
+@dataclass
 class SftConfig:
     """SFT with LLaMA-Factory: what goes into the YAML `webdancer sft train` writes."""
 
@@ -174,6 +197,8 @@ class WebdancerConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:

@@ -1,0 +1,276 @@
+"""`webdancer eval`: k rollouts per question, judged, summarized as Pass@1 / Pass@k with a report.
+
+A run folder holds `trajectories.jsonl` and `scores.jsonl` (both append-only, so an interrupted
+eval resumes where it stopped) and `results.json`, `report.md`, `plot.png` (rewritten atomically
+from those two files each time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from webdancer.errors import WebdancerError
+from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, read_records
+from webdancer.records import QAItem, Trajectory
+from webdancer.rewards import Reward, RewardInput
+from webdancer.scoring import matches
+
+
+@dataclass
+class Score:
+    id: str  # the trajectory's id
+    question_id: str
+    correct: bool
+    method: str  # judge | match | match (judge failed: ...)
+
+
+async def score_trajectories(
+    trajs: list[Trajectory], out: Path, judge: Optional[Reward], f1_threshold: float = 0.8, concurrency: int = 8
+) -> None:
+    """Append a Score for every trajectory not yet scored; the judge's failures fall back to matching."""
+    sem = asyncio.Semaphore(concurrency)
+    with JsonlAppender(out) as sink:
+        todo = [t for t in trajs if t.id not in sink]
+
+        async def one(t: Trajectory) -> None:
+            answer = t.answer or ""
+            if not answer:
+                sink.write(Score(t.id, t.question_id, False, "no answer"))
+                return
+            if judge is None:
+                sink.write(Score(t.id, t.question_id, matches(answer, t.reference_answer or "", f1_threshold), "match"))
+                return
+            sample = RewardInput(question=t.question, response=answer, reference=t.reference_answer or "", answer=answer, trajectory=t)
+            try:
+                async with sem:
+                    verdict = await judge.score(sample) >= 0.5
+                sink.write(Score(t.id, t.question_id, verdict, "judge"))
+            except WebdancerError as exc:
+                fallback = matches(answer, t.reference_answer or "", f1_threshold)
+                sink.write(Score(t.id, t.question_id, fallback, f"match (judge failed: {str(exc)[:120]})"))
+
+        await asyncio.gather(*(one(t) for t in todo))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased Pass@k from n samples with c correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class Summary:
+    questions: int = 0
+    trajectories: int = 0
+    k: int = 1
+    pass_at_1: float = 0.0  # mean over questions of correct/n: Pass@1 averaged over the k runs
+    pass_at_k: float = 0.0
+    mean_turns: float = 0.0
+    mean_tool_calls: float = 0.0
+    mean_prompt_tokens: float = 0.0
+    mean_completion_tokens: float = 0.0
+    # Of the turns that did not give the final answer: share that made a well-formed call to a known tool.
+    valid_tool_call_turns: float = 0.0
+    # Of all turns: share that parsed (a tool call or an answer, no format error).
+    well_formed_turns: float = 0.0
+    answered: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    judged_by: dict[str, int] = field(default_factory=dict)
+
+
+def _summarize(pairs: list[tuple[Trajectory, Score]], k: int) -> Summary:
+    by_q: dict[str, list[bool]] = defaultdict(list)
+    turns = calls = prompt = completion = 0
+    non_answer_turns = valid_calls = all_turns = well_formed = answered = 0
+    failures: Counter = Counter()
+    methods: Counter = Counter()
+    for traj, score in pairs:
+        by_q[traj.question_id].append(score.correct)
+        turns += len(traj.steps)
+        calls += sum(1 for s in traj.steps if s.tool_call is not None)
+        prompt += traj.usage.prompt_tokens
+        completion += traj.usage.completion_tokens
+        for step in traj.steps:
+            all_turns += 1
+            well_formed += step.parse_error is None and not step.wrote_tool_response
+            if step.answer is None or step.parse_error is not None:
+                non_answer_turns += 1
+                ok = step.tool_call is not None and step.parse_error is None
+                ok = ok and step.tool_result is not None and not step.tool_result.content.startswith("[format error]")
+                valid_calls += ok
+        answered += traj.termination == "answered"
+        if not score.correct:
+            failures["wrong_answer" if traj.termination == "answered" else traj.termination] += 1
+        methods[score.method.split(" (")[0] if score.method.startswith("match (") else score.method] += 1
+    n_traj = max(1, len(pairs))
+    return Summary(
+        questions=len(by_q),
+        trajectories=len(pairs),
+        k=k,
+        pass_at_1=sum(sum(v) / len(v) for v in by_q.values()) / max(1, len(by_q)),
+        pass_at_k=sum(pass_at_k(len(v), sum(v), min(k, len(v))) for v in by_q.values()) / max(1, len(by_q)),
+        mean_turns=turns / n_traj,
+        mean_tool_calls=calls / n_traj,
+        mean_prompt_tokens=prompt / n_traj,
+        mean_completion_tokens=completion / n_traj,
+        valid_tool_call_turns=valid_calls / max(1, non_answer_turns),
+        well_formed_turns=well_formed / max(1, all_turns),
+        answered=answered / n_traj,
+        failures=dict(failures.most_common()),
+        judged_by=dict(methods),
+    )
+
+
+def summarize(items: list[QAItem], trajs: list[Trajectory], scores: dict[str, Score], k: int) -> dict[str, Any]:
+    """Overall and per-group summaries (groups from the eval set: level, type, difficulty, topic, tag)."""
+    groups_of = {item.id: item.provenance.get("groups", {}) for item in items}
+    pairs = [(t, scores[t.id]) for t in trajs if t.id in scores and t.question_id in groups_of]
+    result: dict[str, Any] = {"overall": asdict(_summarize(pairs, k)), "groups": {}}
+    keys = sorted({key for g in groups_of.values() for key in g})
+    for key in keys:
+        buckets: dict[str, list] = defaultdict(list)
+        for traj, score in pairs:
+            buckets[str(groups_of[traj.question_id].get(key, "unknown"))].append((traj, score))
+        result["groups"][key] = {value: asdict(_summarize(ps, k)) for value, ps in sorted(buckets.items())}
+    return result
+
+
+@dataclass
+class EvalRun:
+    """Where one evaluation lives on disk."""
+
+    dir: Path
+
+    @property
+    def trajectories(self) -> Path:
+        return self.dir / "trajectories.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.dir / "scores.jsonl"
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results.json"
+
+    def load(self) -> tuple[list[Trajectory], dict[str, Score]]:
+        trajs = list(read_records(self.trajectories, Trajectory)) if self.trajectories.exists() else []
+        scores = {s.id: s for s in read_records(self.scores, Score)} if self.scores.exists() else {}
+        return trajs, scores
+
+
+def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int) -> dict[str, Any]:
+    """results.json + report.md + plot.png from what is on disk now."""
+    trajs, scores = run.load()
+    results = {"meta": meta, **summarize(items, trajs, scores, k)}
+    atomic_write_json(run.results, results)
+    atomic_write_text(run.dir / "report.md", render_markdown(results))
+    plot_results({meta.get("name", run.dir.name): results}, run.dir / "plot.png")
+    return results
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+ROW_FIELDS = [
+    ("questions", "questions", str),
+    ("runs", "trajectories", str),
+    ("Pass@1 %", "pass_at_1", _pct),
+    ("Pass@k %", "pass_at_k", _pct),
+    ("answered %", "answered", _pct),
+    ("valid tool-call turns %", "valid_tool_call_turns", _pct),
+    ("well-formed turns %", "well_formed_turns", _pct),
+    ("turns", "mean_turns", lambda x: f"{x:.2f}"),
+    ("tool calls", "mean_tool_calls", lambda x: f"{x:.2f}"),
+    ("prompt tok", "mean_prompt_tokens", lambda x: f"{x:.0f}"),
+    ("completion tok", "mean_completion_tokens", lambda x: f"{x:.0f}"),
+]
+
+
+def _table(rows: list[tuple[str, dict[str, Any]]], first: str) -> str:
+    head = [first] + [name for name, _, _ in ROW_FIELDS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, s in rows:
+        lines.append("| " + " | ".join([label] + [fmt(s[key]) for _, key, fmt in ROW_FIELDS]) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    meta, overall = results["meta"], results["overall"]
+    out = [f"# Evaluation: {meta.get('name', '')}", ""]
+    out += [f"- {key}: `{value}`" for key, value in meta.items() if key != "name"]
+    out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them.", "", _table([("all", overall)], "set"), ""]
+    for key, buckets in results["groups"].items():
+        out += [f"## By {key}", "", _table(list(buckets.items()), key), ""]
+    out += ["## Why runs failed", ""]
+    out += [f"- {reason}: {count}" for reason, count in overall["failures"].items()] or ["- none"]
+    out += ["", "## Correctness decided by", ""]
+    out += [f"- {method}: {count}" for method, count in overall["judged_by"].items()] or ["- nothing scored yet"]
+    return "\n".join(out) + "\n"
+
+
+def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Bars of Pass@1 and Pass@k overall and per group, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(runs.values()))
+    panels = [("overall", {"all": None})] + [(key, buckets) for key, buckets in first["groups"].items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    width = 0.8 / (2 * len(runs))
+    for ax, (key, buckets) in zip(axes[0], panels):
+        labels = list(buckets)
+        for r, (name, res) in enumerate(runs.items()):
+            source = {"all": res["overall"]} if key == "overall" else res["groups"].get(key, {})
+            for m, metric in enumerate(("pass_at_1", "pass_at_k")):
+                xs = [i + (2 * r + m - len(runs)) * width + width / 2 for i in range(len(labels))]
+                ys = [100 * source.get(label, {}).get(metric, 0.0) for label in labels]
+                ax.bar(xs, ys, width, label=f"{name} {metric.replace('pass_at_', 'Pass@')}", alpha=1.0 if m == 0 else 0.55)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_title(key)
+        ax.set_ylabel("% correct")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A run's results.json, given the file or its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise WebdancerError(f"{path}: no results.json there; run `webdancer eval run` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WebdancerError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
+def render_comparison(runs: dict[str, dict[str, Any]]) -> str:
+    names = list(runs)
+    out = ["# Evaluation comparison", "", _table([(n, runs[n]["overall"]) for n in names], "run"), ""]
+    if len(names) == 2:
+        a, b = (runs[n]["overall"] for n in names)
+        deltas = [f"{label} {100 * (b[key] - a[key]):+.1f} pts" for label, key, fmt in ROW_FIELDS if fmt is _pct]
+        out += [f"{names[1]} vs {names[0]}: " + ", ".join(deltas), ""]
+    keys = sorted({key for r in runs.values() for key in r["groups"]})
+    for key in keys:
+        rows = [(f"{n} / {value}", s) for n in names for value, s in runs[n]["groups"].get(key, {}).items()]
+        out += [f"## By {key}", "", _table(rows, f"run / {key}"), ""]
+    return "\n".join(out) + "\n"
+

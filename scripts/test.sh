@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# Set up .venv/ (see setup.sh) and run the test suite. Extra arguments go to pytest.
+# Set up the environments and run the test suite: the core suite in .venv/, then the tests that
+# need verl in its own environment .venvs/rl (tests/verl_side). Extra arguments go to both pytest runs.
 # pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 bash scripts/setup_sft.sh || { echo "SFT environment setup failed" >&2; exit 1; }
-.venv/bin/python -m pytest "$@"
-rc=$?
-if [ "$rc" -eq 5 ]; then
-  echo "error: pytest collected no tests" >&2
-  exit 1
-fi
-exit "$rc"
+bash scripts/setup_rl.sh || { echo "RL environment setup failed" >&2; exit 1; }
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
+reports=$(mktemp -d)
+.venv/bin/python -m pytest --junitxml="$reports/core.xml" "$@"
+core=$?
+.venvs/rl/bin/python -m pytest tests/verl_side --junitxml="$reports/verl.xml" "$@"
+verl=$?
+for rc in "$core" "$verl"; do
+  if [ "$rc" -eq 5 ]; then echo "error: a pytest run collected no tests" >&2; exit 1; fi
+done
+# One closing line for both runs.
+.venv/bin/python - "$reports" <<'PY'
+import sys, xml.etree.ElementTree as ET
+from pathlib import Path
+passed = failed = skipped = 0
+for f in Path(sys.argv[1]).glob("*.xml"):
+    for s in ET.parse(f).getroot().iter("testsuite"):
+        n, fl, er, sk = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+        passed += n - fl - er - sk; failed += fl + er; skipped += sk
+print(f"total: {passed} passed, {failed} failed, {skipped} skipped")
+PY
+[ "$core" -eq 0 ] && [ "$verl" -eq 0 ]

@@ -144,6 +144,49 @@ class EvalConfig:
 
 
 @dataclass
+class RlConfig:
+    """RL with verl (DAPO): what `webdancer rl prepare|train` write and the verl overrides they produce."""
+
+    venv: str = ".venvs/rl"  # the environment `scripts/setup_rl.sh` makes (verl + webdancer)
+    model_path: str = ""  # default: the SFT checkpoint runs/<run>/sft if it exists, else sft.model_path
+    data_dir: str = ""  # default runs/<run>/rl_data (train.parquet, val.parquet, tool_config.yaml, agent_loops.yaml)
+    output_dir: str = ""  # default runs/<run>/rl (checkpoints, train.log, command.sh)
+    val_fraction: float = 0.1
+    # DAPO (Yu et al. 2025): group sampling, decoupled clip (clip-higher), dynamic sampling that
+    # drops groups whose rollouts all score the same, token-level loss, overlong reward shaping, no KL.
+    adv_estimator: str = "grpo"
+    n_rollouts: int = 8
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    loss_agg_mode: str = "token-mean"
+    filter_groups: bool = True
+    filter_groups_metric: str = "acc"
+    max_num_gen_batches: int = 10
+    overlong_buffer: int = 512  # tokens before the response limit where the length penalty ramps up (0 = off)
+    overlong_penalty: float = 1.0
+    use_kl_loss: bool = False
+    train_batch_size: int = 32
+    ppo_mini_batch_size: int = 16
+    learning_rate: float = 1e-6
+    max_prompt_length: int = 4096
+    max_response_length: int = 8192
+    max_turns: int = 8
+    max_tool_response_length: int = 4096
+    temperature: float = 1.0
+    rollout_engine: str = "sglang"
+    tensor_parallel: int = 1
+    gpu_memory_utilization: float = 0.6
+    n_gpus_per_node: int = 1
+    nnodes: int = 1
+    total_training_steps: int = 5
+    save_freq: int = -1
+    test_freq: int = -1
+    logger: list[str] = field(default_factory=lambda: ["console"])
+    # Raw verl overrides (`key=value`, hydra syntax) appended last: anything verl has that is not above.
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DemoConfig:
     """`webdancer demo`: the gradio app (model and tools come from `model`, `agent`, `tools`)."""
 
@@ -199,6 +242,7 @@ class WebdancerConfig:
     sft: SftConfig = field(default_factory=SftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    rl: RlConfig = field(default_factory=RlConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:

@@ -167,6 +167,17 @@ def parse_assistant(text: str, tools: dict[str, dict[str, Any]]) -> ParsedTurn:
     return turn
 
 
+def final_turn(rollout: str) -> str:
+    """The last assistant turn of a flattened rollout (verl decodes prompt-free responses this way).
+
+    Decoding without special tokens leaves the ChatML role names as plain lines
+    (`...</tool_response>\nassistant\n<think>...`); the role line is not part of the turn.
+    """
+    tail = rollout.rsplit(RESP_CLOSE, 1)[-1] if RESP_CLOSE in rollout else rollout
+    tail = tail.lstrip()
+    return tail[len("assistant\n"):] if tail.startswith("assistant\n") else tail
+
+
 def render_tool_call(call: ToolCall) -> str:
     body = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
     return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"

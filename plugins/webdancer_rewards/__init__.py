@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from webdancer import hookimpl
 from webdancer.rewards import Reward, RewardInput
-from webdancer.scoring import contains_answer, exact_match, token_f1
-from webdancer.wire import parse_assistant
+from webdancer.errors import ConfigError
+from webdancer.scoring import exact_match, matches, token_f1
+from webdancer.wire import final_turn, parse_assistant
 
 
 class FormatReward(Reward):
@@ -20,20 +21,16 @@ class FormatReward(Reward):
             steps = sample.trajectory.steps
             ok = bool(steps) and all(s.parse_error is None and not s.wrote_tool_response for s in steps)
             return float(ok and steps[-1].answer is not None)
-        parsed = parse_assistant(_last_turn(sample.response), {})
+        parsed = parse_assistant(final_turn(sample.response), {})
         return float(parsed.answer is not None and parsed.error is None)
-
-
-def _last_turn(response: str) -> str:
-    """The text after the last tool response: the final assistant turn of a flattened rollout."""
-    marker = "</tool_response>"
-    return response.rsplit(marker, 1)[-1] if marker in response else response
 
 
 @dataclass
 class AnswerRewardConfig:
-    # exact: normalized exact match (or the reference contained in a short answer); f1: token F1.
-    metric: str = "exact"
+    # match: the no-judge rule the filter and eval use (exact, containment in a short answer, or
+    # token F1 >= f1_threshold); exact: normalized exact match only; f1: token F1 itself (graded).
+    metric: str = "match"
+    f1_threshold: float = 0.8
 
 
 class AnswerReward(Reward):
@@ -45,12 +42,16 @@ class AnswerReward(Reward):
     async def score(self, sample: RewardInput) -> float:
         answer = sample.answer
         if answer is None:
-            answer = parse_assistant(_last_turn(sample.response), {}).answer
+            answer = parse_assistant(final_turn(sample.response), {}).answer
         if not answer:
             return 0.0
         if self.config.metric == "f1":
             return token_f1(answer, sample.reference)
-        return float(exact_match(answer, sample.reference) or (len(answer.split()) <= 3 * max(1, len(sample.reference.split())) and contains_answer(answer, sample.reference)))
+        if self.config.metric == "exact":
+            return float(exact_match(answer, sample.reference))
+        if self.config.metric == "match":
+            return float(matches(answer, sample.reference, self.config.f1_threshold))
+        raise ConfigError(f"reward_options.answer.metric: unknown metric {self.config.metric!r}; use match, exact or f1")
 
 
 @dataclass
@@ -87,7 +88,7 @@ class JudgeReward(Reward):
     async def score(self, sample: RewardInput) -> float:
         from webdancer.records import Message
 
-        answer = sample.answer if sample.answer is not None else parse_assistant(_last_turn(sample.response), {}).answer
+        answer = sample.answer if sample.answer is not None else parse_assistant(final_turn(sample.response), {}).answer
         if not answer:
             return 0.0
         prompt = self.template.format(question=sample.question, reference=sample.reference, answer=answer)

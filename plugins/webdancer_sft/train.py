@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +13,7 @@ import yaml
 from webdancer.config import SftConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
+from webdancer.launch import log_tail, run_logged, write_command_script
 from webdancer_sft.export import DATASET
 
 
@@ -76,18 +76,11 @@ def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Call
     config_file = output_dir / "llamafactory_train.yaml"
     atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir), sort_keys=False))
     command = [str(cli_path(cfg.venv)), "train", str(config_file)]
-    atomic_write_text(output_dir / "command.sh", "#!/usr/bin/env bash\n# Rerun by hand or on a cluster install of LLaMA-Factory:\n" + shlex.join(command) + "\n")
+    write_command_script(output_dir / "command.sh", command, "Rerun by hand or on a cluster install of LLaMA-Factory:")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
-    with (output_dir / "train.log").open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            echo(line.rstrip("\n"))
-        code = proc.wait()
+    code = run_logged(command, output_dir / "train.log", env, echo)
     if code != 0:
-        tail = (output_dir / "train.log").read_text(encoding="utf-8").splitlines()[-15:]
-        raise WebdancerError(f"llamafactory-cli train exited with code {code}; last lines:\n" + "\n".join(tail))
+        raise WebdancerError(f"llamafactory-cli train exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
     return {"losses": training_losses(output_dir), "command": command}
 
 

@@ -1,0 +1,101 @@
+"""`webdancer rl prepare`: the parquet files, tool YAML and agent-loop YAML verl reads.
+
+Rows follow verl's RLHFDataset: `prompt` (our system prompt and first user turn, as chat
+messages), `data_source`, `reward_model.ground_truth`, `extra_info` (question, ids)
+and `agent_name` (our agent loop). A question goes to train or val by a hash of its id, so a
+rerun on a grown QA file never moves a question between the two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from webdancer.config import WebdancerConfig
+from webdancer.errors import WebdancerError
+from webdancer.jsonl import atomic_write_text
+from webdancer.records import QAItem
+from webdancer.tools import ToolBox
+from webdancer.wire import initial_messages
+
+AGENT_LOOP = "webdancer_agent"  # = webdancer_rl.verl_agent.AGENT_LOOP (that module needs verl)
+TOOL_CLASS = "webdancer_rl.verl_tool.WebdancerTool"
+AGENT_LOOP_CLASS = "webdancer_rl.verl_agent.WebdancerAgentLoop"
+
+
+@dataclass
+class RlData:
+    train: Path
+    val: Path
+    tool_config: Path
+    agent_loops: Path
+    train_rows: int
+    val_rows: int
+
+
+def is_val(item_id: str, fraction: float) -> bool:
+    return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def rl_row(item: QAItem, index: int, schemas: list[dict[str, Any]], cfg: WebdancerConfig, split: str) -> dict[str, Any]:
+    date = cfg.agent.current_date or dt.date.today().isoformat()
+    prompt = [{"role": m.role, "content": m.content} for m in initial_messages(item.question, schemas, date, cfg.agent.system_prompt_file)]
+    return {
+        "data_source": f"webdancer/{item.tag or 'qa'}",
+        "prompt": prompt,
+        "ability": "web_information_seeking",
+        "reward_model": {"style": "rule", "ground_truth": item.answer},
+        # No tools_kwargs: our tools need no per-question state (parquet cannot store an empty struct).
+        "extra_info": {"split": split, "index": index, "question_id": item.id, "question": item.question},
+        "agent_name": AGENT_LOOP,
+    }
+
+
+def tool_config(cfg: WebdancerConfig, toolbox: ToolBox) -> dict[str, Any]:
+    tools = []
+    for name, tool in toolbox.tools.items():
+        schema = tool.schema()
+        tools.append({
+            "class_name": TOOL_CLASS,
+            "config": {"type": "native", "tool": name, "options": dict(cfg.tools.get(name) or {}), "timeout_s": cfg.agent.tool_timeout_s},
+            "tool_schema": {"type": "function", "function": {"name": name, "description": schema["description"], "parameters": schema["parameters"]}},
+        })
+    return {"tools": tools}
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise WebdancerError("writing verl's parquet needs pyarrow: pip install 'webdancer[rl]' (or run in .venvs/rl)") from None
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    tmp.replace(path)
+
+
+def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
+    if not items:
+        raise WebdancerError("no QA items to prepare for RL")
+    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
+    schemas = toolbox.schemas()
+    fraction = cfg.rl.val_fraction
+    train, val = [], []
+    for item in items:
+        (val if is_val(item.id, fraction) else train).append(item)
+    if not val and fraction > 0:  # a small file: keep one question out for validation
+        val.append(train.pop())
+    if not train:
+        raise WebdancerError(f"all {len(items)} questions went to validation; lower rl.val_fraction ({fraction})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = RlData(out_dir / "train.parquet", out_dir / "val.parquet", out_dir / "tool_config.yaml", out_dir / "agent_loops.yaml", len(train), len(val))
+    write_parquet([rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)], data.train)
+    write_parquet([rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)], data.val)
+    atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg, toolbox), sort_keys=False))
+    atomic_write_text(data.agent_loops, yaml.safe_dump([{"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS}], sort_keys=False))
+    return data

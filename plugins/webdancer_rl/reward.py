@@ -1,0 +1,68 @@
+"""verl's custom reward function: `compute_score` dispatching to webdancer reward plugins.
+
+verl calls `compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)`
+once per rollout (awaited, since this one is async: judge calls overlap across a batch).
+The rewards and their weights come from `reward_kwargs` (written by `webdancer rl train`):
+`weights` (default: the paper's format 0.1 + answer 0.9) and `options` per reward. A judge that
+fails falls back to the no-judge match rule for that rollout, counted in `judge_failed`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from webdancer.errors import ConfigError, WebdancerError
+from webdancer.rewards import Reward, RewardInput
+from webdancer.scoring import matches
+from webdancer.wire import final_turn, parse_assistant
+
+DEFAULT_WEIGHTS = {"format": 0.1, "answer": 0.9}
+_cache: dict[str, dict[str, Reward]] = {}
+
+
+def build_rewards(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> dict[str, Reward]:
+    """Reward plugins by name, built once per process and set of options."""
+    from webdancer.config import validate_options
+    from webdancer.plugins import get_plugins
+
+    key = json.dumps([sorted(weights), options], sort_keys=True, default=str)
+    if key not in _cache:
+        built = {}
+        for name in weights:
+            cls = get_plugins().get("rewards", name)
+            built[name] = cls(validate_options(cls.Config, (options or {}).get(name) or {}, f"reward_options.{name}"))
+        _cache[key] = built
+    return _cache[key]
+
+
+async def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Optional[dict[str, Any]] = None,
+    weights: Optional[dict[str, float]] = None,
+    options: Optional[dict[str, dict[str, Any]]] = None,
+    **_: Any,
+) -> dict[str, float]:
+    """{"score": weighted sum, <reward name>: its score, ...}: verl logs every key per step."""
+    weights = dict(weights or DEFAULT_WEIGHTS)
+    if not weights or any(w < 0 for w in weights.values()):
+        raise ConfigError(f"reward weights must be non-negative and not all absent, got {weights}")
+    extra_info = dict(extra_info or {})
+    reference = ground_truth["target"] if isinstance(ground_truth, dict) else str(ground_truth)
+    answer = parse_assistant(final_turn(solution_str), {}).answer
+    sample = RewardInput(question=str(extra_info.get("question", "")), response=solution_str, reference=reference, answer=answer, extra=extra_info)
+    out: dict[str, float] = {}
+    judge_failed = 0.0
+    for name, reward in build_rewards(weights, options or {}).items():
+        try:
+            out[name] = float(await reward.score(sample))
+        except WebdancerError:
+            if name != "judge":
+                raise
+            judge_failed = 1.0
+            out[name] = float(bool(answer) and matches(answer, reference))
+    out["score"] = sum(weights[name] * out[name] for name in weights)
+    out["judge_failed"] = judge_failed
+    return out

@@ -1,0 +1,62 @@
+"""verl's tool interface (`BaseTool`) over any webdancer tool plugin, looked up by name.
+
+One class for every tool: verl's tool YAML names `webdancer_rl.verl_tool.WebdancerTool` with
+`config.tool: <name>` and that tool's options, so a third-party tool plugin is usable in RL by
+`pip install` alone. Importing this module also registers the `webdancer` tool parser and agent
+loop with verl (see verl_agent.py), so the tool YAML is all a worker needs to load.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from verl.tools.base_tool import BaseTool
+from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
+
+import webdancer_rl.verl_agent  # noqa: F401  (registers the parser and agent loop)
+from webdancer.records import ToolCall
+from webdancer.tools import ToolBox
+from webdancer.wire import validate_arguments
+
+
+def openai_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": schema["name"], "description": schema["description"], "parameters": schema["parameters"]}}
+
+
+class WebdancerTool(BaseTool):
+    """config: {type: native, tool: NAME, options: {...}, timeout_s: 60}."""
+
+    def __init__(self, config: dict[str, Any], tool_schema: Optional[OpenAIFunctionToolSchema] = None):
+        name = config.get("tool")
+        if not name:
+            raise ValueError("WebdancerTool needs `config.tool`: the webdancer tool's name (see `webdancer plugins`)")
+        self._box = ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)))
+        self._tool = self._box.tools[name]
+        # verl's schema model keeps only type/description/enum per parameter; validate against ours.
+        self._parameters = self._tool.parameters
+        if tool_schema is None:
+            tool_schema = OpenAIFunctionToolSchema.model_validate(openai_schema(self._tool.schema()))
+        super().__init__(config, tool_schema)
+        self._instances: dict[str, dict[str, Any]] = {}
+
+    async def create(self, instance_id: Optional[str] = None, **kwargs) -> tuple[str, ToolResponse]:
+        instance_id, response = await super().create(instance_id, **kwargs)
+        self._instances[instance_id] = {"calls": 0, "errors": 0}
+        return instance_id, response
+
+    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
+        state = self._instances.setdefault(instance_id, {"calls": 0, "errors": 0})
+        state["calls"] += 1
+        problem = validate_arguments(parameters, self._parameters)
+        if problem:
+            state["errors"] += 1
+            return ToolResponse(text=f"[{self.name}] invalid arguments: {problem}"), 0.0, {"error": 1}
+        result = await self._box.run(ToolCall(self.name, parameters))
+        state["errors"] += int(result.error)
+        return ToolResponse(text=result.content), 0.0, {"error": int(result.error), "elapsed_s": result.elapsed_s}
+
+    async def calc_reward(self, instance_id: str, **kwargs) -> float:
+        return 0.0  # rewards are outcome-level (format + answer), computed by compute_score
+
+    async def release(self, instance_id: str, **kwargs) -> None:
+        self._instances.pop(instance_id, None)

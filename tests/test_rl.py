@@ -1,0 +1,104 @@
+"""RL plugin, core side: verl's data files, the DAPO command, compute_score (verl itself: tests/verl_side)."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from webdancer.cli import cli
+from webdancer.config import load_config
+from webdancer.records import QAItem, ToolCall
+from webdancer.testing.fake_openai import FakeOpenAIServer
+from webdancer.plugins import get_plugins
+from webdancer.wire import render_assistant
+
+get_plugins().add_commands(cli)  # what `webdancer` (main) does: plugin commands such as `rl`
+ITEMS = [QAItem(f"Question number {i} about the offline web?", f"answer {i}", tag="crawlqa") for i in range(40)]
+
+
+def qa_file(tmp_path, items=ITEMS):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": i.question, "answer": i.answer, "tag": i.tag}) + "\n" for i in items))
+    return path
+
+
+def test_prepare_writes_verl_rows_split_stably(tmp_path):
+    out = tmp_path / "run"
+    args = ["rl", "prepare", str(qa_file(tmp_path)), f"run.root={out}", "run.name=r", "agent.current_date=2026-11-24"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    data = out / "r" / "rl_data"
+    train, val = pq.read_table(data / "train.parquet").to_pylist(), pq.read_table(data / "val.parquet").to_pylist()
+    assert len(train) + len(val) == 40 and 0 < len(val) < 12
+    row = train[0]
+    assert row["agent_name"] == "webdancer_agent" and row["data_source"] == "webdancer/crawlqa"
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"] and row["extra_info"]["question"] in row["prompt"][1]["content"]
+    assert row["reward_model"] == {"style": "rule", "ground_truth": row["extra_info"]["question"].split()[2].join(["answer ", ""])}
+    tools = yaml.safe_load((data / "tool_config.yaml").read_text())["tools"]
+    assert [t["config"]["tool"] for t in tools] == ["search", "visit"] and all(t["class_name"] == "webdancer_rl.verl_tool.WebdancerTool" for t in tools)
+    assert tools[0]["tool_schema"]["function"]["parameters"]["properties"]["query"]["items"] == {"type": "string"}
+    assert yaml.safe_load((data / "agent_loops.yaml").read_text()) == [{"name": "webdancer_agent", "_target_": "webdancer_rl.verl_agent.WebdancerAgentLoop"}]
+    # More questions later: nobody moves between train and val.
+    result = CliRunner().invoke(cli, ["rl", "prepare", str(qa_file(tmp_path, ITEMS + [QAItem("One more?", "yes")]))] + args[3:])
+    assert result.exit_code == 0
+    val_again = {r["extra_info"]["question_id"] for r in pq.read_table(data / "val.parquet").to_pylist()}
+    assert {r["extra_info"]["question_id"] for r in val} <= val_again
+
+
+def test_train_print_command_records_the_native_verl_command(tmp_path):
+    run = ["run.root=" + str(tmp_path), "run.name=r"]
+    assert CliRunner().invoke(cli, ["rl", "prepare", str(qa_file(tmp_path)), *run]).exit_code == 0
+    result = CliRunner().invoke(cli, ["rl", "train", *run, "rl.n_rollouts=4", "rl.extra=[trainer.device=cpu]", "--print-command"])
+    assert result.exit_code == 0, result.output
+    script = (tmp_path / "r" / "rl" / "command.sh").read_text()
+    assert "-m verl.trainer.main_ppo" in script and "actor_rollout_ref.rollout.n=4" in script and script.rstrip().endswith("trainer.device=cpu")
+    for key in ("actor_rollout_ref.actor.clip_ratio_high=0.28", "algorithm.filter_groups.enable=True", "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+                "+reward.reward_kwargs.overlong_buffer_cfg.enable=True", "actor_rollout_ref.rollout.name=sglang",
+                "actor_rollout_ref.rollout.agent.default_agent_loop=webdancer_agent", "+reward.custom_reward_function.reward_kwargs.weights.answer=0.9"):
+        assert key in script
+    missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "--print-command"])
+    assert missing.exit_code != 0 and "run `webdancer rl prepare QA_FILE` first" in missing.output
+
+
+def rollout(answer, thought="The page says so."):
+    call = render_assistant("search", tool_call=ToolCall("search", {"query": ["kilby"]}))
+    return f"{call}\nuser\n<tool_response>\nJack Kilby invented it.\n</tool_response>\nassistant\n" + render_assistant(thought, answer=answer)
+
+
+def test_compute_score_weights_format_and_answer():
+    from webdancer_rl.reward import compute_score
+
+    def score(text, **kw):
+        return asyncio.run(compute_score("webdancer/crawlqa", text, "Jack Kilby", {"question": "Who?"}, **kw))
+
+    assert score(rollout("Jack Kilby")) == {"format": 1.0, "answer": 1.0, "score": pytest.approx(1.0), "judge_failed": 0.0}
+    assert score(rollout("Robert Noyce"))["score"] == pytest.approx(0.1)
+    assert score("I believe it was Jack Kilby.")["score"] == 0.0  # no <answer>: neither format nor answer
+    assert score(rollout("Jack Kilby"), weights={"answer": 1.0})["score"] == 1.0
+    assert score(rollout("It was Jack Kilby in 1958"), options={"answer": {"metric": "exact"}})["answer"] == 0.0
+
+
+def test_compute_score_with_a_judge_and_its_fallback():
+    from webdancer_rl.reward import compute_score
+
+    with FakeOpenAIServer(default="Correct") as judge:
+        options = {"judge": {"model": {"base_url": judge.base_url, "model": "j", "max_retries": 0}}}
+        out = asyncio.run(compute_score("s", rollout("J. Kilby of TI"), "Jack Kilby", {"question": "Who?"}, weights={"format": 0.1, "judge": 0.9}, options=options))
+        assert out["judge"] == 1.0 and out["judge_failed"] == 0.0 and "J. Kilby of TI" in judge.state.requests[0]["messages"][0]["content"]
+    with FakeOpenAIServer(default=(500, "down")) as judge:
+        options = {"judge": {"model": {"base_url": judge.base_url, "model": "j2", "max_retries": 0}}}
+        out = asyncio.run(compute_score("s", rollout("Jack Kilby"), "Jack Kilby", {}, weights={"format": 0.1, "judge": 0.9}, options=options))
+    assert out["judge_failed"] == 1.0 and out["judge"] == 1.0  # fell back to matching, and said so
+
+
+def test_rl_overrides_are_all_plain_key_value(tmp_path):
+    from webdancer_rl.train import verl_overrides
+
+    cfg = load_config(None, ["rl.filter_groups=false", "rl.overlong_buffer=0"])
+    overrides = verl_overrides(cfg, Path("d"), Path("o"))
+    assert all("=" in o and " " not in o.split("=", 1)[0] for o in overrides)
+    assert "algorithm.filter_groups.enable=False" in overrides and "+reward.reward_kwargs.overlong_buffer_cfg.enable=False" in overrides

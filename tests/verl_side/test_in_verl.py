@@ -1,0 +1,237 @@
+"""webdancer inside verl 0.9.1, on the CPU: run in .venvs/rl (scripts/test.sh does).
+
+The tool adapter through verl's tool loader and BaseTool interface, compute_score through verl's
+reward-function loader and its DAPO reward manager, the prepared parquet through RLHFDataset, our
+agent loop on real tokens (masking), and our DAPO overrides composed with verl's own config.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from webdancer.config import load_config
+from webdancer.records import QAItem, ToolCall
+from webdancer.wire import render_assistant
+
+QUESTIONS = [
+    QAItem("Who invented the integrated circuit in 1958 at Texas Instruments?", "Jack Kilby", tag="crawlqa"),
+    QAItem("Which company founded in San Jose in 1984 invented the field-programmable gate array?", "Xilinx", tag="crawlqa"),
+    QAItem("In which year did Guido van Rossum invent Python?", "1991", tag="e2hqa"),
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(local_web, tmp_path_factory):
+    from webdancer_rl.prepare import prepare
+
+    web, _, _ = local_web
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "rl.val_fraction=0.34",
+                             "agent.current_date=2026-11-24"])
+    out = tmp_path_factory.mktemp("rl_data")
+    return cfg, prepare(QUESTIONS, cfg, out)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+async def test_tool_adapter_runs_webdancer_tools_through_verls_interface(prepared):
+    from verl.tools.base_tool import BaseTool
+    from verl.tools.tool_registry import initialize_tools_from_config
+
+    _, data = prepared
+    tools = {t.name: t for t in initialize_tools_from_config(str(data.tool_config))}
+    assert set(tools) == {"search", "visit"} and all(isinstance(t, BaseTool) for t in tools.values())
+    search = tools["search"]
+    instance, _ = await search.create()
+    response, reward, metrics = await search.execute(instance, {"query": ["integrated circuit Kilby"]})
+    assert "kilby" in response.text.lower() and "http://127.0.0.1:" in response.text and metrics["error"] == 0 and reward == 0.0
+    bad, _, bad_metrics = await search.execute(instance, {"query": "not a list"})
+    assert "invalid arguments" in bad.text and bad_metrics["error"] == 1
+    await search.release(instance)
+    visit = tools["visit"]
+    url = next(line.split("](")[1].rstrip(")") for line in response.text.splitlines() if "](" in line)
+    page, _, _ = await visit.execute("v1", {"url": [url], "goal": "who invented the integrated circuit"})
+    assert "kilby" in page.text.lower()
+    # the schema verl hands the chat template is the tool's own
+    assert search.tool_schema.function.name == "search" and "query" in search.tool_schema.function.parameters.properties
+
+
+def rollout_text(tokenizer, answer):
+    """A whole rollout as verl's reward manager sees it: response tokens decoded without specials."""
+    messages = [
+        {"role": "assistant", "content": render_assistant("I will search.", tool_call=ToolCall("search", {"query": ["kilby"]}))},
+        {"role": "tool", "content": "1. [Jack Kilby](http://x/kilby.html) invented the integrated circuit in 1958."},
+        {"role": "assistant", "content": render_assistant("The page says Jack Kilby.", answer=answer)},
+    ]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+async def test_compute_score_through_verls_reward_loader_and_dapo_manager(prepared, tokenizer):
+    from verl import DataProto
+    from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from webdancer_rl import reward as reward_module
+
+    config = OmegaConf.create({"reward": {"custom_reward_function": {
+        "path": reward_module.__file__, "name": "compute_score", "reward_kwargs": {"weights": {"format": 0.1, "answer": 0.9}}},
+        "reward_kwargs": {"overlong_buffer_cfg": {"enable": True, "len": 64, "penalty_factor": 1.0, "log": True}, "max_resp_len": 4096}}})
+    fn = get_custom_reward_fn(config)
+    good = await fn(data_source="webdancer/crawlqa", solution_str=rollout_text(tokenizer, "Jack Kilby"), ground_truth="Jack Kilby", extra_info={})
+    wrong = await fn(data_source="webdancer/crawlqa", solution_str=rollout_text(tokenizer, "Robert Noyce"), ground_truth="Jack Kilby", extra_info={})
+    garbage = await fn(data_source="webdancer/crawlqa", solution_str="I think it was Kilby", ground_truth="Jack Kilby", extra_info={})
+    assert good["score"] == pytest.approx(1.0) and good["format"] == 1.0 and good["answer"] == 1.0
+    assert wrong["score"] == pytest.approx(0.1) and garbage["score"] == 0.0
+
+    manager = DAPORewardManager(config, tokenizer, fn)
+    prompt = tokenizer("<|im_start|>user\nq<|im_end|>\n", return_tensors="pt")["input_ids"][0]
+    response = torch.tensor(tokenizer(rollout_text(tokenizer, "Jack Kilby"))["input_ids"])
+    batch = {"prompts": prompt[None], "responses": response[None], "attention_mask": torch.ones(1, len(prompt) + len(response), dtype=torch.long)}
+    data = DataProto.from_dict(tensors=batch, non_tensors={"data_source": ["webdancer/crawlqa"], "reward_model": [{"ground_truth": "Jack Kilby"}],
+                                                         "extra_info": [{}]})
+    out = await manager.run_single(data)
+    assert out["reward_score"] == pytest.approx(1.0) and out["reward_extra_info"]["overlong"] is False
+
+
+def test_prepared_parquet_loads_with_verls_dataset(prepared, tokenizer):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    cfg, data = prepared
+    config = OmegaConf.create({"prompt_key": "prompt", "max_prompt_length": 4096, "return_raw_chat": True, "truncation": "error",
+                               "filter_overlong_prompts": True, "cache_dir": str(data.train.parent / "cache")})
+    ds = RLHFDataset([str(data.train)], tokenizer, config)
+    assert len(ds) == data.train_rows == 2 and data.val_rows == 1
+    row = ds[0]
+    assert row["agent_name"] == "webdancer_agent" and row["data_source"].startswith("webdancer/")
+    raw = list(row["raw_prompt"])
+    assert raw[0]["role"] == "system" and "<tool_call>" in raw[0]["content"] + raw[1]["content"]
+    assert any(q.question in raw[1]["content"] for q in QUESTIONS) and row["extra_info"]["question"] in raw[1]["content"]
+
+
+class ScriptedServer:
+    """verl's server-manager interface, answering with the tokens of scripted turns (no GPU here)."""
+
+    def __init__(self, tokenizer, turns):
+        self.tokenizer, self.turns, self.prompts = tokenizer, list(turns), []
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        from verl.workers.rollout.replica import TokenOutput
+
+        self.prompts.append(list(prompt_ids))
+        text = self.turns.pop(0)
+        return TokenOutput(token_ids=self.tokenizer(text + "<|im_end|>")["input_ids"], stop_reason="completed")
+
+
+async def test_agent_loop_masks_tool_responses_on_real_tokens(prepared, tokenizer, tiny_model):
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+    from verl.tools.tool_registry import initialize_tools_from_config
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from webdancer_rl.verl_agent import WebdancerAgentLoop
+
+    cfg, data = prepared
+    rollout = {"multi_turn": {"max_user_turns": 4, "max_assistant_turns": 4, "max_parallel_calls": 1, "max_tool_response_length": 2000,
+                              "tool_response_truncate_side": "right", "format": "hermes"},
+               "prompt_length": 4096, "response_length": 4096, "full_determinism": False}
+    trainer_config = DictConfigWrap(OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}}))
+    turns = [render_assistant("I will search.", tool_call=ToolCall("search", {"query": ["integrated circuit Kilby"]})),
+             render_assistant("The results name Jack Kilby.", answer="Jack Kilby")]
+    server = ScriptedServer(tokenizer, turns)
+    tools = initialize_tools_from_config(str(data.tool_config))
+    loop = WebdancerAgentLoop(trainer_config=trainer_config, server_manager=server, tokenizer=tokenizer, processor=None,
+                              dataset_cls=RLHFDataset, data_config=DictConfigWrap(OmegaConf.create({})), tools=ToolListWrap(tools),
+                              hf_model_type="llama")
+    assert loop.tool_parser_name == "webdancer"  # ours, though multi_turn.format says hermes
+    prompt = [{"role": "system", "content": "You answer questions."}, {"role": "user", "content": QUESTIONS[0].question}]
+    out = await loop.run({}, raw_prompt=prompt, extra_info={})
+    ids, mask = out.response_ids, out.response_mask
+    assert len(ids) == len(mask) and out.num_turns == 4
+    trained = tokenizer.decode([t for t, m in zip(ids, mask) if m == 1])
+    masked = tokenizer.decode([t for t, m in zip(ids, mask) if m == 0])
+    assert trained == turns[0] + "<|im_end|>" + turns[1] + "<|im_end|>"  # the model's own tokens, exactly
+    assert masked.lstrip("\n").startswith("<|im_start|>user\n<tool_response>\n") and "kilby" in masked.lower()  # the observation: no loss
+    assert masked.rstrip().endswith("</tool_response><|im_end|>\n<|im_start|>assistant")
+    # What the model saw on its second turn is what our agent sends: same chat template, same wire format.
+    assert "<tool_response>" in tokenizer.decode(server.prompts[1]) and len(server.prompts[1]) > len(server.prompts[0])
+
+
+def test_parser_uses_the_wire_rules(tokenizer):
+    import asyncio
+
+    from verl.experimental.agent_loop.tool_parser import ToolParser
+    from verl.tools.schemas import OpenAIFunctionToolSchema
+
+    parser = ToolParser.get_tool_parser("webdancer", tokenizer)
+    schema = OpenAIFunctionToolSchema.model_validate({"type": "function", "function": {"name": "search", "description": "d",
+                                                      "parameters": {"type": "object", "properties": {"query": {"type": "array"}}, "required": ["query"]}}})
+
+    def parse(text):
+        return asyncio.run(parser.extract_tool_calls(tokenizer(text)["input_ids"], [schema]))
+
+    content, calls = parse(render_assistant("look", tool_call=ToolCall("search", {"query": ["a"]})))
+    assert content == "look" and calls[0].name == "search" and json.loads(calls[0].arguments) == {"query": ["a"]}
+    two = render_assistant("x", tool_call=ToolCall("search", {"query": ["a"]})) + "\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": [\"b\"]}}\n</tool_call>"
+    assert parse(two)[1] == []  # hermes would run both; the wire format allows one call per turn
+    faked = render_assistant("x", tool_call=ToolCall("search", {"query": ["a"]})) + "\n<tool_response>made up</tool_response>"
+    assert parse(faked)[1] == []  # a turn that writes its own observation gets no tool call
+    assert parse(render_assistant("done", answer="Kilby"))[1] == []
+
+
+def test_dapo_overrides_compose_with_verls_own_config(prepared, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    import verl
+    from webdancer_rl.train import verl_overrides
+
+    cfg, data = prepared
+    cfg.reward_options = {"answer": {"metric": "match"}}
+    overrides = verl_overrides(cfg, data.train.parent, tmp_path)
+    config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        c = compose(config_name="ppo_trainer", overrides=overrides)
+    actor, rollout = c.actor_rollout_ref.actor, c.actor_rollout_ref.rollout
+    assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode, actor.use_kl_loss) == (0.2, 0.28, "token-mean", False)
+    assert c.algorithm.adv_estimator == "grpo" and c.algorithm.filter_groups.enable and c.algorithm.filter_groups.metric == "acc"
+    assert rollout.name == "sglang" and rollout.n == 8 and rollout.multi_turn.enable and rollout.multi_turn.format == "webdancer"
+    assert rollout.agent.default_agent_loop == "webdancer_agent" and Path(rollout.multi_turn.tool_config_path) == data.tool_config
+    assert c.reward.reward_manager.name == "dapo" and c.reward.custom_reward_function.reward_kwargs.weights.answer == 0.9
+    assert c.reward.reward_kwargs.overlong_buffer_cfg.enable and c.reward.reward_kwargs.max_resp_len == 8192
+    assert c.reward.custom_reward_function.reward_kwargs.options.answer.metric == "match"
+    from verl.trainer.config import AlgoConfig
+    from verl.utils.config import omega_conf_to_dataclass
+
+    algo = omega_conf_to_dataclass(c.algorithm, AlgoConfig)  # verl's own typed check of what we set
+    assert algo.filter_groups.enable and algo.filter_groups.max_num_gen_batches == 10
+
+
+def test_patches_apply_to_the_pinned_verl(tmp_path):
+    import subprocess
+    import sys
+
+    import verl
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "scripts" / "apply_patches.sh"
+    ours = subprocess.run(["bash", str(script), "--check", "verl", sys.executable], capture_output=True, text=True, cwd=root)
+    assert ours.returncode == 0, ours.stdout + ours.stderr  # every patch we keep applies to the installed verl
+
+    # The check itself: a patch that applies is reported so, one whose context is gone fails.
+    source = Path(verl.__file__).parent / "tools" / "base_tool.py"
+    line = source.read_text().splitlines()[0]
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "0001-x.patch").write_text(f"--- verl/tools/base_tool.py\n+++ verl/tools/base_tool.py\n@@ -1 +1 @@\n-{line}\n+{line} (patched)\n")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "0001-y.patch").write_text("--- verl/tools/base_tool.py\n+++ verl/tools/base_tool.py\n@@ -1 +1 @@\n-no such line in verl\n+x\n")
+    env = {"PATH": "/usr/bin:/bin"}
+    ok = subprocess.run(["bash", str(script), "--check", "verl", sys.executable], capture_output=True, text=True, cwd=root, env={**env, "PATCH_DIR": str(good)})
+    assert ok.returncode == 0 and "applies:" in ok.stdout and source.read_text().splitlines()[0] == line
+    fail = subprocess.run(["bash", str(script), "--check", "verl", sys.executable], capture_output=True, text=True, cwd=root, env={**env, "PATCH_DIR": str(bad)})
+    assert fail.returncode == 1 and "DOES NOT APPLY" in fail.stderr

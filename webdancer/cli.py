@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
@@ -210,22 +209,12 @@ def _synth_command(name: str) -> click.Command:
     @click.option("--out", type=click.Path(dir_okay=False), default=None, help="QA JSONL to append to (default runs/<run>/qa_<name>.jsonl).")
     @click.option("--input", "input_file", type=click.Path(dir_okay=False), default=None, help="Seed QA file, for synthesizers that take one.")
     def command(config_path: Optional[str], overrides: tuple[str, ...], out: Optional[str], input_file: Optional[str]) -> None:
-        from webdancer.config import validate_options
-        from webdancer.synth import run_synthesizer
+        from webdancer.synth import synthesize
 
         cfg = resolve_config(config_path, overrides)
-        cls = get_plugins().get("synthesizers", name)
-        options = dict(cfg.synth.get(name, {}))
-        if input_file:
-            options["seed_file"] = input_file
-        names = {f.name for f in dataclasses.fields(cls.Config)}
-        if "crawl_store" in names and not options.get("crawl_store"):
-            options["crawl_store"] = str(cfg.run.dir / f"crawl_{name}.jsonl")
-        synth = cls(validate_options(cls.Config, options, f"synth.{name}"))
         out_path = out or str(cfg.run.dir / f"qa_{name}.jsonl")
-        counts = asyncio.run(run_synthesizer(synth, Path(out_path)))
-        dropped = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})
-        click.echo(f"{name}: wrote {counts['written']} items to {out_path} ({counts['already_there']} already there); dropped: {dropped or 'none'}")
+        counts = synthesize(cfg, name, Path(out_path), input_file)
+        click.echo(f"{name}: wrote {counts['written']} items to {out_path} ({counts['already_there']} already there); dropped: {counts['dropped'] or 'none'}")
 
     return command
 

@@ -187,6 +187,19 @@ class RlConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """`webdancer pipeline`: which stages run, in order, and the sizes of the small ones."""
+
+    stages: list[str] = field(
+        default_factory=lambda: ["web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "report"]
+    )
+    eval_questions: int = 10  # CrawlQA questions held out of training, asked before and after SFT
+    model_sample_questions: int = 4  # training questions the tiny model itself rolls out (stage 2's student samples)
+    sft_port: int = 8001  # where the fine-tuned model is served for eval_after
+    rl_train: str = "auto"  # auto: run verl only when a GPU is visible; always; never (prepare only)
+
+
+@dataclass
 class DemoConfig:
     """`webdancer demo`: the gradio app (model and tools come from `model`, `agent`, `tools`)."""
 
@@ -243,6 +256,7 @@ class WebdancerConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     rl: RlConfig = field(default_factory=RlConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def _closest(word: str, choices: list[str]) -> str:

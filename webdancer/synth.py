@@ -47,6 +47,27 @@ async def run_synthesizer(synth: Synthesizer, out: Path, progress: Any = None) -
     return {"written": written, "already_there": skipped}
 
 
+def synthesize(cfg: Any, name: str, out: Path, seed_file: str | None = None) -> dict[str, Any]:
+    """Build synthesizer `name` from `synth.<name>` (plus defaults the run folder implies) and run it."""
+    import asyncio
+    import dataclasses
+
+    from webdancer.config import validate_options
+    from webdancer.plugins import get_plugins
+
+    cls = get_plugins().get("synthesizers", name)
+    options = dict(cfg.synth.get(name, {}))
+    if seed_file:
+        options["seed_file"] = seed_file
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    if "crawl_store" in names and not options.get("crawl_store"):
+        options["crawl_store"] = str(cfg.run.dir / f"crawl_{name}.jsonl")
+    synth = cls(validate_options(cls.Config, options, f"synth.{name}"))
+    counts: dict[str, Any] = asyncio.run(run_synthesizer(synth, out))
+    counts["dropped"] = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})
+    return counts
+
+
 def qa_stats(items: list[QAItem]) -> dict[str, dict[str, int]]:
     """Counts by tag, kind, hops and difficulty (E2HQA round)."""
     from collections import Counter

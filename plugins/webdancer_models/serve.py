@@ -55,6 +55,19 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies, even by SIGKILL (Linux).
+
+    A pipeline killed mid-run must not leave a model server holding its port for the rerun.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the process group is still stopped on a clean exit
+
+
 class ServerProcess:
     """A model server child process in its own process group, logging to a file."""
 
@@ -70,7 +83,9 @@ class ServerProcess:
         log = self.log_file.open("wb")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(self.env or {})}
         try:
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=die_with_parent
+            )
         except FileNotFoundError as exc:
             raise WebdancerError(f"cannot start the model server: {exc}") from None
         finally:

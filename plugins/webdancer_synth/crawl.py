@@ -81,7 +81,7 @@ async def crawl(cfg: CrawlConfig, store: Path, progress: Optional[Callable[[int]
         failures: list[str] = []
         slots = asyncio.Semaphore(cfg.concurrency)
 
-        async def fetch(url: str, depth: int) -> None:
+        async def fetch(url: str, depth: int) -> Optional[CrawledPage]:
             async with slots:
                 if cfg.delay_s:
                     await asyncio.sleep(cfg.delay_s)
@@ -89,35 +89,37 @@ async def crawl(cfg: CrawlConfig, store: Path, progress: Optional[Callable[[int]
                     resp = await client.get(url)
                 except httpx.HTTPError as exc:
                     failures.append(f"{url}: {type(exc).__name__}")
-                    return
+                    return None
             final = canonical(str(resp.url))
             if resp.status_code != 200 or "html" not in resp.headers.get("content-type", ""):
                 failures.append(f"{url}: HTTP {resp.status_code}")
-                return
-            if final != url and final in pages:
-                return
+                return None
             ex = extract(resp.text, final)
             links = []
             for link in ex.links:
                 link = canonical(link)
                 if same_site(link, root) and link != final and link not in links:
                     links.append(link)
-            page = CrawledPage(final, ex.title, ex.text, links, depth)
-            pages[final] = page
-            sink.write(asdict(page))
-            if progress:
-                progress(len(pages))
-            for link in links:
-                allowed = robots is None or robots.can_fetch(cfg.user_agent, link)
-                if link not in seen and depth + 1 <= cfg.max_depth and allowed:
-                    seen.add(link)
-                    queue.append((link, depth + 1))
+            return CrawledPage(final, ex.title, ex.text, links, depth)
 
         while queue and len(pages) < cfg.max_pages:
             batch = []
             while queue and len(batch) < cfg.concurrency and len(pages) + len(batch) < cfg.max_pages:
                 batch.append(queue.popleft())
-            await asyncio.gather(*(fetch(u, d) for u, d in batch))
+            # Fetched concurrently, recorded in queue order: the same config crawls the same pages in
+            # the same order however the fetches interleave, so a resumed crawl matches a clean one.
+            for page in await asyncio.gather(*(fetch(u, d) for u, d in batch)):
+                if page is None or page.url in pages:
+                    continue
+                pages[page.url] = page
+                sink.write(asdict(page))
+                if progress:
+                    progress(len(pages))
+                for link in page.links:
+                    allowed = robots is None or robots.can_fetch(cfg.user_agent, link)
+                    if link not in seen and page.depth + 1 <= cfg.max_depth and allowed:
+                        seen.add(link)
+                        queue.append((link, page.depth + 1))
     sink.close()
     if not pages:
         detail = f" ({failures[0]})" if failures else ""

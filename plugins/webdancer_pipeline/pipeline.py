@@ -1,0 +1,279 @@
+"""`webdancer pipeline`: every stage, in order, on one config; rerun after any crash and it finishes.
+
+Each stage writes append-only JSONL or atomic files and resumes from what is on disk; a stage is
+marked done in `runs/<run>/pipeline.json` only when it has finished, and a rerun skips done stages.
+Servers (the offline web, the model, the fine-tuned model) are started when a stage needs them
+and die with the pipeline, even when it is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from webdancer.config import WebdancerConfig
+from webdancer.errors import ConfigError, WebdancerError
+from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines, read_records
+from webdancer.records import QAItem
+from webdancer.typed import to_dict
+
+STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "report")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class Pipeline:
+    def __init__(self, cfg: WebdancerConfig, echo: Callable[[str], None] = print):
+        unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+        self.cfg = cfg
+        self.echo = echo
+        self.dir = cfg.run.dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_file = self.dir / "pipeline.json"
+        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
+        self.services = contextlib.ExitStack()
+        self._web = self._model = self._sft_model = None
+
+    # --- files ---------------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    @property
+    def sft_dir(self) -> Path:
+        return Path(self.cfg.sft.output_dir or self.dir / "sft")
+
+    # --- running ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            for stage in self.cfg.pipeline.stages:
+                done = self.state["stages"].get(stage)
+                if done and stage != "report":
+                    self.echo(f"== {stage}: done already ({done['seconds']:.0f} s, {done['finished']})")
+                    continue
+                self.echo(f"== {stage}")
+                t0 = time.perf_counter()
+                summary = getattr(self, f"stage_{stage}")() or {}
+                self.state["stages"][stage] = {
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "summary": summary,
+                }
+                atomic_write_json(self.state_file, self.state)
+                self.echo(f"   {stage}: {json.dumps(summary, default=str)[:300]}")
+        finally:
+            self.services.close()
+        self.echo(f"pipeline finished in {time.perf_counter() - started:.0f} s; report: {self.path('report.md')}")
+        return self.state
+
+    # --- services --------------------------------------------------------------------------
+    def need_web(self) -> None:
+        if self._web is None:
+            import httpx
+            from webdancer_models.serve import port_in_use
+            from webdancer_web.server import LocalWebServer
+
+            web = self.cfg.web
+            if port_in_use(web.host, web.port):  # `webdancer web serve` already runs there: use it
+                try:
+                    ok = httpx.get(f"{web.base_url}/", timeout=5).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if not ok:
+                    raise WebdancerError(f"port {web.port} is in use by something that is not the offline web; set web.port")
+                self._web = web.base_url
+                return
+            self._web = self.services.enter_context(LocalWebServer(Path(web.root), web.host, web.port))
+
+    def _serve(self, serve_cfg, log_name: str):
+        from webdancer_models.serve import start_server
+
+        return self.services.enter_context(start_server(serve_cfg, self.path("logs") / log_name))
+
+    def need_model(self) -> None:
+        if self._model is None and self.cfg.policy.name == "openai":
+            self._model = self._serve(self.cfg.serve, "serve_base")
+
+    def sft_config(self) -> WebdancerConfig:
+        """The config whose model is the fine-tuned one, served on pipeline.sft_port."""
+        cfg = self.cfg
+        serve = replace(cfg.serve, model_path=str(self.sft_dir), port=cfg.pipeline.sft_port)
+        model = replace(cfg.model, base_url=f"http://{serve.host}:{serve.port}/v1", model=str(self.sft_dir))
+        return replace(cfg, serve=serve, model=model)
+
+    # --- stages ----------------------------------------------------------------------------
+    def stage_web(self) -> dict[str, Any]:
+        from webdancer_web.build import build_web
+
+        web = self.cfg.web
+        manifest = Path(web.root) / "manifest.json"
+        if manifest.is_file():
+            return {"pages": json.loads(manifest.read_text())["pages"], "built": False}
+        stats = build_web(web.sites, Path(web.root), web.base_url)
+        return {"pages": stats.pages, "built": True, "pages_per_s": round(stats.pages_per_s)}
+
+    def stage_model(self) -> dict[str, Any]:
+        serve = self.cfg.serve
+        if serve.backend != "transformers" or (Path(serve.model_path) / "config.json").is_file():
+            return {"model": serve.model_path, "exported": False}
+        from webdancer_models.export import export_model
+
+        export_model(DEFAULT_MODEL, Path(serve.model_path))
+        return {"model": serve.model_path, "exported": True}
+
+    def stage_synth(self) -> dict[str, Any]:
+        from webdancer.synth import synthesize
+
+        self.need_web()
+        crawl = synthesize(self.cfg, "crawlqa", self.path("qa_crawlqa.jsonl"))
+        e2h = synthesize(self.cfg, "e2hqa", self.path("qa_e2hqa.jsonl"), str(self.path("qa_crawlqa.jsonl")))
+        return {"crawlqa": _count(self.path("qa_crawlqa.jsonl")), "e2hqa": _count(self.path("qa_e2hqa.jsonl")),
+                "crawlqa_dropped": crawl["dropped"], "e2hqa_dropped": e2h["dropped"]}
+
+    def stage_split(self) -> dict[str, Any]:
+        """Hold CrawlQA questions out of training (and every E2HQA question built on them)."""
+        crawl = list(read_records(self.path("qa_crawlqa.jsonl"), QAItem))
+        e2h = list(read_records(self.path("qa_e2hqa.jsonl"), QAItem)) if self.path("qa_e2hqa.jsonl").exists() else []
+        n = min(self.cfg.pipeline.eval_questions, max(0, len(crawl) - 1))
+        held = sorted(crawl, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())[:n]
+        held_ids = {it.id for it in held}
+        held_answers = {it.answer for it in held}
+        train = [it for it in crawl if it.id not in held_ids] + [it for it in e2h if it.answer not in held_answers]
+        atomic_write_text(self.path("qa_eval.jsonl"), "".join(json.dumps(to_dict(it), ensure_ascii=False) + "\n" for it in held))
+        atomic_write_text(self.path("qa_train.jsonl"), "".join(json.dumps(to_dict(it), ensure_ascii=False) + "\n" for it in train))
+        return {"eval": len(held), "train": len(train)}
+
+    def _sample(self, policy_name: str, items: list[QAItem], out: Path) -> dict[str, Any]:
+        from webdancer.agent import Agent
+        from webdancer.policies import build_policy
+        from webdancer.sampling import sample
+        from webdancer.tools import ToolBox
+
+        cfg = self.cfg
+        options = cfg.policy.options if policy_name == cfg.policy.name else {}
+        policy = build_policy(policy_name, options, cfg.model)
+        toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
+
+        async def go():
+            try:
+                async with toolbox:
+                    return await sample(Agent(policy, toolbox, cfg.agent), items, cfg.sample.n, out, cfg.agent.concurrency)
+            finally:
+                await policy.aclose()
+
+        stats = asyncio.run(go())
+        return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations)}
+
+    def stage_sample(self) -> dict[str, Any]:
+        self.need_web()
+        train = list(read_records(self.path("qa_train.jsonl"), QAItem))
+        out = {"expert": self._sample("expert", train, self.path("trajectories_expert.jsonl"))}
+        k = self.cfg.pipeline.model_sample_questions
+        if k > 0:
+            self.need_model()
+            out[self.cfg.policy.name] = self._sample(self.cfg.policy.name, train[:k], self.path("trajectories_model.jsonl"))
+        return out
+
+    def stage_filter(self) -> dict[str, Any]:
+        from webdancer.filtering import filter_file, write_report
+
+        summary, kept_text = {}, ""
+        for name in ("expert", "model"):
+            src = self.path(f"trajectories_{name}.jsonl")
+            if not src.exists():
+                continue
+            out = self.path(f"kept_{name}.jsonl")
+            report = asyncio.run(filter_file(src, out, self.cfg.filter, None))
+            write_report(report, self.path(f"kept_{name}_report.json"))
+            summary[name] = report.to_json()
+            kept_text += out.read_text(encoding="utf-8")
+        atomic_write_text(self.path("kept.jsonl"), kept_text)
+        summary["kept"] = _count(self.path("kept.jsonl"))
+        if not summary["kept"]:
+            raise WebdancerError(f"the filter kept no trajectories (see {self.dir}/kept_*_report.json); nothing to fine-tune on")
+        return summary
+
+    def _eval(self, cfg: WebdancerConfig, name: str) -> dict[str, Any]:
+        from webdancer.cli_eval import run_eval
+
+        results = run_eval(cfg, str(self.path("qa_eval.jsonl")), "qa", name)
+        o = results["overall"]
+        keys = ("pass_at_1", "valid_tool_call_turns", "well_formed_turns", "answered", "mean_turns")
+        return {k: round(o[k], 3) for k in keys}
+
+    def stage_eval_before(self) -> dict[str, Any]:
+        self.need_web()
+        self.need_model()
+        return self._eval(self.cfg, "before")
+
+    def stage_sft(self) -> dict[str, Any]:
+        from webdancer_sft.export import export_sft
+        from webdancer_sft.train import run_training, training_losses
+
+        data = Path(self.cfg.sft.dataset_dir or self.dir / "sft_data")
+        stats = export_sft(self.path("kept.jsonl"), data)
+        out = self.sft_dir
+        if (out / "trainer_state.json").exists():
+            return {"exported": stats.exported, "trained": False, "losses": training_losses(out)}
+        if out.exists():  # a training cut off by a crash: keep it aside, never delete it, and start over
+            aside = out.with_name(f"{out.name}.partial-{dt.datetime.now():%Y%m%d-%H%M%S}")
+            shutil.move(str(out), aside)
+            self.echo(f"   an unfinished training was moved to {aside}")
+        result = run_training(self.cfg.sft, data, out, echo=lambda line: None)
+        losses = result["losses"]
+        return {"exported": stats.exported, "trained": True, "steps": len(losses), "loss_first": losses[0] if losses else None,
+                "loss_last": losses[-1] if losses else None}
+
+    def stage_eval_after(self) -> dict[str, Any]:
+        from webdancer.evaluation import load_results, plot_results, render_comparison
+
+        self.need_web()
+        cfg = self.sft_config()
+        if cfg.policy.name == "openai":
+            self._sft_model = self._serve(cfg.serve, "serve_sft")
+        summary = self._eval(cfg, "after")
+        runs = {n: load_results(self.dir / "eval" / n) for n in ("before", "after") if (self.dir / "eval" / n / "results.json").exists()}
+        if len(runs) == 2:
+            atomic_write_text(self.dir / "eval" / "compare.md", render_comparison(runs))
+            plot_results(runs, self.dir / "eval" / "compare.png")
+        return summary
+
+    def stage_rl(self) -> dict[str, Any]:
+        from webdancer_rl.prepare import prepare
+        from webdancer_rl.train import run_rl
+
+        data_dir = Path(self.cfg.rl.data_dir or self.dir / "rl_data")
+        out_dir = Path(self.cfg.rl.output_dir or self.dir / "rl")
+        data = prepare(list(read_records(self.path("qa_train.jsonl"), QAItem)), self.cfg, data_dir)
+        mode = self.cfg.pipeline.rl_train
+        train = mode == "always" or (mode == "auto" and gpu_visible())
+        run_rl(self.cfg, data_dir, out_dir, echo=self.echo, dry_run=not train)
+        return {"train_rows": data.train_rows, "val_rows": data.val_rows, "trained": train, "command": str(out_dir / "command.sh"),
+                **({} if train else {"why_not_trained": "no GPU visible (pipeline.rl_train=auto)" if mode == "auto" else "pipeline.rl_train=never"})}
+
+    def stage_report(self) -> dict[str, Any]:
+        from webdancer_pipeline.report import write_report
+
+        return write_report(self.dir, self.state, self.sft_dir)
+
+
+def _count(path: Path) -> int:
+    return sum(1 for _ in iter_json_lines(path)) if path.exists() else 0
+
+
+def gpu_visible() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

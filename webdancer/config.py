@@ -138,7 +138,7 @@ class EvalConfig:
     k: int = 1
     # An OpenAI-compatible judge (ModelConfig fields: base_url, model, api_key_env); empty = exact/F1 match.
     judge: dict[str, Any] = field(default_factory=dict)
-    judge_prompt: str = "configs/prompts/judge.txt"
+    judge_prompt: str = ""  # empty: the judge reward's packaged prompt
     f1_threshold: float = 0.8
     judge_concurrency: int = 8
 
@@ -194,7 +194,9 @@ class PipelineConfig:
         default_factory=lambda: ["web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "report"]
     )
     eval_questions: int = 10  # CrawlQA questions held out of training, asked before and after SFT
-    model_sample_questions: int = 4  # training questions the tiny model itself rolls out (stage 2's student samples)
+    model_sample_questions: int = 4  # training questions rolled out by the model policy in `sample` (-1 = all)
+    # The teacher for `sample` (ModelConfig fields: a hosted instruct or reasoning model); empty = `model`.
+    teacher: dict[str, Any] = field(default_factory=dict)
     sft_port: int = 8001  # where the fine-tuned model is served for eval_after
     rl_train: str = "auto"  # auto: run verl only when a GPU is visible; always; never (prepare only)
 

@@ -152,7 +152,7 @@ class Pipeline:
         atomic_write_text(self.path("qa_train.jsonl"), "".join(json.dumps(to_dict(it), ensure_ascii=False) + "\n" for it in train))
         return {"eval": len(held), "train": len(train)}
 
-    def _sample(self, policy_name: str, items: list[QAItem], out: Path) -> dict[str, Any]:
+    def _sample(self, policy_name: str, items: list[QAItem], out: Path, model=None) -> dict[str, Any]:
         from webdancer.agent import Agent
         from webdancer.policies import build_policy
         from webdancer.sampling import sample
@@ -160,7 +160,7 @@ class Pipeline:
 
         cfg = self.cfg
         options = cfg.policy.options if policy_name == cfg.policy.name else {}
-        policy = build_policy(policy_name, options, cfg.model)
+        policy = build_policy(policy_name, options, model or cfg.model)
         toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
 
         async def go():
@@ -178,9 +178,15 @@ class Pipeline:
         train = list(read_records(self.path("qa_train.jsonl"), QAItem))
         out = {"expert": self._sample("expert", train, self.path("trajectories_expert.jsonl"))}
         k = self.cfg.pipeline.model_sample_questions
-        if k > 0:
-            self.need_model()
-            out[self.cfg.policy.name] = self._sample(self.cfg.policy.name, train[:k], self.path("trajectories_model.jsonl"))
+        if k != 0:
+            from webdancer.config import ModelConfig, validate_options
+
+            teacher = self.cfg.pipeline.teacher
+            model = validate_options(ModelConfig, teacher, "pipeline.teacher") if teacher else None
+            if model is None:
+                self.need_model()
+            items = train if k < 0 else train[:k]
+            out[self.cfg.policy.name] = self._sample(self.cfg.policy.name, items, self.path("trajectories_model.jsonl"), model)
         return out
 
     def stage_filter(self) -> dict[str, Any]:

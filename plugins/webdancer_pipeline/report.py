@@ -76,7 +76,7 @@ def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path) -> dict[st
     compare = run_dir / "eval" / "compare.md"
     if compare.is_file():
         body = compare.read_text(encoding="utf-8").split("\n", 1)[1]
-        md += ["## Evaluation on held-out questions: before vs after SFT", body.strip(), "", "![eval](eval/compare.png)", ""]
+        md += ["## Evaluation on held-out questions: before vs after SFT", "", body.strip(), "", "![eval](eval/compare.png)", ""]
     else:
         for name in ("before", "after"):
             report = run_dir / "eval" / name / "report.md"

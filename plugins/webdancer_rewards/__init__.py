@@ -58,7 +58,8 @@ class AnswerReward(Reward):
 class JudgeRewardConfig:
     # An OpenAI-compatible model (ModelConfig fields); the prompt is the WebWalker-style correct/incorrect judge.
     model: dict = field(default_factory=dict)
-    prompt_file: str = "configs/prompts/judge.txt"
+    # Empty: the packaged prompt (webdancer_rewards/prompts/judge.txt), so verl workers find it from any cwd.
+    prompt_file: str = ""
 
 
 class JudgeReward(Reward):
@@ -80,7 +81,7 @@ class JudgeReward(Reward):
         model = validate_options(ModelConfig, self.config.model, "judge.model")
         model.stop, model.temperature, model.max_tokens = [], 0.0, 8
         self.client = ChatClient(model)
-        path = Path(self.config.prompt_file)
+        path = Path(self.config.prompt_file) if self.config.prompt_file else Path(__file__).with_name("prompts") / "judge.txt"
         if not path.is_file():
             raise ConfigError(f"judge prompt {path} not found")
         self.template = path.read_text(encoding="utf-8")

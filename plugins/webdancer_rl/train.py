@@ -107,9 +107,9 @@ def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list
 
 def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None] = print, dry_run: bool = False) -> list[str]:
     """Record the command (always), then run it unless `dry_run`; returns the command."""
-    for name in ("train.parquet", "val.parquet", "tool_config.yaml", "agent_loops.yaml"):
-        if not (data_dir / name).is_file():
-            raise WebdancerError(f"{data_dir / name} is missing: run `webdancer rl prepare QA_FILE` first")
+    missing = [name for name in ("train.parquet", "val.parquet", "tool_config.yaml", "agent_loops.yaml") if not (data_dir / name).is_file()]
+    if missing and not dry_run:
+        raise WebdancerError(f"{data_dir / missing[0]} is missing: run `webdancer rl prepare QA_FILE` first")
     command = verl_command(cfg, data_dir, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -40,7 +40,7 @@ def _serve_fake_openai(port_q: mp.Queue, latency_s: float, script: str) -> None:
 
     from webdancer.testing.fake_openai import FakeOpenAIState, serve_asyncio
 
-    scripts = {"search_twice_then_answer": _search_twice_then_answer}
+    scripts = {"search_twice_then_answer": _search_twice_then_answer, "judge_correct": lambda request: "Correct"}
     state = FakeOpenAIState(replies=deque(), default=scripts[script], latency_s=latency_s, keep_requests=False)
     asyncio.run(serve_asyncio(state, on_ready=port_q.put))
 

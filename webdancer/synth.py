@@ -62,6 +62,8 @@ def synthesize(cfg: Any, name: str, out: Path, seed_file: str | None = None) -> 
     names = {f.name for f in dataclasses.fields(cls.Config)}
     if "crawl_store" in names and not options.get("crawl_store"):
         options["crawl_store"] = str(cfg.run.dir / f"crawl_{name}.jsonl")
+    if "search" in names and not options.get("search"):  # look things up where the agent's `search` does
+        options["search"] = dict(cfg.tools.get("search") or {})
     synth = cls(validate_options(cls.Config, options, f"synth.{name}"))
     counts: dict[str, Any] = asyncio.run(run_synthesizer(synth, out))
     counts["dropped"] = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})

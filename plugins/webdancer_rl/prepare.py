@@ -20,7 +20,6 @@ from webdancer.config import WebdancerConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.records import QAItem
-from webdancer.tools import ToolBox
 from webdancer.wire import initial_messages
 
 AGENT_LOOP = "webdancer_agent"  # = webdancer_rl.verl_agent.AGENT_LOOP (that module needs verl)
@@ -56,10 +55,17 @@ def rl_row(item: QAItem, index: int, schemas: list[dict[str, Any]], cfg: Webdanc
     }
 
 
-def tool_config(cfg: WebdancerConfig, toolbox: ToolBox) -> dict[str, Any]:
+def tool_schemas(cfg: WebdancerConfig) -> list[dict[str, Any]]:
+    """The offered tools' schemas from their classes: preparing data needs no index or network."""
+    from webdancer.plugins import get_plugins
+
+    return [get_plugins().get("tools", name).schema() for name in cfg.agent.tools]
+
+
+def tool_config(cfg: WebdancerConfig) -> dict[str, Any]:
     tools = []
-    for name, tool in toolbox.tools.items():
-        schema = tool.schema()
+    for schema in tool_schemas(cfg):
+        name = schema["name"]
         tools.append({
             "class_name": TOOL_CLASS,
             "config": {"type": "native", "tool": name, "options": dict(cfg.tools.get(name) or {}), "timeout_s": cfg.agent.tool_timeout_s},
@@ -82,8 +88,7 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
 def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
     if not items:
         raise WebdancerError("no QA items to prepare for RL")
-    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
-    schemas = toolbox.schemas()
+    schemas = tool_schemas(cfg)
     fraction = cfg.rl.val_fraction
     train, val = [], []
     for item in items:
@@ -96,6 +101,6 @@ def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
     data = RlData(out_dir / "train.parquet", out_dir / "val.parquet", out_dir / "tool_config.yaml", out_dir / "agent_loops.yaml", len(train), len(val))
     write_parquet([rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)], data.train)
     write_parquet([rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)], data.val)
-    atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg, toolbox), sort_keys=False))
+    atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg), sort_keys=False))
     atomic_write_text(data.agent_loops, yaml.safe_dump([{"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS}], sort_keys=False))
     return data

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from webdancer.cli import cli
 from webdancer.evalsets import EvalSetError, decrypt, encrypt, load_eval_set
 from webdancer.evaluation import pass_at_k
+from webdancer.records import ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.wire import render_assistant
-from webdancer.records import ToolCall
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 GAIA = FIXTURES / "gaia_metadata.jsonl"

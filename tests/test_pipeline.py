@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from conftest import ROOT
 
 from webdancer.records import ToolCall

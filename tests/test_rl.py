@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from webdancer.cli import cli
 from webdancer.config import load_config
+from webdancer.plugins import get_plugins
 from webdancer.records import QAItem, ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
-from webdancer.plugins import get_plugins
 from webdancer.wire import render_assistant
 
 get_plugins().add_commands(cli)  # what `webdancer` (main) does: plugin commands such as `rl`

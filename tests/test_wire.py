@@ -134,3 +134,41 @@ def test_every_reference_assistant_turn_parses(reference_dir):
                 turns += 1
                 answers += turn.answer is not None
     assert turns >= 300 and answers == 150
+
+
+def test_user_system_prompt_fills_date_and_keeps_doubled_braces(tmp_path):
+    prompt = tmp_path / "system.txt"
+    prompt.write_text('You research on {date}. Reply as {{"answer": "..."}}.\n', encoding="utf-8")
+    system, _ = initial_messages("q?", [], "2026-11-25", str(prompt))
+    assert system.content == 'You research on 2026-11-25. Reply as {"answer": "..."}.'
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('Reply as {"answer": "..."} on {date}', r'system\.txt uses \{"answer"\}.*placeholders are \{date\}.*\{\{'),
+        ("Today is {date", r"system\.txt: .*write a literal brace as \{\{"),
+        ("Today is {when}", r"system\.txt uses \{when\}"),
+    ],
+)
+def test_broken_prompt_file_is_a_config_error_naming_it(tmp_path, text, expected):
+    from webdancer.errors import ConfigError
+
+    prompt = tmp_path / "system.txt"
+    prompt.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=expected):
+        initial_messages("q?", [], "2026-11-25", str(prompt))
+
+
+def test_judge_prompt_without_the_answer_is_refused(tmp_path):
+    from webdancer.errors import ConfigError
+    from webdancer_rewards import JudgeReward, JudgeRewardConfig
+
+    prompt = tmp_path / "judge.txt"
+    prompt.write_text("Is {reference} the answer to {question}?", encoding="utf-8")
+    cfg = JudgeRewardConfig(model={"base_url": "http://127.0.0.1:9", "model": "judge"}, prompt_file=str(prompt))
+    with pytest.raises(ConfigError, match=r"judge\.txt lacks \{answer\}"):
+        JudgeReward(cfg)
+    missing = JudgeRewardConfig(model=cfg.model, prompt_file=str(tmp_path / "nope.txt"))
+    with pytest.raises(ConfigError, match=r"nope\.txt not found"):
+        JudgeReward(missing)

@@ -10,10 +10,9 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any, Optional
 
+from webdancer.prompt_template import PromptTemplate
 from webdancer.records import Message, ToolCall
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -209,10 +208,15 @@ def unwrap_tool_response(text: str) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=32)
-def _prompt_text(name: str, override: Optional[str]) -> str:
+def _system_prompt(override: Optional[str]) -> PromptTemplate:
     if override:
-        return Path(override).read_text(encoding="utf-8")
-    return resources.files("webdancer.prompts").joinpath(name).read_text(encoding="utf-8")
+        return PromptTemplate.from_file(override, fields=(), optional=("date",))
+    return PromptTemplate.packaged("webdancer.prompts", "system.txt", fields=(), optional=("date",))
+
+
+@functools.lru_cache(maxsize=1)
+def _user_prompt() -> PromptTemplate:
+    return PromptTemplate.packaged("webdancer.prompts", "user.txt", fields=("tools", "question"))
 
 
 def render_tools_block(schemas: list[dict[str, Any]]) -> str:
@@ -223,6 +227,6 @@ def initial_messages(
     question: str, tool_schemas: list[dict[str, Any]], date: str, system_prompt_file: Optional[str] = None
 ) -> list[Message]:
     """The system and first user turn every stage starts a trajectory with."""
-    system = _prompt_text("system.txt", system_prompt_file).format(date=date).strip()
-    user = _prompt_text("user.txt", None).format(tools=render_tools_block(tool_schemas), question=question.strip())
+    system = _system_prompt(system_prompt_file).fill(date=date).strip()
+    user = _user_prompt().fill(tools=render_tools_block(tool_schemas), question=question.strip())
     return [Message("system", system), Message("user", user.strip())]

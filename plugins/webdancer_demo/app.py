@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from webdancer_demo.steps import Chat, closing_message, error_message, pending, step_messages
-
 from webdancer.agent import Agent
 from webdancer.config import WebdancerConfig
 from webdancer.errors import WebdancerError
+from webdancer_demo.steps import Chat, closing_message, error_message, pending, step_messages
 
 
 def example_questions(cfg: WebdancerConfig) -> list[str]:

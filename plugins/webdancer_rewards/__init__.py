@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from webdancer import hookimpl
-from webdancer.rewards import Reward, RewardInput
 from webdancer.errors import ConfigError
+from webdancer.prompt_template import PromptTemplate
+from webdancer.rewards import Reward, RewardInput
 from webdancer.scoring import exact_match, matches, token_f1
 from webdancer.wire import final_turn, parse_assistant
 
@@ -70,8 +71,6 @@ class JudgeReward(Reward):
 
     def __init__(self, config: JudgeRewardConfig | None = None):
         super().__init__(config)
-        from pathlib import Path
-
         from webdancer.config import ModelConfig, validate_options
         from webdancer.errors import ConfigError
         from webdancer.llm import ChatClient
@@ -81,10 +80,11 @@ class JudgeReward(Reward):
         model = validate_options(ModelConfig, self.config.model, "judge.model")
         model.stop, model.temperature, model.max_tokens = [], 0.0, 8
         self.client = ChatClient(model)
-        path = Path(self.config.prompt_file) if self.config.prompt_file else Path(__file__).with_name("prompts") / "judge.txt"
-        if not path.is_file():
-            raise ConfigError(f"judge prompt {path} not found")
-        self.template = path.read_text(encoding="utf-8")
+        fields = ("question", "reference", "answer")
+        if self.config.prompt_file:
+            self.template = PromptTemplate.from_file(self.config.prompt_file, fields)
+        else:
+            self.template = PromptTemplate.packaged("webdancer_rewards", "prompts/judge.txt", fields)
 
     async def score(self, sample: RewardInput) -> float:
         from webdancer.records import Message
@@ -92,7 +92,7 @@ class JudgeReward(Reward):
         answer = sample.answer if sample.answer is not None else parse_assistant(final_turn(sample.response), {}).answer
         if not answer:
             return 0.0
-        prompt = self.template.format(question=sample.question, reference=sample.reference, answer=answer)
+        prompt = self.template.fill(question=sample.question, reference=sample.reference, answer=answer)
         reply = await self.client.chat([Message("user", prompt)])
         verdict = reply.text.strip().lower()
         return 1.0 if verdict.startswith("correct") else 0.0

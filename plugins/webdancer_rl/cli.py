@@ -21,10 +21,9 @@ def rl() -> None:
 @click.argument("overrides", nargs=-1)
 def prepare_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...]) -> None:
     """Write verl's train/val parquet, tool YAML and agent-loop YAML from QA_FILE."""
-    from webdancer_rl.prepare import prepare
-
     from webdancer.jsonl import read_records
     from webdancer.records import QAItem
+    from webdancer_rl.prepare import prepare
 
     cfg = resolve_config(config_path, overrides)
     out_dir = Path(cfg.rl.data_dir or cfg.run.dir / "rl_data")

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
+from webdancer.prompt_template import PromptTemplate
 from webdancer.records import QAItem, stable_id
 from webdancer.synth import Synthesizer
 from webdancer_synth.checks import QualityGate
 from webdancer_synth.crawl import CrawlConfig, CrawledPage, crawl
-from webdancer_synth.llm import ask_json, load_prompt, make_client
+from webdancer_synth.llm import ask_json, make_client
 from webdancer_synth.pages import PageFacts, facts, year_in
 
 KINDS = ["identify", "multi_hop", "comparison", "temporal", "counting"]
@@ -158,7 +159,7 @@ class CrawlQA(Synthesizer):
     async def _llm_items(self, rng: random.Random):
         cfg = self.config
         client = make_client(cfg.llm, "synth.crawlqa.llm")
-        template = load_prompt(cfg.prompt_file)
+        template = PromptTemplate.from_file(cfg.prompt_file, fields=("pages",))
         by_url = {p.url: p for p in self.pages}
         urls = sorted(by_url)
         made, attempts = 0, 0
@@ -173,7 +174,7 @@ class CrawlQA(Synthesizer):
                         break
                     walk.append(by_url[rng.choice(nxt)])
                 pages = "\n\n".join(f"## Page {i + 1}: {p.title} ({p.url})\n{p.text[: cfg.max_page_chars]}" for i, p in enumerate(walk))
-                data = await ask_json(client, template.format(pages=pages))
+                data = await ask_json(client, template.fill(pages=pages))
                 if not data or not isinstance(data.get("question"), str) or not isinstance(data.get("answer"), str):
                     self.gate.dropped["llm_unparseable"] += 1
                     continue

@@ -10,10 +10,11 @@ from typing import Any, AsyncIterator, Optional
 from webdancer.config import validate_options
 from webdancer.errors import ConfigError
 from webdancer.jsonl import read_records
+from webdancer.prompt_template import PromptTemplate
 from webdancer.records import QAItem, stable_id
 from webdancer.synth import Synthesizer
 from webdancer_synth.checks import QualityGate, leaks_answer
-from webdancer_synth.llm import ask_json, load_prompt, make_client
+from webdancer_synth.llm import ask_json, make_client
 from webdancer_synth.pages import mask, page_name
 
 _QUOTED = re.compile(r'"([^"]{3,80})"')
@@ -89,7 +90,7 @@ class E2HQA(Synthesizer):
             seeds = seeds[: cfg.limit]
         tool = SearchTool(validate_options(SearchConfig, cfg.search, "synth.e2hqa.search"))
         client = make_client(cfg.llm, "synth.e2hqa.llm")
-        template = load_prompt(cfg.prompt_file) if client else ""
+        template = PromptTemplate.from_file(cfg.prompt_file, fields=("entity", "question", "evidence"), optional=("answer",)) if client else None
         try:
             for seed in seeds:
                 question, used, parent = seed.question, set(), seed.id
@@ -139,7 +140,7 @@ class E2HQA(Synthesizer):
                 continue
             evidence = {"url": hit.url, "title": hit.title, "snippet": hit.snippet, "query": entity}
             if client is not None:
-                data = await ask_json(client, template.format(entity=entity, question=question, answer=answer, evidence=hit.snippet))
+                data = await ask_json(client, template.fill(entity=entity, question=question, answer=answer, evidence=hit.snippet))
                 new_q = (data or {}).get("question")
                 if not isinstance(new_q, str) or not new_q.strip():
                     self.gate.dropped["llm_unparseable"] += 1

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 from webdancer.config import ModelConfig, validate_options
-from webdancer.errors import ConfigError, WebdancerError
+from webdancer.errors import WebdancerError
 from webdancer.llm import ChatClient, parse_json_object
 from webdancer.records import Message
-
-
-def load_prompt(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"prompt file {path} not found (prompts live in configs/prompts/)")
-    return p.read_text(encoding="utf-8")
 
 
 def make_client(options: dict[str, Any], where: str) -> Optional[ChatClient]:

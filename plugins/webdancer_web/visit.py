@@ -8,7 +8,6 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 from urllib.parse import urljoin
@@ -21,6 +20,7 @@ from webdancer.errors import WebdancerError
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import atomic_write_text
 from webdancer.llm import ChatClient, parse_json_object
+from webdancer.prompt_template import PromptTemplate
 from webdancer.records import Message
 from webdancer.tools import Tool
 from webdancer.typed import from_dict
@@ -332,7 +332,11 @@ class VisitTool(Tool):
             model.stop = []
             self.summarizer = ChatClient(model)
         override = self.config.summary_prompt_file
-        self.prompt = Path(override).read_text(encoding="utf-8") if override else resources.files("webdancer_web").joinpath("prompts/extractor.txt").read_text(encoding="utf-8")
+        fields = ("content", "goal")
+        if override:
+            self.prompt = PromptTemplate.from_file(override, fields)
+        else:
+            self.prompt = PromptTemplate.packaged("webdancer_web", "prompts/extractor.txt", fields)
 
     async def fetch(self, url: str) -> PageContent:
         cached = self.cache.get(self.reader.name, url)
@@ -348,7 +352,7 @@ class VisitTool(Tool):
         budget = self.config.max_tokens * 4
         if self.summarizer is not None:
             content = page.text[: self.config.max_page_chars]
-            prompt = self.prompt.replace("{content}", content).replace("{goal}", goal)
+            prompt = self.prompt.fill(content=content, goal=goal)
             for _ in range(2):
                 try:
                     reply = await self.summarizer.chat([Message("user", prompt)])

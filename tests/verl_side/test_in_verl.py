@@ -184,9 +184,8 @@ def test_parser_uses_the_wire_rules(tokenizer):
 
 
 def test_dapo_overrides_compose_with_verls_own_config(prepared, tmp_path):
-    from hydra import compose, initialize_config_dir
-
     import verl
+    from hydra import compose, initialize_config_dir
     from webdancer_rl.train import verl_overrides
 
     cfg, data = prepared

@@ -93,7 +93,7 @@ def run_cli(*args):
 
 def eval_args(tmp_path, srv, *extra):
     return ["eval", "run", str(GAIA), f"run.root={tmp_path}", "run.name=t", f"model.base_url={srv.base_url}", "model.model=m",
-            "agent.tools=[lookup]", "agent.max_turns=3", "agent.concurrency=1", *extra]
+            "agent.tools=[lookup]", "agent.max_turns=3", "agent.concurrency=1", "eval.attachments=ask", *extra]
 
 
 def test_eval_run_reports_pass_at_1_and_k_resumes_and_plots(plugins, tmp_path):
@@ -183,3 +183,16 @@ def test_each_format_evaluates_to_a_report_with_its_groups_and_plot(plugins, tmp
     assert results["overall"]["questions"] == len(load_eval_set(path)) and group in results["groups"]
     assert f"## By {group}" in (out / "report.md").read_text() and (out / "plot.png").stat().st_size > 1000
     assert "Pass@1" in result.output
+
+
+def test_gaia_questions_with_attachments_are_skipped_by_default(plugins, tmp_path):
+    scripted_model.xilinx = 0
+    with FakeOpenAIServer(default=scripted_model) as srv:
+        args = [a for a in eval_args(tmp_path, srv, "--name", "text-only") if a != "eval.attachments=ask"]
+        result = run_cli(*args)
+        bad = CliRunner().invoke(cli, [*args, "eval.attachments=never"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "t" / "eval" / "text-only" / "results.json").read_text())
+    assert results["overall"]["questions"] == 2  # the Kilby question names kilby_notes.pdf
+    assert results["meta"]["attachments"].startswith("1 questions with an attached file skipped")
+    assert bad.exit_code == 2 and "'eval.attachments': 'never'; choose one of skip, ask" in bad.output

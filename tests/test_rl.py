@@ -62,6 +62,10 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
         assert key in script
     missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "rl.venv=" + str(tmp_path / "none")])
     assert missing.exit_code != 0 and "run `webdancer rl prepare QA_FILE` first" in missing.output
+    bad_metric = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={answer: {metric: bleu}}", "--print-command"])
+    assert bad_metric.exit_code == 2 and "reward_options.answer.metric" in bad_metric.output and "'f1'" in bad_metric.output
+    stray = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={judge: {model: {}}}", "--print-command"])
+    assert stray.exit_code == 2 and "reward_options.judge is set but `rewards` has no 'judge'" in stray.output
 
 
 def rollout(answer, thought="The page says so."):

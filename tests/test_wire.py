@@ -161,8 +161,9 @@ def test_broken_prompt_file_is_a_config_error_naming_it(tmp_path, text, expected
 
 
 def test_judge_prompt_without_the_answer_is_refused(tmp_path):
-    from webdancer.errors import ConfigError
     from webdancer_rewards import JudgeReward, JudgeRewardConfig
+
+    from webdancer.errors import ConfigError
 
     prompt = tmp_path / "judge.txt"
     prompt.write_text("Is {reference} the answer to {question}?", encoding="utf-8")

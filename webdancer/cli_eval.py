@@ -31,13 +31,18 @@ def build_judge(cfg: WebdancerConfig):
 def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None) -> dict:
     """Sample k runs per question (resumable), score them, write the report; returns results.json's content."""
     from webdancer.agent import Agent
-    from webdancer.evalsets import load_eval_set
+    from webdancer.evalsets import EvalSetError, load_eval_set
     from webdancer.evaluation import EvalRun, score_trajectories, write_report
     from webdancer.policies import build_policy
     from webdancer.sampling import sample
     from webdancer.tools import ToolBox
 
     items = load_eval_set(eval_file, fmt)
+    with_file = [item for item in items if item.provenance.get("file_name")]
+    if cfg.eval.attachments == "skip" and with_file:
+        items = [item for item in items if not item.provenance.get("file_name")]
+        if not items:
+            raise EvalSetError(f"{eval_file}: every question has an attached file; set eval.attachments=ask to ask them anyway")
     run = EvalRun(cfg.run.dir / "eval" / name)
     policy = build_policy(cfg.policy.name, cfg.policy.options, cfg.model)
     toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
@@ -63,6 +68,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
         "judge": cfg.eval.judge.get("model", "?") if cfg.eval.judge else "none (exact match / token F1)",
         "max_turns": cfg.agent.max_turns,
+        **({"attachments": f"{len(with_file)} questions with an attached file {'skipped' if cfg.eval.attachments == 'skip' else 'asked without the file'} (eval.attachments)"} if with_file else {}),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return write_report(run, items, meta, cfg.eval.k)

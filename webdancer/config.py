@@ -16,6 +16,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from webdancer.errors import ConfigError
 
 
+def one_of(*choices: str) -> Any:
+    """A string field that takes one of `choices` (the first is the default), checked on load."""
+    return field(default=choices[0], metadata={"choices": choices})
+
+
 @dataclass
 class RunConfig:
     name: str = "default"
@@ -141,6 +146,9 @@ class EvalConfig:
     judge_prompt: str = ""  # empty: the judge reward's packaged prompt
     f1_threshold: float = 0.8
     judge_concurrency: int = 8
+    # GAIA questions with an attached file: skip them (the text-only subset the WebDancer paper
+    # reports), or ask them anyway (the agent cannot open the file; it must find the answer on the web).
+    attachments: str = one_of("skip", "ask")
 
 
 @dataclass
@@ -198,7 +206,7 @@ class PipelineConfig:
     # The teacher for `sample` (ModelConfig fields: a hosted instruct or reasoning model); empty = `model`.
     teacher: dict[str, Any] = field(default_factory=dict)
     sft_port: int = 8001  # where the fine-tuned model is served for eval_after
-    rl_train: str = "auto"  # auto: run verl only when a GPU is visible; always; never (prepare only)
+    rl_train: str = one_of("auto", "always", "never")  # auto: verl only when a GPU is visible; never: prepare only
 
 
 @dataclass
@@ -219,7 +227,7 @@ class SftConfig:
     model_path: str = ".webdancer/models/smollm2-135m"
     # LLaMA-Factory template: `qwen` renders the wire format for ChatML models (SmolLM2, Qwen2.5).
     template: str = "qwen"
-    finetuning_type: str = "full"  # full | lora | freeze
+    finetuning_type: str = one_of("full", "lora", "freeze")
     lora_rank: int = 8
     cutoff_len: int = 2048
     per_device_train_batch_size: int = 2
@@ -338,9 +346,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "")
         raise ConfigError(f"config: '{key}': {str(exc).splitlines()[0]}") from None
+    _check_choices(cfg, "")
     if isinstance(cfg, WebdancerConfig):
         _link_web_tools(cfg)
     return cfg
+
+
+def _check_choices(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"bad value for '{prefix}{f.name}': {value!r}; choose one of {', '.join(choices)}")
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
 
 
 def _link_web_tools(cfg: WebdancerConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from webdancer import hookimpl
 from webdancer.errors import ConfigError
@@ -30,7 +31,7 @@ class FormatReward(Reward):
 class AnswerRewardConfig:
     # match: the no-judge rule the filter and eval use (exact, containment in a short answer, or
     # token F1 >= f1_threshold); exact: normalized exact match only; f1: token F1 itself (graded).
-    metric: str = "match"
+    metric: Literal["match", "exact", "f1"] = "match"
     f1_threshold: float = 0.8
 
 
@@ -50,9 +51,7 @@ class AnswerReward(Reward):
             return token_f1(answer, sample.reference)
         if self.config.metric == "exact":
             return float(exact_match(answer, sample.reference))
-        if self.config.metric == "match":
-            return float(matches(answer, sample.reference, self.config.f1_threshold))
-        raise ConfigError(f"reward_options.answer.metric: unknown metric {self.config.metric!r}; use match, exact or f1")
+        return float(matches(answer, sample.reference, self.config.f1_threshold))
 
 
 @dataclass
@@ -72,7 +71,6 @@ class JudgeReward(Reward):
     def __init__(self, config: JudgeRewardConfig | None = None):
         super().__init__(config)
         from webdancer.config import ModelConfig, validate_options
-        from webdancer.errors import ConfigError
         from webdancer.llm import ChatClient
 
         if not self.config.model:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Callable
 
 from webdancer.config import WebdancerConfig
-from webdancer.errors import WebdancerError
+from webdancer.errors import ConfigError, WebdancerError
 from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer_rl.reward import DEFAULT_WEIGHTS
 
 REWARD_MODULE = Path(__file__).with_name("reward.py")
 
@@ -86,7 +87,7 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
     ]
     out = [f"{k}={_value(v)}" for k, v in pairs]
     # Keys verl reads but does not declare: added with hydra's `+`.
-    weights = cfg.rewards or {"format": 0.1, "answer": 0.9}
+    weights = cfg.rewards or DEFAULT_WEIGHTS
     out += [f"+reward.custom_reward_function.reward_kwargs.weights.{name}={w}" for name, w in weights.items()]
     for name, options in (cfg.reward_options or {}).items():
         out += [f"+reward.custom_reward_function.reward_kwargs.options.{name}.{k}={_value(v)}" for k, v in options.items()]
@@ -100,6 +101,20 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
     return out + list(rl.extra)
 
 
+def check_rewards(cfg: WebdancerConfig) -> None:
+    """Validate `rewards` and `reward_options` here, before verl starts, not in its reward workers."""
+    from webdancer.config import validate_options
+    from webdancer.plugins import get_plugins
+
+    weights = cfg.rewards or DEFAULT_WEIGHTS
+    for name in cfg.reward_options or {}:
+        if name not in weights:
+            raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
+    for name in weights:
+        cls = get_plugins().get("rewards", name)
+        validate_options(cls.Config, (cfg.reward_options or {}).get(name) or {}, f"reward_options.{name}")
+
+
 def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list[str]:
     python = Path(cfg.rl.venv) / "bin" / "python"
     return [str(python), "-m", "verl.trainer.main_ppo", *verl_overrides(cfg, data_dir, output_dir)]
@@ -110,6 +125,7 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
     missing = [name for name in ("train.parquet", "val.parquet", "tool_config.yaml", "agent_loops.yaml") if not (data_dir / name).is_file()]
     if missing and not dry_run:
         raise WebdancerError(f"{data_dir / missing[0]} is missing: run `webdancer rl prepare QA_FILE` first")
+    check_rewards(cfg)
     command = verl_command(cfg, data_dir, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -68,6 +68,19 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
     assert stray.exit_code == 2 and "reward_options.judge is set but `rewards` has no 'judge'" in stray.output
 
 
+
+def test_train_without_a_gpu_is_refused_with_the_way_out(tmp_path, monkeypatch):
+    from webdancer_rl.train import gpu_visible
+
+    if gpu_visible():
+        pytest.skip("a GPU is visible: verl would really train")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    run = ["run.root=" + str(tmp_path), "run.name=r"]
+    assert CliRunner().invoke(cli, ["rl", "prepare", str(qa_file(tmp_path)), *run]).exit_code == 0
+    result = CliRunner().invoke(cli, ["rl", "train", *run])
+    assert result.exit_code == 1 and "needs a GPU and none is visible" in result.output and "RAY_ADDRESS" in result.output
+    assert (tmp_path / "r" / "rl" / "command.sh").is_file()  # recorded for the GPU machine all the same
+
 def rollout(answer, thought="The page says so."):
     call = render_assistant("search", tool_call=ToolCall("search", {"query": ["kilby"]}))
     return f"{call}\nuser\n<tool_response>\nJack Kilby invented it.\n</tool_response>\nassistant\n" + render_assistant(thought, answer=answer)

@@ -255,7 +255,7 @@ class Pipeline:
 
     def stage_rl(self) -> dict[str, Any]:
         from webdancer_rl.prepare import prepare
-        from webdancer_rl.train import run_rl
+        from webdancer_rl.train import gpu_visible, run_rl
 
         data_dir = Path(self.cfg.rl.data_dir or self.dir / "rl_data")
         out_dir = Path(self.cfg.rl.output_dir or self.dir / "rl")
@@ -274,12 +274,3 @@ class Pipeline:
 
 def _count(path: Path) -> int:
     return sum(1 for _ in iter_json_lines(path)) if path.exists() else 0
-
-
-def gpu_visible() -> bool:
-    import subprocess
-
-    try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False

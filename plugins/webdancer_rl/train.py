@@ -101,6 +101,15 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
     return out + list(rl.extra)
 
 
+def gpu_visible() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def check_rewards(cfg: WebdancerConfig) -> None:
     """Validate `rewards` and `reward_options` here, before verl starts, not in its reward workers."""
     from webdancer.config import validate_options
@@ -132,6 +141,14 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
     write_command_script(output_dir / "command.sh", command, "DAPO with verl; on a cluster: start Ray, then run this from the repository root.", env)
     if dry_run:
         return command
+    if not gpu_visible() and not os.environ.get("RAY_ADDRESS"):
+        # Seen with verl 0.9.1 on a CPU machine: its ResourcePoolManager refuses ("Total available
+        # GPUs 0 is less than total desired GPUs 1") even with trainer.device=cpu, and on a 2-CPU
+        # Ray node it first waits forever for TransferQueue's storage actors.
+        raise WebdancerError(
+            "verl's trainer needs a GPU and none is visible here (nvidia-smi) nor is RAY_ADDRESS set: "
+            f"run on a GPU machine, point RAY_ADDRESS at a Ray cluster with GPUs, or run {output_dir / 'command.sh'} there"
+        )
     if not Path(command[0]).is_file():
         raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_rl.sh` (WEBDANCER_RL_GPU=1 on a GPU machine) or set rl.venv")
     code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)

@@ -17,7 +17,9 @@ from webdancer.errors import ConfigError
 
 
 def one_of(*choices: str) -> Any:
-    """A string field that takes one of `choices` (the first is the default), checked on load."""
+    """A string field that takes one of `choices` (the first is the default), checked on load.
+
+    omegaconf cannot hold `Literal` fields; plugin options (built by `webdancer.typed`) use `Literal`."""
     return field(default=choices[0], metadata={"choices": choices})
 
 

@@ -28,7 +28,12 @@ class PromptTemplate:
         return cls.checked(p.read_text(encoding="utf-8"), str(p), fields, optional)
 
     @classmethod
-    def packaged(cls, package: str, name: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> "PromptTemplate":
+    def load(
+        cls, override: str | None, package: str, name: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> "PromptTemplate":
+        """The user's prompt file when `override` is set, else the default shipped in `package`."""
+        if override:
+            return cls.from_file(override, fields, optional)
         text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
         return cls.checked(text, f"{package}/{name}", fields, optional)
 

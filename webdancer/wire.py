@@ -209,14 +209,12 @@ def unwrap_tool_response(text: str) -> Optional[str]:
 
 @functools.lru_cache(maxsize=32)
 def _system_prompt(override: Optional[str]) -> PromptTemplate:
-    if override:
-        return PromptTemplate.from_file(override, fields=(), optional=("date",))
-    return PromptTemplate.packaged("webdancer.prompts", "system.txt", fields=(), optional=("date",))
+    return PromptTemplate.load(override, "webdancer.prompts", "system.txt", fields=(), optional=("date",))
 
 
 @functools.lru_cache(maxsize=1)
 def _user_prompt() -> PromptTemplate:
-    return PromptTemplate.packaged("webdancer.prompts", "user.txt", fields=("tools", "question"))
+    return PromptTemplate.load(None, "webdancer.prompts", "user.txt", fields=("tools", "question"))
 
 
 def render_tools_block(schemas: list[dict[str, Any]]) -> str:

@@ -78,11 +78,7 @@ class JudgeReward(Reward):
         model = validate_options(ModelConfig, self.config.model, "judge.model")
         model.stop, model.temperature, model.max_tokens = [], 0.0, 8
         self.client = ChatClient(model)
-        fields = ("question", "reference", "answer")
-        if self.config.prompt_file:
-            self.template = PromptTemplate.from_file(self.config.prompt_file, fields)
-        else:
-            self.template = PromptTemplate.packaged("webdancer_rewards", "prompts/judge.txt", fields)
+        self.template = PromptTemplate.load(self.config.prompt_file, "webdancer_rewards", "prompts/judge.txt", ("question", "reference", "answer"))
 
     async def score(self, sample: RewardInput) -> float:
         from webdancer.records import Message

@@ -21,17 +21,23 @@ DEFAULT_WEIGHTS = {"format": 0.1, "answer": 0.9}
 _cache: dict[str, dict[str, Reward]] = {}
 
 
-def build_rewards(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> dict[str, Reward]:
-    """Reward plugins by name, built once per process and set of options."""
+def reward_config(name: str, options: dict[str, dict[str, Any]]) -> tuple[type[Reward], Any]:
+    """The reward plugin `name` and its options, validated (errors name `reward_options.<name>`)."""
     from webdancer.config import validate_options
     from webdancer.plugins import get_plugins
 
+    cls = get_plugins().get("rewards", name)
+    return cls, validate_options(cls.Config, (options or {}).get(name) or {}, f"reward_options.{name}")
+
+
+def build_rewards(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> dict[str, Reward]:
+    """Reward plugins by name, built once per process and set of options."""
     key = json.dumps([sorted(weights), options], sort_keys=True, default=str)
     if key not in _cache:
         built = {}
         for name in weights:
-            cls = get_plugins().get("rewards", name)
-            built[name] = cls(validate_options(cls.Config, (options or {}).get(name) or {}, f"reward_options.{name}"))
+            cls, config = reward_config(name, options)
+            built[name] = cls(config)
         _cache[key] = built
     return _cache[key]
 

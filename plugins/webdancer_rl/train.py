@@ -13,7 +13,7 @@ from typing import Callable
 from webdancer.config import WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.launch import log_tail, run_logged, write_command_script
-from webdancer_rl.reward import DEFAULT_WEIGHTS
+from webdancer_rl.reward import DEFAULT_WEIGHTS, reward_config
 
 REWARD_MODULE = Path(__file__).with_name("reward.py")
 
@@ -112,16 +112,12 @@ def gpu_visible() -> bool:
 
 def check_rewards(cfg: WebdancerConfig) -> None:
     """Validate `rewards` and `reward_options` here, before verl starts, not in its reward workers."""
-    from webdancer.config import validate_options
-    from webdancer.plugins import get_plugins
-
     weights = cfg.rewards or DEFAULT_WEIGHTS
     for name in cfg.reward_options or {}:
         if name not in weights:
             raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
     for name in weights:
-        cls = get_plugins().get("rewards", name)
-        validate_options(cls.Config, (cfg.reward_options or {}).get(name) or {}, f"reward_options.{name}")
+        reward_config(name, cfg.reward_options)
 
 
 def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list[str]:

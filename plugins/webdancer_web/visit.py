@@ -331,12 +331,7 @@ class VisitTool(Tool):
             model = validate_options(ModelConfig, self.config.summary_model, "tools.visit.summary_model")
             model.stop = []
             self.summarizer = ChatClient(model)
-        override = self.config.summary_prompt_file
-        fields = ("content", "goal")
-        if override:
-            self.prompt = PromptTemplate.from_file(override, fields)
-        else:
-            self.prompt = PromptTemplate.packaged("webdancer_web", "prompts/extractor.txt", fields)
+        self.prompt = PromptTemplate.load(self.config.summary_prompt_file, "webdancer_web", "prompts/extractor.txt", ("content", "goal"))
 
     async def fetch(self, url: str) -> PageContent:
         cached = self.cache.get(self.reader.name, url)

@@ -23,7 +23,41 @@ def test_export_writes_a_plain_hf_folder(tiny_model):
     names = {p.name for p in tiny_model.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "webdancer_model.json"} <= names
     assert AutoConfig.from_pretrained(tiny_model).model_type == "llama"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None  # the chat template's end of turn
     assert export_model("smollm2-135m", tiny_model) == tiny_model  # resume: already there, untouched
+
+
+def test_exported_folder_loads_as_a_plain_float32_model(tiny_model, tmp_path):
+    """No GGUF `quantization_config` is left behind: Trainer would refuse the model, servers would look for a GGUF."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from webdancer_models.export import clean_model_folder
+
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert "quantization_config" not in config
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert model.dtype == torch.float32 and getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
+    Trainer(model=model, args=TrainingArguments(str(tmp_path / "t"), use_cpu=True, report_to=[]))  # refuses quantized models
+
+    # A folder exported before the fix is repaired by exporting it again (the weights are untouched).
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    stale = {**config, "quantization_config": {"quant_method": "gguf", "dequantize": False}}
+    (old / "config.json").write_text(json.dumps(stale))
+    weights = (old / "model.safetensors").stat().st_mtime_ns
+    assert export_model("smollm2-135m", old) == old
+    assert "quantization_config" not in json.loads((old / "config.json").read_text())
+    assert (old / "model.safetensors").stat().st_mtime_ns == weights
+    assert clean_model_folder(old) is False  # nothing left to clean
+    # A real quantization (not GGUF's leftover) is never touched.
+    real = {**config, "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+    (old / "config.json").write_text(json.dumps(real))
+    assert clean_model_folder(old) is False and json.loads((old / "config.json").read_text()) == real
 
 
 def test_export_never_overwrites_other_content(tmp_path):

@@ -41,7 +41,8 @@ def test_prepare_writes_verl_rows_split_stably(tmp_path):
     tools = yaml.safe_load((data / "tool_config.yaml").read_text())["tools"]
     assert [t["config"]["tool"] for t in tools] == ["search", "visit"] and all(t["class_name"] == "webdancer_rl.verl_tool.WebdancerTool" for t in tools)
     assert tools[0]["tool_schema"]["function"]["parameters"]["properties"]["query"]["items"] == {"type": "string"}
-    assert yaml.safe_load((data / "agent_loops.yaml").read_text()) == [{"name": "webdancer_agent", "_target_": "webdancer_rl.verl_agent.WebdancerAgentLoop"}]
+    assert yaml.safe_load((data / "agent_loops.yaml").read_text()) == [{"name": "webdancer_agent", "_target_": "webdancer_rl.verl_agent.WebdancerAgentLoop",
+                                                                         "max_turn_tokens": 0}]
     # More questions later: nobody moves between train and val.
     result = CliRunner().invoke(cli, ["rl", "prepare", str(qa_file(tmp_path, ITEMS + [QAItem("One more?", "yes")]))] + args[3:])
     assert result.exit_code == 0
@@ -61,6 +62,7 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
                 "actor_rollout_ref.rollout.agent.default_agent_loop=webdancer_agent", "+reward.custom_reward_function.reward_kwargs.weights.answer=0.9"):
         assert key in script
     missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "rl.venv=" + str(tmp_path / "none")])
+    assert "hydra.run.dir=" + str(tmp_path / "r" / "rl" / "hydra") in script  # verl's hydra logs stay in the run folder
     assert missing.exit_code != 0 and "run `webdancer rl prepare QA_FILE` first" in missing.output
     bad_metric = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={answer: {metric: bleu}}", "--print-command"])
     assert bad_metric.exit_code == 2 and "reward_options.answer.metric" in bad_metric.output and "'f1'" in bad_metric.output

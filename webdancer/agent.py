@@ -13,7 +13,7 @@ from webdancer.errors import WebdancerError
 from webdancer.policies import Policy
 from webdancer.records import Message, QAItem, Step, ToolResult, Trajectory, Usage, stable_id
 from webdancer.tools import ToolBox
-from webdancer.wire import initial_messages, parse_assistant, render_tool_response
+from webdancer.wire import format_error_observation, initial_messages, parse_assistant, render_tool_response
 
 StepCallback = Callable[[Step], Any]
 TRUNCATED = "[earlier observation removed to fit the context budget]"
@@ -109,7 +109,7 @@ class Agent:
                 await _notify(on_step, step)
                 return
             if parsed.error is not None:
-                result = ToolResult(name="", content=f"[format error] {parsed.error}", error=True)
+                result = ToolResult(name="", content=format_error_observation(parsed.error), error=True)
             else:
                 result = await self.toolbox.run(parsed.tool_call)
             step.tool_result = result

@@ -155,9 +155,12 @@ class EvalConfig:
 
 @dataclass
 class RlConfig:
-    """RL with verl (DAPO): what `webdancer rl prepare|train` write and the verl overrides they produce."""
+    """RL (DAPO, multi-turn tool calls): `webdancer rl prepare|train`, with verl (clusters) or TRL (one machine)."""
 
-    venv: str = ".venvs/rl"  # the environment `scripts/setup_rl.sh` makes (verl + webdancer)
+    # verl: `python -m verl.trainer.main_ppo` (Ray, SGLang rollouts, GPUs); trl: TRL's GRPOTrainer on
+    # this machine (CPU or one GPU). Both read the same data and train with the same rollout rules and rewards.
+    engine: str = one_of("verl", "trl")
+    venv: str = ".venvs/rl"  # verl's environment, made by `scripts/setup_rl.sh` (verl + webdancer)
     model_path: str = ""  # default: the SFT checkpoint runs/<run>/sft if it exists, else sft.model_path
     data_dir: str = ""  # default runs/<run>/rl_data (train.parquet, val.parquet, tool_config.yaml, agent_loops.yaml)
     output_dir: str = ""  # default runs/<run>/rl (checkpoints, train.log, command.sh)
@@ -170,30 +173,43 @@ class RlConfig:
     clip_ratio_high: float = 0.28
     loss_agg_mode: str = "token-mean"
     filter_groups: bool = True
-    filter_groups_metric: str = "acc"
+    # The compute_score key whose spread decides a group: `score` (weighted rewards), `reward` (score + overlong
+    # penalty, verl's canonical reward) or one reward's name.
+    filter_groups_metric: str = "score"
     max_num_gen_batches: int = 10
     overlong_buffer: int = 512  # tokens before the response limit where the length penalty ramps up (0 = off)
     overlong_penalty: float = 1.0
     use_kl_loss: bool = False
-    train_batch_size: int = 32
+    kl_loss_coef: float = 0.001
+    train_batch_size: int = 32  # questions per step (each rolled out n_rollouts times)
     ppo_mini_batch_size: int = 16
     learning_rate: float = 1e-6
     max_prompt_length: int = 4096
     max_response_length: int = 8192
     max_turns: int = 8
-    max_tool_response_length: int = 4096
+    max_turn_tokens: int = 0  # new tokens one turn may generate (0: the whole remaining response budget)
+    max_tool_response_length: int = 4096  # characters of a tool observation, cut as verl cuts them
+    tool_response_truncate_side: str = one_of("middle", "left", "right")
     temperature: float = 1.0
+    top_p: float = 1.0
     rollout_engine: str = "sglang"
     tensor_parallel: int = 1
     gpu_memory_utilization: float = 0.6
     n_gpus_per_node: int = 1
     nnodes: int = 1
     total_training_steps: int = 5
-    save_freq: int = -1
+    save_freq: int = -1  # steps between checkpoints (-1: verl saves none midway; TRL saves at the end)
     test_freq: int = -1
+    seed: int = 1
     logger: list[str] = field(default_factory=lambda: ["console"])
     # Raw verl overrides (`key=value`, hydra syntax) appended last: anything verl has that is not above.
     extra: list[str] = field(default_factory=list)
+    # TRL GRPOConfig fields set last, by name (checked against the installed TRL): anything TRL has that is not above.
+    trl: dict[str, Any] = field(default_factory=dict)
+    # Warnings while training (both engines' metrics): the valid-turn rate falling this far below its first
+    # step's, the mean response length growing past this multiple of its first step's.
+    warn_valid_turn_drop: float = 0.3
+    warn_length_growth: float = 2.0
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,8 +19,9 @@ def write_command_script(path: Path, command: list[str], note: str, env: Optiona
 
 
 def run_logged(command: list[str], log_path: Path, env: dict[str, str], echo: Callable[[str], None] = print, cwd: Optional[str] = None) -> int:
-    """Run `command`, echoing each output line and writing it to `log_path`; returns the exit code."""
-    with log_path.open("w", encoding="utf-8") as log:
+    """Run `command`, echoing each output line and appending it to `log_path`; returns the exit code."""
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
         assert proc.stdout is not None
         for line in proc.stdout:

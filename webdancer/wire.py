@@ -192,6 +192,11 @@ def render_assistant(thought: str, tool_call: Optional[ToolCall] = None, answer:
     return head + f"{ANSWER_OPEN}\n{answer.strip()}\n{ANSWER_CLOSE}"
 
 
+def format_error_observation(error: str) -> str:
+    """What the model is told after a malformed turn (sampling, eval and both RL engines)."""
+    return f"[format error] {error}"
+
+
 def render_tool_response(text: str) -> str:
     return f"{RESP_OPEN}\n{text}\n{RESP_CLOSE}"
 

@@ -6,6 +6,7 @@ role `tool` (what verl and OpenAI clients send) onto the same text, so every pat
 infers on one format.
 """
 
+TURN_END = "<|im_end|>"
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 WIRE_CHATML_TEMPLATE = (

@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
 from pathlib import Path
 
 from webdancer.errors import WebdancerError
-from webdancer_models.chat_template import WIRE_CHATML_TEMPLATE
+from webdancer.jsonl import atomic_write_text
+from webdancer_models.chat_template import TURN_END, WIRE_CHATML_TEMPLATE
 from webdancer_models.registry import get_source, locate_gguf
 
 MARKER = "webdancer_model.json"
+
+
+def is_stale_gguf_quantization(config: dict) -> bool:
+    """A `quantization_config` left by loading from GGUF: the weights beside it are plain floats.
+
+    transformers' Trainer refuses such a model ("purely quantized"), and vLLM/SGLang look for a GGUF file.
+    """
+    quant = config.get("quantization_config")
+    return isinstance(quant, dict) and quant.get("quant_method") == "gguf"
+
+
+def clean_model_folder(folder: Path) -> bool:
+    """Drop a stale GGUF `quantization_config` from `folder/config.json` (atomically); True when it changed.
+
+    Folders exported before this fix (and checkpoints trained from them) carry it.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not is_stale_gguf_quantization(config):
+        return False
+    del config["quantization_config"]
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return True
 
 
 def load_gguf(name: str):
@@ -39,12 +67,16 @@ def export_model(name: str, out_dir: Path) -> Path:
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if done.get("name") == name:
+            clean_model_folder(out_dir)
             return out_dir
         raise WebdancerError(f"{out_dir} already holds an export of '{done.get('name')}'; choose another folder")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise WebdancerError(f"{out_dir} exists and is not empty; choose an empty or new folder")
     model, tokenizer, gguf = load_gguf(name)
-    fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # the GGUF loader's; the copy below holds float32 weights
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
     if missing or unexpected:
@@ -52,6 +84,10 @@ def export_model(name: str, out_dir: Path) -> Path:
     fresh.tie_weights()
     fresh.generation_config = model.generation_config
     tokenizer.chat_template = WIRE_CHATML_TEMPLATE
+    # The template ends every turn with <|im_end|>: that is the end-of-sequence token generation and RL stop at.
+    # (transformers 5.10's GGUF conversion names <|im_start|> instead; 5.24's gets it right.)
+    tokenizer.eos_token = TURN_END
+    tokenizer.pad_token = tokenizer.pad_token or TURN_END
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp, safe_serialization=True)

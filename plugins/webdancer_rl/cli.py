@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import click
@@ -12,7 +11,7 @@ from webdancer.cli import config_options, resolve_config
 
 @click.group("rl")
 def rl() -> None:
-    """Reinforcement learning with verl (DAPO, multi-turn tool calling; its own environment, .venvs/rl)."""
+    """Reinforcement learning (DAPO, multi-turn tool calling): verl on clusters, TRL on this machine (rl.engine)."""
 
 
 @rl.command("prepare")
@@ -24,27 +23,25 @@ def prepare_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, 
     from webdancer.jsonl import read_records
     from webdancer.records import QAItem
     from webdancer_rl.prepare import prepare
+    from webdancer_rl.train import data_dir
 
     cfg = resolve_config(config_path, overrides)
-    out_dir = Path(cfg.rl.data_dir or cfg.run.dir / "rl_data")
-    data = prepare(list(read_records(qa_file, QAItem)), cfg, out_dir)
+    data = prepare(list(read_records(qa_file, QAItem)), cfg, data_dir(cfg))
     click.echo(f"{data.train_rows} train + {data.val_rows} val questions -> {data.train}, {data.val}; tools: {data.tool_config}")
 
 
 @rl.command("train")
 @config_options
 @click.argument("overrides", nargs=-1)
-@click.option("--print-command", is_flag=True, help="Write command.sh and print the verl command without running it.")
+@click.option("--print-command", is_flag=True, help="Write command.sh and print the engine's command without running it.")
 def train_cmd(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool) -> None:
-    """Run `python -m verl.trainer.main_ppo` with DAPO settings from `rl.*` on the prepared data."""
+    """Train with DAPO settings from `rl.*` on the prepared data: verl (`main_ppo`) or TRL (`rl.engine=trl`)."""
     import shlex
 
-    from webdancer_rl.train import run_rl
+    from webdancer_rl.train import data_dir, output_dir, run_rl
 
     cfg = resolve_config(config_path, overrides)
-    data_dir = Path(cfg.rl.data_dir or cfg.run.dir / "rl_data")
-    output_dir = Path(cfg.rl.output_dir or cfg.run.dir / "rl")
-    command = run_rl(cfg, data_dir, output_dir, echo=click.echo, dry_run=print_command)
+    command = run_rl(cfg, data_dir(cfg), output_dir(cfg), echo=click.echo, dry_run=print_command)
     if print_command:
         click.echo(shlex.join(command))
-    click.echo(f"command: {output_dir / 'command.sh'}")
+    click.echo(f"command: {output_dir(cfg) / 'command.sh'}")

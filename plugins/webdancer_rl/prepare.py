@@ -102,5 +102,50 @@ def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
     write_parquet([rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)], data.train)
     write_parquet([rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)], data.val)
     atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg), sort_keys=False))
-    atomic_write_text(data.agent_loops, yaml.safe_dump([{"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS}], sort_keys=False))
+    loop = {"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": cfg.rl.max_turn_tokens}
+    atomic_write_text(data.agent_loops, yaml.safe_dump([loop], sort_keys=False))
     return data
+
+
+ROW_FIELDS = ("prompt", "data_source", "reward_model", "extra_info")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows `prepare` wrote, checked: what the TRL engine trains on and verl's RLHFDataset reads."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise WebdancerError(f"{path} is missing: run `webdancer rl prepare QA_FILE` first")
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow's errors say little about which file
+        raise WebdancerError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc}); rerun `webdancer rl prepare`") from None
+    if not rows:
+        raise WebdancerError(f"{path} has no rows: rerun `webdancer rl prepare` with a QA file that has questions")
+    missing = [f for f in ROW_FIELDS if f not in rows[0]]
+    if missing:
+        raise WebdancerError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(ROW_FIELDS)} as `webdancer rl prepare` writes them")
+    for i, row in enumerate(rows):
+        prompt = row["prompt"]
+        if not prompt or not all(isinstance(m, dict) and m.get("role") and isinstance(m.get("content"), str) for m in prompt):
+            raise WebdancerError(f"{path}: row {i}: `prompt` must be a list of {{role, content}} messages")
+        if not (row.get("reward_model") or {}).get("ground_truth"):
+            raise WebdancerError(f"{path}: row {i}: `reward_model.ground_truth` is empty")
+    return rows
+
+
+def check_prepared(cfg: WebdancerConfig, data_dir: Path) -> None:
+    """The prepared data must match the config it will train with (tools offered, per-turn budget)."""
+    need = ("train.parquet", "val.parquet", "tool_config.yaml", "agent_loops.yaml")
+    missing = [name for name in need if not (data_dir / name).is_file()]
+    if missing:
+        raise WebdancerError(f"{data_dir / missing[0]} is missing: run `webdancer rl prepare QA_FILE` first")
+    tools = [t["config"]["tool"] for t in (yaml.safe_load((data_dir / "tool_config.yaml").read_text()) or {}).get("tools", [])]
+    if tools != list(cfg.agent.tools):
+        raise WebdancerError(f"{data_dir} was prepared for tools {tools}, but agent.tools is {list(cfg.agent.tools)}: "
+                             "rerun `webdancer rl prepare` with this config")
+    loops = yaml.safe_load((data_dir / "agent_loops.yaml").read_text()) or []
+    prepared = next((loop.get("max_turn_tokens", 0) for loop in loops if loop.get("name") == AGENT_LOOP), None)
+    if prepared != cfg.rl.max_turn_tokens:
+        raise WebdancerError(f"{data_dir} was prepared with rl.max_turn_tokens={prepared}, but the config says "
+                             f"{cfg.rl.max_turn_tokens}: rerun `webdancer rl prepare` with this config")

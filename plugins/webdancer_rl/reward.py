@@ -72,3 +72,14 @@ async def compute_score(
     out["score"] = sum(weights[name] * out[name] for name in weights)
     out["judge_failed"] = judge_failed
     return out
+
+
+def overlong_penalty(response_length: int, max_length: int, buffer: int, factor: float) -> float:
+    """DAPO's soft overlong punishment, as verl's DAPO reward manager adds it to the score (<= 0).
+
+    Zero until the response is `buffer` tokens short of `max_length`, then falling linearly to -factor.
+    """
+    if buffer <= 0:
+        return 0.0
+    exceed = response_length - (max_length - buffer)
+    return min(-exceed / buffer * factor, 0.0)

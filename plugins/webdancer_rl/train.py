@@ -1,18 +1,23 @@
-"""`webdancer rl train`: the native `python -m verl.trainer.main_ppo` command with DAPO settings.
+"""`webdancer rl train`: the engine's native command, recorded in `command.sh`, checked and run.
 
-Everything is a hydra override of verl's own `ppo_trainer` config, so the command recorded in
-`command.sh` runs unchanged on a Ray cluster with the same files.
+verl: `python -m verl.trainer.main_ppo` with DAPO settings, every one a hydra override of verl's own
+`ppo_trainer` config, so the command runs unchanged on a Ray cluster with the same files.
+TRL: `accelerate launch -m webdancer_rl.trl_engine rl/config.yaml` (the resolved config) on this machine.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from webdancer.config import WebdancerConfig
+from webdancer.config import WebdancerConfig, config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
+from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer_rl.prepare import check_prepared, read_rows
 from webdancer_rl.reward import DEFAULT_WEIGHTS, reward_config
 
 REWARD_MODULE = Path(__file__).with_name("reward.py")
@@ -31,6 +36,14 @@ def default_model_path(cfg: WebdancerConfig) -> str:
         return cfg.rl.model_path
     sft = Path(cfg.sft.output_dir or cfg.run.dir / "sft")
     return str(sft) if (sft / "config.json").is_file() else cfg.sft.model_path
+
+
+def data_dir(cfg: WebdancerConfig) -> Path:
+    return Path(cfg.rl.data_dir or cfg.run.dir / "rl_data")
+
+
+def output_dir(cfg: WebdancerConfig) -> Path:
+    return Path(cfg.rl.output_dir or cfg.run.dir / "rl")
 
 
 def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list[str]:
@@ -53,15 +66,18 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("actor_rollout_ref.actor.clip_ratio_high", rl.clip_ratio_high),
         ("actor_rollout_ref.actor.loss_agg_mode", rl.loss_agg_mode),
         ("actor_rollout_ref.actor.use_kl_loss", rl.use_kl_loss),
+        ("actor_rollout_ref.actor.kl_loss_coef", rl.kl_loss_coef),
         ("actor_rollout_ref.rollout.name", rl.rollout_engine),
         ("actor_rollout_ref.rollout.mode", "async"),
         ("actor_rollout_ref.rollout.n", rl.n_rollouts),
         ("actor_rollout_ref.rollout.temperature", rl.temperature),
+        ("actor_rollout_ref.rollout.top_p", rl.top_p),
         ("actor_rollout_ref.rollout.tensor_model_parallel_size", rl.tensor_parallel),
         ("actor_rollout_ref.rollout.gpu_memory_utilization", rl.gpu_memory_utilization),
         ("actor_rollout_ref.rollout.multi_turn.enable", True),
         ("actor_rollout_ref.rollout.multi_turn.max_assistant_turns", rl.max_turns),
         ("actor_rollout_ref.rollout.multi_turn.max_tool_response_length", rl.max_tool_response_length),
+        ("actor_rollout_ref.rollout.multi_turn.tool_response_truncate_side", rl.tool_response_truncate_side),
         ("actor_rollout_ref.rollout.multi_turn.format", "webdancer"),
         ("actor_rollout_ref.rollout.multi_turn.tool_config_path", data_dir / "tool_config.yaml"),
         ("actor_rollout_ref.rollout.agent.default_agent_loop", "webdancer_agent"),
@@ -84,6 +100,7 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("trainer.project_name", "webdancer"),
         ("trainer.experiment_name", cfg.run.name),
         ("trainer.default_local_dir", output_dir / "checkpoints"),
+        ("hydra.run.dir", output_dir / "hydra"),  # not ./outputs/<date> in whatever folder verl was started from
     ]
     out = [f"{k}={_value(v)}" for k, v in pairs]
     # Keys verl reads but does not declare: added with hydra's `+`.
@@ -111,13 +128,16 @@ def gpu_visible() -> bool:
 
 
 def check_rewards(cfg: WebdancerConfig) -> None:
-    """Validate `rewards` and `reward_options` here, before verl starts, not in its reward workers."""
+    """Validate `rewards` and `reward_options` here, before an engine starts, not in its reward workers."""
     weights = cfg.rewards or DEFAULT_WEIGHTS
     for name in cfg.reward_options or {}:
         if name not in weights:
             raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
     for name in weights:
         reward_config(name, cfg.reward_options)
+    metrics = ["score", "reward", *weights]
+    if cfg.rl.filter_groups and cfg.rl.filter_groups_metric not in metrics:
+        raise ConfigError(f"rl.filter_groups_metric={cfg.rl.filter_groups_metric!r} is not a score of this run; choose one of {', '.join(metrics)}")
 
 
 def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list[str]:
@@ -126,13 +146,14 @@ def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list
 
 
 def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None] = print, dry_run: bool = False) -> list[str]:
-    """Record the command (always), then run it unless `dry_run`; returns the command."""
-    missing = [name for name in ("train.parquet", "val.parquet", "tool_config.yaml", "agent_loops.yaml") if not (data_dir / name).is_file()]
-    if missing and not dry_run:
-        raise WebdancerError(f"{data_dir / missing[0]} is missing: run `webdancer rl prepare QA_FILE` first")
+    """Check everything, record the command (always), then run it unless `dry_run`; returns the command."""
+    if not dry_run:
+        check_prepared(cfg, data_dir)
     check_rewards(cfg)
-    command = verl_command(cfg, data_dir, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.rl.engine == "trl":
+        return run_trl(cfg, data_dir, output_dir, echo, dry_run)
+    command = verl_command(cfg, data_dir, output_dir)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     write_command_script(output_dir / "command.sh", command, "DAPO with verl; on a cluster: start Ray, then run this from the repository root.", env)
     if dry_run:
@@ -143,11 +164,52 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
         # Ray node it first waits forever for TransferQueue's storage actors.
         raise WebdancerError(
             "verl's trainer needs a GPU and none is visible here (nvidia-smi) nor is RAY_ADDRESS set: "
-            f"run on a GPU machine, point RAY_ADDRESS at a Ray cluster with GPUs, or run {output_dir / 'command.sh'} there"
+            f"run on a GPU machine, point RAY_ADDRESS at a Ray cluster with GPUs, or run {output_dir / 'command.sh'} there; "
+            "or train on this machine with rl.engine=trl"
         )
     if not Path(command[0]).is_file():
         raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_rl.sh` (WEBDANCER_RL_GPU=1 on a GPU machine) or set rl.venv")
     code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
     if code != 0:
         raise WebdancerError(f"verl exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
+    return command
+
+
+def trl_command(config_file: Path, gpu: bool) -> list[str]:
+    """`accelerate launch` of the TRL engine module, one process (this machine's CPU or one GPU)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", *([] if gpu else ["--cpu"]),
+            "-m", "webdancer_rl.trl_engine", str(config_file)]
+
+
+def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None], dry_run: bool) -> list[str]:
+    from webdancer_models.export import clean_model_folder
+
+    from webdancer_rl.trl_engine import check_trl_options, grpo_settings, model_folder_problem
+
+    model_path = default_model_path(cfg)
+    resolved = replace(cfg, rl=replace(cfg.rl, data_dir=str(data_dir), output_dir=str(output_dir), model_path=model_path))
+    check_trl_options(cfg.rl.trl)
+    grpo_settings(resolved, output_dir)  # the batch/loss settings map onto TRL, or a ConfigError says why not
+    config_file = output_dir / "config.yaml"
+    atomic_write_text(config_file, config_to_yaml(resolved))
+    command = trl_command(config_file, gpu_visible())
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    write_command_script(output_dir / "command.sh", command, "GRPO/DAPO with TRL on this machine; rerun to resume from the last checkpoint.", env)
+    if dry_run:
+        return command
+    problem = model_folder_problem(Path(model_path))
+    if problem:
+        raise WebdancerError(problem)
+    if clean_model_folder(Path(model_path)):
+        echo(f"removed a stale GGUF quantization_config from {model_path}/config.json (its weights are plain floats)")
+    rows = len(read_rows(data_dir / "train.parquet"))
+    if rows < cfg.rl.train_batch_size:
+        raise ConfigError(f"{data_dir / 'train.parquet'} has {rows} questions; rl.train_batch_size is {cfg.rl.train_batch_size}")
+    if (output_dir / "model" / "config.json").is_file():
+        echo(f"already trained: {output_dir / 'model'} (a new run needs another rl.output_dir)")
+        return command
+    code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
+    if code != 0:
+        raise WebdancerError(f"the TRL engine exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
     return command

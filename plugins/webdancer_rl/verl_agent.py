@@ -1,11 +1,15 @@
-"""Our wire format inside verl: a `webdancer` tool parser and the `webdancer_agent` agent loop.
+"""Our rollout rules inside verl: a `webdancer` tool parser and the `webdancer_agent` agent loop.
 
-verl's own `ToolAgentLoop` already does what a WebDancer rollout needs (generate, run the tool
-calls, append `tool` messages, mask them out of the loss), and the exported models' chat template
-renders `tool` messages as `<tool_response>` user turns. What differs is parsing: we parse each
-turn with `webdancer.wire.parse_assistant`, the same rules as sampling, filtering and eval — one
-think block, one call or one answer, and a turn that writes its own `<tool_response>` gets no tool
-call (the rollout ends there and the format reward says why).
+verl's own `ToolAgentLoop` does most of what a WebDancer rollout needs (generate, run the tool
+calls, append `tool` messages, mask them out of the loss). What we change, so that verl and the
+TRL engine train the same thing (webdancer_rl.rollout holds the rules both follow):
+- each turn is read by `read_turn` (our `parse_assistant`, checked against the tools' full
+  schemas): a malformed turn is answered with the agent's `[format error]` observation instead of
+  ending the rollout; a cut turn or one that writes its own `<tool_response>` ends it;
+- the chat template gets no `tools=`: our prompt carries the tool descriptions, as at inference;
+- ChatML tokenizers get verl's ChatML token builder whatever their model type (SmolLM2 is `llama`),
+  so the newline after `<|im_end|>` is there, as the chat template renders it;
+- `max_turn_tokens` (from agent_loops.yaml) caps each turn's generation.
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import register
 from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
 from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
+from verl.tools.schemas import ToolResponse
+from verl.utils.tokenizer.continuous_token import QwenContinuousTokenBuilder
 
-from webdancer.wire import parse_assistant
+from webdancer.wire import format_error_observation
+from webdancer_rl.rollout import RolloutLimits, read_turn, turn_budget
 
 PARSER = "webdancer"
 AGENT_LOOP = "webdancer_agent"
+# A malformed turn becomes a call of this pseudo-tool, whose observation is the format error.
+FORMAT_ERROR_CALL = "__webdancer_format_error__"
 
 
 def tool_parameters(tools: Any) -> dict[str, dict[str, Any]]:
@@ -35,22 +44,48 @@ def tool_parameters(tools: Any) -> dict[str, dict[str, Any]]:
 
 @ToolParser.register(PARSER)
 class WebdancerToolParser(ToolParser):
+    # Set by the agent loop: the tools' own schemas (verl's schema copy drops array `items`).
+    full_parameters: dict[str, dict[str, Any]] = {}
+
     async def extract_tool_calls(self, responses_ids: list[int], tools: Any = None) -> tuple[str, list[FunctionCall]]:
         text = self.tokenizer.decode(responses_ids, skip_special_tokens=True)
-        # verl's schema copy drops array `items`, so these checks are looser than the tool's own;
-        # the tool adapter validates again against the full schema.
-        parsed = parse_assistant(text, tool_parameters(tools))
-        if parsed.tool_call is None or parsed.error is not None or parsed.wrote_tool_response:
+        ended = bool(responses_ids) and responses_ids[-1] == self.tokenizer.eos_token_id
+        turn = read_turn(text, ended, self.full_parameters or tool_parameters(tools))
+        if turn.kind == "format_error":
+            return text, [FunctionCall(name=FORMAT_ERROR_CALL, arguments=json.dumps({"error": turn.error}))]
+        if turn.kind != "call":
             return text, []
-        call = FunctionCall(name=parsed.tool_call.name, arguments=json.dumps(parsed.tool_call.arguments, ensure_ascii=False))
-        return parsed.thought, [call]
+        call = turn.call
+        return turn.thought, [FunctionCall(name=call.name, arguments=json.dumps(call.arguments, ensure_ascii=False))]
 
 
 @register(AGENT_LOOP)
 class WebdancerAgentLoop(ToolAgentLoop):
-    """verl's tool agent loop with our parser, whatever `multi_turn.format` says."""
+    """verl's tool agent loop with our turn rules, whatever `multi_turn.format` says."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, max_turn_tokens: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.tool_parser = ToolParser.get_tool_parser(PARSER, self.tokenizer)
+        self.tool_parser.full_parameters = {
+            name: tool.webdancer_parameters for name, tool in self.tools.items() if hasattr(tool, "webdancer_parameters")
+        }
         self.tool_parser_name = PARSER
+        self.tool_schemas = None  # rendered into the prompt by `rl prepare`, not by the chat template
+        if self.tokenizer.eos_token == "<|im_end|>" and not isinstance(self.continuous_token_builder, QwenContinuousTokenBuilder):
+            self.continuous_token_builder = QwenContinuousTokenBuilder(self.tokenizer, chat_template_kwargs=self.apply_chat_template_kwargs)
+        multi_turn = self.rollout_config.multi_turn
+        self.limits = RolloutLimits(
+            max_turns=self.max_assistant_turns or 0, max_prompt_length=self.prompt_length, max_response_length=self.response_length,
+            max_turn_tokens=int(max_turn_tokens), max_tool_response_length=self.max_tool_response_length,
+            truncate_side=multi_turn.tool_response_truncate_side,
+        )
+
+    async def _handle_generating_state(self, agent_data, sampling_params: dict[str, Any], ignore_termination: bool = False):
+        if self.limits.max_turn_tokens > 0:
+            sampling_params = {**sampling_params, "max_tokens": turn_budget(self.limits, len(agent_data.prompt_ids))}
+        return await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+
+    async def _call_tool(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data) -> tuple[ToolResponse, float, dict]:
+        if tool_call.name == FORMAT_ERROR_CALL:
+            return ToolResponse(text=format_error_observation(json.loads(tool_call.arguments)["error"])), 0.0, {"format_error": 1}
+        return await super()._call_tool(tool_call, tools_kwargs, agent_data)

@@ -33,7 +33,7 @@ class WebdancerTool(BaseTool):
         self._box = ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)))
         self._tool = self._box.tools[name]
         # verl's schema model keeps only type/description/enum per parameter; validate against ours.
-        self._parameters = self._tool.parameters
+        self.webdancer_parameters = self._tool.parameters
         if tool_schema is None:
             tool_schema = OpenAIFunctionToolSchema.model_validate(openai_schema(self._tool.schema()))
         super().__init__(config, tool_schema)
@@ -47,7 +47,7 @@ class WebdancerTool(BaseTool):
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
         state = self._instances.setdefault(instance_id, {"calls": 0, "errors": 0})
         state["calls"] += 1
-        problem = validate_arguments(parameters, self._parameters)
+        problem = validate_arguments(parameters, self.webdancer_parameters)
         if problem:
             state["errors"] += 1
             return ToolResponse(text=f"[{self.name}] invalid arguments: {problem}"), 0.0, {"error": 1}

@@ -161,26 +161,98 @@ async def test_agent_loop_masks_tool_responses_on_real_tokens(prepared, tokenize
     assert "<tool_response>" in tokenizer.decode(server.prompts[1]) and len(server.prompts[1]) > len(server.prompts[0])
 
 
+def verl_loop(tokenizer, data, server, **rollout):
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+    from verl.tools.tool_registry import initialize_tools_from_config
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from webdancer_rl.verl_agent import WebdancerAgentLoop
+
+    multi_turn = {"max_user_turns": None, "max_assistant_turns": 4, "max_parallel_calls": 1, "max_tool_response_length": 300,
+                  "tool_response_truncate_side": "middle", "format": "hermes"}
+    config = {"multi_turn": multi_turn, "prompt_length": 4096, "response_length": 2048, "full_determinism": False, **rollout}
+    loops = OmegaConf.load(data.agent_loops)[0]
+    return WebdancerAgentLoop(trainer_config=DictConfigWrap(OmegaConf.create({"actor_rollout_ref": {"rollout": config}})),
+                              server_manager=server, tokenizer=tokenizer, processor=None, dataset_cls=RLHFDataset,
+                              data_config=DictConfigWrap(OmegaConf.create({})), tools=ToolListWrap(initialize_tools_from_config(str(data.tool_config))),
+                              hf_model_type="llama", max_turn_tokens=loops.max_turn_tokens)
+
+
+async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer):
+    """Same question, same model replies, same tools: verl's `webdancer_agent` loop and the TRL engine's rollout
+    build the same prompt ids, the same response ids and the same loss mask (format errors answered alike)."""
+    import pyarrow.parquet as pq
+    from webdancer_rl.rollout import ChatTokens, RolloutLimits, run_rollouts
+
+    from webdancer.tools import ToolBox
+
+    cfg, data = prepared
+    prompt = pq.read_table(data.train).to_pylist()[0]["prompt"]
+    turns = ["<think>x</think><tool_call>{bad json</tool_call>",
+             render_assistant("I will search.", tool_call=ToolCall("search", {"query": ["integrated circuit Kilby"]})),
+             render_assistant("The results name Jack Kilby.", answer="Jack Kilby")]
+    server = ScriptedServer(tokenizer, turns)
+    verl_out = await verl_loop(tokenizer, data, server).run({}, raw_prompt=prompt, extra_info={})
+
+    script = list(turns)
+    chat = ChatTokens(tokenizer)
+
+    def generate(sequences, budgets):
+        return [tokenizer(script.pop(0) + "<|im_end|>")["input_ids"][:b] for b in budgets]
+
+    limits = RolloutLimits(max_turns=4, max_prompt_length=4096, max_response_length=2048, max_tool_response_length=300)
+    async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
+        [trl_out] = await run_rollouts([chat.prompt(prompt)], generate, toolbox, chat, limits)
+    assert server.prompts[0] == chat.prompt(prompt) == trl_out.prompt_ids == verl_out.prompt_ids  # the first-turn prompt
+    assert trl_out.completion_ids == verl_out.response_ids and trl_out.env_mask == verl_out.response_mask
+    observed = tokenizer.decode([t for t, m in zip(trl_out.completion_ids, trl_out.env_mask) if not m])
+    assert "[format error] The tool call is not valid JSON" in observed and "kilby" in observed.lower()
+    # and both are the conversation exactly as the chat template renders it (the newline after <|im_end|> included)
+    text = tokenizer.decode(trl_out.prompt_ids + trl_out.completion_ids)
+    assert "<|im_end|>\n<|im_start|>user\n<tool_response>\n[format error]" in text
+
+
+async def test_max_turn_tokens_caps_each_verl_turn(prepared, tokenizer):
+    cfg, data = prepared
+    server = ScriptedServer(tokenizer, [render_assistant("done", answer="x")])
+    seen = []
+    generate = server.generate
+
+    async def record(request_id, *, prompt_ids, sampling_params, **kw):
+        seen.append(sampling_params.get("max_tokens"))
+        return await generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, **kw)
+
+    server.generate = record
+    loop = verl_loop(tokenizer, data, server)
+    loop.limits = type(loop.limits)(**{**loop.limits.__dict__, "max_turn_tokens": 64})
+    await loop.run({}, raw_prompt=[{"role": "user", "content": "q"}], extra_info={})
+    assert seen == [64]
+
+
 def test_parser_uses_the_wire_rules(tokenizer):
     import asyncio
 
     from verl.experimental.agent_loop.tool_parser import ToolParser
     from verl.tools.schemas import OpenAIFunctionToolSchema
+    from webdancer_rl.verl_agent import PARSER
 
-    parser = ToolParser.get_tool_parser("webdancer", tokenizer)
+    parser = ToolParser.get_tool_parser(PARSER, tokenizer)
     schema = OpenAIFunctionToolSchema.model_validate({"type": "function", "function": {"name": "search", "description": "d",
                                                       "parameters": {"type": "object", "properties": {"query": {"type": "array"}}, "required": ["query"]}}})
 
-    def parse(text):
-        return asyncio.run(parser.extract_tool_calls(tokenizer(text)["input_ids"], [schema]))
+    def parse(text, end="<|im_end|>"):
+        return asyncio.run(parser.extract_tool_calls(tokenizer(text + end)["input_ids"], [schema]))
 
     content, calls = parse(render_assistant("look", tool_call=ToolCall("search", {"query": ["a"]})))
     assert content == "look" and calls[0].name == "search" and json.loads(calls[0].arguments) == {"query": ["a"]}
     two = render_assistant("x", tool_call=ToolCall("search", {"query": ["a"]})) + "\n<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": [\"b\"]}}\n</tool_call>"
-    assert parse(two)[1] == []  # hermes would run both; the wire format allows one call per turn
+    [error] = parse(two)[1]  # hermes would run both; the wire format allows one call per turn: a format error
+    assert error.name == "__webdancer_format_error__" and "Call one tool per turn" in json.loads(error.arguments)["error"]
     faked = render_assistant("x", tool_call=ToolCall("search", {"query": ["a"]})) + "\n<tool_response>made up</tool_response>"
     assert parse(faked)[1] == []  # a turn that writes its own observation gets no tool call
     assert parse(render_assistant("done", answer="Kilby"))[1] == []
+    assert parse(render_assistant("look", tool_call=ToolCall("search", {"query": ["a"]})), end="")[1] == []  # cut: no end-of-turn token
+    [error] = parse("<think>x</think> no call")[1]  # malformed: the agent's format-error observation, not the end
+    assert error.name == "__webdancer_format_error__" and "No tool call and no answer" in json.loads(error.arguments)["error"]
 
 
 def test_dapo_overrides_compose_with_verls_own_config(prepared, tmp_path):
@@ -196,7 +268,7 @@ def test_dapo_overrides_compose_with_verls_own_config(prepared, tmp_path):
         c = compose(config_name="ppo_trainer", overrides=overrides)
     actor, rollout = c.actor_rollout_ref.actor, c.actor_rollout_ref.rollout
     assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode, actor.use_kl_loss) == (0.2, 0.28, "token-mean", False)
-    assert c.algorithm.adv_estimator == "grpo" and c.algorithm.filter_groups.enable and c.algorithm.filter_groups.metric == "acc"
+    assert c.algorithm.adv_estimator == "grpo" and c.algorithm.filter_groups.enable and c.algorithm.filter_groups.metric == "score"
     assert rollout.name == "sglang" and rollout.n == 8 and rollout.multi_turn.enable and rollout.multi_turn.format == "webdancer"
     assert rollout.agent.default_agent_loop == "webdancer_agent" and Path(rollout.multi_turn.tool_config_path) == data.tool_config
     assert c.reward.reward_manager.name == "dapo" and c.reward.custom_reward_function.reward_kwargs.weights.answer == 0.9

@@ -1,0 +1,117 @@
+"""RL metrics under one set of names for both engines, one line per step in `runs/<run>/rl/metrics.jsonl`.
+
+The TRL engine computes them from its rollouts; for verl, `from_verl` renames what verl's file
+logger writes. The guards (NaN loss, drifting format rate or length) read these names too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import fmean
+from typing import Any, Callable, Optional
+
+from webdancer.errors import WebdancerError
+from webdancer.jsonl import JsonlAppender, atomic_write_text, iter_json_lines
+
+# What verl logs (verl/trainer/ppo/metric_utils.py, 0.9.1) -> our name.
+VERL_NAMES = {
+    "critic/score/mean": "reward/mean",
+    "response_length/mean": "response_length/mean",
+    "num_turns/mean": "messages/mean",
+    "timing_s/step": "seconds_per_step",
+    "timing_s/gen": "time/generate_s",
+    "actor/pg_loss": "loss",
+    "actor/grad_norm": "grad_norm",
+    "actor/lr": "learning_rate",
+    "actor/entropy": "entropy",
+    "actor/pg_clipfrac": "clip_ratio",
+}
+# What TRL's GRPOTrainer logs -> our name.
+TRL_NAMES = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "learning_rate", "entropy": "entropy",
+             "clip_ratio/region_mean": "clip_ratio"}
+
+
+def batch_metrics(rollouts: list[Any], scores: list[dict[str, float]], reward_names: list[str], kept: list[bool]) -> dict[str, float]:
+    """Means over one batch of rollouts (webdancer_rl.rollout.TokenRollout) and their compute_score results."""
+    turns = sum(r.turns for r in rollouts)
+    out = {
+        "reward/mean": fmean(s["reward"] for s in scores),
+        "reward/overlong/mean": fmean(s["overlong"] for s in scores),
+        "judge_failed/mean": fmean(s.get("judge_failed", 0.0) for s in scores),
+        "valid_turn_rate": sum(r.well_formed_turns for r in rollouts) / turns if turns else 0.0,
+        "answered_rate": fmean(r.end == "answer" for r in rollouts),
+        "turns/mean": fmean(r.turns for r in rollouts),
+        "tool_calls/mean": fmean(r.tool_calls for r in rollouts),
+        "tool_errors/mean": fmean(r.tool_errors for r in rollouts),
+        "format_errors/mean": fmean(r.format_errors for r in rollouts),
+        "response_length/mean": fmean(len(r.completion_ids) for r in rollouts),
+        "model_tokens/mean": fmean(r.model_tokens for r in rollouts),
+        "filtered_groups": 1.0 - fmean(kept) if kept else 0.0,
+    }
+    for name in reward_names:
+        out[f"reward/{name}/mean"] = fmean(s[name] for s in scores)
+    return out
+
+
+def from_verl(record: dict[str, Any]) -> dict[str, Any]:
+    """One line of verl's file logger ({"step", "data": {...}}) in our names; reward components as verl names them."""
+    data = record.get("data", {})
+    out: dict[str, Any] = {"step": record.get("step")}
+    for key, value in data.items():
+        if key in VERL_NAMES:
+            out[VERL_NAMES[key]] = value
+    return out
+
+
+class MetricsLog:
+    """Appends one line per step; a resumed run first drops the lines of steps after its checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        if path.exists():
+            kept = [obj for _, obj in iter_json_lines(path) if obj.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(o) + "\n" for o in kept))
+        self._out = JsonlAppender(path, key=lambda r: r["step"])
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._out.write(record)
+
+    def close(self) -> None:
+        self._out.close()
+
+
+class Guard:
+    """Stops on a NaN/inf loss; warns once when the valid-turn rate or response length drifts from step one's."""
+
+    def __init__(self, valid_turn_drop: float, length_growth: float, warn: Callable[[str], None]):
+        self.valid_turn_drop, self.length_growth, self.warn = valid_turn_drop, length_growth, warn
+        self.first: Optional[dict[str, Any]] = None
+        self.warned: set[str] = set()
+
+    def check(self, m: dict[str, Any], checkpoint_hint: str) -> None:
+        loss = m.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise WebdancerError(f"the loss became {loss} at step {m.get('step')}; stopped. {checkpoint_hint} "
+                                 "Lower rl.learning_rate or check the rewards, then rerun to resume.")
+        if self.first is None:
+            self.first = m
+            return
+        rate, rate0 = m.get("valid_turn_rate"), self.first.get("valid_turn_rate")
+        if rate is not None and rate0 is not None and rate0 - rate > self.valid_turn_drop and "rate" not in self.warned:
+            self.warned.add("rate")
+            self.warn(f"warning: the valid-turn rate fell from {rate0:.2f} (step {self.first['step']}) to {rate:.2f} "
+                      f"(step {m['step']}), more than rl.warn_valid_turn_drop={self.valid_turn_drop}")
+        length, length0 = m.get("response_length/mean"), self.first.get("response_length/mean")
+        if length and length0 and length > self.length_growth * length0 and "length" not in self.warned:
+            self.warned.add("length")
+            self.warn(f"warning: the mean response length grew from {length0:.0f} (step {self.first['step']}) to {length:.0f} "
+                      f"tokens (step {m['step']}), past rl.warn_length_growth={self.length_growth}x")
+
+
+def progress_line(m: dict[str, Any], total: int, reward_names: list[str]) -> str:
+    parts = ", ".join(f"{n} {m.get(f'reward/{n}/mean', float('nan')):.2f}" for n in reward_names)
+    return (f"step {m['step']}/{total}  reward {m.get('reward/mean', float('nan')):.3f} ({parts})  "
+            f"len {m.get('response_length/mean', 0):.0f}  valid {m.get('valid_turn_rate', 0):.2f}  "
+            f"tools {m.get('tool_calls/mean', 0):.1f}  filtered {m.get('filtered_groups', 0):.2f}  "
+            f"loss {m.get('loss', float('nan')):.4f}  {m.get('seconds_per_step', 0):.1f} s")

@@ -1,0 +1,348 @@
+"""The one-machine RL engine: TRL's GRPOTrainer with our rollouts, rewards and DAPO settings.
+
+TRL's `rollout_func` hook runs `webdancer_rl.rollout` (the rules verl's `webdancer_agent` loop
+follows) with the policy being trained, one batched generation per turn, and scores every rollout
+with `compute_score` (verl's reward entry), so a tool or reward plugin behaves the same on both
+engines. `webdancer rl train` launches this module with `accelerate launch` (see command.sh):
+
+    python -m webdancer_rl.trl_engine runs/<run>/rl/config.yaml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from webdancer.config import WebdancerConfig, load_config
+from webdancer.errors import ConfigError, WebdancerError
+from webdancer.tools import ToolBox
+from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line
+from webdancer_rl.prepare import read_rows
+from webdancer_rl.reward import DEFAULT_WEIGHTS, compute_score, overlong_penalty
+from webdancer_rl.rollout import ChatTokens, Generate, RolloutLimits, RolloutTimes, run_rollouts
+
+# verl's loss_agg_mode -> TRL's loss_type (same aggregation of the token losses).
+LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
+OVERLONG = "overlong"
+
+
+def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
+    """GRPOConfig fields for `rl.*`: the DAPO settings verl gets, mapped onto TRL's names; `rl.trl` last."""
+    rl = cfg.rl
+    if rl.loss_agg_mode not in LOSS_TYPES:
+        raise ConfigError(f"rl.loss_agg_mode={rl.loss_agg_mode!r} has no TRL equivalent; choose one of {', '.join(LOSS_TYPES)}")
+    if rl.ppo_mini_batch_size <= 0 or rl.train_batch_size % rl.ppo_mini_batch_size:
+        raise ConfigError(f"rl.train_batch_size ({rl.train_batch_size}) must be a multiple of rl.ppo_mini_batch_size ({rl.ppo_mini_batch_size})")
+    if rl.n_rollouts < 2:
+        raise ConfigError(f"rl.n_rollouts must be at least 2 (group-relative advantages), got {rl.n_rollouts}")
+    updates = rl.train_batch_size // rl.ppo_mini_batch_size  # optimizer steps per generated batch, as verl's mini-batches
+    weights = reward_weights(cfg)
+    settings: dict[str, Any] = {
+        "output_dir": str(out_dir / "checkpoints"),
+        "num_generations": rl.n_rollouts,
+        "per_device_train_batch_size": rl.ppo_mini_batch_size * rl.n_rollouts,
+        "gradient_accumulation_steps": 1,
+        "steps_per_generation": updates,
+        "num_iterations": 1,
+        "max_steps": rl.total_training_steps * updates,
+        "learning_rate": rl.learning_rate,
+        "lr_scheduler_type": "constant",  # verl's actor default
+        "epsilon": rl.clip_ratio_low,
+        "epsilon_high": rl.clip_ratio_high,
+        "loss_type": LOSS_TYPES[rl.loss_agg_mode],
+        "beta": rl.kl_loss_coef if rl.use_kl_loss else 0.0,
+        "max_completion_length": rl.max_response_length,
+        "temperature": rl.temperature,
+        "top_p": rl.top_p,
+        "reward_weights": list(weights.values()),
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": (rl.save_freq if rl.save_freq > 0 else rl.total_training_steps) * updates,
+        "save_total_limit": 2,
+        "report_to": [],
+        "seed": rl.seed,
+        "disable_dropout": True,
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+    }
+    for key, value in (rl.trl or {}).items():
+        settings[key] = value
+    return settings
+
+
+def reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
+    """One TRL reward function per reward plugin (so each is logged) plus DAPO's overlong penalty, weight 1."""
+    weights = dict(cfg.rewards or DEFAULT_WEIGHTS)
+    if OVERLONG in weights:
+        raise ConfigError(f"'{OVERLONG}' is reserved for the overlong penalty (rl.overlong_buffer); rename that reward")
+    return {**weights, OVERLONG: 1.0}
+
+
+def check_trl_options(options: dict[str, Any]) -> None:
+    """`rl.trl` keys must be GRPOConfig fields of the installed TRL; vLLM generation is not wired to our rollouts."""
+    try:
+        from trl import GRPOConfig
+    except ImportError:
+        raise WebdancerError("rl.engine=trl needs TRL: pip install 'webdancer[rl]' (scripts/setup.sh installs it)") from None
+    import difflib
+
+    import trl
+
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for key in options or {}:
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6)
+            raise ConfigError(f"rl.trl.{key}: TRL {trl.__version__}'s GRPOConfig has no such option"
+                              + (f"; closest: {', '.join(close)}" if close else ""))
+    if (options or {}).get("use_vllm"):
+        raise ConfigError("rl.trl.use_vllm: the webdancer rollout generates with the trained model itself; vLLM generation is not wired to it yet")
+
+
+def prompt_key(messages: list[dict[str, Any]]) -> str:
+    return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+
+
+class BackgroundLoop:
+    """One event loop in a thread for the whole run: the toolbox's connections live on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="webdancer-rollouts", daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def model_generate(trainer: Any) -> Generate:
+    """Batched sampling with the model being trained (TRL's own settings: temperature, top_p, EOS ids)."""
+    import torch
+    from trl.models import unwrap_model_for_generation
+
+    tokenizer = trainer.processing_class
+    eos = set(trainer.eos_token_ids)
+
+    def generate(sequences: list[list[int]], budgets: list[int]) -> list[list[int]]:
+        width = max(len(s) for s in sequences)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=trainer.accelerator.device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=trainer.accelerator.device)
+        config = copy.deepcopy(trainer.generation_config)
+        config.max_new_tokens = max(budgets)
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator, generation_kwargs=trainer.generation_kwargs) as model, torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)
+        result = []
+        for row, budget in zip(out[:, width:].tolist(), budgets):
+            row = row[:budget]
+            end = next((j for j, t in enumerate(row) if t in eos), None)
+            result.append(row if end is None else row[: end + 1])
+        return result
+
+    return generate
+
+
+class WebdancerRollouts:
+    """TRL's `rollout_func`: our multi-turn rollouts, scored and group-filtered before TRL computes advantages."""
+
+    def __init__(self, cfg: WebdancerConfig, tokenizer: Any, rows: list[dict[str, Any]], loop: BackgroundLoop):
+        self.cfg, self.rl, self.loop = cfg, cfg.rl, loop
+        self.chat = ChatTokens(tokenizer)
+        self.limits = RolloutLimits.from_config(cfg.rl)
+        self.rows = {prompt_key(r["prompt"]): r for r in rows}
+        self.weights = dict(cfg.rewards or DEFAULT_WEIGHTS)
+        self.toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
+        self.generate: Optional[Generate] = None
+        self.last: dict[str, float] = {}
+
+    def __call__(self, prompts: list[list[dict[str, Any]]], trainer: Any) -> dict[str, Any]:
+        if self.generate is None:
+            self.generate = model_generate(trainer)
+        rows = [self.rows[prompt_key(p)] for p in prompts]
+        times = RolloutTimes()
+        started = time.perf_counter()
+        rollouts = self.loop.run(run_rollouts([self.chat.prompt(p) for p in prompts], self.generate, self.toolbox, self.chat, self.limits, times))
+        t0 = time.perf_counter()
+        scores = self.loop.run(self._score(rollouts, rows))
+        reward_s = time.perf_counter() - t0
+        kept = self._kept(scores, trainer.num_generations) if self.rl.filter_groups else [True] * len(rollouts)
+        self.last = {
+            **batch_metrics(rollouts, scores, list(self.weights), kept),
+            "time/generate_s": times.generate_s, "time/tools_s": times.tools_s, "time/reward_s": reward_s,
+            "time/rollout_s": time.perf_counter() - started,
+            "generate_tokens_per_s": times.generated_tokens / times.generate_s if times.generate_s else 0.0,
+        }
+        return {
+            "prompt_ids": [r.prompt_ids for r in rollouts],
+            "completion_ids": [r.completion_ids for r in rollouts],
+            "logprobs": None,
+            # Observations are never trained on; a dropped group (no reward spread) trains on nothing.
+            "env_mask": [r.env_mask if keep else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
+            "webdancer_scores": scores,
+        }
+
+    async def _score(self, rollouts: list[Any], rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+        rl = self.rl
+
+        async def one(rollout, row) -> dict[str, float]:
+            out = await compute_score(row["data_source"], self.chat.decode(rollout.completion_ids), row["reward_model"]["ground_truth"],
+                                      dict(row["extra_info"] or {}), weights=self.weights, options=self.cfg.reward_options)
+            out[OVERLONG] = overlong_penalty(len(rollout.completion_ids), rl.max_response_length, rl.overlong_buffer, rl.overlong_penalty)
+            out["reward"] = out["score"] + out[OVERLONG]
+            return out
+
+        return await asyncio.gather(*(one(r, row) for r, row in zip(rollouts, rows)))
+
+    def _kept(self, scores: list[dict[str, float]], group: int) -> list[bool]:
+        """DAPO's dynamic sampling: a group whose rollouts all score the same teaches nothing."""
+        values = [s[self.rl.filter_groups_metric] for s in scores]
+        kept = []
+        for start in range(0, len(values), group):
+            chunk = values[start : start + group]
+            kept += [len(chunk) < 2 or max(chunk) != min(chunk)] * len(chunk)
+        return kept
+
+    def close(self) -> None:
+        self.loop.run(self.toolbox.aclose())
+
+
+def reward_function(name: str) -> Callable[..., list[float]]:
+    """A TRL reward function that reads one component of the scores our rollout function computed."""
+
+    def reward(completions, webdancer_scores, **_: Any) -> list[float]:
+        return [s[name] for s in webdancer_scores]
+
+    reward.__name__ = name
+    return reward
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints with trainer_state.json (transformers writes it last), oldest first; unfinished ones moved aside."""
+    done = []
+    for path in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1):
+        if not path.name.split("-")[1].isdigit():
+            continue
+        if (path / "trainer_state.json").is_file():
+            done.append(path)
+        else:
+            path.rename(path.with_name(f"{path.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return done
+
+
+def model_folder_problem(path: Path) -> Optional[str]:
+    if not (path / "config.json").is_file():
+        return f"{path} has no config.json: not a Hugging Face model folder (set rl.model_path)"
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        return f"{path} has no weights (*.safetensors or pytorch_model*.bin); set rl.model_path to a trained or exported model"
+    return None
+
+
+def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, echo: Callable[[str], None] = print) -> Path:
+    """Train with GRPO; resumes from the newest complete checkpoint; returns the final model folder."""
+    import os
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    final = out_dir / "model"
+    if (final / "config.json").is_file():
+        echo(f"already trained: {final}")
+        return final
+    rows = read_rows(data_dir / "train.parquet")
+    rl = cfg.rl
+    if len(rows) < rl.train_batch_size:
+        raise ConfigError(f"{data_dir / 'train.parquet'} has {len(rows)} questions; rl.train_batch_size is {rl.train_batch_size}")
+    check_trl_options(rl.trl)
+    settings = grpo_settings(cfg, out_dir)
+    if not torch.cuda.is_available():
+        settings.setdefault("use_cpu", True)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    loop = BackgroundLoop()
+    rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop)
+    names = list(reward_weights(cfg))
+    checkpoints = complete_checkpoints(out_dir / "checkpoints")
+    resume = checkpoints[-1] if checkpoints else None
+    resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step)
+    guard = Guard(rl.warn_valid_turn_drop, rl.warn_length_growth, echo)
+    total = settings["max_steps"]
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.step_started = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_started = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            seconds = time.perf_counter() - self.step_started
+            m = {"step": state.global_step, **rollouts.last, **{ours: logs[k] for k, ours in TRL_NAMES.items() if k in logs},
+                 "seconds_per_step": seconds, "time/update_s": max(0.0, seconds - rollouts.last.get("time/rollout_s", 0.0))}
+            latest = complete_checkpoints(out_dir / "checkpoints")
+            guard.check(m, f"The last checkpoint ({latest[-1] if latest else 'none yet'}) is intact.")
+            log.write(m)
+            echo(progress_line(m, total, [n for n in names if n != OVERLONG]))
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward_function(n) for n in names],
+        args=GRPOConfig(**settings),
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
+        processing_class=tokenizer,
+        rollout_func=rollouts,
+        callbacks=[Progress()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    if resume:
+        echo(f"resuming from {resume}")
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        log.close()
+        rollouts.close()
+        loop.close()
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(str(tmp))
+    tmp.rename(final)
+    echo(f"model: {final}")
+    return final
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Train from the resolved config `webdancer rl train` wrote (rl.data_dir, rl.output_dir, rl.model_path set)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m webdancer_rl.trl_engine RUN_DIR/rl/config.yaml", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args[0])
+        train(cfg, Path(cfg.rl.data_dir), Path(cfg.rl.output_dir), cfg.rl.model_path, echo=lambda s: print(s, flush=True))
+    except WebdancerError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

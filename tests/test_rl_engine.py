@@ -1,0 +1,227 @@
+"""The one-machine RL engine: rollout rules on real tokens, TRL's GRPOTrainer running real steps, bad input."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from webdancer.agent import Agent
+from webdancer.cli import cli
+from webdancer.config import AgentConfig, ModelConfig, load_config
+from webdancer.plugins import get_plugins
+from webdancer.policies import build_policy
+from webdancer.records import QAItem, ToolCall
+from webdancer.testing.fake_openai import FakeOpenAIServer
+from webdancer.tools import ToolBox
+from webdancer.wire import initial_messages, render_assistant
+
+get_plugins().add_commands(cli)
+END = "<|im_end|>"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+class ScriptedModel:
+    """Stands in for the policy's sampling (the real sampling runs in the GRPO tests below): each
+    prompt gets its scripted turns, each turn's tokens ending in the end-of-turn token."""
+
+    def __init__(self, tokenizer, turns, end=END):
+        self.tokenizer, self.turns, self.end, self.calls = tokenizer, [list(t) for t in turns], end, []
+
+    def __call__(self, sequences, budgets):
+        self.calls.append((len(sequences), list(budgets)))
+        out = []
+        for seq, budget in zip(sequences, budgets):
+            index = next(i for i, t in enumerate(self.turns) if t and seq[: len(self.prompts[i])] == self.prompts[i])
+            out.append(self.tokenizer(self.turns[index].pop(0) + self.end)["input_ids"][:budget])
+        return out
+
+
+def limits(**kw):
+    from webdancer_rl.rollout import RolloutLimits
+
+    return RolloutLimits(**{"max_turns": 4, "max_prompt_length": 4096, "max_response_length": 4096, **kw})
+
+
+def rollout(plugins, tokenizer, questions, turns, **kw):
+    from webdancer_rl.rollout import ChatTokens, run_rollouts
+
+    chat = ChatTokens(tokenizer)
+    toolbox = ToolBox.from_config(["lookup"], {}, 5, plugins)
+    messages = [[{"role": m.role, "content": m.content} for m in initial_messages(q, toolbox.schemas(), "2026-11-24")] for q in questions]
+    model = ScriptedModel(tokenizer, turns)
+    model.prompts = [chat.prompt(m) for m in messages]
+    return asyncio.run(run_rollouts(model.prompts, model, toolbox, chat, limits(**kw))), model, messages
+
+
+def test_rollout_text_is_the_agents_conversation_as_the_chat_template_renders_it(plugins, tokenizer):
+    """Same replies through the agent (sampling/eval) and the RL rollout: same observations, same text, to the token."""
+    replies = ["<think>x</think><tool_call>{bad json</tool_call>",
+               render_assistant("look it up", tool_call=ToolCall("lookup", {"query": ["who won 1964 derby"]})),
+               render_assistant("found it", answer="Santa Claus")]
+    with FakeOpenAIServer(list(replies)) as srv:
+        model = ModelConfig(base_url=srv.base_url, model="fake", backoff_s=0.01, max_retries=1)
+        agent = Agent(build_policy("openai", {}, model, plugins), ToolBox.from_config(["lookup"], {}, 5, plugins),
+                      AgentConfig(current_date="2026-11-24"))
+        traj = asyncio.run(agent.run("Who won?"))
+    [r], scripted, _ = rollout(plugins, tokenizer, ["Who won?"], [replies])
+    conversation = [{"role": m.role, "content": m.content} for m in traj.messages]
+    expected = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
+    assert r.prompt_ids + r.completion_ids == expected[: len(r.prompt_ids) + len(r.completion_ids)]
+    assert tokenizer.decode(expected[len(r.prompt_ids) + len(r.completion_ids):]) == "\n"  # the template's newline after the last turn
+    assert (r.end, r.turns, r.format_errors, r.tool_calls, r.well_formed_turns) == ("answer", 3, 1, 1, 2)
+    trained = tokenizer.decode([t for t, m in zip(r.completion_ids, r.env_mask) if m])
+    assert trained == END.join(replies) + END  # exactly the model's own tokens carry loss
+    observed = tokenizer.decode([t for t, m in zip(r.completion_ids, r.env_mask) if not m])
+    assert "[format error] The tool call is not valid JSON" in observed and "results for: who won 1964 derby" in observed
+    assert "<tool_response>" in observed and "Santa Claus" not in observed
+
+
+def test_rollout_limits_end_rollouts_as_verl_does(plugins, tokenizer):
+    call = render_assistant("again", tool_call=ToolCall("lookup", {"query": ["x"]}))
+    rollouts, model, _ = rollout(plugins, tokenizer, ["q1?", "q2?", "q3?"], [[call] * 5, [call] * 5, [call] * 5], max_turns=2)
+    assert [r.end for r in rollouts] == ["max_turns"] * 3 and all(r.turns == 2 and r.tool_calls == 1 for r in rollouts)
+    assert [n for n, _ in model.calls] == [3, 3]  # one batched generation per turn for all rollouts
+    # A turn cut by the per-turn budget ends the rollout (it has no end-of-turn token).
+    [cut], model, _ = rollout(plugins, tokenizer, ["q?"], [[call]], max_turn_tokens=5)
+    assert cut.end == "cut" and len(cut.completion_ids) == 5 and model.calls == [(1, [5])]
+    # The response budget counts observations too; what is over it is cut off and the rollout ends.
+    [long], _, _ = rollout(plugins, tokenizer, ["q?"], [[call] * 5], max_response_length=80)
+    assert long.end == "length" and len(long.completion_ids) <= 80 and long.turns == 2
+    # A turn that writes its own observation ends the rollout: the model is never shown a real one after it.
+    faked = call + "\n<tool_response>\nmade up\n</tool_response>"
+    [fake], _, _ = rollout(plugins, tokenizer, ["q?"], [[faked, call]])
+    assert fake.end == "wrote_tool_response" and fake.turns == 1 and fake.tool_calls == 0
+
+
+def test_turn_budget_and_observation_truncation_follow_verl():
+    from webdancer_rl.rollout import truncate_observation, turn_budget
+
+    assert turn_budget(limits(max_prompt_length=100, max_response_length=50), 120) == 30  # prompt + response budget left
+    assert turn_budget(limits(max_prompt_length=100, max_response_length=50), 20) == 50  # never more than the response budget
+    assert turn_budget(limits(max_prompt_length=100, max_response_length=50, max_turn_tokens=8), 20) == 8
+    assert turn_budget(limits(max_prompt_length=100, max_response_length=50), 170) == 0
+    text = "abcdefghij"
+    assert truncate_observation(text, 20) == text
+    assert truncate_observation(text, 4, "middle") == "ab...(truncated)...ij"
+    assert truncate_observation(text, 4, "left") == "(truncated)...ghij"
+    assert truncate_observation(text, 4, "right") == "abcd...(truncated)"
+
+
+def test_grpo_settings_map_dapo_onto_trl(tmp_path):
+    from trl import GRPOConfig
+    from webdancer_rl.trl_engine import grpo_settings
+
+    cfg = load_config("configs/rl/dapo.yaml", ["rl.train_batch_size=8", "rl.ppo_mini_batch_size=4", "rl.n_rollouts=4",
+                                                "rl.total_training_steps=3", "rl.trl={gradient_checkpointing: false}"])
+    settings = grpo_settings(cfg, tmp_path)
+    args = GRPOConfig(**settings, use_cpu=True)  # TRL itself accepts every field
+    assert (args.num_generations, args.epsilon, args.epsilon_high, args.loss_type, args.beta) == (4, 0.2, 0.28, "dapo", 0.0)
+    assert args.per_device_train_batch_size == 16 and args.steps_per_generation == 2 and args.max_steps == 6
+    assert args.generation_batch_size == 32  # 8 questions x 4 rollouts per generated batch, as verl's train_batch_size
+    assert args.reward_weights == [0.1, 0.9, 1.0] and args.lr_scheduler_type == "constant" and not args.gradient_checkpointing
+    kl = grpo_settings(load_config(None, ["rl.use_kl_loss=true", "rl.kl_loss_coef=0.01"]), tmp_path)
+    assert kl["beta"] == 0.01
+
+
+def test_dynamic_sampling_drops_groups_without_spread(tmp_path):
+    from webdancer_rl.trl_engine import WebdancerRollouts
+
+    rollouts = WebdancerRollouts.__new__(WebdancerRollouts)
+    rollouts.rl = load_config(None, ["rl.filter_groups_metric=reward"]).rl
+    scores = [{"reward": r} for r in (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5)]
+    assert rollouts._kept(scores, 2) == [False, False, True, True, False, False, False, False]
+
+
+def trl_run(tmp_path, web, tiny_model, qa_items, *extra):
+    run = [f"run.root={tmp_path}", "run.name=r", f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null",
+           "agent.current_date=2026-11-24", "rl.engine=trl", f"rl.model_path={tiny_model}", "rl.val_fraction=0",
+           "rl.n_rollouts=2", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2", "rl.max_turns=2", "rl.max_turn_tokens=24",
+           "rl.max_prompt_length=2048", "rl.max_response_length=160", "rl.overlong_buffer=150", "rl.filter_groups_metric=reward",
+           "rl.learning_rate=1e-4", "rl.temperature=1.0", "rl.trl={gradient_checkpointing: false}", *extra]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": q.question, "answer": q.answer}) + "\n" for q in qa_items))
+    return run, qa
+
+
+QA = [QAItem("Who invented the integrated circuit in 1958 at Texas Instruments?", "Jack Kilby"),
+      QAItem("In which year did Guido van Rossum start Python?", "1989")]
+
+
+@pytest.mark.slow
+def test_one_real_grpo_step_then_resume_one_more(local_web, tiny_model, tmp_path):
+    """What CI runs: 2 questions x 2 rollouts, 2 turns, the tiny model against the offline web, on the CPU."""
+    web, _, _ = local_web
+    run, qa = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1")
+    assert CliRunner().invoke(cli, ["rl", "prepare", str(qa), *run]).exit_code == 0
+    result = CliRunner().invoke(cli, ["rl", "train", *run])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "r" / "rl"
+    assert "accelerate.commands.launch" in (out / "command.sh").read_text() and "webdancer_rl.trl_engine" in (out / "command.sh").read_text()
+    [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward/mean", "reward/format/mean", "reward/answer/mean", "reward/overlong/mean", "valid_turn_rate", "tool_calls/mean",
+                "response_length/mean", "seconds_per_step", "time/generate_s", "time/tools_s", "time/reward_s", "time/update_s", "loss"):
+        assert key in m, key
+    assert m["step"] == 1 and m["response_length/mean"] <= 160 and m["reward/overlong/mean"] < 0
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(out / "model" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy was updated
+    assert (out / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(out / "model")  # loads as a plain model (what serve and eval do)
+    assert AutoTokenizer.from_pretrained(out / "model").chat_template == AutoTokenizer.from_pretrained(tiny_model).chat_template
+    # Finished: a rerun changes nothing. Asked for one step more (final model moved away), it resumes from checkpoint-1.
+    again = CliRunner().invoke(cli, ["rl", "train", *run])
+    assert again.exit_code == 0 and "already trained" in again.output
+    (out / "model").rename(out / "model-step1")
+    more = CliRunner().invoke(cli, ["rl", "train", *run, "rl.total_training_steps=2"])
+    assert more.exit_code == 0, more.output
+    assert "resuming from" in more.output and "checkpoint-1" in more.output
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
+    web, _, _ = local_web
+    run, qa = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1")
+    assert CliRunner().invoke(cli, ["rl", "prepare", str(qa), *run]).exit_code == 0
+
+    def train(*extra):
+        return CliRunner().invoke(cli, ["rl", "train", *run, *extra])
+
+    bad = train("rl.engine=deepspeed")
+    assert bad.exit_code == 2 and "rl.engine" in bad.output and "verl, trl" in bad.output
+    bad = train("rl.trl={num_generationz: 4}")
+    assert bad.exit_code == 2 and "rl.trl.num_generationz" in bad.output and "num_generations" in bad.output
+    bad = train("rl.trl={use_vllm: true}")
+    assert bad.exit_code == 2 and "use_vllm" in bad.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    bad = train(f"rl.model_path={empty}")
+    assert bad.exit_code == 1 and "has no weights" in bad.output and str(empty) in bad.output
+    bad = train("rewards={format: 0.1, bleu: 0.9}")
+    assert bad.exit_code != 0 and "bleu" in bad.output
+    bad = train("rl.train_batch_size=4", "rl.ppo_mini_batch_size=4")
+    assert bad.exit_code == 2 and "has 2 questions" in bad.output and "train_batch_size is 4" in bad.output
+    bad = train("rl.filter_groups_metric=acc")
+    assert bad.exit_code == 2 and "filter_groups_metric='acc'" in bad.output
+    bad = train("agent.tools=[search]")
+    assert bad.exit_code == 1 and "prepared for tools ['search', 'visit']" in bad.output
+    bad = train("rl.max_turn_tokens=99")
+    assert bad.exit_code == 1 and "rl.max_turn_tokens=24" in bad.output
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "r" / "rl_data" / "train.parquet"
+    pq.write_table(pa.table({"prompt": pa.array([], pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))}), data)
+    bad = train()
+    assert bad.exit_code == 1 and "has no rows" in bad.output and str(data) in bad.output
+    assert not (tmp_path / "r" / "rl" / "metrics.jsonl").exists()  # nothing started

@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py",
-              "rl_adapters.py"]
+              "rl_adapters.py", "rl_step.py"]
 # Benchmarks of code that runs inside verl need verl's environment.
 RL_PYTHON = HERE.parent / ".venvs" / "rl" / "bin" / "python"
 NEEDS_RL = {"rl_adapters.py"}

@@ -3,7 +3,7 @@
 # (GOOGLE_SEARCH_KEY or SERPER_API_KEY: Serper search; JINA_API_KEY: Jina reader; DASHSCOPE_API_KEY:
 # Qwen2.5-72B summaries of visited pages) and the model at $MODEL_URL ($MODEL_NAME); without them,
 # the embedded default: the offline web and the tiny model, both served here on loopback.
-#   bash scripts/run_demo.sh                     # embedded default
+#   bash scripts/run_demo.sh                     # embedded default: the newest model runs/quickstart trained
 #   MODEL_URL=http://gpu-host:8004/v1 MODEL_NAME=WebDancer-32B GOOGLE_SEARCH_KEY=... JINA_API_KEY=... bash scripts/run_demo.sh
 # Extra key=value overrides are passed on, e.g. `bash scripts/run_demo.sh demo.port=7861`.
 set -euo pipefail
@@ -34,10 +34,8 @@ fi
 if [ -n "${MODEL_URL:-}" ]; then
   args+=("model.base_url=$MODEL_URL" "model.model=${MODEL_NAME:?set MODEL_NAME to the served model name}" agent.max_turns=20 agent.max_context_tokens=32000 model.max_tokens=4096)
 else
+  # The newest model the quickstart trained (after RL, else after SFT), else the base model; the page says which.
   $WD model export smollm2-135m .webdancer/models/smollm2-135m
-  $WD serve -c "$CFG" > runs/demo/serve.log 2>&1 &
-  pids+=($!)
-  echo "waiting for the tiny model server (log: runs/demo/serve.log) ..."
-  for _ in $(seq 1 240); do curl -sf http://127.0.0.1:8000/health >/dev/null 2>&1 && break; sleep 1; done
+  args+=(demo.model_run="${MODEL_RUN:-runs/quickstart}" demo.serve_model=true run.name=demo)
 fi
 $WD demo -c "$CFG" "${args[@]}" "$@"

@@ -144,3 +144,22 @@ def test_a_person_asks_the_demo_in_a_browser(local_web, tiny_server, tmp_path):
         proc.wait(timeout=30)
     assert "Who invented the integrated circuit" in text and "Step 1" in text and "turns" in text
     assert shot.stat().st_size > 10_000
+
+
+def test_demo_uses_the_newest_model_a_run_trained_and_says_which(tmp_path):
+    from webdancer_demo.app import choose_model, describe_setup
+
+    run = tmp_path / "quickstart"
+    cfg = load_config(None, [f"demo.model_run={run}", "demo.serve_model=true"])
+    same, which = choose_model(cfg)
+    assert same == cfg and which == f"the base model ({cfg.serve.model_path})"
+    for sub in ("sft", "rl/model"):
+        (run / sub).mkdir(parents=True)
+        (run / sub / "config.json").write_text("{}")
+    (run / "sft" / "model.safetensors").write_bytes(b"x")
+    chosen, which = choose_model(cfg)
+    assert which == f"after SFT ({run / 'sft'})" and chosen.serve.model_path == chosen.model.model == str(run / "sft")
+    (run / "rl" / "model" / "model.safetensors").write_bytes(b"x")  # RL finished: newer than SFT
+    chosen, which = choose_model(cfg)
+    assert which == f"after RL ({run / 'rl' / 'model'})" and chosen.serve.model_path == str(run / "rl" / "model")
+    assert "this model: **after RL" in describe_setup(chosen, which)

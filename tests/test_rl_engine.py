@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from webdancer.agent import Agent
 from webdancer.cli import cli
 from webdancer.config import AgentConfig, ModelConfig, load_config
+from webdancer.errors import ConfigError
 from webdancer.plugins import get_plugins
 from webdancer.policies import build_policy
 from webdancer.records import QAItem, ToolCall
@@ -130,6 +131,13 @@ def test_grpo_settings_map_dapo_onto_trl(tmp_path):
     assert args.reward_weights == [0.1, 0.9, 1.0] and args.lr_scheduler_type == "constant" and not args.gradient_checkpointing
     kl = grpo_settings(load_config(None, ["rl.use_kl_loss=true", "rl.kl_loss_coef=0.01"]), tmp_path)
     assert kl["beta"] == 0.01
+    # Micro-batches: the same updates, in passes of 4 rollouts with gradients accumulated.
+    micro = GRPOConfig(**grpo_settings(load_config("configs/rl/dapo.yaml", ["rl.train_batch_size=8", "rl.ppo_mini_batch_size=4",
+                                                                             "rl.n_rollouts=4", "rl.micro_batch_size=4"]), tmp_path), use_cpu=True)
+    assert (micro.per_device_train_batch_size, micro.gradient_accumulation_steps, micro.steps_per_generation) == (4, 4, 8)
+    assert micro.generation_batch_size == 32 and micro.max_steps == 2 * 5
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        grpo_settings(load_config(None, ["rl.micro_batch_size=5"]), tmp_path)
 
 
 def test_dynamic_sampling_drops_groups_without_spread(tmp_path):

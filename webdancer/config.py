@@ -182,7 +182,8 @@ class RlConfig:
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.001
     train_batch_size: int = 32  # questions per step (each rolled out n_rollouts times)
-    ppo_mini_batch_size: int = 16
+    ppo_mini_batch_size: int = 16  # questions per optimizer update (train_batch_size / this = updates per step)
+    micro_batch_size: int = 0  # rollouts per forward/backward pass, gradients accumulated (0: a whole mini-batch at once)
     learning_rate: float = 1e-6
     max_prompt_length: int = 4096
     max_response_length: int = 8192
@@ -217,14 +218,17 @@ class PipelineConfig:
     """`webdancer pipeline`: which stages run, in order, and the sizes of the small ones."""
 
     stages: list[str] = field(
-        default_factory=lambda: ["web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "report"]
+        default_factory=lambda: ["web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl",
+                                 "report"]
     )
     eval_questions: int = 10  # CrawlQA questions held out of training, asked before and after SFT
     model_sample_questions: int = 4  # training questions rolled out by the model policy in `sample` (-1 = all)
     # The teacher for `sample` (ModelConfig fields: a hosted instruct or reasoning model); empty = `model`.
     teacher: dict[str, Any] = field(default_factory=dict)
     sft_port: int = 8001  # where the fine-tuned model is served for eval_after
-    rl_train: str = one_of("auto", "always", "never")  # auto: verl only when a GPU is visible; never: prepare only
+    rl_port: int = 8002  # where the RL-trained model is served for eval_rl
+    # auto: train with rl.engine=trl always, with verl only when a GPU is visible; never: prepare the data only.
+    rl_train: str = one_of("auto", "always", "never")
 
 
 @dataclass
@@ -236,6 +240,11 @@ class DemoConfig:
     title: str = "WebDancer"
     # QA JSONL whose questions are offered as examples (the embedded default's questions by default).
     examples_file: str = "configs/quickstart_questions.jsonl"
+    # A run folder whose most trained model (after RL, else after SFT) the demo uses instead of serve.model_path,
+    # and names on the page; empty or untrained: the configured model.
+    model_run: str = ""
+    # Start `serve.*` for the model (the embedded default's CPU server) and stop it with the demo.
+    serve_model: bool = False
 
 
 @dataclass

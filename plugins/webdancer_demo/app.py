@@ -26,12 +26,29 @@ def example_questions(cfg: WebdancerConfig) -> list[str]:
     return questions
 
 
-def describe_setup(cfg: WebdancerConfig) -> str:
+def choose_model(cfg: WebdancerConfig) -> tuple[WebdancerConfig, str]:
+    """The config with `demo.model_run`'s most trained model in place of the served one, and which model that is."""
+    from dataclasses import replace
+
+    from webdancer.runs import newest_model
+
+    found = newest_model(cfg.demo.model_run) if cfg.demo.model_run else None
+    if found is None:
+        base = "the base model" if cfg.demo.model_run else "as configured"
+        return cfg, f"{base} ({cfg.serve.model_path if cfg.demo.serve_model else cfg.model.model})"
+    path, label = found
+    serve = replace(cfg.serve, model_path=str(path))
+    model = replace(cfg.model, model=str(path)) if cfg.serve.backend == "transformers" else cfg.model
+    return replace(cfg, serve=serve, model=model), f"{label} ({path})"
+
+
+def describe_setup(cfg: WebdancerConfig, which: str = "") -> str:
     tools = ", ".join(
         f"`{name}` ({cfg.tools.get(name, {}).get('backend') or cfg.tools.get(name, {}).get('reader') or 'default'})" for name in cfg.agent.tools
     )
     who = f"`{cfg.model.model}` at `{cfg.model.base_url}`" if cfg.policy.name == "openai" else f"policy `{cfg.policy.name}`"
-    return f"Model: {who} · tools: {tools} · at most {cfg.agent.max_turns} turns"
+    trained = f" · this model: **{which}**" if which else ""
+    return f"Model: {who}{trained} · tools: {tools} · at most {cfg.agent.max_turns} turns"
 
 
 async def ask(question: str, cfg: WebdancerConfig) -> AsyncIterator[Chat]:
@@ -85,7 +102,7 @@ async def ask(question: str, cfg: WebdancerConfig) -> AsyncIterator[Chat]:
             task.cancel()
 
 
-def build_app(cfg: WebdancerConfig) -> Any:
+def build_app(cfg: WebdancerConfig, which: str = "") -> Any:
     import gradio as gr
 
     async def respond(question: str):
@@ -94,7 +111,7 @@ def build_app(cfg: WebdancerConfig) -> Any:
 
     with gr.Blocks(title=cfg.demo.title) as app:
         gr.Markdown(f"# {cfg.demo.title}\nA web information-seeking agent: it reasons, searches and reads pages, then answers.")
-        gr.Markdown(describe_setup(cfg), elem_id="setup")
+        gr.Markdown(describe_setup(cfg, which), elem_id="setup")
         chatbot = gr.Chatbot(label="Agent steps", height=560, elem_id="steps")
         with gr.Row():
             question = gr.Textbox(label="Question", placeholder="Ask something the web can answer", scale=5, elem_id="question")

@@ -23,8 +23,20 @@ def demo(config_path: Optional[str], overrides: tuple[str, ...], host: Optional[
     except ImportError as exc:
         raise click.ClickException(f"the demo needs gradio ({exc.name} is missing): pip install 'webdancer[demo]'") from None
 
-    cfg = resolve_config(config_path, overrides)
-    app = build_app(cfg)
-    host, port = host or cfg.demo.host, port or cfg.demo.port
-    click.echo(f"demo on http://{host}:{port}  (model {cfg.model.base_url}, tools {', '.join(cfg.agent.tools)})")
-    app.queue().launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
+    from webdancer_demo.app import choose_model
+
+    cfg, which = choose_model(resolve_config(config_path, overrides))
+    server = None
+    if cfg.demo.serve_model:
+        from webdancer_models.serve import start_server
+
+        click.echo(f"starting the model server for {cfg.serve.model_path} ...")
+        server = start_server(cfg.serve, cfg.run.dir / "logs")
+    try:
+        app = build_app(cfg, which)
+        host, port = host or cfg.demo.host, port or cfg.demo.port
+        click.echo(f"demo on http://{host}:{port}  (model: {which}; {cfg.model.base_url}, tools {', '.join(cfg.agent.tools)})")
+        app.queue().launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True)
+    finally:
+        if server is not None:
+            server.stop()

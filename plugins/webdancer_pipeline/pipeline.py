@@ -25,8 +25,9 @@ from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_line
 from webdancer.records import QAItem
 from webdancer.typed import to_dict
 
-STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "report")
+STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl", "report")
 DEFAULT_MODEL = "smollm2-135m"
+EVALS = ("before", "after", "after_rl")  # eval/<name>: the base model, after SFT, after RL
 
 
 class Pipeline:
@@ -41,7 +42,7 @@ class Pipeline:
         self.state_file = self.dir / "pipeline.json"
         self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
         self.services = contextlib.ExitStack()
-        self._web = self._model = self._sft_model = None
+        self._web = self._model = None
 
     # --- files ---------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -103,11 +104,17 @@ class Pipeline:
         if self._model is None and self.cfg.policy.name == "openai":
             self._model = self._serve(self.cfg.serve, "serve_base")
 
-    def sft_config(self) -> WebdancerConfig:
-        """The config whose model is the fine-tuned one, served on pipeline.sft_port."""
+    @property
+    def rl_dir(self) -> Path:
+        from webdancer_rl.train import output_dir
+
+        return output_dir(self.cfg)
+
+    def served_config(self, model_dir: Path, port: int) -> WebdancerConfig:
+        """The config whose model is `model_dir`, served on `port`."""
         cfg = self.cfg
-        serve = replace(cfg.serve, model_path=str(self.sft_dir), port=cfg.pipeline.sft_port)
-        model = replace(cfg.model, base_url=f"http://{serve.host}:{serve.port}/v1", model=str(self.sft_dir))
+        serve = replace(cfg.serve, model_path=str(model_dir), port=port)
+        model = replace(cfg.model, base_url=f"http://{serve.host}:{serve.port}/v1", model=str(model_dir))
         return replace(cfg, serve=serve, model=model)
 
     # --- stages ----------------------------------------------------------------------------
@@ -239,37 +246,59 @@ class Pipeline:
         return {"exported": stats.exported, "trained": True, "steps": len(losses), "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None}
 
-    def stage_eval_after(self) -> dict[str, Any]:
+    def _eval_served(self, model_dir: Path, port: int, name: str) -> dict[str, Any]:
+        """Serve `model_dir`, evaluate it as `name`, and compare every evaluation of this run so far."""
         from webdancer.evaluation import load_results, plot_results, render_comparison
 
         self.need_web()
-        cfg = self.sft_config()
+        cfg = self.served_config(model_dir, port)
         if cfg.policy.name == "openai":
-            self._sft_model = self._serve(cfg.serve, "serve_sft")
-        summary = self._eval(cfg, "after")
-        runs = {n: load_results(self.dir / "eval" / n) for n in ("before", "after") if (self.dir / "eval" / n / "results.json").exists()}
-        if len(runs) == 2:
+            self._serve(cfg.serve, f"serve_{name}")
+        summary = self._eval(cfg, name)
+        runs = {n: load_results(self.dir / "eval" / n) for n in EVALS if (self.dir / "eval" / n / "results.json").exists()}
+        if len(runs) >= 2:
             atomic_write_text(self.dir / "eval" / "compare.md", render_comparison(runs))
             plot_results(runs, self.dir / "eval" / "compare.png")
         return summary
 
-    def stage_rl(self) -> dict[str, Any]:
-        from webdancer_rl.prepare import prepare
-        from webdancer_rl.train import gpu_visible, run_rl
+    def stage_eval_after(self) -> dict[str, Any]:
+        return self._eval_served(self.sft_dir, self.cfg.pipeline.sft_port, "after")
 
-        data_dir = Path(self.cfg.rl.data_dir or self.dir / "rl_data")
-        out_dir = Path(self.cfg.rl.output_dir or self.dir / "rl")
-        data = prepare(list(read_records(self.path("qa_train.jsonl"), QAItem)), self.cfg, data_dir)
-        mode = self.cfg.pipeline.rl_train
-        train = mode == "always" or (mode == "auto" and gpu_visible())
-        run_rl(self.cfg, data_dir, out_dir, echo=self.echo, dry_run=not train)
-        return {"train_rows": data.train_rows, "val_rows": data.val_rows, "trained": train, "command": str(out_dir / "command.sh"),
-                **({} if train else {"why_not_trained": "no GPU visible (pipeline.rl_train=auto)" if mode == "auto" else "pipeline.rl_train=never"})}
+    def stage_rl(self) -> dict[str, Any]:
+        from webdancer_rl.metrics import reward_trend
+        from webdancer_rl.prepare import prepare
+        from webdancer_rl.train import data_dir, gpu_visible, run_rl
+
+        cfg, out_dir = self.cfg, self.rl_dir
+        data = prepare(list(read_records(self.path("qa_train.jsonl"), QAItem)), cfg, data_dir(cfg))
+        mode, engine = cfg.pipeline.rl_train, cfg.rl.engine
+        train = mode == "always" or (mode == "auto" and (engine == "trl" or gpu_visible()))
+        if train and engine == "trl":
+            self.need_web()  # the rollouts call the tools
+
+        def progress(line: str) -> None:  # the engine's per-step lines, not its library chatter
+            if line.startswith(("step ", "warning", "error", "resuming", "already trained")):
+                self.echo(f"   {line}")
+
+        run_rl(cfg, data_dir(cfg), out_dir, echo=progress, dry_run=not train)
+        summary = {"engine": engine, "train_rows": data.train_rows, "val_rows": data.val_rows, "trained": train,
+                   "command": str(out_dir / "command.sh")}
+        if not train:
+            summary["why_not_trained"] = "no GPU visible for verl (pipeline.rl_train=auto)" if mode == "auto" else "pipeline.rl_train=never"
+        elif (out_dir / "metrics.jsonl").is_file():
+            summary.update(reward_trend(out_dir / "metrics.jsonl"))
+        return summary
+
+    def stage_eval_rl(self) -> dict[str, Any]:
+        model = self.rl_dir / "model"
+        if not (model / "config.json").is_file():
+            return {"skipped": f"no RL-trained model at {model}"}
+        return self._eval_served(model, self.cfg.pipeline.rl_port, "after_rl")
 
     def stage_report(self) -> dict[str, Any]:
         from webdancer_pipeline.report import write_report
 
-        return write_report(self.dir, self.state, self.sft_dir)
+        return write_report(self.dir, self.state, self.sft_dir, self.rl_dir)
 
 
 def _count(path: Path) -> int:

@@ -9,29 +9,62 @@ from typing import Any
 from webdancer.jsonl import atomic_write_text
 
 
-def _plot_loss(log: Path, out: Path) -> bool:
-    if not log.is_file():
-        return False
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    points = [(r["current_steps"], r["loss"]) for r in rows if "loss" in r]
-    if not points:
+def _plot(series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, out: Path) -> bool:
+    """A line per series of (step, value) points, saved atomically; False when there is nothing to plot."""
+    series = {name: points for name, points in series.items() if points}
+    if not series:
         return False
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    for name, points in series.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("SFT (LLaMA-Factory)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(out)
     return True
+
+
+def _plot_loss(log: Path, out: Path) -> bool:
+    if not log.is_file():
+        return False
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return _plot({"loss": [(r["current_steps"], r["loss"]) for r in rows if "loss" in r]}, "training loss", "SFT (LLaMA-Factory)", out)
+
+
+def _rl_section(rl_dir: Path, run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    from webdancer_rl.metrics import read_metrics
+
+    engine = summary.get("engine", "verl")
+    md = [f"## RL ({engine}, DAPO)", ""]
+    head = f"Prepared {summary['train_rows']} train / {summary['val_rows']} val rows; "
+    if not summary.get("trained"):
+        return md + [head + f"not trained: {summary.get('why_not_trained')}. Native command: `{summary['command']}`.", ""]
+    rows = read_metrics(rl_dir / "metrics.jsonl")
+    steps = summary.get("steps", len(rows))
+    window = min(5, steps)
+    md.append(head + f"{steps} steps, {summary.get('seconds_per_step', 0):.0f} s per step; mean training reward "
+              f"{summary.get('reward_first', float('nan')):.3f} (first {window} steps) -> {summary.get('reward_last', float('nan')):.3f} "
+              f"(last {window}). Metrics: `{rl_dir / 'metrics.jsonl'}`, rollouts to read: `{rl_dir / 'samples.jsonl'}`, "
+              f"command: `{summary['command']}`.")
+    names = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("reward/") and k.count("/") == 2})
+    series = {"reward": [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]}
+    series.update({name: [(r["step"], r[f"reward/{name}/mean"]) for r in rows if f"reward/{name}/mean" in r] for name in names})
+    if _plot(series, "mean reward", f"RL ({engine})", run_dir / "rl_reward.png"):
+        md += ["", "![RL reward per step](rl_reward.png)"]
+    return md + [""]
 
 
 def _counts(stages: dict[str, Any]) -> list[str]:
@@ -65,7 +98,7 @@ def _drops(stages: dict[str, Any]) -> list[str]:
     return lines or ["- the filter has not run"]
 
 
-def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path) -> dict[str, Any]:
+def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path, rl_dir: Path) -> dict[str, Any]:
     stages = state.get("stages", {})
     md = [f"# Run report: {run_dir.name}", "", "## Counts", "", *_counts(stages), "", "## Why trajectories were dropped", "", *_drops(stages), ""]
     if _plot_loss(sft_dir / "trainer_log.jsonl", run_dir / "sft_loss.png"):
@@ -73,19 +106,20 @@ def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path) -> dict[st
         losses = sft.get("losses") or [sft.get("loss_first"), sft.get("loss_last")]
         md += ["## SFT", "", f"Loss {losses[0]:.3f} -> {losses[-1]:.3f} (log: `{sft_dir}/trainer_log.jsonl`, command: `{sft_dir}/command.sh`).",
                "", "![SFT loss](sft_loss.png)", ""]
+    rl = stages.get("rl", {}).get("summary")
+    if rl:
+        md += _rl_section(rl_dir, run_dir, rl)
     compare = run_dir / "eval" / "compare.md"
     if compare.is_file():
         body = compare.read_text(encoding="utf-8").split("\n", 1)[1]
-        md += ["## Evaluation on held-out questions: before vs after SFT", "", body.strip(), "", "![eval](eval/compare.png)", ""]
+        runs = [name for name in ("before", "after", "after_rl") if (run_dir / "eval" / name / "results.json").is_file()]
+        title = " / ".join({"before": "before SFT", "after": "after SFT", "after_rl": "after RL"}[n] for n in runs)
+        md += [f"## Evaluation on held-out questions: {title}", "", body.strip(), "", "![eval](eval/compare.png)", ""]
     else:
-        for name in ("before", "after"):
+        for name in ("before", "after", "after_rl"):
             report = run_dir / "eval" / name / "report.md"
             if report.is_file():
                 md += [f"## Evaluation ({name})", "", report.read_text(encoding="utf-8").split("\n", 1)[1].strip(), ""]
-    rl = stages.get("rl", {}).get("summary")
-    if rl:
-        md += ["## RL (verl, DAPO)", "", f"Prepared {rl['train_rows']} train / {rl['val_rows']} val rows; "
-               + ("trained." if rl.get("trained") else f"not trained: {rl.get('why_not_trained')}.") + f" Native command: `{rl['command']}`.", ""]
     md += ["## Timings", "", "| stage | seconds | finished |", "|---|---|---|"]
     md += [f"| {name} | {info['seconds']:.0f} | {info['finished']} |" for name, info in stages.items()]
     md += [f"| total | {sum(i['seconds'] for i in stages.values()):.0f} | |", ""]

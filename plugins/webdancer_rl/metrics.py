@@ -66,13 +66,13 @@ def from_verl(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class MetricsLog:
-    """Appends one line per step; a resumed run first drops the lines of steps after its checkpoint."""
+    """Appends lines keyed by step; a resumed run first drops the lines of steps after its checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int = 0):
+    def __init__(self, path: Path, resume_step: int = 0, key: Optional[Callable[[dict[str, Any]], Any]] = lambda r: r["step"]):
         if path.exists():
             kept = [obj for _, obj in iter_json_lines(path) if obj.get("step", 0) <= resume_step]
-            atomic_write_text(path, "".join(json.dumps(o) + "\n" for o in kept))
-        self._out = JsonlAppender(path, key=lambda r: r["step"])
+            atomic_write_text(path, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in kept))
+        self._out = JsonlAppender(path, key=key or (lambda r: None))
 
     def write(self, record: dict[str, Any]) -> None:
         self._out.write(record)
@@ -115,3 +115,19 @@ def progress_line(m: dict[str, Any], total: int, reward_names: list[str]) -> str
             f"len {m.get('response_length/mean', 0):.0f}  valid {m.get('valid_turn_rate', 0):.2f}  "
             f"tools {m.get('tool_calls/mean', 0):.1f}  filtered {m.get('filtered_groups', 0):.2f}  "
             f"loss {m.get('loss', float('nan')):.4f}  {m.get('seconds_per_step', 0):.1f} s")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [obj for _, obj in iter_json_lines(path)] if path.is_file() else []
+
+
+def reward_trend(path: Path, window: int = 5) -> dict[str, Any]:
+    """Steps run and the mean training reward of the first and last `window` steps (the learning signal)."""
+    rows = [r for r in read_metrics(path) if "reward/mean" in r]
+    if not rows:
+        return {"steps": 0}
+    first, last = rows[:window], rows[-window:]
+    return {"steps": len(rows), "reward_first": round(fmean(r["reward/mean"] for r in first), 4),
+            "reward_last": round(fmean(r["reward/mean"] for r in last), 4),
+            "valid_turn_rate_last": round(fmean(r.get("valid_turn_rate", 0.0) for r in last), 4),
+            "seconds_per_step": round(fmean(r.get("seconds_per_step", 0.0) for r in rows), 1)}

@@ -102,6 +102,8 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("trainer.default_local_dir", output_dir / "checkpoints"),
         ("hydra.run.dir", output_dir / "hydra"),  # not ./outputs/<date> in whatever folder verl was started from
     ]
+    if rl.micro_batch_size > 0:
+        pairs.append(("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", rl.micro_batch_size))
     out = [f"{k}={_value(v)}" for k, v in pairs]
     # Keys verl reads but does not declare: added with hydra's `+`.
     weights = cfg.rewards or DEFAULT_WEIGHTS

@@ -44,13 +44,18 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
     if rl.n_rollouts < 2:
         raise ConfigError(f"rl.n_rollouts must be at least 2 (group-relative advantages), got {rl.n_rollouts}")
     updates = rl.train_batch_size // rl.ppo_mini_batch_size  # optimizer steps per generated batch, as verl's mini-batches
+    mini = rl.ppo_mini_batch_size * rl.n_rollouts  # rollouts per optimizer step
+    micro = rl.micro_batch_size or mini
+    if mini % micro:
+        raise ConfigError(f"rl.micro_batch_size ({micro}) must divide the rollouts of a mini-batch "
+                          f"(rl.ppo_mini_batch_size x rl.n_rollouts = {mini})")
     weights = reward_weights(cfg)
     settings: dict[str, Any] = {
         "output_dir": str(out_dir / "checkpoints"),
         "num_generations": rl.n_rollouts,
-        "per_device_train_batch_size": rl.ppo_mini_batch_size * rl.n_rollouts,
-        "gradient_accumulation_steps": 1,
-        "steps_per_generation": updates,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": mini // micro,
+        "steps_per_generation": mini // micro * updates,  # TRL counts these in forward/backward passes
         "num_iterations": 1,
         "max_steps": rl.total_training_steps * updates,
         "learning_rate": rl.learning_rate,
@@ -165,6 +170,7 @@ class WebdancerRollouts:
         self.toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
         self.generate: Optional[Generate] = None
         self.last: dict[str, float] = {}
+        self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch
 
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: Any) -> dict[str, Any]:
         if self.generate is None:
@@ -177,6 +183,11 @@ class WebdancerRollouts:
         scores = self.loop.run(self._score(rollouts, rows))
         reward_s = time.perf_counter() - t0
         kept = self._kept(scores, trainer.num_generations) if self.rl.filter_groups else [True] * len(rollouts)
+        group = trainer.num_generations
+        self.samples = [{"question": rows[i]["extra_info"].get("question"), "reference": rows[i]["reward_model"]["ground_truth"],
+                         "end": rollouts[i].end, "turns": rollouts[i].turns, "reward": scores[i]["reward"],
+                         "rewards": {n: scores[i][n] for n in self.weights}, "kept": kept[i],
+                         "text": self.chat.decode(rollouts[i].completion_ids)} for i in range(0, len(rollouts), group)]
         self.last = {
             **batch_metrics(rollouts, scores, list(self.weights), kept),
             "time/generate_s": times.generate_s, "time/tools_s": times.tools_s, "time/reward_s": reward_s,
@@ -279,6 +290,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     resume = checkpoints[-1] if checkpoints else None
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step)
+    samples = MetricsLog(out_dir / "samples.jsonl", resume_step, key=None)  # one rollout per group and step, to read
     guard = Guard(rl.warn_valid_turn_drop, rl.warn_length_growth, echo)
     total = settings["max_steps"]
 
@@ -298,6 +310,9 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
             latest = complete_checkpoints(out_dir / "checkpoints")
             guard.check(m, f"The last checkpoint ({latest[-1] if latest else 'none yet'}) is intact.")
             log.write(m)
+            for sample in rollouts.samples:
+                samples.write({"step": state.global_step, **sample})
+            rollouts.samples, rollouts.last = [], {}  # further updates on the same batch log TRL's numbers only
             echo(progress_line(m, total, [n for n in names if n != OVERLONG]))
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -317,6 +332,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         log.close()
+        samples.close()
         rollouts.close()
         loop.close()
     tmp = final.with_name(final.name + ".tmp")

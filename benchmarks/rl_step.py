@@ -1,0 +1,76 @@
+"""One-machine RL (TRL engine) on the tiny model: seconds per GRPO step, where they go, and generation speed.
+
+Runs `webdancer rl train` with rl.engine=trl for a few steps (the quickstart's SFT checkpoint when it
+exists, else the base model) against the offline web, then reads metrics.jsonl. Ratios: the share of
+a step in generation, tools, reward and the update; and the engine's generation tokens/s against the
+CPU server's (`transformers serve`, one client, as benchmarks/tiny_model_serving.py measures it), in
+the same run on the same model (target >= 0.8). Needs what scripts/quickstart.sh leaves behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import Row, emit
+from tiny_model_serving import free_port, tokens_per_s
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / ".webdancer/models/smollm2-135m"
+SFT = ROOT / "runs/quickstart/sft"
+QA = ROOT / "runs/quickstart/qa_train.jsonl"
+STEPS = int(os.environ.get("RL_BENCH_STEPS", "3"))
+
+
+def server_tokens_per_s(model: Path) -> float:
+    from webdancer_models.serve import served_model_name, start_server
+
+    from webdancer.config import ServeConfig
+
+    cfg = ServeConfig(backend="transformers", model_path=str(model), port=free_port(), health_timeout_s=300)
+    with tempfile.TemporaryDirectory() as logs, start_server(cfg, Path(logs)) as server:
+        return asyncio.run(tokens_per_s(server.base_url, served_model_name(cfg), 1))
+
+
+def main() -> None:
+    if not (BASE / "config.json").is_file() or not QA.is_file():
+        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
+    model = SFT if (SFT / "config.json").is_file() else BASE
+    webdancer = str(Path(sys.executable).parent / "webdancer")
+    with tempfile.TemporaryDirectory() as tmp:
+        run = ["-c", str(ROOT / "configs/quickstart.yaml"), f"run.root={tmp}", "run.name=bench", "rl.engine=trl", f"rl.model_path={model}",
+               "rl.val_fraction=0", f"rl.total_training_steps={STEPS}", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2",
+               "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=128", "rl.filter_groups=false"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        subprocess.run([webdancer, "rl", "prepare", str(QA), *run], check=True, cwd=ROOT, env=env, capture_output=True)
+        web = subprocess.Popen([webdancer, "web", "serve", "-c", str(ROOT / "configs/quickstart.yaml")], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc = subprocess.run([webdancer, "rl", "train", *run], cwd=ROOT, env=env, capture_output=True, text=True)
+        finally:
+            web.terminate()
+        if proc.returncode != 0:
+            sys.exit(proc.stdout[-2000:] + proc.stderr[-2000:])
+        steps = [json.loads(line) for line in (Path(tmp) / "bench/rl/metrics.jsonl").read_text().splitlines()]
+    seconds = [s["seconds_per_step"] for s in steps]
+    mean = statistics.fmean(seconds)
+    rows = [Row("rl_trl_step", f"seconds per step (min {min(seconds):.0f}, max {max(seconds):.0f})", mean, "s", 1.0,
+                f"{len(steps)} steps, 2 q x 4 rollouts", "report", True)]
+    for part in ("generate", "tools", "reward", "update"):
+        share = statistics.fmean(s[f"time/{part}_s"] / s["seconds_per_step"] for s in steps)
+        rows.append(Row("rl_trl_step", f"share of a step in {part}", share, "", share, "of the step", "report", True))
+    engine = statistics.fmean(s["generate_tokens_per_s"] for s in steps)
+    server = server_tokens_per_s(model)
+    rows.append(Row("rl_trl_step", "engine generation (batched)", engine, "tok/s", engine / server,
+                    f"vs transformers serve {server:.1f} tok/s", ">= 0.8", engine / server >= 0.8))
+    emit(rows)
+
+
+if __name__ == "__main__":
+    main()

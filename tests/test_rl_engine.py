@@ -152,7 +152,7 @@ def test_dynamic_sampling_drops_groups_without_spread(tmp_path):
 def trl_run(tmp_path, web, tiny_model, qa_items, *extra):
     run = [f"run.root={tmp_path}", "run.name=r", f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null",
            "agent.current_date=2026-11-24", "rl.engine=trl", f"rl.model_path={tiny_model}", "rl.val_fraction=0",
-           "rl.n_rollouts=2", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2", "rl.max_turns=2", "rl.max_turn_tokens=24",
+           "rl.n_rollouts=2", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2", "rl.max_turns=2", "rl.max_turn_tokens=48",
            "rl.max_prompt_length=2048", "rl.max_response_length=160", "rl.overlong_buffer=150", "rl.filter_groups_metric=reward",
            "rl.learning_rate=1e-4", "rl.temperature=1.0", "rl.trl={gradient_checkpointing: false}", *extra]
     qa = tmp_path / "qa.jsonl"
@@ -165,13 +165,37 @@ QA = [QAItem("Who invented the integrated circuit in 1958 at Texas Instruments?"
 
 
 @pytest.mark.slow
-def test_one_real_grpo_step_then_resume_one_more(local_web, tiny_model, tmp_path):
-    """What CI runs: 2 questions x 2 rollouts, 2 turns, the tiny model against the offline web, on the CPU."""
+def test_one_real_grpo_step_updates_the_policy(plugins, local_web, tiny_model, tmp_path):
+    """What CI runs: 2 questions x 2 rollouts, 2 turns, the tiny model against the offline web, on the CPU.
+
+    In this process, so that a test reward plugin (registered in-process) scores it: the untrained
+    model's rollouts all fail the format and answer rewards, and a group without spread teaches nothing."""
+    from webdancer_rl.prepare import prepare
+    from webdancer_rl.trl_engine import train
+
+    web, _, _ = local_web
+    run, _ = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1", "rl.filter_groups_metric=score")
+    cfg = load_config(None, run)
+    cfg.rewards = {"vowels": 1.0}  # in place of the default weights (a `rewards=` override would merge into them)
+    data, out = tmp_path / "data", tmp_path / "rl"
+    prepare(QA, cfg, data)
+    model = train(cfg, data, out, str(tiny_model), echo=lambda line: None)
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(model / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy was updated
+    [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m["step"] == 1 and m["filtered_groups"] == 0.0 and m["loss"] != 0.0 and 0 < m["reward/vowels/mean"] < 1
+    assert m["response_length/mean"] <= 160 and m["turns/mean"] >= 1
+
+
+@pytest.mark.slow
+def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_path):
+    """`webdancer rl train` with rl.engine=trl: the native launcher, metrics, checkpoints, a final model, resume."""
     web, _, _ = local_web
     run, qa = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1")
     assert CliRunner().invoke(cli, ["rl", "prepare", str(qa), *run]).exit_code == 0
     result = CliRunner().invoke(cli, ["rl", "train", *run])
     assert result.exit_code == 0, result.output
+    assert "step 1/1  reward" in result.output  # progress streamed
     out = tmp_path / "r" / "rl"
     assert "accelerate.commands.launch" in (out / "command.sh").read_text() and "webdancer_rl.trl_engine" in (out / "command.sh").read_text()
     [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -179,8 +203,8 @@ def test_one_real_grpo_step_then_resume_one_more(local_web, tiny_model, tmp_path
                 "response_length/mean", "seconds_per_step", "time/generate_s", "time/tools_s", "time/reward_s", "time/update_s", "loss"):
         assert key in m, key
     assert m["step"] == 1 and m["response_length/mean"] <= 160 and m["reward/overlong/mean"] < 0
-    before, after = load_file(tiny_model / "model.safetensors"), load_file(out / "model" / "model.safetensors")
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy was updated
+    [sample] = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()][:1]
+    assert sample["step"] == 1 and sample["reference"] in ("Jack Kilby", "1989") and sample["text"]
     assert (out / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -194,6 +218,7 @@ def test_one_real_grpo_step_then_resume_one_more(local_web, tiny_model, tmp_path
     assert more.exit_code == 0, more.output
     assert "resuming from" in more.output and "checkpoint-1" in more.output
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (out / "model" / "model.safetensors").is_file()
 
 
 def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
@@ -224,7 +249,7 @@ def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
     bad = train("agent.tools=[search]")
     assert bad.exit_code == 1 and "prepared for tools ['search', 'visit']" in bad.output
     bad = train("rl.max_turn_tokens=99")
-    assert bad.exit_code == 1 and "rl.max_turn_tokens=24" in bad.output
+    assert bad.exit_code == 1 and "rl.max_turn_tokens=48" in bad.output
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -3,6 +3,7 @@
 import asyncio
 
 from webdancer import hookimpl
+from webdancer.rewards import Reward
 from webdancer.tools import Tool
 
 LIST_OF_STRINGS = {"type": "array", "items": {"type": "string"}}
@@ -41,3 +42,19 @@ def register_tools(register):
     register(EchoTool)
     register(SlowTool)
     register(BoomTool)
+
+
+class VowelShare(Reward):
+    """The share of vowels among the response's letters: a graded reward any text earns, so a group of
+    rollouts from an untrained model still has spread (GRPO then has something to learn from)."""
+
+    name = "vowels"
+
+    async def score(self, sample):
+        letters = [c for c in sample.response.lower() if c.isalpha()]
+        return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+
+
+@hookimpl
+def register_rewards(register):
+    register(VowelShare)

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 bash scripts/setup_sft.sh || { echo "SFT environment setup failed" >&2; exit 1; }
 bash scripts/setup_rl.sh || { echo "RL environment setup failed" >&2; exit 1; }
+PYTHON=.venv/bin/python bash scripts/fetch_chat_templates.sh || { echo "fetching the published chat templates failed" >&2; exit 1; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 reports=$(mktemp -d)
 .venv/bin/python -m pytest --junitxml="$reports/core.xml" "$@"

@@ -38,6 +38,27 @@ def export_cmd(name: str, out_dir: str) -> None:
     click.echo(f"exported {name} to {path} in {time.perf_counter() - start:.0f} s")
 
 
+@model.command("template")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--install", is_flag=True, help="Give the folder the wire chat template when its own re-renders earlier turns.")
+def template_cmd(folder: str, install: bool) -> None:
+    """Check that FOLDER's chat template renders agent conversations verbatim (what SFT, RL and serving need)."""
+    from transformers import AutoTokenizer
+
+    from webdancer_models.chat_template import generation_prefix, renders_verbatim
+    from webdancer_models.export import install_wire_template
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if renders_verbatim(tokenizer):
+        click.echo(f"{folder}: its chat template renders agent conversations verbatim (generation prefix {generation_prefix(tokenizer)!r})")
+        return
+    if not install:
+        raise click.ClickException(f"{folder}: its chat template re-renders earlier turns (thoughts dropped or rewritten); "
+                                   "--install gives it the wire template")
+    prefix = install_wire_template(Path(folder))
+    click.echo(f"{folder}: wire chat template installed (generation prefix {prefix!r}); chat_template.jinja written")
+
+
 @click.command("serve")
 @config_options
 @click.argument("overrides", nargs=-1)

@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
@@ -50,6 +51,31 @@ def load_gguf(name: str):
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     return model, tokenizer, gguf
+
+
+def install_wire_template(folder: Path) -> Optional[str]:
+    """Give a model folder the wire chat template when its own does not render agent conversations verbatim.
+
+    Writes `chat_template.jinja` (and drops `chat_template` from tokenizer_config.json, which would
+    otherwise compete with it); returns the generation prefix it kept, or None when nothing changed.
+    """
+    from transformers import AutoTokenizer
+
+    from webdancer_models.chat_template import generation_prefix, wire_template_for
+
+    folder = Path(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    template = wire_template_for(tokenizer)
+    if template is None:
+        return None
+    prefix = generation_prefix(tokenizer)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "chat_template" in config:
+        del config["chat_template"]
+        atomic_write_text(config_file, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(folder / "chat_template.jinja", template)
+    return prefix
 
 
 def export_model(name: str, out_dir: Path) -> Path:

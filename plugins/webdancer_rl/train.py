@@ -147,10 +147,26 @@ def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list
     return [str(python), "-m", "verl.trainer.main_ppo", *verl_overrides(cfg, data_dir, output_dir)]
 
 
+def check_chat_template(model_path: str) -> None:
+    """A rollout is append-only: a template that re-renders earlier turns (QwQ drops their thoughts) would make RL
+    train on a text the served model never sees. Checked where the model folder is on this machine."""
+    folder = Path(model_path)
+    if not (folder / "tokenizer_config.json").is_file():
+        return
+    from transformers import AutoTokenizer
+    from webdancer_models.chat_template import renders_verbatim
+
+    if not renders_verbatim(AutoTokenizer.from_pretrained(str(folder))):
+        raise ConfigError(f"the chat template of {folder} re-renders earlier turns of a conversation (thoughts dropped or "
+                          f"rewritten), so RL would train on text the served model never sees: fine-tune it with `webdancer sft "
+                          f"train` first, or give it the wire template with `webdancer model template {folder} --install`")
+
+
 def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None] = print, dry_run: bool = False) -> list[str]:
     """Check everything, record the command (always), then run it unless `dry_run`; returns the command."""
     if not dry_run:
         check_prepared(cfg, data_dir)
+        check_chat_template(default_model_path(cfg))
     check_rewards(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.rl.engine == "trl":

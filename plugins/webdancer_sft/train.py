@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from webdancer_models.export import install_wire_template
 
 from webdancer.config import SftConfig
 from webdancer.errors import WebdancerError
@@ -81,6 +82,10 @@ def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Call
     code = run_logged(command, output_dir / "train.log", env, echo)
     if code != 0:
         raise WebdancerError(f"llamafactory-cli train exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
+    prefix = install_wire_template(output_dir)
+    if prefix is not None:  # e.g. QwQ (drops earlier thoughts) or Qwen3 (rewrites them): RL and serving must see what SFT trained on
+        echo(f"the base model's chat template re-renders earlier turns; {output_dir} now carries the wire template "
+             f"(generation prefix {prefix!r})")
     return {"losses": training_losses(output_dir), "command": command}
 
 

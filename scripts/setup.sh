@@ -37,7 +37,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=$EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-.venv/bin/python -m pip install -q --upgrade pip "setuptools>=70" wheel
+.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel
 # CPU torch first (a local wheel on these machines); a bare `torch` requirement would pull a CUDA build.
 .venv/bin/python -m pip install -q "torch==${WEBDANCER_TORCH:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"

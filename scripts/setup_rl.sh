@@ -15,7 +15,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=70" wheel
+"$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77" wheel
 if [ "$GPU" = "1" ]; then
   "$VENV/bin/python" -m pip install -q "verl[sglang]==0.9.1"
 else

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from webdancer.cli import cli
 from webdancer.config import load_config
+from webdancer.errors import WebdancerError
 from webdancer.plugins import get_plugins
 from webdancer.records import QAItem, ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
@@ -121,3 +122,31 @@ def test_rl_overrides_are_all_plain_key_value(tmp_path):
     overrides = verl_overrides(cfg, Path("d"), Path("o"))
     assert all("=" in o and " " not in o.split("=", 1)[0] for o in overrides)
     assert "algorithm.filter_groups.enable=False" in overrides and "+reward.reward_kwargs.overlong_buffer_cfg.enable=False" in overrides
+
+
+def test_verl_metrics_land_in_metrics_jsonl_under_our_names(tmp_path):
+    """What verl's file logger writes (names from verl 0.9.1's metric_utils) becomes metrics.jsonl's names, once."""
+    from webdancer_rl.metrics import add_verl_metrics
+
+    verl_log, metrics = tmp_path / "verl_metrics.jsonl", tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "data": {"critic/score/mean": 0.1 * s, "response_length/mean": 300.0 + s, "timing_s/step": 12.5,
+                                  "actor/pg_loss": 0.01, "actor/grad_norm": 1.5, "actor/entropy": 0.4, "training/epoch": 0}} for s in (1, 2)]
+    verl_log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert add_verl_metrics(verl_log, metrics) == 2
+    first = json.loads(metrics.read_text().splitlines()[0])
+    assert first == {"step": 1, "reward/mean": 0.1, "response_length/mean": 301.0, "seconds_per_step": 12.5, "loss": 0.01,
+                     "grad_norm": 1.5, "entropy": 0.4}
+    assert add_verl_metrics(verl_log, metrics) == 0 and len(metrics.read_text().splitlines()) == 2  # a rerun adds nothing twice
+
+
+def test_guard_stops_on_nan_and_warns_once_on_drift():
+    from webdancer_rl.metrics import Guard
+
+    warnings = []
+    guard = Guard(valid_turn_drop=0.3, length_growth=2.0, warn=warnings.append)
+    guard.check({"step": 1, "loss": 0.1, "valid_turn_rate": 0.9, "response_length/mean": 400}, "")
+    guard.check({"step": 2, "loss": 0.1, "valid_turn_rate": 0.5, "response_length/mean": 900}, "")
+    guard.check({"step": 3, "loss": 0.1, "valid_turn_rate": 0.4, "response_length/mean": 950}, "")
+    assert len(warnings) == 2 and "valid-turn rate fell from 0.90" in warnings[0] and "grew from 400" in warnings[1]
+    with pytest.raises(WebdancerError, match="the loss became nan at step 4.*checkpoint-3 is intact"):
+        guard.check({"step": 4, "loss": float("nan")}, "checkpoint-3 is intact.")

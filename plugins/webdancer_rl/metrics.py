@@ -65,6 +65,25 @@ def from_verl(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def add_verl_metrics(verl_log: Path, metrics: Path) -> int:
+    """Append the steps of verl's file log not yet in metrics.jsonl, in our names; returns how many."""
+    if not verl_log.is_file():
+        return 0
+    done = {obj.get("step") for _, obj in iter_json_lines(metrics)} if metrics.is_file() else set()
+    out = JsonlAppender(metrics, key=lambda r: r["step"])
+    added = 0
+    try:
+        for _, record in iter_json_lines(verl_log):
+            row = from_verl(record)
+            if row["step"] is not None and row["step"] not in done:
+                out.write(row)
+                done.add(row["step"])
+                added += 1
+    finally:
+        out.close()
+    return added
+
+
 class MetricsLog:
     """Appends lines keyed by step; a resumed run first drops the lines of steps after its checkpoint."""
 

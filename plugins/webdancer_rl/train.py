@@ -17,10 +17,12 @@ from webdancer.config import WebdancerConfig, config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer_rl.metrics import add_verl_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
 from webdancer_rl.reward import DEFAULT_WEIGHTS, reward_config
 
 REWARD_MODULE = Path(__file__).with_name("reward.py")
+VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger, in verl's names; metrics.jsonl has ours
 
 
 def _value(v) -> str:
@@ -96,7 +98,7 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("trainer.save_freq", rl.save_freq),
         ("trainer.test_freq", rl.test_freq),
         ("trainer.val_before_train", False),
-        ("trainer.logger", rl.logger),
+        ("trainer.logger", [*rl.logger, *([] if "file" in rl.logger else ["file"])]),  # file: metrics.jsonl (VERL_FILE_LOGGER_PATH)
         ("trainer.project_name", "webdancer"),
         ("trainer.experiment_name", cfg.run.name),
         ("trainer.default_local_dir", output_dir / "checkpoints"),
@@ -172,7 +174,8 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
     if cfg.rl.engine == "trl":
         return run_trl(cfg, data_dir, output_dir, echo, dry_run)
     command = verl_command(cfg, data_dir, output_dir)
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "VERL_FILE_LOGGER_PATH": str(output_dir / VERL_METRICS)}
     write_command_script(output_dir / "command.sh", command, "DAPO with verl; on a cluster: start Ray, then run this from the repository root.", env)
     if dry_run:
         return command
@@ -188,6 +191,7 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
     if not Path(command[0]).is_file():
         raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_rl.sh` (WEBDANCER_RL_GPU=1 on a GPU machine) or set rl.venv")
     code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
+    add_verl_metrics(output_dir / VERL_METRICS, output_dir / "metrics.jsonl")
     if code != 0:
         raise WebdancerError(f"verl exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
     return command
@@ -195,9 +199,9 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
 
 def trl_command(config_file: Path, gpu: bool) -> list[str]:
     """`accelerate launch` of the TRL engine module, one process (this machine's CPU or one GPU)."""
+    cpu = [] if gpu else ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", *([] if gpu else ["--cpu"]),
-            "-m", "webdancer_rl.trl_engine", str(config_file)]
+            "--mixed_precision", "no", "--dynamo_backend", "no", *cpu, "-m", "webdancer_rl.trl_engine", str(config_file)]
 
 
 def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None], dry_run: bool) -> list[str]:

@@ -18,6 +18,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -351,6 +352,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if len(args) != 1:
         print("usage: python -m webdancer_rl.trl_engine RUN_DIR/rl/config.yaml", file=sys.stderr)
         return 2
+    # transformers' deprecation notices about arguments TRL passes say nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     try:
         cfg = load_config(args[0])
         train(cfg, Path(cfg.rl.data_dir), Path(cfg.rl.output_dir), cfg.rl.model_path, echo=lambda s: print(s, flush=True))

@@ -165,6 +165,9 @@ class RlConfig:
     data_dir: str = ""  # default runs/<run>/rl_data (train.parquet, val.parquet, tool_config.yaml, agent_loops.yaml)
     output_dir: str = ""  # default runs/<run>/rl (checkpoints, train.log, command.sh)
     val_fraction: float = 0.1
+    # Train on this many of the training questions (0: all), chosen by a hash of their ids: a small set seen
+    # every few steps makes the reward of early and late steps comparable (the CPU learning-signal run).
+    train_questions: int = 0
     # DAPO (Yu et al. 2025): group sampling, decoupled clip (clip-higher), dynamic sampling that
     # drops groups whose rollouts all score the same, token-level loss, overlong reward shaping, no KL.
     adv_estimator: str = "grpo"

@@ -97,6 +97,8 @@ def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
         val.append(train.pop())
     if not train:
         raise WebdancerError(f"all {len(items)} questions went to validation; lower rl.val_fraction ({fraction})")
+    if 0 < cfg.rl.train_questions < len(train):
+        train = sorted(train, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())[: cfg.rl.train_questions]
     out_dir.mkdir(parents=True, exist_ok=True)
     data = RlData(out_dir / "train.parquet", out_dir / "val.parquet", out_dir / "tool_config.yaml", out_dir / "agent_loops.yaml", len(train), len(val))
     write_parquet([rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)], data.train)

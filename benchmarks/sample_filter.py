@@ -24,7 +24,7 @@ def sampler_rate(base_url: str, tmp: Path, concurrency: int = 64, waves: int = 5
     from webdancer.records import QAItem
     from webdancer.sampling import sample
 
-    async def go() -> float:
+    async def rate() -> float:
         agent = build_agent(base_url)
         warm = [QAItem(question=f"warm {i}", answer="done") for i in range(concurrency)]
         await sample(agent, warm, 1, tmp / "warm.jsonl", concurrency)
@@ -36,7 +36,7 @@ def sampler_rate(base_url: str, tmp: Path, concurrency: int = 64, waves: int = 5
         assert stats.done == len(items)
         return stats.done / elapsed
 
-    return asyncio.run(go())
+    return asyncio.run(rate())
 
 
 def write_big_file(path: Path, n: int) -> None:

@@ -99,28 +99,26 @@ def expert_trajectories(local_web, tmp_path_factory):
 
     from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
 
-    from webdancer.agent import Agent
-    from webdancer.config import AgentConfig, load_config
+    from webdancer.agent import configured_agent
+    from webdancer.config import load_config
     from webdancer.jsonl import read_records
-    from webdancer.policies import build_policy
     from webdancer.records import QAItem
     from webdancer.sampling import sample
     from webdancer.synth import run_synthesizer
-    from webdancer.tools import ToolBox
 
     web, _, _ = local_web
     folder = tmp_path_factory.mktemp("expert")
     qa = folder / "qa.jsonl"
     asyncio.run(run_synthesizer(CrawlQA(CrawlQAConfig(root_url=f"{web.base_url}/foldoc/python.html", crawl_store=str(folder / "c.jsonl"),
                                                       max_pages=120, num_items=8, kinds=["identify", "multi_hop"])), qa))
-    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "tools.visit.max_tokens=300"])
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "tools.visit.max_tokens=300",
+                             "policy.name=expert", "agent.current_date=2026-11-24", "agent.tool_timeout_s=30"])
 
-    async def go():
-        policy = build_policy("expert", {}, cfg.model)
-        async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
-            await sample(Agent(policy, toolbox, AgentConfig(current_date="2026-11-24")), list(read_records(qa, QAItem)), 1, folder / "t.jsonl", 4)
+    async def sample_all():
+        async with configured_agent(cfg) as agent:
+            await sample(agent, list(read_records(qa, QAItem)), 1, folder / "t.jsonl", 4)
 
-    asyncio.run(go())
+    asyncio.run(sample_all())
     return folder / "t.jsonl"
 
 

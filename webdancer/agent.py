@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import inspect
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, AsyncIterator, Callable, Iterable, Optional
 
-from webdancer.config import AgentConfig
+from webdancer.config import AgentConfig, ModelConfig, WebdancerConfig
 from webdancer.errors import WebdancerError
-from webdancer.policies import Policy
+from webdancer.policies import Policy, build_policy
 from webdancer.records import Message, QAItem, Step, ToolResult, Trajectory, Usage, stable_id
 from webdancer.tools import ToolBox
 from webdancer.wire import format_error_observation, initial_messages, parse_assistant, render_tool_response
@@ -145,3 +146,16 @@ async def run_many(
 
     await asyncio.gather(*(one(t, s) for t, s in tasks))
     return results
+
+
+@contextlib.asynccontextmanager
+async def configured_agent(cfg: WebdancerConfig, policy: Optional[str] = None, model: Optional[ModelConfig] = None) -> AsyncIterator[Agent]:
+    """The run's agent: policy `policy` (default `policy.name`, with `policy.options` when it is that one) on
+    `model` (default `model`), the tools of `agent.tools`; both closed when the block ends."""
+    name = policy or cfg.policy.name
+    built = build_policy(name, cfg.policy.options if name == cfg.policy.name else {}, model or cfg.model)
+    try:
+        async with ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s) as toolbox:
+            yield Agent(built, toolbox, cfg.agent)
+    finally:
+        await built.aclose()

@@ -15,7 +15,7 @@ from webdancer import __version__
 from webdancer.cli_eval import eval_group
 from webdancer.config import WebdancerConfig, config_to_yaml, load_config
 from webdancer.errors import WebdancerError
-from webdancer.plugins import KINDS, get_plugins
+from webdancer.plugins import get_plugins
 from webdancer.records import Step, ToolCall, stable_id
 
 
@@ -57,7 +57,7 @@ def plugins_cmd(as_json: bool) -> None:
     infos = plugins.describe()
     if as_json:
         out = {
-            "hook_kinds": list(KINDS),
+            "hook_kinds": plugins.kinds,
             "plugins": [
                 {
                     "name": i.name,
@@ -125,13 +125,13 @@ def tool_cmd(config_path: Optional[str], name: str, json_args: str, overrides: t
     if problem:
         raise click.UsageError(f"tool '{name}': {problem}")
 
-    async def go() -> int:
+    async def call_once() -> int:
         async with toolbox:
             result = await toolbox.run(ToolCall(name, arguments))
         click.echo(result.content)
         return 1 if result.error else 0
 
-    sys.exit(asyncio.run(go()))
+    sys.exit(asyncio.run(call_once()))
 
 
 def print_step(step: Step) -> None:
@@ -156,29 +156,21 @@ def print_step(step: Step) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Append the trajectory to this JSONL file.")
 def run_cmd(config_path: Optional[str], question: str, overrides: tuple[str, ...], out: Optional[str]) -> None:
     """Run the agent once on QUESTION, streaming its steps."""
-    from webdancer.agent import Agent
+    from webdancer.agent import configured_agent
     from webdancer.jsonl import JsonlAppender
-    from webdancer.policies import build_policy
-    from webdancer.tools import ToolBox
 
     cfg = resolve_config(config_path, overrides)
-    policy = build_policy(cfg.policy.name, cfg.policy.options, cfg.model)
-    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
-
     sink = JsonlAppender(out) if out else None
     sample = 0
     if sink is not None:  # another run of the same question is the next sample, never a duplicate id
         while f"{stable_id(question)}:{sample}" in sink:
             sample += 1
 
-    async def go():
-        try:
-            async with toolbox:
-                return await Agent(policy, toolbox, cfg.agent).run(question, sample_index=sample, on_step=print_step)
-        finally:
-            await policy.aclose()
+    async def run_once():
+        async with configured_agent(cfg) as agent:
+            return await agent.run(question, sample_index=sample, on_step=print_step)
 
-    traj = asyncio.run(go())
+    traj = asyncio.run(run_once())
     click.secho(f"termination: {traj.termination}  turns: {len(traj.steps)}  time: {traj.elapsed_s:.1f}s", fg="cyan")
     if traj.error:
         click.secho(f"error: {traj.error}", fg="red", err=True)
@@ -254,12 +246,10 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
 
     from rich.progress import Progress, TextColumn
 
-    from webdancer.agent import Agent
+    from webdancer.agent import configured_agent
     from webdancer.jsonl import read_records
-    from webdancer.policies import build_policy
     from webdancer.records import QAItem
     from webdancer.sampling import sample
-    from webdancer.tools import ToolBox
 
     cfg = resolve_config(config_path, overrides)
     items = list(read_records(qa_file, QAItem))
@@ -267,8 +257,6 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
         raise click.UsageError(f"{qa_file} has no QA items")
     runs = n if n is not None else cfg.sample.n
     out_path = Path(out or cfg.run.dir / f"trajectories_{cfg.policy.name}.jsonl")
-    policy = build_policy(cfg.policy.name, cfg.policy.options, cfg.model)
-    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
 
     with Progress(TextColumn("{task.description}"), transient=False) as progress:
         task = progress.add_task("starting", total=None)
@@ -280,14 +268,11 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
                 f"{stats.tokens_per_s:.1f} tok/s  {dict(stats.terminations)}",
             )
 
-        async def go():
-            try:
-                async with toolbox:
-                    return await sample(Agent(policy, toolbox, cfg.agent), items, runs, out_path, cfg.agent.concurrency, show)
-            finally:
-                await policy.aclose()
+        async def sample_all():
+            async with configured_agent(cfg) as agent:
+                return await sample(agent, items, runs, out_path, cfg.agent.concurrency, show)
 
-        stats = asyncio.run(go())
+        stats = asyncio.run(sample_all())
         show(stats)
     click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
 
@@ -303,24 +288,20 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
     from rich.console import Console
     from rich.table import Table
 
-    from webdancer.config import validate_options
     from webdancer.filtering import filter_file, write_report
 
     cfg = resolve_config(config_path, overrides)
     out_path = Path(out or cfg.run.dir / "kept.jsonl")
-    judge = None
-    if cfg.filter.judge:
-        cls = get_plugins().get("rewards", "judge")
-        judge = cls(validate_options(cls.Config, {"model": cfg.filter.judge}, "filter.judge"))
+    judge = get_plugins().build("rewards", "judge", {"model": cfg.filter.judge}, "filter.judge") if cfg.filter.judge else None
 
-    async def go():
+    async def filter_all():
         try:
             return await filter_file(Path(traj_file), out_path, cfg.filter, judge)
         finally:
             if judge is not None:
                 await judge.aclose()
 
-    report = asyncio.run(go())
+    report = asyncio.run(filter_all())
     report_path = out_path.with_name(out_path.stem + "_report.json")
     write_report(report, report_path)
     table = Table(title=f"filter: {report.kept} kept of {report.total} (correctness: {report.correctness_method})")

@@ -15,6 +15,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from webdancer.errors import ConfigError
 
+# The paper's reward (format score + answer score): filtering, evaluation and both RL engines start from it.
+DEFAULT_REWARD_WEIGHTS = {"format": 0.1, "answer": 0.9}
+# `webdancer pipeline`'s stages, in the order they run.
+PIPELINE_STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl", "report")
+
 
 def one_of(*choices: str) -> Any:
     """A string field that takes one of `choices` (the first is the default), checked on load.
@@ -220,10 +225,7 @@ class RlConfig:
 class PipelineConfig:
     """`webdancer pipeline`: which stages run, in order, and the sizes of the small ones."""
 
-    stages: list[str] = field(
-        default_factory=lambda: ["web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl",
-                                 "report"]
-    )
+    stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
     eval_questions: int = 10  # CrawlQA questions held out of training, asked before and after SFT
     model_sample_questions: int = 4  # training questions rolled out by the model policy in `sample` (-1 = all)
     # The teacher for `sample` (ModelConfig fields: a hosted instruct or reasoning model); empty = `model`.
@@ -284,7 +286,7 @@ class WebdancerConfig:
     # Tool name -> that tool's options (for any tool, offered or not).
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Reward name -> weight, for scoring trajectories and RL.
-    rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "answer": 0.9})
+    rewards: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
     reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     web: WebConfig = field(default_factory=WebConfig)
     # Synthesizer name -> its options (see `webdancer synth NAME --help`).

@@ -8,6 +8,7 @@ from those two files each time).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
 from collections import Counter, defaultdict
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from webdancer.config import WebdancerConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, read_records
 from webdancer.records import QAItem, Trajectory
@@ -274,3 +276,56 @@ def render_comparison(runs: dict[str, dict[str, Any]]) -> str:
         out += [f"## By {key}", "", _table(rows, f"run / {key}"), ""]
     return "\n".join(out) + "\n"
 
+
+def default_eval_name(eval_file: str, cfg: WebdancerConfig) -> str:
+    who = cfg.policy.name if cfg.policy.name != "openai" else Path(cfg.model.model.rstrip("/")).name or "model"
+    return f"{Path(eval_file).stem}-{who}"
+
+
+def build_judge(cfg: WebdancerConfig) -> Optional[Reward]:
+    """The `judge` reward plugin on `eval.judge`, or None for the exact/F1 match fallback."""
+    if not cfg.eval.judge:
+        return None
+    from webdancer.plugins import get_plugins
+
+    return get_plugins().build("rewards", "judge", {"model": cfg.eval.judge, "prompt_file": cfg.eval.judge_prompt}, "eval.judge")
+
+
+def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None) -> dict:
+    """Sample k runs per question (resumable), score them, write the report; returns results.json's content."""
+    from webdancer.agent import configured_agent
+    from webdancer.evalsets import EvalSetError, load_eval_set
+    from webdancer.sampling import sample
+
+    items = load_eval_set(eval_file, fmt)
+    with_file = [item for item in items if item.provenance.get("file_name")]
+    if cfg.eval.attachments == "skip" and with_file:
+        items = [item for item in items if not item.provenance.get("file_name")]
+        if not items:
+            raise EvalSetError(f"{eval_file}: every question has an attached file; set eval.attachments=ask to ask them anyway")
+    run = EvalRun(cfg.run.dir / "eval" / name)
+    judge = build_judge(cfg)
+
+    async def sample_and_score() -> None:
+        try:
+            async with configured_agent(cfg) as agent:
+                await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update)
+            wanted = {item.id for item in items}
+            trajs = [t for t in run.load()[0] if t.question_id in wanted]
+            await score_trajectories(trajs, run.scores, judge, cfg.eval.f1_threshold, cfg.eval.judge_concurrency)
+        finally:
+            if judge is not None:
+                await judge.aclose()
+
+    asyncio.run(sample_and_score())
+    meta = {
+        "name": name,
+        "eval_file": str(eval_file),
+        "policy": cfg.policy.name,
+        "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
+        "judge": cfg.eval.judge.get("model", "?") if cfg.eval.judge else "none (exact match / token F1)",
+        "max_turns": cfg.agent.max_turns,
+        **({"attachments": f"{len(with_file)} questions with an attached file {'skipped' if cfg.eval.attachments == 'skip' else 'asked without the file'} (eval.attachments)"} if with_file else {}),
+        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_report(run, items, meta, cfg.eval.k)

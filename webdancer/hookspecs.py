@@ -1,8 +1,10 @@
-"""Every extension point of webdancer, in one place.
+"""The core's extension points: tools, rewards, synthesizers, rollout policies, CLI commands.
 
-Each hook receives a `register` callable; a plugin calls it once per component class it
-provides. Components are classes with a unique `name` attribute; registering a name that
-another plugin already registered is an error naming both plugins.
+Each `register_<kind>` hook receives a `register` callable; a plugin calls it once per component
+class it provides. Components are classes with a unique `name` attribute; registering a name that
+another plugin already registered is an error naming both plugins. A plugin that offers extension
+points of its own declares them the same way in its own `hookspecs` module (webdancer_web's
+search backends and page readers), and they become component kinds like these.
 """
 
 import pluggy
@@ -42,22 +44,6 @@ def register_policies(register):
 
     A policy produces the next assistant turn of a ReAct trajectory (a teacher LLM, an
     offline expert, ...); the agent loop is the same for all of them.
-    """
-
-
-@hookspec
-def register_search_backends(register):
-    """Register search backends (subclasses of `webdancer_web.search.SearchBackend`) for the `search` tool.
-
-    Selected by `tools.search.backend`; first-party: `local` (BM25 over the local web), `serper`.
-    """
-
-
-@hookspec
-def register_page_readers(register):
-    """Register page readers (subclasses of `webdancer_web.visit.PageReader`) for the `visit` tool.
-
-    A reader turns a URL into page text; selected by `tools.visit.reader`; first-party: `local`, `jina`.
     """
 
 

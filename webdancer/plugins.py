@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -13,7 +14,7 @@ from webdancer import hookspecs
 from webdancer.errors import PluginError
 
 ENTRY_POINT_GROUP = "webdancer"
-KINDS = ("tools", "rewards", "synthesizers", "policies", "search_backends", "page_readers")
+KINDS = ("tools", "rewards", "synthesizers", "policies")  # the core's; plugins may declare more (see hookspecs)
 
 
 @dataclass
@@ -22,7 +23,7 @@ class PluginInfo:
     distribution: str = ""
     version: str = ""
     error: str = ""
-    registers: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    registers: dict[str, list[str]] = field(default_factory=dict)
     commands: bool = False
 
 
@@ -49,14 +50,29 @@ class Plugins:
             except Exception as exc:  # a broken plugin must not take the CLI down with it
                 info.error = f"{type(exc).__name__}: {exc}"
                 continue
-            self.pm.register(module, name=ep.name)
+            self._add(module, ep.name)
+
+    def _add(self, module: ModuleType | object, name: str) -> None:
+        specs = getattr(module, "hookspecs", None)
+        if inspect.ismodule(specs) and specs is not hookspecs:  # a plugin's own extension points
+            self.pm.add_hookspecs(specs)
+        self.pm.register(module, name=name)
 
     def register(self, module: ModuleType | object, name: str | None = None) -> None:
         """Register an in-process plugin (tests, notebooks): the same path as entry points."""
         name = name or getattr(module, "__name__", None) or repr(module)
-        self.pm.register(module, name=name)
+        self._add(module, name)
         self.info.setdefault(name, PluginInfo(name))
         self._registry = None
+
+    @property
+    def kinds(self) -> list[str]:
+        """Component kinds: the core's, then those plugins declared (`register_<kind>(register)` hookspecs)."""
+        declared = sorted(
+            name[len("register_"):] for name, caller in vars(self.pm.hook).items()
+            if name.startswith("register_") and getattr(caller, "spec", None) is not None and "register" in caller.spec.argnames
+        )
+        return list(KINDS) + [k for k in declared if k not in KINDS]
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
@@ -64,10 +80,11 @@ class Plugins:
         self._registry = None
 
     def _collect(self) -> dict[str, dict[str, tuple[Any, str]]]:
-        registry: dict[str, dict[str, tuple[Any, str]]] = {k: {} for k in KINDS}
+        kinds = self.kinds
+        registry: dict[str, dict[str, tuple[Any, str]]] = {k: {} for k in kinds}
         for info in self.info.values():
-            info.registers = {k: [] for k in KINDS}
-        for kind in KINDS:
+            info.registers = {k: [] for k in kinds}
+        for kind in kinds:
             caller = getattr(self.pm.hook, f"register_{kind}")
             for impl in reversed(caller.get_hookimpls()):
                 plugin_name = impl.plugin_name
@@ -83,7 +100,7 @@ class Plugins:
                             f"uninstall one of them or rename the component"
                         )
                     registry[_kind][cname] = (component, _plugin)
-                    self.info.setdefault(_plugin, PluginInfo(_plugin)).registers[_kind].append(cname)
+                    self.info.setdefault(_plugin, PluginInfo(_plugin)).registers.setdefault(_kind, []).append(cname)
 
                 impl.function(register=register)
         for impl in self.pm.hook.register_commands.get_hookimpls():
@@ -97,10 +114,12 @@ class Plugins:
         return self._registry
 
     def components(self, kind: str) -> dict[str, Any]:
-        return {name: comp for name, (comp, _) in self.registry[kind].items()}
+        return {name: comp for name, (comp, _) in self.registry.get(kind, {}).items()}
 
     def get(self, kind: str, name: str) -> Any:
         """The component `name` of `kind`; an unknown name is an error listing what is installed."""
+        if kind not in self.registry:
+            raise PluginError(f"no plugin declares components of kind '{kind}' (kinds: {', '.join(self.registry)}); see `webdancer plugins`")
         entry = self.registry[kind].get(name)
         if entry is None:
             have = ", ".join(sorted(self.registry[kind])) or "none"
@@ -110,6 +129,19 @@ class Plugins:
                 hint = f"; plugins that failed to load: {', '.join(broken)} (see `webdancer plugins`)"
             raise PluginError(f"no {_singular(kind)} named '{name}' is registered (installed: {have}){hint}")
         return entry[0]
+
+    def options(self, kind: str, name: str, options: Any, where: str) -> Any:
+        """`options` checked against component `name`'s own `Config` dataclass (errors name `where`)."""
+        from webdancer.config import validate_options
+
+        return validate_options(self.get(kind, name).Config, options or {}, where)
+
+    def build(self, kind: str, name: str, options: Any, where: str, *args: Any) -> Any:
+        """Component `name` of `kind`, built from checked `options`: the one way config becomes a component.
+
+        `args` go to the constructor after the config (a policy's model endpoint).
+        """
+        return self.get(kind, name)(self.options(kind, name, options, where), *args)
 
     def describe(self) -> list[PluginInfo]:
         self.registry  # noqa: B018 - fills `registers`

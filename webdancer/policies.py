@@ -47,8 +47,6 @@ class Policy:
 
 
 def build_policy(name: str, options: dict[str, Any], model: ModelConfig, plugins: Any = None) -> Policy:
-    from webdancer.config import validate_options
     from webdancer.plugins import get_plugins
 
-    cls = (plugins or get_plugins()).get("policies", name)
-    return cls(validate_options(cls.Config, options, f"policy.options ({name})"), model)
+    return (plugins or get_plugins()).build("policies", name, options, f"policy.options ({name})", model)

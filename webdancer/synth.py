@@ -52,7 +52,6 @@ def synthesize(cfg: Any, name: str, out: Path, seed_file: str | None = None) -> 
     import asyncio
     import dataclasses
 
-    from webdancer.config import validate_options
     from webdancer.plugins import get_plugins
 
     cls = get_plugins().get("synthesizers", name)
@@ -64,7 +63,7 @@ def synthesize(cfg: Any, name: str, out: Path, seed_file: str | None = None) -> 
         options["crawl_store"] = str(cfg.run.dir / f"crawl_{name}.jsonl")
     if "search" in names and not options.get("search"):  # look things up where the agent's `search` does
         options["search"] = dict(cfg.tools.get("search") or {})
-    synth = cls(validate_options(cls.Config, options, f"synth.{name}"))
+    synth = get_plugins().build("synthesizers", name, options, f"synth.{name}")
     counts: dict[str, Any] = asyncio.run(run_synthesizer(synth, out))
     counts["dropped"] = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})
     return counts

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from webdancer.config import validate_options
 from webdancer.records import ToolCall, ToolResult
 
 
@@ -57,11 +56,7 @@ class ToolBox:
         from webdancer.plugins import get_plugins
 
         plugins = plugins or get_plugins()
-        tools = {}
-        for name in names:
-            tool_cls = plugins.get("tools", name)
-            tools[name] = tool_cls(validate_options(tool_cls.Config, tool_options.get(name) or {}, f"tools.{name}"))
-        return cls(tools, timeout_s)
+        return cls({name: plugins.build("tools", name, tool_options.get(name), f"tools.{name}") for name in names}, timeout_s)
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self.tools.values()]

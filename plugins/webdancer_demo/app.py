@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from webdancer.agent import Agent
 from webdancer.config import WebdancerConfig
 from webdancer.errors import WebdancerError
 from webdancer_demo.steps import Chat, closing_message, error_message, pending, step_messages
@@ -53,28 +52,18 @@ def describe_setup(cfg: WebdancerConfig, which: str = "") -> str:
 
 async def ask(question: str, cfg: WebdancerConfig) -> AsyncIterator[Chat]:
     """Yield the whole chat after every change: the question, then each step as it happens."""
-    from webdancer.policies import build_policy
-    from webdancer.tools import ToolBox
+    from webdancer.agent import configured_agent
 
     chat: Chat = [{"role": "user", "content": question}]
     if not question.strip():
         yield chat + [error_message("Type a question first.")]
         return
     yield chat
-    try:
-        policy = build_policy(cfg.policy.name, cfg.policy.options, cfg.model)
-        toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
-    except WebdancerError as exc:  # a missing key, an unknown tool or backend: say so in the page
-        yield chat + [error_message(f"Cannot start the agent: {exc}")]
-        return
     steps: asyncio.Queue = asyncio.Queue()
 
     async def run():
-        try:
-            async with toolbox:
-                return await Agent(policy, toolbox, cfg.agent).run(question, on_step=steps.put)
-        finally:
-            await policy.aclose()
+        async with configured_agent(cfg) as agent:
+            return await agent.run(question, on_step=steps.put)
 
     task = asyncio.ensure_future(run())
     done_steps = 0
@@ -93,6 +82,9 @@ async def ask(question: str, cfg: WebdancerConfig) -> AsyncIterator[Chat]:
             break
         try:
             traj = task.result()
+        except WebdancerError as exc:  # a missing key, an unknown tool or backend: the agent could not be built
+            yield chat + [error_message(f"Cannot start the agent: {exc}")]
+            return
         except Exception as exc:  # the agent records model and tool errors itself; this is the rest
             yield chat + [error_message(f"The agent stopped: {type(exc).__name__}: {exc}")]
             return

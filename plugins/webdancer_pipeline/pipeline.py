@@ -19,22 +19,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from webdancer.config import WebdancerConfig
+from webdancer.config import PIPELINE_STAGES, WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines, read_records
 from webdancer.records import QAItem
 from webdancer.typed import to_dict
 
-STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl", "report")
 DEFAULT_MODEL = "smollm2-135m"
 EVALS = ("before", "after", "after_rl")  # eval/<name>: the base model, after SFT, after RL
 
 
 class Pipeline:
     def __init__(self, cfg: WebdancerConfig, echo: Callable[[str], None] = print):
-        unknown = [s for s in cfg.pipeline.stages if s not in STAGES]
+        unknown = [s for s in cfg.pipeline.stages if s not in PIPELINE_STAGES]
         if unknown:
-            raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+            raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(PIPELINE_STAGES)}")
         self.cfg = cfg
         self.echo = echo
         self.dir = cfg.run.dir
@@ -160,24 +159,16 @@ class Pipeline:
         return {"eval": len(held), "train": len(train)}
 
     def _sample(self, policy_name: str, items: list[QAItem], out: Path, model=None) -> dict[str, Any]:
-        from webdancer.agent import Agent
-        from webdancer.policies import build_policy
+        from webdancer.agent import configured_agent
         from webdancer.sampling import sample
-        from webdancer.tools import ToolBox
 
         cfg = self.cfg
-        options = cfg.policy.options if policy_name == cfg.policy.name else {}
-        policy = build_policy(policy_name, options, model or cfg.model)
-        toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
 
-        async def go():
-            try:
-                async with toolbox:
-                    return await sample(Agent(policy, toolbox, cfg.agent), items, cfg.sample.n, out, cfg.agent.concurrency)
-            finally:
-                await policy.aclose()
+        async def sample_all():
+            async with configured_agent(cfg, policy_name, model) as agent:
+                return await sample(agent, items, cfg.sample.n, out, cfg.agent.concurrency)
 
-        stats = asyncio.run(go())
+        stats = asyncio.run(sample_all())
         return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations)}
 
     def stage_sample(self) -> dict[str, Any]:
@@ -216,7 +207,7 @@ class Pipeline:
         return summary
 
     def _eval(self, cfg: WebdancerConfig, name: str) -> dict[str, Any]:
-        from webdancer.cli_eval import run_eval
+        from webdancer.evaluation import run_eval
 
         results = run_eval(cfg, str(self.path("qa_eval.jsonl")), "qa", name)
         o = results["overall"]

@@ -12,33 +12,32 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from webdancer.config import DEFAULT_REWARD_WEIGHTS
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.rewards import Reward, RewardInput
 from webdancer.scoring import matches
 from webdancer.wire import final_turn, parse_assistant
 
-DEFAULT_WEIGHTS = {"format": 0.1, "answer": 0.9}
+
+def reward_weights(weights: Optional[dict[str, float]]) -> dict[str, float]:
+    """The weights to score with: the given ones, or the paper's when none are given."""
+    return dict(weights or DEFAULT_REWARD_WEIGHTS)
+
 _cache: dict[str, dict[str, Reward]] = {}
 
 
-def reward_config(name: str, options: dict[str, dict[str, Any]]) -> tuple[type[Reward], Any]:
-    """The reward plugin `name` and its options, validated (errors name `reward_options.<name>`)."""
-    from webdancer.config import validate_options
+def build_reward(name: str, options: dict[str, dict[str, Any]]) -> Reward:
+    """The reward plugin `name` built with `reward_options.<name>` (checked; errors name that key)."""
     from webdancer.plugins import get_plugins
 
-    cls = get_plugins().get("rewards", name)
-    return cls, validate_options(cls.Config, (options or {}).get(name) or {}, f"reward_options.{name}")
+    return get_plugins().build("rewards", name, (options or {}).get(name), f"reward_options.{name}")
 
 
 def build_rewards(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> dict[str, Reward]:
     """Reward plugins by name, built once per process and set of options."""
     key = json.dumps([sorted(weights), options], sort_keys=True, default=str)
     if key not in _cache:
-        built = {}
-        for name in weights:
-            cls, config = reward_config(name, options)
-            built[name] = cls(config)
-        _cache[key] = built
+        _cache[key] = {name: build_reward(name, options) for name in weights}
     return _cache[key]
 
 
@@ -52,7 +51,7 @@ async def compute_score(
     **_: Any,
 ) -> dict[str, float]:
     """{"score": weighted sum, <reward name>: its score, ...}: verl logs every key per step."""
-    weights = dict(weights or DEFAULT_WEIGHTS)
+    weights = reward_weights(weights)
     if not weights or any(w < 0 for w in weights.values()):
         raise ConfigError(f"reward weights must be non-negative and not all absent, got {weights}")
     extra_info = dict(extra_info or {})

@@ -19,7 +19,7 @@ from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
 from webdancer_rl.metrics import add_verl_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
-from webdancer_rl.reward import DEFAULT_WEIGHTS, reward_config
+from webdancer_rl.reward import reward_weights
 
 REWARD_MODULE = Path(__file__).with_name("reward.py")
 VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger, in verl's names; metrics.jsonl has ours
@@ -108,7 +108,7 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         pairs.append(("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", rl.micro_batch_size))
     out = [f"{k}={_value(v)}" for k, v in pairs]
     # Keys verl reads but does not declare: added with hydra's `+`.
-    weights = cfg.rewards or DEFAULT_WEIGHTS
+    weights = reward_weights(cfg.rewards)
     out += [f"+reward.custom_reward_function.reward_kwargs.weights.{name}={w}" for name, w in weights.items()]
     for name, options in (cfg.reward_options or {}).items():
         out += [f"+reward.custom_reward_function.reward_kwargs.options.{name}.{k}={_value(v)}" for k, v in options.items()]
@@ -133,12 +133,14 @@ def gpu_visible() -> bool:
 
 def check_rewards(cfg: WebdancerConfig) -> None:
     """Validate `rewards` and `reward_options` here, before an engine starts, not in its reward workers."""
-    weights = cfg.rewards or DEFAULT_WEIGHTS
+    weights = reward_weights(cfg.rewards)
     for name in cfg.reward_options or {}:
         if name not in weights:
             raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
+    from webdancer.plugins import get_plugins
+
     for name in weights:
-        reward_config(name, cfg.reward_options)
+        get_plugins().options("rewards", name, (cfg.reward_options or {}).get(name), f"reward_options.{name}")
     metrics = ["score", "reward", *weights]
     if cfg.rl.filter_groups and cfg.rl.filter_groups_metric not in metrics:
         raise ConfigError(f"rl.filter_groups_metric={cfg.rl.filter_groups_metric!r} is not a score of this run; choose one of {', '.join(metrics)}")

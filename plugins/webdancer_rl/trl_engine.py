@@ -27,7 +27,7 @@ from webdancer.errors import ConfigError, WebdancerError
 from webdancer.tools import ToolBox
 from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line
 from webdancer_rl.prepare import read_rows
-from webdancer_rl.reward import DEFAULT_WEIGHTS, compute_score, overlong_penalty
+from webdancer_rl.reward import compute_score, overlong_penalty, reward_weights
 from webdancer_rl.rollout import ChatTokens, Generate, RolloutLimits, RolloutTimes, run_rollouts
 
 # verl's loss_agg_mode -> TRL's loss_type (same aggregation of the token losses).
@@ -50,7 +50,7 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
     if mini % micro:
         raise ConfigError(f"rl.micro_batch_size ({micro}) must divide the rollouts of a mini-batch "
                           f"(rl.ppo_mini_batch_size x rl.n_rollouts = {mini})")
-    weights = reward_weights(cfg)
+    weights = trl_reward_weights(cfg)
     settings: dict[str, Any] = {
         "output_dir": str(out_dir / "checkpoints"),
         "num_generations": rl.n_rollouts,
@@ -84,9 +84,9 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
     return settings
 
 
-def reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
+def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
     """One TRL reward function per reward plugin (so each is logged) plus DAPO's overlong penalty, weight 1."""
-    weights = dict(cfg.rewards or DEFAULT_WEIGHTS)
+    weights = reward_weights(cfg.rewards)
     if OVERLONG in weights:
         raise ConfigError(f"'{OVERLONG}' is reserved for the overlong penalty (rl.overlong_buffer); rename that reward")
     return {**weights, OVERLONG: 1.0}
@@ -167,7 +167,7 @@ class WebdancerRollouts:
         self.chat = ChatTokens(tokenizer)
         self.limits = RolloutLimits.from_config(cfg.rl)
         self.rows = {prompt_key(r["prompt"]): r for r in rows}
-        self.weights = dict(cfg.rewards or DEFAULT_WEIGHTS)
+        self.weights = reward_weights(cfg.rewards)
         self.toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
         self.generate: Optional[Generate] = None
         self.last: dict[str, float] = {}
@@ -286,7 +286,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     loop = BackgroundLoop()
     rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop)
-    names = list(reward_weights(cfg))
+    names = list(trl_reward_weights(cfg))
     checkpoints = complete_checkpoints(out_dir / "checkpoints")
     resume = checkpoints[-1] if checkpoints else None
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0

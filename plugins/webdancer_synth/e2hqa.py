@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
-from webdancer.config import validate_options
 from webdancer.errors import ConfigError
 from webdancer.jsonl import read_records
 from webdancer.prompt_template import PromptTemplate
@@ -78,7 +77,7 @@ class E2HQA(Synthesizer):
         self.gate = QualityGate()
 
     async def generate(self) -> AsyncIterator[QAItem]:
-        from webdancer_web.search import SearchConfig, SearchTool
+        from webdancer.plugins import get_plugins
 
         cfg = self.config
         if not cfg.seed_file:
@@ -88,7 +87,8 @@ class E2HQA(Synthesizer):
         seeds = list(read_records(cfg.seed_file, QAItem))
         if cfg.limit:
             seeds = seeds[: cfg.limit]
-        tool = SearchTool(validate_options(SearchConfig, cfg.search, "synth.e2hqa.search"))
+        # The registered `search` tool, as the agent gets it; its backend answers with structured hits.
+        tool = get_plugins().build("tools", "search", cfg.search, "synth.e2hqa.search")
         client = make_client(cfg.llm, "synth.e2hqa.llm")
         template = PromptTemplate.from_file(cfg.prompt_file, fields=("entity", "question", "evidence"), optional=("answer",)) if client else None
         try:

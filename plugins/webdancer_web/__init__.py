@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from webdancer import hookimpl
+from webdancer_web import hookspecs  # noqa: F401  (the plugin's own extension points; the registry adds them)
 
 
 @hookimpl

@@ -25,7 +25,7 @@ def register_search_backends(register):
 
 @hookimpl
 def register_page_readers(register):
-    from webdancer_web.visit import JinaReader, LocalReader
+    from webdancer_web.readers import JinaReader, LocalReader
 
     register(LocalReader)
     register(JinaReader)

@@ -13,7 +13,7 @@ def register_search_backends(register):
 
 @hookspec
 def register_page_readers(register):
-    """Register page readers (subclasses of `webdancer_web.visit.PageReader`) for the `visit` tool.
+    """Register page readers (subclasses of `webdancer_web.readers.PageReader`) for the `visit` tool.
 
     A reader turns a URL into page text; selected by `tools.visit.reader`; first-party: `local`, `jina`.
     """

@@ -64,7 +64,8 @@ def adapter_rows() -> list[Row]:
     from webdancer_web.build import build_web
     from webdancer_web.server import LocalWebServer
 
-    from webdancer.config import SiteConfig, WebConfig, load_config
+    from webdancer.config import SiteConfig, WebConfig
+    from webdancer.config_loader import load_config
     from webdancer.tools import ToolBox
 
     tmp = Path(tempfile.mkdtemp())

@@ -52,7 +52,8 @@ async def tokens_per_s(base_url: str, model: str, concurrency: int, rounds: int 
 
 async def agent_trajectories(base_url: str, model: str, web_port: int, n: int = 3) -> tuple[float, float]:
     from webdancer.agent import Agent
-    from webdancer.config import AgentConfig, ModelConfig, load_config
+    from webdancer.config import AgentConfig, ModelConfig
+    from webdancer.config_loader import load_config
     from webdancer.policies import build_policy
     from webdancer.tools import ToolBox
 

@@ -100,7 +100,7 @@ def expert_trajectories(local_web, tmp_path_factory):
     from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
 
     from webdancer.agent import configured_agent
-    from webdancer.config import load_config
+    from webdancer.config_loader import load_config
     from webdancer.jsonl import read_records
     from webdancer.records import QAItem
     from webdancer.sampling import sample

@@ -2,8 +2,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from webdancer.config import WebdancerConfig, load_config, read_secret, validate_options
+from webdancer.config import WebdancerConfig
+from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError
+from webdancer.keys import read_secret
+from webdancer.options import validate_options
 
 
 def write(tmp_path, name, text):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from conftest import ROOT, free_port
 
-from webdancer.config import load_config
+from webdancer.config_loader import load_config
 from webdancer.records import ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.wire import render_assistant

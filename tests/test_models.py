@@ -9,7 +9,8 @@ from webdancer_models.export import export_model
 from webdancer_models.serve import ServerProcess, port_in_use, served_model_name, sglang_command, start_server, transformers_command
 
 from webdancer.agent import Agent
-from webdancer.config import AgentConfig, ModelConfig, ServeConfig, load_config
+from webdancer.config import AgentConfig, ModelConfig, ServeConfig
+from webdancer.config_loader import load_config
 from webdancer.errors import WebdancerError
 from webdancer.policies import build_policy
 from webdancer.records import ToolCall

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from webdancer.cli import cli
-from webdancer.config import load_config
+from webdancer.config_loader import load_config
 from webdancer.errors import WebdancerError
 from webdancer.plugins import get_plugins
 from webdancer.records import QAItem, ToolCall

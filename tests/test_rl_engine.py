@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from webdancer.agent import Agent
 from webdancer.cli import cli
-from webdancer.config import AgentConfig, ModelConfig, load_config
+from webdancer.config import AgentConfig, ModelConfig
+from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError
 from webdancer.plugins import get_plugins
 from webdancer.policies import build_policy

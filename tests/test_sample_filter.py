@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from webdancer.agent import Agent
 from webdancer.cli import cli
-from webdancer.config import AgentConfig, FilterConfig, ModelConfig, load_config
+from webdancer.config import AgentConfig, FilterConfig, ModelConfig
+from webdancer.config_loader import load_config
 from webdancer.filtering import filter_file, quality_problem, validity_problem
 from webdancer.jsonl import JsonlAppender, read_records
 from webdancer.policies import build_policy

@@ -23,7 +23,7 @@ def installed(tmp_path_factory):
         check=True,
         capture_output=True,
     )
-    env = dict(os.environ, PYTHONPATH=str(target))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p))
     return env
 
 

@@ -9,7 +9,8 @@ from webdancer_web.visit import VisitConfig, VisitTool
 from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
 
 from webdancer.agent import Agent
-from webdancer.config import AgentConfig, ModelConfig, load_config
+from webdancer.config import AgentConfig, ModelConfig
+from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError
 from webdancer.jsonl import iter_json_lines
 from webdancer.policies import build_policy

@@ -13,7 +13,8 @@ import click
 
 from webdancer import __version__
 from webdancer.cli_eval import eval_group
-from webdancer.config import WebdancerConfig, config_to_yaml, load_config
+from webdancer.config import WebdancerConfig
+from webdancer.config_loader import config_to_yaml, load_config
 from webdancer.errors import WebdancerError
 from webdancer.plugins import get_plugins
 from webdancer.records import Step, ToolCall, stable_id

@@ -25,7 +25,7 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from webdancer.config import load_config
+    from webdancer.config_loader import load_config
     from webdancer.evaluation import default_eval_name, run_eval
 
     cfg = load_config(config_path, overrides)

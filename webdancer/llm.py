@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from webdancer.config import ModelConfig, read_secret
+from webdancer.config import ModelConfig
 from webdancer.errors import ModelError
 from webdancer.http import CorePool, RawResponse, RetriesExhausted, Retry, ShardedAsyncClient, with_retries
+from webdancer.keys import read_secret
 from webdancer.records import Message, Usage
 
 log = logging.getLogger("webdancer.llm")

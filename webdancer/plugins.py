@@ -132,7 +132,7 @@ class Plugins:
 
     def options(self, kind: str, name: str, options: Any, where: str) -> Any:
         """`options` checked against component `name`'s own `Config` dataclass (errors name `where`)."""
-        from webdancer.config import validate_options
+        from webdancer.options import validate_options
 
         return validate_options(self.get(kind, name).Config, options or {}, where)
 

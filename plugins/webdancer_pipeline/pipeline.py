@@ -177,7 +177,8 @@ class Pipeline:
         out = {"expert": self._sample("expert", train, self.path("trajectories_expert.jsonl"))}
         k = self.cfg.pipeline.model_sample_questions
         if k != 0:
-            from webdancer.config import ModelConfig, validate_options
+            from webdancer.config import ModelConfig
+            from webdancer.options import validate_options
 
             teacher = self.cfg.pipeline.teacher
             model = validate_options(ModelConfig, teacher, "pipeline.teacher") if teacher else None

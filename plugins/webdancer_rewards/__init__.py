@@ -70,8 +70,9 @@ class JudgeReward(Reward):
 
     def __init__(self, config: JudgeRewardConfig | None = None):
         super().__init__(config)
-        from webdancer.config import ModelConfig, validate_options
+        from webdancer.config import ModelConfig
         from webdancer.llm import ChatClient
+        from webdancer.options import validate_options
 
         if not self.config.model:
             raise ConfigError("the judge reward needs a model: set its options' model: {base_url, model, api_key_env}")

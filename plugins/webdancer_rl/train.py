@@ -13,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from webdancer.config import WebdancerConfig, config_to_yaml
+from webdancer.config import WebdancerConfig
+from webdancer.config_loader import config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script

@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from webdancer.config import WebdancerConfig, load_config
+from webdancer.config import WebdancerConfig
+from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.tools import ToolBox
 from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line

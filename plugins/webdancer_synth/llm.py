@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from webdancer.config import ModelConfig, validate_options
+from webdancer.config import ModelConfig
 from webdancer.errors import WebdancerError
 from webdancer.llm import ChatClient, parse_json_object
+from webdancer.options import validate_options
 from webdancer.records import Message
 
 

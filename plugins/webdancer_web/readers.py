@@ -12,9 +12,9 @@ from urllib.parse import urljoin
 
 import httpx
 
-from webdancer.config import read_secret
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import atomic_write_text
+from webdancer.keys import read_secret
 from webdancer.typed import from_dict
 from webdancer_web.extract import extract
 from webdancer_web.guard import refusal

@@ -10,9 +10,9 @@ from typing import Any, ClassVar, Optional
 
 import httpx
 
-from webdancer.config import read_secret
 from webdancer.errors import WebdancerError
 from webdancer.http import RetriesExhausted, Retry, with_retries
+from webdancer.keys import read_secret
 from webdancer.tools import Tool
 from webdancer_web.index import Hit, LocalIndex
 

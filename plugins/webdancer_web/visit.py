@@ -60,7 +60,7 @@ class VisitTool(Tool):
 
     def __init__(self, config: Optional[VisitConfig] = None, plugins: Any = None):
         super().__init__(config)
-        from webdancer.config import validate_options
+        from webdancer.options import validate_options
         from webdancer.plugins import get_plugins
 
         reader_cls = (plugins or get_plugins()).get("page_readers", self.config.reader)

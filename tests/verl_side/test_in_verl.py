@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from webdancer.config import load_config
+from webdancer.config_loader import load_config
 from webdancer.records import QAItem, ToolCall
 from webdancer.wire import render_assistant
 

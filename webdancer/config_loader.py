@@ -1,0 +1,113 @@
+"""Loading the config: omegaconf YAML with `defaults:` composition and `key=value` overrides, checked into the dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from webdancer.config import WebdancerConfig
+from webdancer.errors import ConfigError
+from webdancer.options import closest_keys
+
+
+def _fields_at(schema: type, dotted: str) -> list[str]:
+    """The field names of the dataclass holding the last key of `dotted` inside `schema`."""
+    import typing
+
+    cls: Any = schema
+    for part in [p for p in dotted.split(".") if p][:-1]:
+        if not dataclasses.is_dataclass(cls):
+            return []
+        cls = typing.get_type_hints(cls).get(part)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Load `path`, merging the files its `defaults:` list names (relative to it) underneath it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'defaults' includes itself through {' -> '.join(str(p) for p in seen)}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    includes = data.pop("defaults", []) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    merged = OmegaConf.create()
+    for inc in includes:
+        if not isinstance(inc, str):
+            raise ConfigError(f"{path}: 'defaults' entries must be file paths, got {inc!r}")
+        merged = OmegaConf.merge(merged, _load_yaml(path.parent / inc, seen + (path,)))
+    return OmegaConf.merge(merged, OmegaConf.create(data))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), schema: type = WebdancerConfig) -> Any:
+    """Compose defaults <- YAML file(s) <- `key=value` overrides, validated into `schema`."""
+    base = OmegaConf.structured(schema)
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        layers.append((str(path), _load_yaml(Path(path))))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. agent.max_turns=10)")
+    if overrides:
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"command-line overrides: {exc}") from None
+    merged = base
+    for source, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except ConfigKeyError as exc:
+            key = exc.full_key or str(exc.key)
+            last = key.split(".")[-1]
+            raise ConfigError(f"{source}: unknown config key '{key}'; {closest_keys(last, _fields_at(schema, key))}") from None
+        except ValidationError as exc:
+            key = exc.full_key or str(exc.key)
+            raise ConfigError(f"{source}: bad value for '{key}': {str(exc).splitlines()[0]}") from None
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "")
+        raise ConfigError(f"config: '{key}': {str(exc).splitlines()[0]}") from None
+    _check_choices(cfg, "")
+    if isinstance(cfg, WebdancerConfig):
+        _link_web_tools(cfg)
+    return cfg
+
+
+def _check_choices(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"bad value for '{prefix}{f.name}': {value!r}; choose one of {', '.join(choices)}")
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+
+
+def _link_web_tools(cfg: WebdancerConfig) -> None:
+    """The web tools default to the configured offline web, so `web.root`/`web.port` are set in one place."""
+    search = cfg.tools.setdefault("search", {})
+    search.setdefault("web_root", cfg.web.root)
+    visit = cfg.tools.setdefault("visit", {})
+    visit.setdefault("local_sites", [f"{cfg.web.host}:{cfg.web.port}"])
+
+
+def config_to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

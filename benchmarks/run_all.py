@@ -1,12 +1,19 @@
-"""Run every benchmark and print one table of ratios with the targets beside them."""
+"""Run every benchmark and print one table of ratios with the targets beside them.
+
+    python benchmarks/run_all.py [--write]     # --write: also (re)write benchmarks/README.md from this run
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from _common import Row
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py",
@@ -31,7 +38,26 @@ def main() -> int:
         print(f"{r['benchmark']:<18} {r['metric']:<38} {r['value']:>10.3f} {r['unit']:<8} {r['ratio']:>8.3f}  {r['ratio_meaning']:<30} {r['target']:<16} {'yes' if r['ok'] else 'NO'}")
     for f in failed:
         print(f"FAILED {f}")
+    if "--write" in sys.argv[1:]:
+        (HERE / "README.md").write_text(readme([Row(**r) for r in rows], failed), encoding="utf-8")
+        print(f"wrote {HERE / 'README.md'}")
     return 1 if failed else 0
+
+
+def readme(rows: list[Row], failed: list[str]) -> str:
+    """benchmarks/README.md: this run's table, where and when it ran."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    lines = ["# Benchmarks", "",
+             f"Written by `python benchmarks/run_all.py --write` on {dt.date.today().isoformat()}: {os.cpu_count()} cores ({cpu}), "
+             f"Python {platform.python_version()}. Every ratio is measured within one run of its script (ours against a "
+             "baseline or a limit in the same process and moment); machines are shared and noisy, so rerun before comparing.", "",
+             "| benchmark | metric | value | ratio | ratio is | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.benchmark} | {r.metric} | {r.value:.3f} {r.unit} | {r.ratio:.3f} | {r.ratio_meaning} | {r.target} | "
+                     f"{'yes' if r.ok else '**no**'} |")
+    lines += [""] + [f"- failed to run: {f}" for f in failed]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 if __name__ == "__main__":

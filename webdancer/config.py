@@ -21,6 +21,8 @@ def one_of(*choices: str) -> Any:
 
 @dataclass
 class RunConfig:
+    """Where a run's files go: `root/name/` (runs/<name>/)."""
+
     name: str = "default"
     root: str = "runs"
 
@@ -34,46 +36,48 @@ class ModelConfig:
     """An OpenAI-compatible chat endpoint; the key is read from the env var named here, never stored."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "webdancer-tiny"
-    api_key_env: Optional[str] = None
+    model: str = "webdancer-tiny"  # the `model` value sent (transformers serve: the folder it serves)
+    api_key_env: Optional[str] = None  # the environment variable holding the key (none for local servers)
     timeout_s: float = 120.0
-    max_retries: int = 4
+    max_retries: int = 4  # on 408/409/425/429/5xx and connection errors, with jittered backoff
     backoff_s: float = 0.5
     temperature: float = 0.6
     top_p: float = 0.95
-    max_tokens: int = 1024
-    stop: list[str] = field(default_factory=lambda: ["<tool_response>"])
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int = 1024  # per model turn
+    stop: list[str] = field(default_factory=lambda: ["<tool_response>"])  # a model writing its own observation stops there
+    extra_body: dict[str, Any] = field(default_factory=dict)  # sent as is (e.g. chat_template_kwargs)
 
 
 @dataclass
 class AgentConfig:
+    """The ReAct loop: turns, context budget, the tools offered, concurrency."""
+
     max_turns: int = 20
-    max_context_tokens: int = 32768
+    max_context_tokens: int = 32768  # older observations are blanked to fit; the system prompt never is
     # The tools offered to the model, in this order; their options live under `tools.<name>`.
     tools: list[str] = field(default_factory=lambda: ["search", "visit"])
     tool_timeout_s: float = 60.0
-    concurrency: int = 8
-    system_prompt_file: Optional[str] = None
-    current_date: Optional[str] = None
+    concurrency: int = 8  # trajectories in flight (sampling, eval)
+    system_prompt_file: Optional[str] = None  # your own system prompt (placeholder {date}); empty: the packaged one
+    current_date: Optional[str] = None  # the date the prompt states (empty: today); fix it for reproducible runs
 
 
 @dataclass
 class ComponentConfig:
     """Names a registered component (policy, reward, ...) and passes it its own options."""
 
-    name: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # a registered name (`webdancer plugins`)
+    options: dict[str, Any] = field(default_factory=dict)  # checked against the component's own options
 
 
 @dataclass
 class SiteConfig:
     """One local site, served under /<name>/ by `webdancer web serve`."""
 
-    name: str = ""
+    name: str = ""  # the URL prefix /<name>/
     # html_dir: a folder of real HTML pages (Debian python3-doc); foldoc: the dictd files of dict-foldoc.
     kind: str = "html_dir"
-    source: str = ""
+    source: str = ""  # the folder the pages come from
     max_pages: int = 0  # 0 = all
 
 
@@ -81,7 +85,7 @@ class SiteConfig:
 class WebConfig:
     """The offline web: built into `root`, served on host:port (stable URLs depend on the port)."""
 
-    root: str = ".webdancer/web"
+    root: str = ".webdancer/web"  # pages.jsonl, the BM25 index, the manifest
     host: str = "127.0.0.1"
     port: int = 8765
     sites: list[SiteConfig] = field(
@@ -103,20 +107,22 @@ class ServeConfig:
     # transformers: `transformers serve` on CPU; sglang: `python -m sglang.launch_server` on GPU;
     # external: an OpenAI-compatible server someone else runs (only health-checked).
     backend: str = "transformers"
-    model_path: str = ".webdancer/models/smollm2-135m"
+    model_path: str = ".webdancer/models/smollm2-135m"  # a Hugging Face model folder
     host: str = "127.0.0.1"
     port: int = 8000
-    external_url: str = ""
-    served_model_name: str = ""
-    tensor_parallel: int = 1
-    context_length: int = 8192
-    mem_fraction_static: float = 0.85
-    health_timeout_s: float = 300.0
-    extra_args: list[str] = field(default_factory=list)
+    external_url: str = ""  # backend external: its OpenAI-compatible base URL
+    served_model_name: str = ""  # sglang: the name clients send (default: the model path)
+    tensor_parallel: int = 1  # sglang --tp
+    context_length: int = 8192  # sglang --context-length
+    mem_fraction_static: float = 0.85  # sglang --mem-fraction-static
+    health_timeout_s: float = 300.0  # how long to wait for the server to become healthy
+    extra_args: list[str] = field(default_factory=list)  # appended to the server command
 
 
 @dataclass
 class SampleConfig:
+    """`webdancer sample`: rollouts per question."""
+
     n: int = 1  # rollouts per question (rejection sampling)
 
 
@@ -124,12 +130,12 @@ class SampleConfig:
 class FilterConfig:
     """The three-stage trajectory filter: validity, correctness, quality."""
 
-    max_turns: int = 20
-    max_chars: int = 200_000
-    max_thought_chars: int = 6000
+    max_turns: int = 20  # validity: more turns than this is a loop
+    max_chars: int = 200_000  # validity: a longer trajectory is dropped
+    max_thought_chars: int = 6000  # quality: a longer thought is rambling
     # correctness: judge when `judge` names a model, else normalized exact match / containment / token F1.
     judge: dict[str, Any] = field(default_factory=dict)
-    f1_threshold: float = 0.8
+    f1_threshold: float = 0.8  # token F1 that counts as a match without a judge
     # The shortest correct trajectories kept per question (0 = all that pass).
     keep_per_question: int = 1
 
@@ -138,11 +144,11 @@ class FilterConfig:
 class EvalConfig:
     """`webdancer eval`: k runs per question, judged by an LLM when `judge` names a model."""
 
-    k: int = 1
+    k: int = 1  # runs per question (Pass@1 is their mean, Pass@k the unbiased estimate)
     # An OpenAI-compatible judge (ModelConfig fields: base_url, model, api_key_env); empty = exact/F1 match.
     judge: dict[str, Any] = field(default_factory=dict)
     judge_prompt: str = ""  # empty: the judge reward's packaged prompt
-    f1_threshold: float = 0.8
+    f1_threshold: float = 0.8  # token F1 that counts as a match when there is no judge (or it fails)
     judge_concurrency: int = 8
     # GAIA questions with an attached file: skip them (the text-only subset the WebDancer paper
     # reports), or ask them anyway (the agent cannot open the file; it must find the answer on the web).
@@ -160,48 +166,48 @@ class RlConfig:
     model_path: str = ""  # default: the SFT checkpoint runs/<run>/sft if it exists, else sft.model_path
     data_dir: str = ""  # default runs/<run>/rl_data (train.parquet, val.parquet, tool_config.yaml, agent_loops.yaml)
     output_dir: str = ""  # default runs/<run>/rl (checkpoints, train.log, command.sh)
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # questions kept for validation (by a hash of their id, so a rerun moves none)
     # Train on this many of the training questions (0: all), chosen by a hash of their ids: a small set seen
     # every few steps makes the reward of early and late steps comparable (the CPU learning-signal run).
     train_questions: int = 0
     # DAPO (Yu et al. 2025): group sampling, decoupled clip (clip-higher), dynamic sampling that
     # drops groups whose rollouts all score the same, token-level loss, overlong reward shaping, no KL.
     adv_estimator: str = "grpo"
-    n_rollouts: int = 8
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.28
-    loss_agg_mode: str = "token-mean"
-    filter_groups: bool = True
+    n_rollouts: int = 8  # rollouts per question: the group advantages are relative to
+    clip_ratio_low: float = 0.2  # PPO clip below 1 (TRL: epsilon)
+    clip_ratio_high: float = 0.28  # clip-higher above 1 (TRL: epsilon_high)
+    loss_agg_mode: str = "token-mean"  # token-mean (TRL: dapo), seq-mean-token-mean (grpo), seq-mean-token-sum-norm (dr_grpo)
+    filter_groups: bool = True  # dynamic sampling: a group without spread is not trained on
     # The compute_score key whose spread decides a group: `score` (weighted rewards), `reward` (score + overlong
     # penalty, verl's canonical reward) or one reward's name.
     filter_groups_metric: str = "score"
-    max_num_gen_batches: int = 10
+    max_num_gen_batches: int = 10  # verl: batches drawn to replace dropped groups before it gives up
     overlong_buffer: int = 512  # tokens before the response limit where the length penalty ramps up (0 = off)
-    overlong_penalty: float = 1.0
+    overlong_penalty: float = 1.0  # the penalty at the response limit
     use_kl_loss: bool = False
-    kl_loss_coef: float = 0.001
+    kl_loss_coef: float = 0.001  # when use_kl_loss (TRL: beta)
     train_batch_size: int = 32  # questions per step (each rolled out n_rollouts times)
     ppo_mini_batch_size: int = 16  # questions per optimizer update (train_batch_size / this = updates per step)
     micro_batch_size: int = 0  # rollouts per forward/backward pass, gradients accumulated (0: a whole mini-batch at once)
     learning_rate: float = 1e-6
-    max_prompt_length: int = 4096
-    max_response_length: int = 8192
-    max_turns: int = 8
+    max_prompt_length: int = 4096  # tokens of the first prompt (system + question + tool list)
+    max_response_length: int = 8192  # tokens of a whole rollout after the prompt, observations included
+    max_turns: int = 8  # model turns per rollout
     max_turn_tokens: int = 0  # new tokens one turn may generate (0: the whole remaining response budget)
     max_tool_response_length: int = 4096  # characters of a tool observation, cut as verl cuts them
     tool_response_truncate_side: str = one_of("middle", "left", "right")
-    temperature: float = 1.0
+    temperature: float = 1.0  # rollout sampling
     top_p: float = 1.0
-    rollout_engine: str = "sglang"
-    tensor_parallel: int = 1
-    gpu_memory_utilization: float = 0.6
+    rollout_engine: str = "sglang"  # verl's rollout server (sglang, vllm)
+    tensor_parallel: int = 1  # verl rollout tensor parallelism
+    gpu_memory_utilization: float = 0.6  # verl rollout server's share of GPU memory
     n_gpus_per_node: int = 1
     nnodes: int = 1
-    total_training_steps: int = 5
+    total_training_steps: int = 5  # steps: one generated batch of train_batch_size questions each
     save_freq: int = -1  # steps between checkpoints (-1: verl saves none midway; TRL saves at the end)
     test_freq: int = -1
     seed: int = 1
-    logger: list[str] = field(default_factory=lambda: ["console"])
+    logger: list[str] = field(default_factory=lambda: ["console"])  # verl's trainer.logger (file is always added)
     # Raw verl overrides (`key=value`, hydra syntax) appended last: anything verl has that is not above.
     extra: list[str] = field(default_factory=list)
     # TRL GRPOConfig fields set last, by name (checked against the installed TRL): anything TRL has that is not above.
@@ -233,7 +239,7 @@ class DemoConfig:
 
     host: str = "127.0.0.1"
     port: int = 7860
-    title: str = "WebDancer"
+    title: str = "WebDancer"  # the page's heading
     # QA JSONL whose questions are offered as examples (the embedded default's questions by default).
     examples_file: str = "configs/quickstart_questions.jsonl"
     # A run folder whose most trained model (after RL, else after SFT) the demo uses instead of serve.model_path,
@@ -248,7 +254,7 @@ class SftConfig:
     """SFT with LLaMA-Factory: what goes into the YAML `webdancer sft train` writes."""
 
     model_path: str = ".webdancer/models/smollm2-135m"
-    # LLaMA-Factory template: `qwen` renders the wire format for ChatML models (SmolLM2, Qwen2.5).
+    # LLaMA-Factory template: `qwen` renders the wire format for ChatML models (SmolLM2, Qwen2.5, QwQ, Qwen3; tested).
     template: str = "qwen"
     finetuning_type: str = one_of("full", "lora", "freeze")
     lora_rank: int = 8

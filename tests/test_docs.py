@@ -1,0 +1,40 @@
+"""docs/cli.md and docs/config.md are generated from the code; they must match what it generates now."""
+
+from conftest import ROOT
+
+from webdancer.cli import cli
+from webdancer.config import WebdancerConfig
+from webdancer.docgen import cli_reference, config_reference, field_notes
+from webdancer.plugins import Plugins
+
+HOW = "regenerate them: .venv/bin/python scripts/gen_docs.py"
+
+
+def test_cli_and_config_references_are_current():
+    plugins = Plugins()  # the installed plugins, without the tests' in-process ones
+    plugins.add_commands(cli)
+    assert (ROOT / "docs" / "cli.md").read_text() == cli_reference(cli), f"docs/cli.md is stale: {HOW}"
+    assert (ROOT / "docs" / "config.md").read_text() == config_reference(WebdancerConfig, plugins), f"docs/config.md is stale: {HOW}"
+
+
+def test_the_references_cover_every_command_and_key():
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for command in ("webdancer rl train", "webdancer sft export", "webdancer eval run", "webdancer pipeline", "webdancer model template"):
+        assert f"## {command}\n" in text
+    config = (ROOT / "docs" / "config.md").read_text()
+    for key in ("`rl.engine`", "`rl.max_turn_tokens`", "`sft.template`", "`pipeline.rl_port`", "`tools.visit` ", "`reward_options.answer`"):
+        assert key in config or key.strip() in config
+
+
+def test_field_notes_read_the_comments_beside_and_above_a_field():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Example:
+        # above, first line
+        # above, second line
+        a: int = 1
+        b: str = "x"  # beside
+        c: int = 0
+
+    assert field_notes(Example) == {"a": "above, first line above, second line", "b": "beside"}

@@ -26,7 +26,9 @@ def cli_reference(cli: click.Group) -> str:
            "`webdancer COMMAND --help` prints the same.", ""]
 
     def walk(cmd: click.Command, path: list[str], parent: click.Context | None) -> None:
-        ctx = click.Context(cmd, info_name=path[-1], parent=parent, max_content_width=WIDTH, terminal_width=WIDTH)
+        # The command's own context settings (e.g. `-h` for help), as when it really runs.
+        ctx = click.Context(cmd, info_name=path[-1], parent=parent, **{**cmd.context_settings, "max_content_width": WIDTH,
+                                                                        "terminal_width": WIDTH})
         out.extend([f"## {' '.join(path)}", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""])
         if isinstance(cmd, click.Group):
             for name in cmd.list_commands(ctx):

@@ -144,12 +144,12 @@ def test_guard_stops_on_nan_and_warns_once_on_drift():
 
     warnings = []
     guard = Guard(valid_turn_drop=0.3, length_growth=2.0, warn=warnings.append)
-    guard.check({"step": 1, "loss": 0.1, "valid_turn_rate": 0.9, "response_length/mean": 400}, "")
-    guard.check({"step": 2, "loss": 0.1, "valid_turn_rate": 0.5, "response_length/mean": 900}, "")
-    guard.check({"step": 3, "loss": 0.1, "valid_turn_rate": 0.4, "response_length/mean": 950}, "")
+    guard.check({"step": 1, "loss": 0.1, "valid_turn_rate": 0.9, "response_length/mean": 400}, str)
+    guard.check({"step": 2, "loss": 0.1, "valid_turn_rate": 0.5, "response_length/mean": 900}, str)
+    guard.check({"step": 3, "loss": 0.1, "valid_turn_rate": 0.4, "response_length/mean": 950}, str)
     assert len(warnings) == 2 and "valid-turn rate fell from 0.90" in warnings[0] and "grew from 400" in warnings[1]
     with pytest.raises(WebdancerError, match="the loss became nan at step 4.*checkpoint-3 is intact"):
-        guard.check({"step": 4, "loss": float("nan")}, "checkpoint-3 is intact.")
+        guard.check({"step": 4, "loss": float("nan")}, lambda: "checkpoint-3 is intact.")
 
 
 def test_prepare_can_keep_a_small_stable_training_set(tmp_path):

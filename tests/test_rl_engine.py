@@ -259,3 +259,15 @@ def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
     bad = train()
     assert bad.exit_code == 1 and "has no rows" in bad.output and str(data) in bad.output
     assert not (tmp_path / "r" / "rl" / "metrics.jsonl").exists()  # nothing started
+
+
+def test_unfinished_checkpoints_are_set_aside_and_never_resumed_from(tmp_path):
+    from webdancer_rl.trl_engine import complete_checkpoints, set_aside_unfinished
+
+    for step, done in ((1, True), (2, True), (10, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if done:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    [aside] = set_aside_unfinished(tmp_path)
+    assert aside.name.startswith("checkpoint-10.partial-") and aside.is_dir()  # kept, not deleted
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2"]

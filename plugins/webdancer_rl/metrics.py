@@ -108,10 +108,10 @@ class Guard:
         self.first: Optional[dict[str, Any]] = None
         self.warned: set[str] = set()
 
-    def check(self, m: dict[str, Any], checkpoint_hint: str) -> None:
+    def check(self, m: dict[str, Any], checkpoint_hint: Callable[[], str]) -> None:
         loss = m.get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise WebdancerError(f"the loss became {loss} at step {m.get('step')}; stopped. {checkpoint_hint} "
+            raise WebdancerError(f"the loss became {loss} at step {m.get('step')}; stopped. {checkpoint_hint()} "
                                  "Lower rl.learning_rate or check the rewards, then rerun to resume.")
         if self.first is None:
             self.first = m

@@ -240,17 +240,26 @@ def reward_function(name: str) -> Callable[..., list[float]]:
     return reward
 
 
+def checkpoints(folder: Path) -> list[Path]:
+    """The `checkpoint-N` folders, oldest first."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoints with trainer_state.json (transformers writes it last), oldest first; unfinished ones moved aside."""
-    done = []
-    for path in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1):
-        if not path.name.split("-")[1].isdigit():
-            continue
-        if (path / "trainer_state.json").is_file():
-            done.append(path)
-        else:
-            path.rename(path.with_name(f"{path.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}"))
-    return done
+    """Checkpoints with trainer_state.json (transformers writes it last), oldest first."""
+    return [p for p in checkpoints(folder) if (p / "trainer_state.json").is_file()]
+
+
+def set_aside_unfinished(folder: Path) -> list[Path]:
+    """Move checkpoints a crash left half-written out of the way (never deleted); returns where they went."""
+    moved = []
+    for path in checkpoints(folder):
+        if not (path / "trainer_state.json").is_file():
+            aside = path.with_name(f"{path.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            moved.append(aside)
+    return moved
 
 
 def model_folder_problem(path: Path) -> Optional[str]:
@@ -288,8 +297,10 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     loop = BackgroundLoop()
     rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop)
     names = list(trl_reward_weights(cfg))
-    checkpoints = complete_checkpoints(out_dir / "checkpoints")
-    resume = checkpoints[-1] if checkpoints else None
+    for aside in set_aside_unfinished(out_dir / "checkpoints"):
+        echo(f"an unfinished checkpoint was moved to {aside}")
+    done = complete_checkpoints(out_dir / "checkpoints")
+    resume = done[-1] if done else None
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step)
     samples = MetricsLog(out_dir / "samples.jsonl", resume_step, key=None)  # one rollout per group and step, to read
@@ -309,8 +320,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
             seconds = time.perf_counter() - self.step_started
             m = {"step": state.global_step, **rollouts.last, **{ours: logs[k] for k, ours in TRL_NAMES.items() if k in logs},
                  "seconds_per_step": seconds, "time/update_s": max(0.0, seconds - rollouts.last.get("time/rollout_s", 0.0))}
-            latest = complete_checkpoints(out_dir / "checkpoints")
-            guard.check(m, f"The last checkpoint ({latest[-1] if latest else 'none yet'}) is intact.")
+            guard.check(m, lambda: f"The last checkpoint ({(complete_checkpoints(out_dir / 'checkpoints') or ['none yet'])[-1]}) is intact.")
             log.write(m)
             for sample in rollouts.samples:
                 samples.write({"step": state.global_step, **sample})

@@ -46,7 +46,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = ["-c", str(ROOT / "configs/quickstart.yaml"), f"run.root={tmp}", "run.name=bench", "rl.engine=trl", f"rl.model_path={model}",
                "rl.val_fraction=0", f"rl.total_training_steps={STEPS}", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2",
-               "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=128", "rl.filter_groups=false"]
+               "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=256", "rl.filter_groups=false"]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         subprocess.run([webdancer, "rl", "prepare", str(QA), *run], check=True, cwd=ROOT, env=env, capture_output=True)
         web = subprocess.Popen([webdancer, "web", "serve", "-c", str(ROOT / "configs/quickstart.yaml")], cwd=ROOT, env=env,

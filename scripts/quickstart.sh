@@ -3,7 +3,7 @@
 # `webdancer pipeline configs/quickstart.yaml` — build and serve the offline web, export and serve
 # the tiny model, synthesize CrawlQA + E2HQA, sample (expert demonstrator + the tiny model), filter,
 # evaluate the tiny model on held-out questions, fine-tune it with LLaMA-Factory, evaluate it again,
-# prepare verl's RL data (and train with verl where a GPU is visible), and write
+# run two GRPO/DAPO steps with TRL's GRPOTrainer (rl.engine=trl), evaluate once more, and write
 # runs/quickstart/report.md (+ report.html). Rerunning resumes; extra key=value overrides pass on.
 set -euo pipefail
 cd "$(dirname "$0")/.."

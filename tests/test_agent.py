@@ -63,11 +63,17 @@ async def test_tool_timeout_and_tool_exception_are_observations(plugins):
     assert traj.steps[1].tool_result.error and "RuntimeError: the tool broke" in traj.steps[1].tool_result.content
 
 
-async def test_model_failure_ends_rollout_with_reason(plugins):
+async def test_model_outage_ends_rollout_as_an_outage(plugins):
     with FakeOpenAIServer([call("lookup", query=["a"])], default=(503, "down")) as srv:
         traj = await make_agent(plugins, srv).run("q")
-    assert traj.termination == "model_error" and "HTTP 503" in traj.error
+    assert traj.termination == "outage" and "HTTP 503" in traj.error and "after 2 tries" in traj.error
     assert len(traj.steps) == 1
+
+
+async def test_a_refused_request_is_a_model_error_not_an_outage(plugins):
+    with FakeOpenAIServer([call("lookup", query=["a"])], default=(400, "prompt too long")) as srv:
+        traj = await make_agent(plugins, srv).run("q")
+    assert traj.termination == "model_error" and "HTTP 400" in traj.error
 
 
 async def test_context_budget_truncates_old_observations_never_system(plugins):

@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from webdancer.config import ModelConfig
-from webdancer.errors import ModelError
+from webdancer.errors import ModelError, ModelUnavailable, OutageError
 from webdancer.llm import ChatClient
 from webdancer.records import Message
 from webdancer.testing.fake_openai import FakeOpenAIServer
@@ -28,7 +28,7 @@ async def test_retries_429_and_5xx_then_succeeds():
 async def test_gives_up_after_max_retries_with_clear_error():
     with FakeOpenAIServer(default=(502, "bad gateway")) as srv:
         async with ChatClient(model_cfg(srv.base_url, max_retries=2)) as client:
-            with pytest.raises(ModelError, match=r"failed: HTTP 502"):
+            with pytest.raises(ModelUnavailable, match=r"failed after 3 tries: HTTP 502"):
                 await client.chat(MSGS)
     assert len(srv.state.requests) == 3
 
@@ -36,8 +36,9 @@ async def test_gives_up_after_max_retries_with_clear_error():
 async def test_client_error_is_not_retried():
     with FakeOpenAIServer(default=(400, "bad request")) as srv:
         async with ChatClient(model_cfg(srv.base_url, max_retries=3)) as client:
-            with pytest.raises(ModelError, match="HTTP 400"):
+            with pytest.raises(ModelError, match="HTTP 400") as err:
                 await client.chat(MSGS)
+    assert not isinstance(err.value, OutageError)  # a refused request is an answer, not an outage
     assert len(srv.state.requests) == 1
 
 
@@ -49,7 +50,7 @@ async def test_connection_refused_is_retried_then_reported():
     port = sock.getsockname()[1]
     sock.close()
     async with ChatClient(model_cfg(f"http://127.0.0.1:{port}/v1", max_retries=1)) as client:
-        with pytest.raises(ModelError, match="ConnectError"):
+        with pytest.raises(ModelUnavailable, match="ConnectError"):
             await client.chat(MSGS)
 
 

@@ -11,7 +11,7 @@ from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
 from webdancer.agent import Agent
 from webdancer.config import AgentConfig, ModelConfig
 from webdancer.config_loader import load_config
-from webdancer.errors import ConfigError
+from webdancer.errors import ConfigError, OutageError
 from webdancer.jsonl import iter_json_lines
 from webdancer.policies import build_policy
 from webdancer.records import ToolCall
@@ -104,8 +104,9 @@ async def test_serper_bad_key_and_outage(monkeypatch):
         monkeypatch.setenv("GOOGLE_SEARCH_KEY", srv.key)
         srv.statuses = [500, 500, 500]
         tool = SearchTool(SearchConfig(backend="serper", serper_url=srv.url + "/search", backoff_s=0.01, max_retries=2))
-        out = await tool.call({"query": ["x"]})
-        assert out == "[search] 'x' failed: serper search failed after 3 tries (HTTP 500)"
+        # An outage is not an observation for the model: it ends the rollout (see tests/test_outages.py).
+        with pytest.raises(OutageError, match=r"serper search failed after 3 tries \(HTTP 500\)"):
+            await tool.call({"query": ["x"]})
 
 
 def test_missing_keys_name_the_env_vars(monkeypatch):

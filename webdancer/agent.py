@@ -10,7 +10,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterable, Optional
 
 from webdancer.config import AgentConfig, ModelConfig, WebdancerConfig
-from webdancer.errors import WebdancerError
+from webdancer.errors import OutageError, WebdancerError
 from webdancer.policies import Policy, build_policy
 from webdancer.records import Message, QAItem, Step, ToolResult, Trajectory, Usage, stable_id
 from webdancer.tools import ToolBox
@@ -84,6 +84,9 @@ class Agent:
                 return
             try:
                 out = await self.policy.act(list(traj.messages), task)
+            except OutageError as exc:
+                traj.termination, traj.error = "outage", str(exc)
+                return
             except WebdancerError as exc:
                 traj.termination, traj.error = "model_error", str(exc)
                 return
@@ -112,7 +115,11 @@ class Agent:
             if parsed.error is not None:
                 result = ToolResult(name="", content=format_error_observation(parsed.error), error=True)
             else:
-                result = await self.toolbox.run(parsed.tool_call)
+                try:
+                    result = await self.toolbox.run(parsed.tool_call)
+                except OutageError as exc:  # the call is not answered: the step stays without an observation
+                    traj.termination, traj.error = "outage", str(exc)
+                    return
             step.tool_result = result
             traj.messages.append(Message("user", render_tool_response(result.content)))
             await _notify(on_step, step)

@@ -242,15 +242,19 @@ def synth_stats(qa_file: str, as_json: bool) -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--n", "n", type=int, default=None, help="Rollouts per question (default sample.n).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Trajectory JSONL to append to (default runs/<run>/trajectories_<policy>.jsonl).")
-def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], n: Optional[int], out: Optional[str]) -> None:
-    """Roll out the configured policy on every question of QA_FILE, N times each (resumable)."""
+@click.option("--keep-failed", is_flag=True, help="Do not run again the rollouts an outage ended (recorded in <out>.outages.jsonl).")
+def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], n: Optional[int], out: Optional[str], keep_failed: bool) -> None:
+    """Roll out the configured policy on every question of QA_FILE, N times each (resumable).
+
+    A rollout that an outage ended (model endpoint or tool backend down after its retries) is not a
+    result: it is recorded apart, the command exits with an error, and a rerun runs it again."""
 
     from rich.progress import Progress, TextColumn
 
     from webdancer.agent import configured_agent
     from webdancer.jsonl import read_records
     from webdancer.records import QAItem
-    from webdancer.sampling import sample
+    from webdancer.sampling import check_no_outages, sample
 
     cfg = resolve_config(config_path, overrides)
     items = list(read_records(qa_file, QAItem))
@@ -265,17 +269,18 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
         def show(stats) -> None:
             progress.update(
                 task,
-                description=f"done {stats.done}/{stats.planned}  correct {stats.correct}  failed {stats.failed}  "
+                description=f"done {stats.done}/{stats.planned}  correct {stats.correct}  failed {stats.failed}  outages {stats.outages}  "
                 f"{stats.tokens_per_s:.1f} tok/s  {dict(stats.terminations)}",
             )
 
         async def sample_all():
             async with configured_agent(cfg) as agent:
-                return await sample(agent, items, runs, out_path, cfg.agent.concurrency, show)
+                return await sample(agent, items, runs, out_path, cfg.agent.concurrency, show, keep_failed)
 
         stats = asyncio.run(sample_all())
         show(stats)
     click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
+    check_no_outages(stats, out_path, "this command")
 
 
 @cli.command("filter")

@@ -20,13 +20,17 @@ def eval_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["auto", "gaia", "webwalkerqa", "browsecomp", "qa"]), default="auto", show_default=True)
 @click.option("--k", type=int, default=None, help="Runs per question (default eval.k).")
 @click.option("--name", default=None, help="Run name: results go to runs/<run>/eval/<name>/ (default <file stem>-<model>).")
-def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, ...], fmt: str, k: Optional[int], name: Optional[str]) -> None:
-    """Run the agent k times on every question of EVAL_FILE, judge, and write results.json, report.md, plot.png."""
+@click.option("--keep-failed", is_flag=True, help="Do not run again the runs an outage ended (they stay missing, never wrong).")
+def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, ...], fmt: str, k: Optional[int], name: Optional[str], keep_failed: bool) -> None:
+    """Run the agent k times on every question of EVAL_FILE, judge, and write results.json, report.md, plot.png.
+
+    Runs that an outage ended are not counted (results.json says complete: false, the command exits
+    with an error); rerun the same command to run them."""
     from rich.console import Console
     from rich.markdown import Markdown
 
     from webdancer.config_loader import load_config
-    from webdancer.evaluation import default_eval_name, run_eval
+    from webdancer.evaluation import check_complete, default_eval_name, run_eval
 
     cfg = load_config(config_path, overrides)
     if k is not None:
@@ -38,12 +42,13 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
     def show(stats) -> None:
         click.echo(f"\r  runs {stats.done}/{stats.planned} ({stats.already_there} already there)", nl=False, err=True)
 
-    results = run_eval(cfg, eval_file, fmt, name, show)
+    results = run_eval(cfg, eval_file, fmt, name, show, keep_failed)
     click.echo("", err=True)
     out_dir = cfg.run.dir / "eval" / name
     Console().print(Markdown((out_dir / "report.md").read_text(encoding="utf-8")))
     o = results["overall"]
     click.echo(f"Pass@1 {100 * o['pass_at_1']:.1f}%  Pass@{o['k']} {100 * o['pass_at_k']:.1f}%  -> {out_dir}/(results.json, report.md, plot.png)")
+    check_complete(results, out_dir, "this command")
 
 
 @eval_group.command("compare")

@@ -22,4 +22,16 @@ class PluginError(WebdancerError):
 
 
 class ModelError(WebdancerError):
-    """The model endpoint failed after all retries."""
+    """The model endpoint refused a request or sent something that is not a chat completion."""
+
+
+class OutageError(WebdancerError):
+    """An endpoint or backend is down, timing out or overloaded after all its retries.
+
+    An infrastructure failure, never a result: a rollout it ends is recorded as an outage, kept out
+    of every score, filter and RL batch, and retried by a rerun.
+    """
+
+
+class ModelUnavailable(ModelError, OutageError):
+    """The model endpoint did not answer (connection refused, timeouts, 5xx/429) after all retries."""

@@ -2,7 +2,8 @@
 
 A run folder holds `trajectories.jsonl` and `scores.jsonl` (both append-only, so an interrupted
 eval resumes where it stopped) and `results.json`, `report.md`, `plot.png` (rewritten atomically
-from those two files each time).
+from those two files each time). Runs that an outage ended are in `trajectories.outages.jsonl`,
+never scored; until a rerun replaces them, results.json says `complete: false`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from webdancer.config import WebdancerConfig
-from webdancer.errors import WebdancerError
-from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, read_records
+from webdancer.errors import OutageError, WebdancerError
+from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, iter_json_lines, read_records
 from webdancer.records import QAItem, Trajectory
 from webdancer.rewards import Reward, RewardInput
+from webdancer.sampling import outages_path
 from webdancer.scoring import matches
 
 
@@ -134,7 +136,10 @@ def summarize(items: list[QAItem], trajs: list[Trajectory], scores: dict[str, Sc
     """Overall and per-group summaries (groups from the eval set: level, type, difficulty, topic, tag)."""
     groups_of = {item.id: item.provenance.get("groups", {}) for item in items}
     pairs = [(t, scores[t.id]) for t in trajs if t.id in scores and t.question_id in groups_of]
-    result: dict[str, Any] = {"overall": asdict(_summarize(pairs, k)), "groups": {}}
+    # Runs not scored (an outage ended them, or the run was stopped) are missing, never wrong.
+    missing = len(items) * k - len(pairs)
+    result: dict[str, Any] = {"complete": missing <= 0, "incomplete_runs": max(0, missing),
+                              "overall": asdict(_summarize(pairs, k)), "groups": {}}
     keys = sorted({key for g in groups_of.values() for key in g})
     for key in keys:
         buckets: dict[str, list] = defaultdict(list)
@@ -172,10 +177,19 @@ def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int
     """results.json + report.md + plot.png from what is on disk now."""
     trajs, scores = run.load()
     results = {"meta": meta, **summarize(items, trajs, scores, k)}
+    if not results["complete"]:
+        results["outages"] = _count_ids(outages_path(run.trajectories), {t.id for t in trajs})
     atomic_write_json(run.results, results)
     atomic_write_text(run.dir / "report.md", render_markdown(results))
     plot_results({meta.get("name", run.dir.name): results}, run.dir / "plot.png")
     return results
+
+
+def _count_ids(path: Path, besides: set[str]) -> int:
+    """Ids recorded in `path` that are not in `besides` (outages that no later rerun replaced)."""
+    if not path.exists():
+        return 0
+    return len({obj["id"] for _, obj in iter_json_lines(path)} - besides)
 
 
 def _pct(x: float) -> str:
@@ -209,7 +223,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     meta, overall = results["meta"], results["overall"]
     out = [f"# Evaluation: {meta.get('name', '')}", ""]
     out += [f"- {key}: `{value}`" for key, value in meta.items() if key != "name"]
-    out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them.", "", _table([("all", overall)], "set"), ""]
+    out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them.", ""]
+    if not results.get("complete", True):
+        out += [f"**Incomplete:** {results['incomplete_runs']} of the planned runs are missing "
+                f"({results.get('outages', 0)} ended by an outage of the model endpoint or a tool backend). "
+                "They are not counted as wrong, nor at all; rerun the same command to run them.", ""]
+    out += [_table([("all", overall)], "set"), ""]
     for key, buckets in results["groups"].items():
         out += [f"## By {key}", "", _table(list(buckets.items()), key), ""]
     out += ["## Why runs failed", ""]
@@ -277,6 +296,17 @@ def render_comparison(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:
+    """Raise one clear OutageError when runs are missing: such a result is not the model's score yet."""
+    if results.get("complete", True):
+        return
+    raise OutageError(
+        f"{out_dir}: {results['incomplete_runs']} planned run(s) are missing ({results.get('outages', 0)} ended by an "
+        f"outage, recorded in {outages_path(out_dir / 'trajectories.jsonl').name}); results.json says complete: false. "
+        f"Bring the service back and rerun {rerun} to run them."
+    )
+
+
 def default_eval_name(eval_file: str, cfg: WebdancerConfig) -> str:
     who = cfg.policy.name if cfg.policy.name != "openai" else Path(cfg.model.model.rstrip("/")).name or "model"
     return f"{Path(eval_file).stem}-{who}"
@@ -291,8 +321,11 @@ def build_judge(cfg: WebdancerConfig) -> Optional[Reward]:
     return get_plugins().build("rewards", "judge", {"model": cfg.eval.judge, "prompt_file": cfg.eval.judge_prompt}, "eval.judge")
 
 
-def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None) -> dict:
-    """Sample k runs per question (resumable), score them, write the report; returns results.json's content."""
+def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None, keep_failed: bool = False) -> dict:
+    """Sample k runs per question (resumable), score them, write the report; returns results.json's content.
+
+    Runs that an outage ended are left out (results.json says `complete: false`); a rerun runs them again.
+    """
     from webdancer.agent import configured_agent
     from webdancer.evalsets import EvalSetError, load_eval_set
     from webdancer.sampling import sample
@@ -309,7 +342,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
     async def sample_and_score() -> None:
         try:
             async with configured_agent(cfg) as agent:
-                await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update)
+                await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update, keep_failed)
             wanted = {item.id for item in items}
             trajs = [t for t in run.load()[0] if t.question_id in wanted]
             await score_trajectories(trajs, run.scores, judge, cfg.eval.f1_threshold, cfg.eval.judge_concurrency)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from webdancer.config import ModelConfig
-from webdancer.errors import ModelError
+from webdancer.errors import ModelError, ModelUnavailable
 from webdancer.http import CorePool, RawResponse, RetriesExhausted, Retry, ShardedAsyncClient, with_retries
 from webdancer.keys import read_secret
 from webdancer.records import Message, Usage
@@ -92,7 +92,7 @@ class ChatClient:
         try:
             return await with_retries(attempt, cfg.max_retries, cfg.backoff_s, warn)
         except RetriesExhausted as exc:
-            raise ModelError(f"model endpoint {cfg.base_url} (model {cfg.model}) failed: {self._scrub(exc.reason)}") from None
+            raise ModelUnavailable(f"model endpoint {cfg.base_url} (model {cfg.model}) failed after {exc.attempts} tries: {self._scrub(exc.reason)}") from None
 
     def _result(self, resp: RawResponse, start: float, attempt: int) -> ChatResult:
         try:

@@ -10,7 +10,9 @@ from typing import Any, Literal, Optional
 from webdancer.typed import from_dict, to_dict
 
 Role = Literal["system", "user", "assistant"]
-Termination = Literal["answered", "max_turns", "context_overflow", "model_error", "policy_error"]
+# "outage": the model endpoint or a tool backend was down after its retries. Not a result: such a
+# trajectory is kept apart (see webdancer.sampling) and the rollout runs again on a rerun.
+Termination = Literal["answered", "max_turns", "context_overflow", "model_error", "policy_error", "outage"]
 
 
 @dataclass

@@ -1,7 +1,13 @@
-"""`webdancer sample`: N rollouts per question through the agent, appended as they finish, resumable."""
+"""`webdancer sample`: N rollouts per question through the agent, appended as they finish, resumable.
+
+A rollout that an outage ended (the model endpoint or a tool backend down after its retries) is
+not a result: it goes to `<out>.outages.jsonl` beside the results, so no filter, score or RL batch
+ever reads it, and a rerun runs it again (unless `keep_failed`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -9,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from webdancer.agent import Agent, run_many
+from webdancer.errors import OutageError
 from webdancer.jsonl import JsonlAppender
 from webdancer.records import QAItem, Trajectory
 from webdancer.scoring import matches
@@ -22,6 +29,8 @@ class SampleStats:
     correct: int = 0
     terminations: Counter = field(default_factory=Counter)
     completion_tokens: int = 0
+    outages: int = 0  # rollouts an outage ended in this run (kept apart, retried by a rerun)
+    outage_reasons: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -31,6 +40,23 @@ class SampleStats:
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / max(1e-9, time.perf_counter() - self.started)
+
+
+def outages_path(out: Path) -> Path:
+    """Where the rollouts that an outage ended are recorded, beside the results they are not part of."""
+    return out.with_name(out.name.removesuffix(".jsonl") + ".outages.jsonl")
+
+
+def check_no_outages(stats: SampleStats, out: Path, rerun: str) -> None:
+    """Raise one clear OutageError when outages ended rollouts: the run is incomplete, not finished."""
+    if not stats.outages:
+        return
+    reason, _ = stats.outage_reasons.most_common(1)[0]
+    raise OutageError(
+        f"{stats.outages} rollout(s) ended because an endpoint or backend was down ({reason}); they are recorded in "
+        f"{outages_path(out)}, not in {out}, and no score counts them. Bring the service back and rerun {rerun} "
+        "to run them again."
+    )
 
 
 def quick_correct(traj: Trajectory) -> bool:
@@ -47,20 +73,39 @@ async def sample(
     out: Path,
     concurrency: int,
     on_update: Optional[Callable[[SampleStats], None]] = None,
+    keep_failed: bool = False,
 ) -> SampleStats:
-    """Run every (question, sample index) not yet in `out`; each trajectory is written when it finishes."""
+    """Run every (question, sample index) not yet in `out`; each trajectory is written when it finishes.
+
+    Outages go to `outages_path(out)`; with `keep_failed` those already recorded are not run again.
+    """
     stats = SampleStats()
-    with JsonlAppender(out) as sink:
+    outage_file = outages_path(out)
+    with contextlib.ExitStack() as files:
+        sink = files.enter_context(JsonlAppender(out))
+        # Opened (and a torn tail repaired) only when there is one: the first outage makes the file.
+        outage_sink = files.enter_context(JsonlAppender(outage_file)) if outage_file.exists() else None
         todo = []
         for item in items:
             for s in range(n):
-                if f"{item.id}:{s}" in sink:
+                key = f"{item.id}:{s}"
+                if key in sink or (keep_failed and outage_sink is not None and key in outage_sink):
                     stats.already_there += 1
                 else:
                     todo.append((item, s))
         stats.planned = len(todo)
 
         def done(traj: Trajectory) -> None:
+            nonlocal outage_sink
+            if traj.termination == "outage":
+                if outage_sink is None:
+                    outage_sink = files.enter_context(JsonlAppender(outage_file))
+                outage_sink.write(traj)
+                stats.outages += 1
+                stats.outage_reasons[(traj.error or "")[:160]] += 1
+                if on_update is not None:
+                    on_update(stats)
+                return
             sink.write(traj)
             stats.done += 1
             stats.correct += quick_correct(traj)

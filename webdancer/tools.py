@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from webdancer.errors import OutageError
 from webdancer.records import ToolCall, ToolResult
 
 
@@ -72,6 +73,8 @@ class ToolBox:
             return ToolResult(call.name, str(content), error=False, elapsed_s=time.perf_counter() - start)
         except asyncio.TimeoutError:
             msg = f"[{call.name}] timed out after {self.timeout_s:g} s"
+        except OutageError:
+            raise  # a backend outage ends the rollout as an outage; the model never sees it
         except Exception as exc:
             msg = f"[{call.name}] failed: {type(exc).__name__}: {exc}"
         return ToolResult(call.name, msg, error=True, elapsed_s=time.perf_counter() - start)

@@ -60,6 +60,7 @@ def closing_message(traj: Trajectory) -> dict[str, Any]:
         "context_overflow": "The conversation no longer fits the model's context (agent.max_context_tokens).",
         "model_error": "The model endpoint failed.",
         "policy_error": "The policy failed.",
+        "outage": "The model endpoint or a tool backend is down (it did not answer after its retries); try again later.",
     }
     detail = f"\n\n`{traj.error}`" if traj.error else ""
     return _msg(f"⚠ {reasons.get(traj.termination, 'The run stopped.')} _({facts})_{detail}")

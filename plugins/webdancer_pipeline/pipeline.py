@@ -160,7 +160,7 @@ class Pipeline:
 
     def _sample(self, policy_name: str, items: list[QAItem], out: Path, model=None) -> dict[str, Any]:
         from webdancer.agent import configured_agent
-        from webdancer.sampling import sample
+        from webdancer.sampling import check_no_outages, sample
 
         cfg = self.cfg
 
@@ -169,6 +169,7 @@ class Pipeline:
                 return await sample(agent, items, cfg.sample.n, out, cfg.agent.concurrency)
 
         stats = asyncio.run(sample_all())
+        check_no_outages(stats, out, "the pipeline")  # the stage is not done: a rerun retries them
         return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations)}
 
     def stage_sample(self) -> dict[str, Any]:
@@ -208,9 +209,10 @@ class Pipeline:
         return summary
 
     def _eval(self, cfg: WebdancerConfig, name: str) -> dict[str, Any]:
-        from webdancer.evaluation import run_eval
+        from webdancer.evaluation import check_complete, run_eval
 
         results = run_eval(cfg, str(self.path("qa_eval.jsonl")), "qa", name)
+        check_complete(results, self.dir / "eval" / name, "the pipeline")  # not done: a rerun runs the missing ones
         o = results["overall"]
         keys = ("pass_at_1", "valid_tool_call_turns", "well_formed_turns", "answered", "mean_turns")
         return {k: round(o[k], 3) for k in keys}

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import load_config
-from webdancer.errors import ConfigError, WebdancerError
+from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.tools import ToolBox
 from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line
 from webdancer_rl.prepare import read_rows
@@ -368,6 +368,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = load_config(args[0])
         train(cfg, Path(cfg.rl.data_dir), Path(cfg.rl.output_dir), cfg.rl.model_path, echo=lambda s: print(s, flush=True))
+    except OutageError as exc:  # no rollout of the failed step was scored or trained on
+        print(f"error: {exc}\nthe step that hit it was not trained on; bring the service back and rerun: training "
+              "resumes from the last checkpoint", file=sys.stderr, flush=True)
+        return exc.exit_code
     except WebdancerError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Optional
 
 import httpx
 
-from webdancer.errors import WebdancerError
+from webdancer.errors import OutageError, WebdancerError
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.keys import read_secret
 from webdancer.tools import Tool
@@ -97,7 +97,7 @@ class SerperSearch(SearchBackend):
         try:
             return await with_retries(attempt, cfg.max_retries, cfg.backoff_s)
         except RetriesExhausted as exc:
-            raise WebdancerError(f"serper search failed after {exc.attempts} tries ({exc.reason})") from None
+            raise OutageError(f"serper search failed after {exc.attempts} tries ({exc.reason})") from None
 
     @staticmethod
     def _hits(resp: httpx.Response, k: int) -> list[Hit]:
@@ -162,6 +162,8 @@ class SearchTool(Tool):
         async def one(q: str) -> str:
             try:
                 return format_results(self.backend.label, q, await self.backend.search(q, self.config.top_k))
+            except OutageError:
+                raise  # the backend is down: the rollout ends as an outage, not with this observation
             except WebdancerError as exc:
                 return f"[search] '{q}' failed: {exc}"
 

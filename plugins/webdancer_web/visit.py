@@ -10,7 +10,7 @@ from typing import Any, Optional
 import httpx
 
 from webdancer.config import ModelConfig
-from webdancer.errors import WebdancerError
+from webdancer.errors import OutageError, WebdancerError
 from webdancer.llm import ChatClient
 from webdancer.prompt_template import PromptTemplate
 from webdancer.records import Message
@@ -92,6 +92,8 @@ class VisitTool(Tool):
             for _ in range(2):
                 try:
                     reply = await self.summarizer.chat([Message("user", prompt)])
+                except OutageError:
+                    raise  # the summarizer is down: an outage, not a page summarized another way
                 except WebdancerError:
                     break
                 data = parse_extractor_reply(reply.text)

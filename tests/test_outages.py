@@ -1,0 +1,110 @@
+"""An outage is never a result: rollouts it ends are kept apart, never scored, and a rerun runs them again."""
+
+import json
+import socket
+
+from click.testing import CliRunner
+from test_eval import GAIA, scripted_model
+from webfakes import FakeSerper
+
+from webdancer.agent import Agent
+from webdancer.cli import cli
+from webdancer.config import AgentConfig, ModelConfig
+from webdancer.policies import build_policy
+from webdancer.records import ToolCall
+from webdancer.testing.fake_openai import FakeOpenAIServer
+from webdancer.tools import ToolBox
+from webdancer.wire import render_assistant
+
+
+def closed_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_a_search_backend_outage_ends_the_rollout_without_an_observation(plugins, monkeypatch):
+    with FakeSerper(statuses=[500] * 4) as serper, FakeOpenAIServer(
+        [render_assistant("search", tool_call=ToolCall("search", {"query": ["derby"]}))]
+    ) as srv:
+        monkeypatch.setenv("SERPER_API_KEY", serper.key)
+        options = {"search": {"backend": "serper", "serper_url": serper.url + "/search", "backoff_s": 0.01, "max_retries": 1}}
+        policy = build_policy("openai", {}, ModelConfig(base_url=srv.base_url, model="m", backoff_s=0.01), plugins)
+        async with ToolBox.from_config(["search"], options, 5.0, plugins) as toolbox:
+            traj = await Agent(policy, toolbox, AgentConfig()).run("Who won the 1964 Derby?")
+        await policy.aclose()
+    assert traj.termination == "outage" and "serper search failed after 2 tries (HTTP 500)" in traj.error
+    assert traj.steps[0].tool_result is None  # the model never saw the failure as an observation
+    assert len(serper.requests) == 2
+
+
+def qa_file(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "answer": "yes"}) + "\n" for i in range(3)))
+    return path
+
+
+def sample_args(tmp_path, base_url, *extra):
+    return ["sample", str(qa_file(tmp_path)), f"run.root={tmp_path}", "run.name=t", f"model.base_url={base_url}", "model.model=m",
+            "model.max_retries=1", "model.backoff_s=0.01", "agent.tools=[lookup]", "--n", "2", *extra]
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sample_against_a_down_endpoint_records_outages_apart_and_a_rerun_runs_them(plugins, tmp_path):
+    out = tmp_path / "t" / "trajectories_openai.jsonl"
+    outages = tmp_path / "t" / "trajectories_openai.outages.jsonl"
+    down = CliRunner().invoke(cli, sample_args(tmp_path, f"http://127.0.0.1:{closed_port()}/v1"))
+    assert down.exit_code == 1, down.output
+    assert "6 rollout(s) ended because an endpoint or backend was down" in down.output and "ConnectError" in down.output
+    assert "Traceback" not in down.output
+    assert lines(out) == []  # nothing that any filter, score or RL batch reads
+    assert sorted(r["id"] for r in lines(outages)) == sorted(f"q{i}:{s}" for i in range(3) for s in range(2))
+    assert {r["termination"] for r in lines(outages)} == {"outage"}
+
+    kept = CliRunner().invoke(cli, sample_args(tmp_path, f"http://127.0.0.1:{closed_port()}/v1", "--keep-failed"))
+    assert kept.exit_code == 0 and "0 new trajectories (6 already there)" in kept.output
+
+    with FakeOpenAIServer(default=render_assistant("sure", answer="yes")) as srv:
+        back = CliRunner().invoke(cli, sample_args(tmp_path, srv.base_url))
+    assert back.exit_code == 0, back.output
+    assert "6 new trajectories (0 already there)" in back.output and len(srv.state.requests) == 6
+    assert len(lines(out)) == 6 and {r["termination"] for r in lines(out)} == {"answered"}
+    assert len(lines(outages)) == 6  # the record of what happened stays
+
+
+def flaky_on_python(request):
+    """The scripted eval model, but its endpoint is overloaded whenever the question is about Python."""
+    if "Python" in request["messages"][1]["content"]:
+        return (503, "overloaded")
+    return scripted_model(request)
+
+
+def test_eval_never_counts_an_outage_as_wrong_and_says_the_run_is_incomplete(plugins, tmp_path):
+    args = ["eval", "run", str(GAIA), f"run.root={tmp_path}", "run.name=t", "model.model=m", "model.max_retries=1",
+            "model.backoff_s=0.01", "agent.tools=[lookup]", "agent.max_turns=3", "agent.concurrency=1",
+            "eval.attachments=ask", "--k", "2", "--name", "e"]
+    out = tmp_path / "t" / "eval" / "e"
+    scripted_model.xilinx = 0
+    with FakeOpenAIServer(default=flaky_on_python) as srv:
+        result = CliRunner().invoke(cli, [*args, f"model.base_url={srv.base_url}"])
+    assert result.exit_code == 1 and "2 planned run(s) are missing (2 ended by an outage" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False and results["incomplete_runs"] == 2 and results["outages"] == 2
+    overall = results["overall"]
+    # Kilby 2/2, Xilinx 1/2; the Python question's runs are missing, not wrong.
+    assert overall["questions"] == 2 and overall["trajectories"] == 4
+    assert overall["pass_at_1"] == 0.75 and "outage" not in overall["failures"]
+    assert "**Incomplete:** 2 of the planned runs are missing" in (out / "report.md").read_text()
+
+    with FakeOpenAIServer(default=scripted_model) as srv:
+        again = CliRunner().invoke(cli, [*args, f"model.base_url={srv.base_url}"])
+    assert again.exit_code == 0, again.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True and results["overall"]["questions"] == 3 and results["overall"]["trajectories"] == 6
+    assert results["overall"]["pass_at_1"] == 0.5
+    assert all(len(r["messages"]) > 1 for r in lines(out / "trajectories.jsonl"))

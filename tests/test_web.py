@@ -1,6 +1,7 @@
 """The offline web: build, serve over real HTTP, and the search/visit tools on it."""
 
 import json
+import socket
 
 import httpx
 import pytest
@@ -187,6 +188,42 @@ async def test_ssrf_guard_checks_every_redirect_hop():
     assert "refused: '127.0.0.1' resolves to a loopback address" in refused
     assert inner.hits == {}
     assert "same-site redirect works" in followed
+
+
+def rebinding_resolver(monkeypatch, name, answers):
+    """socket.getaddrinfo, but `name` resolves to the next of `answers` on each lookup (the last one repeats)."""
+    real = socket.getaddrinfo
+    lookups = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if (host.decode() if isinstance(host, bytes) else host) != name:  # anyio passes the name IDNA-encoded
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        address = answers[min(len(lookups), len(answers)) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+async def test_dns_rebinding_cannot_reach_the_address_the_guard_refused(monkeypatch):
+    # The allowed local site on 127.0.0.1:P; on 127.0.0.2:P something the agent must never reach.
+    with ScriptedSite({"/page": Route(body=b"<html><body><p>The public page text that may be read.</p></body></html>")}) as site, \
+            ScriptedSite({"/page": Route(body=b"<p>internal secret</p>")}, host="127.0.0.2", port=site.port) as internal:
+        lookups = rebinding_resolver(monkeypatch, "rebind.test", ["127.0.0.1", "127.0.0.2"])
+        tool = visit_tool([site.host_port])
+        out = await tool.call({"url": [f"http://rebind.test:{site.port}/page"], "goal": "the page text"})
+        await tool.aclose()
+        assert "public page text" in out and "secret" not in out
+        assert internal.hits == {} and len(lookups) == 1  # checked once, connected to what was checked
+        assert site.hosts == [f"rebind.test:{site.port}"]  # the name still travels in Host
+
+        lookups.clear()  # now the name answers the refused address first: refused, never connected
+        rebinding_resolver(monkeypatch, "rebind2.test", ["127.0.0.2"])
+        tool = visit_tool([site.host_port])
+        out = await tool.call({"url": [f"http://rebind2.test:{site.port}/page"], "goal": "x"})
+        await tool.aclose()
+    assert "refused: 'rebind2.test' resolves to a loopback address (127.0.0.2)" in out and internal.hits == {}
 
 
 async def test_oversize_slow_and_garbage_pages():

@@ -23,6 +23,7 @@ class _SiteHandler(QuietHandler):
         owner = self.server.owner
         with owner.lock:
             owner.hits[self.path] = owner.hits.get(self.path, 0) + 1
+            owner.hosts.append(self.headers.get("Host"))
         route = owner.routes.get(self.path)
         if route is None:
             self.send_json(404, b"not found")
@@ -49,15 +50,16 @@ class _SiteHandler(QuietHandler):
 class ScriptedSite(BackgroundServer):
     """A site whose paths answer what the test says, counting hits per path."""
 
-    def __init__(self, routes=None):
-        super().__init__(_SiteHandler)
+    def __init__(self, routes=None, host="127.0.0.1", port=0):
+        super().__init__(_SiteHandler, port=port, host=host)
         self.routes = routes or {}
         self.hits = {}
+        self.hosts = []  # the Host header of each request
         self.lock = threading.Lock()
 
     @property
     def host_port(self):
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 class _SerperHandler(QuietHandler):

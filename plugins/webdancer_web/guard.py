@@ -1,10 +1,16 @@
-"""SSRF guard: the visit tool only fetches public http(s) URLs, or the configured local sites."""
+"""SSRF guard: the visit tool only fetches public http(s) URLs, or the configured local sites.
+
+The guard resolves a name once and returns the address it approved; the reader connects to that
+address (keeping the name for `Host` and TLS), so a name that resolves to an allowed address when
+checked and to a refused one when connecting (DNS rebinding) can never reach the refused one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
@@ -33,40 +39,57 @@ def host_key(url: str) -> str:
     return f"{(parts.hostname or '').lower()}:{port}"
 
 
-async def refusal(url: str, allowed_hosts: Iterable[str], resolve: bool = True) -> Optional[str]:
-    """Why `url` must not be fetched, or None. `allowed_hosts` are 'host:port' of the local sites.
+@dataclass(frozen=True)
+class Approval:
+    """The guard's answer for one URL: why not (`problem`), or the address to connect to (None: the reader
+    does not connect itself, e.g. Jina fetches remotely)."""
+
+    problem: Optional[str] = None
+    address: Optional[str] = None
+
+
+async def approve(url: str, allowed_hosts: Iterable[str], resolve: bool = True) -> Approval:
+    """Check `url`; `allowed_hosts` are 'host:port' of the local sites (by name or address).
 
     `resolve=False` is for readers that fetch remotely (Jina): only IP literals and local names are checked.
     """
     try:
         parts = urlsplit(url)
-        _ = parts.port  # raises on a bad port
+        port = parts.port or (443 if parts.scheme == "https" else 80)  # raises on a bad port
     except ValueError as exc:
-        return f"not a valid URL ({exc})"
+        return Approval(f"not a valid URL ({exc})")
     if parts.scheme not in ("http", "https"):
-        return f"only http and https URLs can be visited, not '{parts.scheme or 'no scheme'}'"
+        return Approval(f"only http and https URLs can be visited, not '{parts.scheme or 'no scheme'}'")
     host = (parts.hostname or "").lower()
     if not host:
-        return "the URL has no host"
-    if host_key(url) in set(allowed_hosts):
-        return None
-    if host in METADATA_HOSTS:
-        return "cloud metadata endpoints are never visited"
-    if host == "localhost" or host.endswith(".localhost"):
-        return f"'{host}' is a loopback name"
+        return Approval("the URL has no host")
+    allowed = set(allowed_hosts)
+    configured = host_key(url) in allowed
+    if not configured:
+        if host in METADATA_HOSTS:
+            return Approval("cloud metadata endpoints are never visited")
+        if host == "localhost" or host.endswith(".localhost"):
+            return Approval(f"'{host}' is a loopback name")
     try:
-        ip = ipaddress.ip_address(host)
-        addresses = [ip]
+        addresses = [ipaddress.ip_address(host)]
     except ValueError:
         if not resolve:
-            return None
+            return Approval()
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            return f"the host '{host}' does not resolve ({exc})"
+            return Approval(f"the host '{host}' does not resolve ({exc})")
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    for ip in addresses:
-        problem = _address_problem(ip)
-        if problem:
-            return f"'{host}' resolves to {problem} ({ip})"
-    return None
+        if not addresses:
+            return Approval(f"the host '{host}' does not resolve")
+    if not configured:
+        for ip in addresses:
+            problem = None if f"{ip}:{port}" in allowed else _address_problem(ip)  # a local site by its address
+            if problem:
+                return Approval(f"'{host}' resolves to {problem} ({ip})")
+    return Approval(address=str(addresses[0]))
+
+
+async def refusal(url: str, allowed_hosts: Iterable[str], resolve: bool = True) -> Optional[str]:
+    """Why `url` must not be fetched, or None (see `approve`)."""
+    return (await approve(url, allowed_hosts, resolve)).problem

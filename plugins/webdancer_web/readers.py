@@ -17,7 +17,7 @@ from webdancer.jsonl import atomic_write_text
 from webdancer.keys import read_secret
 from webdancer.typed import from_dict
 from webdancer_web.extract import extract
-from webdancer_web.guard import refusal
+from webdancer_web.guard import approve, refusal
 
 if TYPE_CHECKING:  # readers take the visit tool's options
     from webdancer_web.visit import VisitConfig
@@ -60,7 +60,10 @@ async def _with_retries(config: VisitConfig, attempt):
 
 
 class LocalReader(PageReader):
-    """Plain HTTP GET with every redirect hop re-checked by the SSRF guard, a size cap and a type check."""
+    """Plain HTTP GET with every redirect hop re-checked by the SSRF guard, a size cap and a type check.
+
+    Each request goes to the address the guard approved, never to a second lookup of the name.
+    """
 
     name = "local"
 
@@ -73,10 +76,10 @@ class LocalReader(PageReader):
     async def read(self, url: str) -> PageContent:
         current = url
         for _ in range(self.config.max_redirects + 1):
-            problem = await refusal(current, self.config.local_sites)
-            if problem:
-                raise FetchError(f"refused: {problem}")
-            status, headers, body = await _with_retries(self.config, lambda u=current: self._get(u))
+            approval = await approve(current, self.config.local_sites)
+            if approval.problem:
+                raise FetchError(f"refused: {approval.problem}")
+            status, headers, body = await _with_retries(self.config, lambda u=current, a=approval.address: self._get(u, a))
             if status in (301, 302, 303, 307, 308) and headers.get("location"):
                 current = urljoin(current, headers["location"])
                 continue
@@ -85,8 +88,9 @@ class LocalReader(PageReader):
             return _decode(url, current, headers.get("content-type", ""), body)
         raise FetchError(f"more than {self.config.max_redirects} redirects")
 
-    async def _get(self, url: str) -> tuple[int, httpx.Headers, bytes]:
-        async with self.client.stream("GET", url) as resp:
+    async def _get(self, url: str, address: str) -> tuple[int, httpx.Headers, bytes]:
+        target, headers, extensions = pinned_request(url, address)
+        async with self.client.stream("GET", target, headers=headers, extensions=extensions) as resp:
             if resp.status_code in (429,) or resp.status_code >= 500:
                 raise Retry(f"HTTP {resp.status_code}")
             declared = int(resp.headers.get("content-length") or 0)
@@ -102,6 +106,19 @@ class LocalReader(PageReader):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def pinned_request(url: str, address: str) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+    """`url` sent to `address`: the URL with the address as host, the name in `Host` and (https) in TLS SNI,
+    where the certificate is checked against the name too."""
+    parsed = httpx.URL(url)
+    host = parsed.host
+    target = parsed.copy_with(host=address)
+    default_port = 443 if parsed.scheme == "https" else 80
+    host_header = host if parsed.port in (None, default_port) else f"{host}:{parsed.port}"
+    if ":" in host:  # an IPv6 literal keeps its brackets in Host
+        host_header = f"[{host}]" if parsed.port in (None, default_port) else f"[{host}]:{parsed.port}"
+    return target, {"Host": host_header}, ({"sni_hostname": host} if parsed.scheme == "https" else {})
 
 
 def _decode(url: str, final_url: str, content_type: str, body: bytes) -> PageContent:

@@ -34,10 +34,12 @@ class _Server(ThreadingHTTPServer):
 
 
 class BackgroundServer:
-    """Start `handler_cls` on 127.0.0.1 (a free port unless given) in a daemon thread."""
+    """Start `handler_cls` on `host` (127.0.0.1; any 127.x for tests that need two) on a free port unless given,
+    in a daemon thread."""
 
-    def __init__(self, handler_cls: type[BaseHTTPRequestHandler], port: int = 0):
-        self.httpd = _Server(("127.0.0.1", port), handler_cls)
+    def __init__(self, handler_cls: type[BaseHTTPRequestHandler], port: int = 0, host: str = "127.0.0.1"):
+        self.host = host
+        self.httpd = _Server((host, port), handler_cls)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -47,7 +49,7 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> "BackgroundServer":
         self.thread.start()

@@ -108,3 +108,36 @@ def test_eval_never_counts_an_outage_as_wrong_and_says_the_run_is_incomplete(plu
     assert results["complete"] is True and results["overall"]["questions"] == 3 and results["overall"]["trajectories"] == 6
     assert results["overall"]["pass_at_1"] == 0.5
     assert all(len(r["messages"]) > 1 for r in lines(out / "trajectories.jsonl"))
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, writes fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = ["webdancer", *sys.argv[2:]]
+from webdancer.cli import main
+main()
+"""
+
+
+def test_a_full_disk_is_one_clear_error_and_a_rerun_continues_from_the_last_complete_record(plugins, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "t" / "trajectories_openai.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with FakeOpenAIServer(default=render_assistant("sure", answer="yes")) as srv:
+        args = sample_args(tmp_path, srv.base_url, "agent.concurrency=1", "agent.tools=[]")  # a process without the test tools
+        # Room for some trajectories, not all six (each is a few KB with the system prompt).
+        full = subprocess.run([sys.executable, "-c", FULL_DISK, "12000", *args], capture_output=True, text=True, env=env, timeout=120)
+        assert full.returncode == 1, full.stdout + full.stderr
+        assert "cannot write (File too large)" in full.stderr and "rerun" in full.stderr and "Traceback" not in full.stderr
+        kept = lines(out)  # every line a complete record: nothing torn
+        assert 0 < len(kept) < 6 and out.read_bytes().endswith(b"\n")
+
+        again = subprocess.run([sys.executable, "-c", FULL_DISK, "10000000", *args], capture_output=True, text=True, env=env, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"{6 - len(kept)} new trajectories ({len(kept)} already there)" in again.stdout
+    ids = [r["id"] for r in lines(out)]
+    assert sorted(ids) == sorted(f"q{i}:{s}" for i in range(3) for s in range(2))  # each once

@@ -17,6 +17,10 @@ class RecordError(WebdancerError):
     """A JSON record on disk is missing a field or has the wrong type."""
 
 
+class StorageError(WebdancerError):
+    """A run file cannot be written (disk full, read-only folder, quota); what was complete is kept."""
+
+
 class PluginError(WebdancerError):
     """A plugin is broken or two plugins register the same name."""
 

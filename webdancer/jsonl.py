@@ -8,11 +8,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from webdancer.errors import RecordError
+from webdancer.errors import RecordError, StorageError
 from webdancer.records import record_from_dict
 from webdancer.typed import to_dict
 
 T = TypeVar("T")
+
+
+def storage_error(path: Path, exc: OSError) -> StorageError:
+    """One clear line for a write that the disk refused, saying that a rerun continues."""
+    reason = exc.strerror or type(exc).__name__
+    return StorageError(
+        f"{path}: cannot write ({reason}); free disk space or make the folder writable, then rerun: "
+        "every complete record is kept and the run continues from the last one"
+    )
 
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -55,11 +64,15 @@ class JsonlAppender:
         self._key = key
         self._fsync = fsync
         self.done: set[Any] = set()
-        if self.path.exists():
-            self._repair_torn_tail()
-            for _, obj in iter_json_lines(self.path):
-                self.done.add(key(obj))
-        self._fh = self.path.open("a", encoding="utf-8")
+        try:
+            if self.path.exists():
+                self._repair_torn_tail()
+                for _, obj in iter_json_lines(self.path):
+                    self.done.add(key(obj))
+            # Unbuffered: a record is on its way to the disk when write() returns, or write() failed.
+            self._fh = self.path.open("ab", buffering=0)
+        except OSError as exc:
+            raise storage_error(self.path, exc) from None
 
     def _repair_torn_tail(self) -> None:
         with self.path.open("rb+") as fh:
@@ -88,11 +101,23 @@ class JsonlAppender:
         return key in self.done
 
     def write(self, record: Any) -> None:
+        """Append one record; when the disk refuses, cut the part written so the file ends on a complete record."""
         obj = record if isinstance(record, dict) else to_dict(record)
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._fh.flush()
-        if self._fsync:
-            os.fsync(self._fh.fileno())
+        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = self._fh.fileno()
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # the next open cuts the torn record off
+            raise storage_error(self.path, exc) from None
         self.done.add(self._key(obj))
 
     def close(self) -> None:
@@ -108,16 +133,21 @@ class JsonlAppender:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a whole file so that readers see the old or the new content, never half of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(path, exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(path, exc) from None
         raise
 
 

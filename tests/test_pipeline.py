@@ -42,8 +42,13 @@ def pipeline_args(local_web, srv, root):
             "synth.e2hqa.rounds=1", "synth.e2hqa.limit=6", "agent.current_date=2026-11-24"]
 
 
-def run(args, timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+CANARY = "sk-canary-3f9c2e7d1b"  # every key variable holds it; no file of a run may
+KEY_VARS = ("WEBDANCER_TEST_MODEL_KEY", "OPENAI_API_KEY", "SERPER_API_KEY", "GOOGLE_SEARCH_KEY", "JINA_API_KEY",
+            "DASHSCOPE_API_KEY", "HF_TOKEN", "WANDB_API_KEY")
+
+
+def run(args, timeout=600, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -64,13 +69,19 @@ def outcome(run_dir):
     return out
 
 
-def test_pipeline_runs_every_stage_and_writes_a_report(local_web, tmp_path):
+def test_pipeline_runs_every_stage_and_writes_a_report_and_no_secret_lands(local_web, tmp_path):
+    secrets = {var: CANARY for var in KEY_VARS}
     with FakeOpenAIServer(default=student) as srv:
-        result = run(pipeline_args(local_web, srv, tmp_path))
+        args = [*pipeline_args(local_web, srv, tmp_path), "model.api_key_env=WEBDANCER_TEST_MODEL_KEY"]
+        result = run(args, env_extra=secrets)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        again = run(pipeline_args(local_web, srv, tmp_path))
+        again = run(args, env_extra=secrets)
+        sent = [h.get("Authorization") for h in srv.state.headers]
     assert again.returncode == 0 and again.stdout.count("done already") == 8  # every stage but the report is skipped
     run_dir = tmp_path / "p"
+    assert sent and all(h == f"Bearer {CANARY}" for h in sent)  # the key was in use ...
+    leaked = [str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*") if f.is_file() and CANARY.encode() in f.read_bytes()]
+    assert leaked == [] and CANARY not in result.stdout + result.stderr + again.stdout + again.stderr  # ... and written nowhere
     state = json.loads((run_dir / "pipeline.json").read_text())
     assert list(state["stages"]) == STAGES.strip("[]").split(",")
     assert state["stages"]["split"]["summary"]["eval"] == 3 and state["stages"]["filter"]["summary"]["kept"] > 0

@@ -14,6 +14,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 collect_ignore = [] if importlib.util.find_spec("verl") else ["verl_side"]
 
 
+@pytest.fixture(autouse=True)
+def closed_breakers():
+    """Each test starts with every endpoint's circuit breaker closed, on the default settings."""
+    from webdancer.breaker import BREAKERS
+    from webdancer.config import InfraConfig
+
+    BREAKERS.reset()
+    BREAKERS.configure(InfraConfig())
+    yield
+
+
 @pytest.fixture
 def plugins():
     """A fresh registry (entry points + the test tools), installed as the process-wide one."""

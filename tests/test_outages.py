@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 
 from click.testing import CliRunner
 from test_eval import GAIA, scripted_model
@@ -58,7 +59,7 @@ def lines(path):
 def test_sample_against_a_down_endpoint_records_outages_apart_and_a_rerun_runs_them(plugins, tmp_path):
     out = tmp_path / "t" / "trajectories_openai.jsonl"
     outages = tmp_path / "t" / "trajectories_openai.outages.jsonl"
-    down = CliRunner().invoke(cli, sample_args(tmp_path, f"http://127.0.0.1:{closed_port()}/v1"))
+    down = CliRunner().invoke(cli, sample_args(tmp_path, f"http://127.0.0.1:{closed_port()}/v1", "infra.max_outage_s=0.5"))
     assert down.exit_code == 1, down.output
     assert "6 rollout(s) ended because an endpoint or backend was down" in down.output and "ConnectError" in down.output
     assert "Traceback" not in down.output
@@ -141,3 +142,39 @@ def test_a_full_disk_is_one_clear_error_and_a_rerun_continues_from_the_last_comp
         assert f"{6 - len(kept)} new trajectories ({len(kept)} already there)" in again.stdout
     ids = [r["id"] for r in lines(out)]
     assert sorted(ids) == sorted(f"q{i}:{s}" for i in range(3) for s in range(2))  # each once
+
+
+def down_then_up(seconds):
+    """An endpoint that answers 503 for `seconds` from its first request, then answers every question."""
+    state = {"start": None, "failed": 0}
+
+    def reply(request):
+        state["start"] = state["start"] or time.monotonic()
+        if time.monotonic() - state["start"] < seconds:
+            state["failed"] += 1
+            return (503, "restarting")
+        return render_assistant("sure", answer="yes")
+
+    return reply, state
+
+
+def test_an_endpoint_that_keeps_failing_pauses_every_rollout_until_it_answers(plugins, tmp_path):
+    reply, state = down_then_up(1.5)
+    with FakeOpenAIServer(default=reply) as srv:
+        result = CliRunner().invoke(cli, sample_args(tmp_path, srv.base_url, "infra.breaker_failures=3", "infra.probe_min_s=0.2"))
+    assert result.exit_code == 0, result.output
+    assert "6 new trajectories" in result.output and not (tmp_path / "t" / "trajectories_openai.outages.jsonl").exists()
+    # Paused, not hammering: the failures that opened it, those already in flight, and a few probes.
+    assert 3 <= state["failed"] <= 12
+
+
+def test_an_outage_longer_than_max_outage_s_stops_the_run_cleanly(plugins, tmp_path):
+    with FakeOpenAIServer(default=(503, "down for maintenance")) as srv:
+        started = time.monotonic()
+        result = CliRunner().invoke(cli, sample_args(tmp_path, srv.base_url, "infra.breaker_failures=2", "infra.max_outage_s=1",
+                                                     "infra.probe_min_s=0.3", "model.max_retries=10"))
+        elapsed = time.monotonic() - started
+        requests = len(srv.state.requests)
+    assert result.exit_code == 1 and "has been down for" in result.output and "infra.max_outage_s=1" in result.output
+    assert "6 rollout(s) ended" in result.output and elapsed < 15
+    assert requests < 20  # 6 rollouts x 11 tries each without the breaker

@@ -252,6 +252,7 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
     from rich.progress import Progress, TextColumn
 
     from webdancer.agent import configured_agent
+    from webdancer.breaker import BREAKERS
     from webdancer.jsonl import read_records
     from webdancer.records import QAItem
     from webdancer.sampling import check_no_outages, sample
@@ -270,7 +271,7 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
             progress.update(
                 task,
                 description=f"done {stats.done}/{stats.planned}  correct {stats.correct}  failed {stats.failed}  outages {stats.outages}  "
-                f"{stats.tokens_per_s:.1f} tok/s  {dict(stats.terminations)}",
+                f"{stats.tokens_per_s:.1f} tok/s  {dict(stats.terminations)}" + "".join(f"\n  paused: {d}" for d in BREAKERS.down()),
             )
 
         async def sample_all():

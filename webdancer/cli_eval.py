@@ -29,6 +29,7 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
     from rich.console import Console
     from rich.markdown import Markdown
 
+    from webdancer.breaker import BREAKERS
     from webdancer.config_loader import load_config
     from webdancer.evaluation import check_complete, default_eval_name, run_eval
 
@@ -40,7 +41,8 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
     name = name or default_eval_name(eval_file, cfg)
 
     def show(stats) -> None:
-        click.echo(f"\r  runs {stats.done}/{stats.planned} ({stats.already_there} already there)", nl=False, err=True)
+        down = "".join(f"  paused: {d}" for d in BREAKERS.down())
+        click.echo(f"\r  runs {stats.done}/{stats.planned} ({stats.already_there} already there){down}", nl=False, err=True)
 
     results = run_eval(cfg, eval_file, fmt, name, show, keep_failed)
     click.echo("", err=True)

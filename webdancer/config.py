@@ -275,6 +275,16 @@ class SftConfig:
 
 
 @dataclass
+class InfraConfig:
+    """Endpoints that keep failing: every rollout using one pauses (a circuit breaker per endpoint)."""
+
+    breaker_failures: int = 5  # consecutive failed attempts (connection errors, timeouts, 429/5xx) that pause it
+    max_outage_s: float = 600.0  # down this long: the rollouts end as outages and the run stops; a rerun continues
+    probe_min_s: float = 1.0  # first wait before probing a paused endpoint; doubles up to probe_max_s
+    probe_max_s: float = 30.0
+
+
+@dataclass
 class WebdancerConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -296,3 +306,4 @@ class WebdancerConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
     rl: RlConfig = field(default_factory=RlConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    infra: InfraConfig = field(default_factory=InfraConfig)

@@ -88,6 +88,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     _check_choices(cfg, "")
     if isinstance(cfg, WebdancerConfig):
         _link_web_tools(cfg)
+        from webdancer.breaker import BREAKERS
+
+        BREAKERS.configure(cfg.infra)  # the process's breakers follow the config it runs on
     return cfg
 
 

@@ -12,9 +12,12 @@ import functools
 import random
 import ssl
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import httpx
+
+if TYPE_CHECKING:
+    from webdancer.breaker import CircuitBreaker
 
 T = TypeVar("T")
 
@@ -132,24 +135,46 @@ async def with_retries(
     max_retries: int,
     backoff_s: float,
     on_retry: Callable[[str, int, float], None] | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> T:
     """Run `attempt` until it returns; each `Retry` it raises waits (jittered exponential backoff) and tries again.
 
     Transport errors and timeouts count as `Retry`. Any other exception passes straight through.
+    With a `breaker` (the endpoint's), attempts wait while it is open, and a failure that opened it
+    or happened while it was open does not use up a retry: the request waits for the endpoint
+    instead (or until the breaker gives up with OutageError).
     """
-    for number in range(1, max_retries + 2):
+    number = 0
+    while True:
+        probe = await breaker.admit() if breaker is not None else False
         try:
-            return await attempt()
+            result = await attempt()
         except httpx.TimeoutException:
             retry = Retry("timeout")
         except httpx.TransportError as exc:
             retry = Retry(f"{type(exc).__name__}: {exc}".rstrip(": "))
         except Retry as exc:
             retry = exc
+        except Exception:
+            if breaker is not None:
+                breaker.success(probe)  # the endpoint answered, with something that is not ours to retry
+            raise
+        except BaseException:
+            if breaker is not None:
+                breaker.release(probe)
+            raise
+        else:
+            if breaker is not None:
+                breaker.success(probe)
+            return result
+        if breaker is not None:
+            breaker.failure(retry.reason, probe)
+            if breaker.is_open:
+                continue  # paused: admit() waits for the endpoint, then this request tries again
+        number += 1
         if number > max_retries:
             raise RetriesExhausted(retry.reason, number)
         delay = retry.delay_s if retry.delay_s is not None else backoff_s * (2 ** (number - 1)) * (0.5 + random.random())
         if on_retry is not None:
             on_retry(retry.reason, number, delay)
         await asyncio.sleep(delay)
-    raise AssertionError("unreachable")

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from webdancer.breaker import BREAKERS
 from webdancer.config import ModelConfig
 from webdancer.errors import ModelError, ModelUnavailable
 from webdancer.http import CorePool, RawResponse, RetriesExhausted, Retry, ShardedAsyncClient, with_retries
@@ -45,6 +46,7 @@ class ChatClient:
         self._client = client or ShardedAsyncClient(lambda: CorePool(config.timeout_s, connect))
         self._headers = headers
         self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._breaker = BREAKERS.get(f"model endpoint {config.base_url}")
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
@@ -90,7 +92,7 @@ class ChatClient:
             log.warning("model call failed (%s), retry %d/%d in %.2fs", self._scrub(reason)[:200], number, cfg.max_retries, delay)
 
         try:
-            return await with_retries(attempt, cfg.max_retries, cfg.backoff_s, warn)
+            return await with_retries(attempt, cfg.max_retries, cfg.backoff_s, warn, self._breaker)
         except RetriesExhausted as exc:
             raise ModelUnavailable(f"model endpoint {cfg.base_url} (model {cfg.model}) failed after {exc.attempts} tries: {self._scrub(exc.reason)}") from None
 

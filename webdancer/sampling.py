@@ -7,6 +7,7 @@ ever reads it, and a rerun runs it again (unless `keep_failed`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import Counter
@@ -102,7 +103,7 @@ async def sample(
                     outage_sink = files.enter_context(JsonlAppender(outage_file))
                 outage_sink.write(traj)
                 stats.outages += 1
-                stats.outage_reasons[(traj.error or "")[:160]] += 1
+                stats.outage_reasons[(traj.error or "")[:300]] += 1
                 if on_update is not None:
                     on_update(stats)
                 return
@@ -114,5 +115,15 @@ async def sample(
             if on_update is not None:
                 on_update(stats)
 
-        await run_many(agent, todo, concurrency, on_done=done)
+        async def tick() -> None:  # the status line moves while nothing finishes (an endpoint paused)
+            while True:
+                await asyncio.sleep(2.0)
+                on_update(stats)
+
+        ticker = asyncio.ensure_future(tick()) if on_update is not None else None
+        try:
+            await run_many(agent, todo, concurrency, on_done=done)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
     return stats

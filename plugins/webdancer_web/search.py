@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Optional
 
 import httpx
 
+from webdancer.breaker import BREAKERS
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.keys import read_secret
@@ -95,7 +96,7 @@ class SerperSearch(SearchBackend):
             raise WebdancerError(f"serper search failed (HTTP {resp.status_code})")
 
         try:
-            return await with_retries(attempt, cfg.max_retries, cfg.backoff_s)
+            return await with_retries(attempt, cfg.max_retries, cfg.backoff_s, breaker=BREAKERS.get(f"search backend {cfg.serper_url}"))
         except RetriesExhausted as exc:
             raise OutageError(f"serper search failed after {exc.attempts} tries ({exc.reason})") from None
 

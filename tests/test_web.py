@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -302,3 +303,30 @@ async def test_agent_searches_and_visits_the_local_web(plugins, local_web):
     assert traj.termination == "answered" and traj.answer == "Guido van Rossum"
     assert "Guido van Rossum" in traj.steps[1].tool_result.content
     assert traj.steps[1].tool_call.arguments["url"][0].startswith(web.base_url)
+
+
+def test_the_offline_web_serves_256_concurrent_clients_while_a_slow_client_trickles(local_web):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    web, _, _ = local_web
+    stop = threading.Event()
+
+    def slow_client():  # one byte every 0.2 s, never finishing its request while the others run
+        with socket.create_connection((web.host, web.port)) as sock:
+            for byte in b"GET /foldoc/python.html HTTP/1.1\r\nHost: x\r\n":
+                if stop.is_set():
+                    return
+                sock.send(bytes([byte]))
+                time.sleep(0.2)
+
+    trickle = threading.Thread(target=slow_client, daemon=True)
+    trickle.start()
+    time.sleep(0.3)
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=256)) as client, ThreadPoolExecutor(256) as pool:
+        started = time.monotonic()
+        codes = list(pool.map(lambda i: client.get(f"{web.base_url}/foldoc/python.html").status_code, range(256)))
+        elapsed = time.monotonic() - started
+    stop.set()
+    assert codes == [200] * 256 and elapsed < 20
+    assert trickle.is_alive()  # still trickling: it did not hold the others up

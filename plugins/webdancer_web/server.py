@@ -21,6 +21,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    # Each connection has its own thread, so a slow client delays only itself; one that sends
+    # nothing for this long (a stalled or slow-loris connection) is closed and frees its thread.
+    timeout = 30
     roots: dict[str, str] = {}
     redirects: dict[str, dict[str, str]] = {}
 
@@ -86,7 +89,7 @@ class _Handler(SimpleHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 256
+    request_queue_size = 1024  # the listen backlog: 256 clients connecting at once are all accepted
 
 
 class LocalWebServer:

@@ -139,12 +139,30 @@ def test_judge_decides_and_a_failing_judge_falls_back_to_matching(plugins, tmp_p
     assert results["overall"]["pass_at_1"] == pytest.approx(2 / 3)
 
     scripted_model.xilinx = 0
-    with FakeOpenAIServer(default=scripted_model) as srv, FakeOpenAIServer(default=(500, "judge down")) as judge:
-        down = run_cli(*eval_args(tmp_path, srv, "--name", "fallback", f"eval.judge={{base_url: '{judge.base_url}', model: j, max_retries: 0}}"))
-        assert down.exit_code == 0, down.output
+    with FakeOpenAIServer(default=scripted_model) as srv, FakeOpenAIServer(default=(400, "cannot judge this")) as judge:
+        refused = run_cli(*eval_args(tmp_path, srv, "--name", "fallback", f"eval.judge={{base_url: '{judge.base_url}', model: j, max_retries: 0}}"))
+        assert refused.exit_code == 0, refused.output
     scores = [json.loads(line) for line in (tmp_path / "t" / "eval" / "fallback" / "scores.jsonl").read_text().splitlines()]
     methods = [s["method"] for s in scores]
-    assert sum(m.startswith("match (judge failed:") and "500" in m for m in methods) == 2 and sum(s["correct"] for s in scores) == 2
+    assert sum(m.startswith("match (judge failed:") and "400" in m for m in methods) == 2 and sum(s["correct"] for s in scores) == 2
+
+
+def test_a_judge_outage_leaves_runs_unscored_until_a_rerun(plugins, tmp_path):
+    scripted_model.xilinx = 0
+    def judged(url):
+        return f"eval.judge={{base_url: '{url}', model: j, max_retries: 0}}"
+
+    with FakeOpenAIServer(default=scripted_model) as srv:
+        with FakeOpenAIServer(default=(503, "judge down")) as judge:
+            down = CliRunner().invoke(cli, eval_args(tmp_path, srv, "--name", "jd", judged(judge.base_url)))
+        assert down.exit_code == 1 and "2 planned run(s) are missing" in down.output  # the two answered runs
+        results = json.loads((tmp_path / "t" / "eval" / "jd" / "results.json").read_text())
+        assert results["complete"] is False and results["overall"]["judged_by"] == {"no answer": 1}
+        with FakeOpenAIServer(default=judge_reply) as judge:
+            back = CliRunner().invoke(cli, eval_args(tmp_path, srv, "--name", "jd", judged(judge.base_url)))
+        assert back.exit_code == 0, back.output
+    results = json.loads((tmp_path / "t" / "eval" / "jd" / "results.json").read_text())
+    assert results["complete"] is True and results["overall"]["judged_by"] == {"judge": 2, "no answer": 1}
 
 
 def test_compare_shows_two_runs_side_by_side(plugins, tmp_path):

@@ -178,3 +178,120 @@ def test_an_outage_longer_than_max_outage_s_stops_the_run_cleanly(plugins, tmp_p
     assert result.exit_code == 1 and "has been down for" in result.output and "infra.max_outage_s=1" in result.output
     assert "6 rollout(s) ended" in result.output and elapsed < 15
     assert requests < 20  # 6 rollouts x 11 tries each without the breaker
+
+
+MODEL_PROCESS = """
+import asyncio, sys
+from collections import deque
+from webdancer.records import ToolCall
+from webdancer.testing.fake_openai import FakeOpenAIState, serve_asyncio
+from webdancer.wire import render_assistant
+
+def reply(request):  # deterministic, greedy-like: one lookup, then the question's last word as the answer
+    messages = request["messages"]
+    if not any(m["role"] == "assistant" for m in messages):
+        return render_assistant("look it up", tool_call=ToolCall("lookup", {"query": ["facts"]}))
+    return render_assistant("found", answer=messages[1]["content"].split()[-1].rstrip("?"))
+
+state = FakeOpenAIState(replies=deque(), default=reply, latency_s=0.05, keep_requests=False)
+asyncio.run(serve_asyncio(state, port=int(sys.argv[1])))
+"""
+
+
+class KilledAndRestarted:
+    """The fake model server in its own process, SIGKILLed `after_s` into the block and restarted `down_s` later."""
+
+    def __init__(self, after_s=0.8, down_s=1.5):
+        import os
+        import sys
+        import threading
+
+        from conftest import free_port
+
+        self.port = free_port()
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        self.after_s, self.down_s = after_s, down_s
+        self.killed_at = self.restarted_at = None
+        self.thread = threading.Thread(target=self._chaos, daemon=True)
+
+    def _start(self):
+        import subprocess
+        import sys
+
+        proc = subprocess.Popen([sys.executable, "-c", MODEL_PROCESS, str(self.port)], env=self.env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the fake model process did not start")
+
+    def _chaos(self):
+        time.sleep(self.after_s)
+        self.proc.kill()  # SIGKILL: connections in flight die with it
+        self.proc.wait()
+        self.killed_at = time.monotonic()
+        time.sleep(self.down_s)
+        self.proc = self._start()
+        self.restarted_at = time.monotonic()
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self):
+        self.proc = self._start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(30)
+        self.proc.kill()
+        self.proc.wait()
+
+
+def test_sample_and_eval_survive_a_model_server_killed_and_restarted(plugins, tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Which word is {w}?", "answer": w}) + "\n"
+                          for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])))
+    resilient = ["model.max_retries=2", "model.backoff_s=0.05", "infra.breaker_failures=3", "infra.probe_min_s=0.2",
+                 "agent.tools=[lookup]", "agent.concurrency=4", f"run.root={tmp_path}", "model.model=m"]
+    with KilledAndRestarted() as server:
+        started = time.monotonic()
+        sampled = CliRunner().invoke(cli, ["sample", str(qa), "run.name=s", f"model.base_url={server.base_url}", "--n", "3", *resilient])
+        finished = time.monotonic()
+    assert sampled.exit_code == 0, sampled.output
+    assert server.killed_at is not None and started < server.killed_at < finished  # the kill hit the run
+    out = lines(tmp_path / "s" / "trajectories_openai.jsonl")
+    assert sorted(r["id"] for r in out) == sorted(f"q{i}:{s}" for i in range(8) for s in range(3))  # all, once each
+    assert {r["termination"] for r in out} == {"answered"} and all(r["answer"] == r["reference_answer"] for r in out)
+    assert not (tmp_path / "s" / "trajectories_openai.outages.jsonl").exists()
+
+    with KilledAndRestarted() as server:
+        evaluated = CliRunner().invoke(cli, ["eval", "run", str(qa), "run.name=e", f"model.base_url={server.base_url}", "--k", "3",
+                                             "--name", "faulty", *resilient])
+    assert evaluated.exit_code == 0, evaluated.output
+    results = json.loads((tmp_path / "e" / "eval" / "faulty" / "results.json").read_text())
+    # The same scores as a fault-free run: this model is right on every question.
+    assert results["complete"] is True and results["overall"]["trajectories"] == 24 and results["overall"]["pass_at_1"] == 1.0
+
+
+async def test_a_search_backend_rate_limiting_for_a_while_pauses_the_rollout_instead_of_failing_it(plugins, monkeypatch):
+    from webdancer.breaker import BREAKERS
+    from webdancer.config import InfraConfig
+
+    BREAKERS.configure(InfraConfig(breaker_failures=3, probe_min_s=0.1))
+    with FakeSerper(statuses=[429] * 6) as serper, FakeOpenAIServer(
+        [render_assistant("search", tool_call=ToolCall("search", {"query": ["derby"]})), render_assistant("ok", answer="x")]
+    ) as srv:
+        monkeypatch.setenv("SERPER_API_KEY", serper.key)
+        # Two retries of its own, then the breaker opens on the third failure and the request waits instead.
+        options = {"search": {"backend": "serper", "serper_url": serper.url + "/search", "backoff_s": 0.01, "max_retries": 2}}
+        policy = build_policy("openai", {}, ModelConfig(base_url=srv.base_url, model="m", backoff_s=0.01), plugins)
+        async with ToolBox.from_config(["search"], options, 30.0, plugins) as toolbox:
+            traj = await Agent(policy, toolbox, AgentConfig()).run("Who won the 1964 Derby?")
+        await policy.aclose()
+    assert traj.termination == "answered" and "found 3 results" in traj.steps[0].tool_result.content
+    assert len(serper.requests) == 7  # six 429s (paused after three, then probes), then the answer

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from webdancer.cli import cli
 from webdancer.config_loader import load_config
-from webdancer.errors import WebdancerError
+from webdancer.errors import OutageError, WebdancerError
 from webdancer.plugins import get_plugins
 from webdancer.records import QAItem, ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
@@ -109,10 +109,14 @@ def test_compute_score_with_a_judge_and_its_fallback():
         options = {"judge": {"model": {"base_url": judge.base_url, "model": "j", "max_retries": 0}}}
         out = asyncio.run(compute_score("s", rollout("J. Kilby of TI"), "Jack Kilby", {"question": "Who?"}, weights={"format": 0.1, "judge": 0.9}, options=options))
         assert out["judge"] == 1.0 and out["judge_failed"] == 0.0 and "J. Kilby of TI" in judge.state.requests[0]["messages"][0]["content"]
-    with FakeOpenAIServer(default=(500, "down")) as judge:
+    with FakeOpenAIServer(default=(400, "bad request")) as judge:  # a judge that refuses: match instead, and say so
         options = {"judge": {"model": {"base_url": judge.base_url, "model": "j2", "max_retries": 0}}}
         out = asyncio.run(compute_score("s", rollout("Jack Kilby"), "Jack Kilby", {}, weights={"format": 0.1, "judge": 0.9}, options=options))
-    assert out["judge_failed"] == 1.0 and out["judge"] == 1.0  # fell back to matching, and said so
+    assert out["judge_failed"] == 1.0 and out["judge"] == 1.0
+    with FakeOpenAIServer(default=(503, "down")) as judge:  # a judge that is down: never a reward
+        options = {"judge": {"model": {"base_url": judge.base_url, "model": "j3", "max_retries": 0}}}
+        with pytest.raises(OutageError, match="HTTP 503"):
+            asyncio.run(compute_score("s", rollout("Jack Kilby"), "Jack Kilby", {}, weights={"format": 0.1, "judge": 0.9}, options=options))
 
 
 def test_rl_overrides_are_all_plain_key_value(tmp_path):

@@ -37,7 +37,8 @@ class Score:
 async def score_trajectories(
     trajs: list[Trajectory], out: Path, judge: Optional[Reward], f1_threshold: float = 0.8, concurrency: int = 8
 ) -> None:
-    """Append a Score for every trajectory not yet scored; the judge's failures fall back to matching."""
+    """Append a Score for every trajectory not yet scored; a judge's refusals fall back to matching, its
+    outages leave the trajectory unscored for a rerun."""
     sem = asyncio.Semaphore(concurrency)
     with JsonlAppender(out) as sink:
         todo = [t for t in trajs if t.id not in sink]
@@ -55,6 +56,8 @@ async def score_trajectories(
                 async with sem:
                     verdict = await judge.score(sample) >= 0.5
                 sink.write(Score(t.id, t.question_id, verdict, "judge"))
+            except OutageError:
+                return  # the judge is down: not scored (the run counts as missing), a rerun scores it
             except WebdancerError as exc:
                 fallback = matches(answer, t.reference_answer or "", f1_threshold)
                 sink.write(Score(t.id, t.question_id, fallback, f"match (judge failed: {str(exc)[:120]})"))
@@ -179,6 +182,7 @@ def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int
     results = {"meta": meta, **summarize(items, trajs, scores, k)}
     if not results["complete"]:
         results["outages"] = _count_ids(outages_path(run.trajectories), {t.id for t in trajs})
+        results["unscored"] = sum(1 for t in trajs if t.id not in scores)  # the judge was down
     atomic_write_json(run.results, results)
     atomic_write_text(run.dir / "report.md", render_markdown(results))
     plot_results({meta.get("name", run.dir.name): results}, run.dir / "plot.png")
@@ -226,7 +230,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them.", ""]
     if not results.get("complete", True):
         out += [f"**Incomplete:** {results['incomplete_runs']} of the planned runs are missing "
-                f"({results.get('outages', 0)} ended by an outage of the model endpoint or a tool backend). "
+                f"({results.get('outages', 0)} ended by an outage of the model endpoint or a tool backend, "
+                f"{results.get('unscored', 0)} not scored because the judge was down). "
                 "They are not counted as wrong, nor at all; rerun the same command to run them.", ""]
     out += [_table([("all", overall)], "set"), ""]
     for key, buckets in results["groups"].items():
@@ -302,7 +307,8 @@ def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:
         return
     raise OutageError(
         f"{out_dir}: {results['incomplete_runs']} planned run(s) are missing ({results.get('outages', 0)} ended by an "
-        f"outage, recorded in {outages_path(out_dir / 'trajectories.jsonl').name}); results.json says complete: false. "
+        f"outage, recorded in {outages_path(out_dir / 'trajectories.jsonl').name}; {results.get('unscored', 0)} not scored "
+        "because the judge was down); results.json says complete: false. "
         f"Bring the service back and rerun {rerun} to run them."
     )
 

@@ -13,7 +13,7 @@ import json
 from typing import Any, Optional
 
 from webdancer.config import DEFAULT_REWARD_WEIGHTS
-from webdancer.errors import ConfigError, WebdancerError
+from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.rewards import Reward, RewardInput
 from webdancer.scoring import matches
 from webdancer.wire import final_turn, parse_assistant
@@ -63,6 +63,8 @@ async def compute_score(
     for name, reward in build_rewards(weights, options or {}).items():
         try:
             out[name] = float(await reward.score(sample))
+        except OutageError:
+            raise  # a judge outage is never a reward: training stops, a rerun resumes from the last checkpoint
         except WebdancerError:
             if name != "judge":
                 raise

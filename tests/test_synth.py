@@ -10,7 +10,7 @@ from webdancer_synth.e2hqa import E2HQA, E2HQAConfig, candidate_entities
 from webfakes import Route, ScriptedSite
 
 from webdancer.cli import cli
-from webdancer.errors import ConfigError, RecordError, WebdancerError
+from webdancer.errors import ConfigError, OutageError, RecordError, WebdancerError
 from webdancer.jsonl import read_records
 from webdancer.records import QAItem
 from webdancer.scoring import normalize_answer
@@ -145,6 +145,18 @@ async def test_crawlqa_llm_path_against_fake_and_garbage_counted(local_web, tmp_
     assert "## Page 1:" in prompt and "Return one JSON object" in prompt
     assert synth.gate.dropped["llm_unparseable"] >= 1
     assert all(i.provenance["generator"] == "llm" and i.provenance["model"] == "writer" for i in items)
+
+
+async def test_an_llm_outage_stops_the_synthesis_instead_of_dropping_items(local_web, tmp_path):
+    web, _, _ = local_web
+    with FakeOpenAIServer(default=(503, "down")) as srv:
+        cfg = CrawlQAConfig(root_url=f"{web.base_url}/foldoc/python.html", crawl_store=str(tmp_path / "c.jsonl"), max_pages=5,
+                            num_items=1, llm={"base_url": srv.base_url, "model": "writer", "max_retries": 0},
+                            prompt_file="configs/prompts/crawlqa.txt")
+        synth = CrawlQA(cfg)
+        with pytest.raises(OutageError, match="HTTP 503"):
+            _ = [i async for i in synth.generate()]
+    assert not synth.gate.dropped  # nothing was counted as a bad question
 
 
 async def test_crawlqa_llm_path_with_the_tiny_model(tiny_server, local_web, tmp_path):

@@ -236,5 +236,12 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
         return command
     code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
     if code != 0:
-        raise WebdancerError(f"the TRL engine exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
+        tail = log_tail(output_dir / "train.log")
+        if "died with <Signals.SIGKILL" in tail:  # accelerate's traceback says nothing useful; say what happened
+            raise WebdancerError(
+                f"the TRL engine was killed (SIGKILL; the kernel's out-of-memory killer, if `dmesg` says so): lower "
+                f"rl.micro_batch_size, rl.n_rollouts or rl.max_response_length, or free memory, then rerun: training "
+                f"resumes from the last checkpoint in {output_dir / 'checkpoints'} (rl.save_freq={cfg.rl.save_freq})"
+            )
+        raise WebdancerError(f"the TRL engine exited with code {code}; last lines:\n" + tail)
     return command

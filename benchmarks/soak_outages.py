@@ -28,27 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 from webdancer_web.build import build_web  # noqa: E402
 
 from webdancer.config import SiteConfig  # noqa: E402
+from webdancer.testing.model_process import ModelProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBDANCER = str(Path(sys.executable).with_name("webdancer"))
-MODEL = """
-import asyncio, sys
-from collections import deque
-from webdancer.records import ToolCall
-from webdancer.testing.fake_openai import FakeOpenAIState, serve_asyncio
-from webdancer.wire import render_assistant
-
-def reply(request):
-    messages = request["messages"]
-    if not any(m["role"] == "assistant" for m in messages):
-        return render_assistant("look it up", tool_call=ToolCall("search", {"query": ["python"]}))
-    return render_assistant("found", answer=messages[1]["content"].split()[-1].rstrip("?"))
-
-state = FakeOpenAIState(replies=deque(), default=reply, latency_s=0.3, keep_requests=False)
-asyncio.run(serve_asyncio(state, port=int(sys.argv[1])))
-"""
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,40 +39,30 @@ def free_port() -> int:
 
 
 class Chaos:
-    def __init__(self, port: int, rng: random.Random):
-        self.port, self.rng = port, rng
+    """Kill the model process every 10-40 s and start it again 0.5-5 s later."""
+
+    def __init__(self, model: ModelProcess, rng: random.Random):
+        self.model, self.rng = model, rng
         self.kills = 0
         self.stop = threading.Event()
-        self.proc = self._start()
         self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _start(self) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", MODEL, str(self.port)])
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the fake model did not start")
 
     def _run(self) -> None:
         while not self.stop.wait(self.rng.uniform(10, 40)):
-            self.proc.kill()
-            self.proc.wait()
+            self.model.kill()
             self.kills += 1
             time.sleep(self.rng.uniform(0.5, 5.0))
-            self.proc = self._start()
+            self.model.start()
 
     def __enter__(self) -> "Chaos":
+        self.model.start()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(60)
-        self.proc.kill()
-        self.proc.wait()
+        self.model.kill()
 
 
 def main() -> None:
@@ -112,7 +85,7 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
         started = time.monotonic()
         runs = 0
-        with Chaos(port, rng) as chaos:
+        with Chaos(ModelProcess(port, tool="search", latency_s=0.3), rng) as chaos:
             while True:
                 runs += 1
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env)

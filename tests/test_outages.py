@@ -14,6 +14,7 @@ from webdancer.config import AgentConfig, ModelConfig
 from webdancer.policies import build_policy
 from webdancer.records import ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
+from webdancer.testing.model_process import ModelProcess
 from webdancer.tools import ToolBox
 from webdancer.wire import render_assistant
 
@@ -26,16 +27,22 @@ def closed_port() -> int:
     return port
 
 
-async def test_a_search_backend_outage_ends_the_rollout_without_an_observation(plugins, monkeypatch):
-    with FakeSerper(statuses=[500] * 4) as serper, FakeOpenAIServer(
-        [render_assistant("search", tool_call=ToolCall("search", {"query": ["derby"]}))]
-    ) as srv:
+async def search_once_then_answer(plugins, monkeypatch, serper, max_retries):
+    """The agent with only Serper's `search`: the model searches once, then answers."""
+    replies = [render_assistant("search", tool_call=ToolCall("search", {"query": ["derby"]})), render_assistant("ok", answer="x")]
+    with FakeOpenAIServer(replies) as srv:
         monkeypatch.setenv("SERPER_API_KEY", serper.key)
-        options = {"search": {"backend": "serper", "serper_url": serper.url + "/search", "backoff_s": 0.01, "max_retries": 1}}
+        options = {"search": {"backend": "serper", "serper_url": serper.url + "/search", "backoff_s": 0.01, "max_retries": max_retries}}
         policy = build_policy("openai", {}, ModelConfig(base_url=srv.base_url, model="m", backoff_s=0.01), plugins)
-        async with ToolBox.from_config(["search"], options, 5.0, plugins) as toolbox:
+        async with ToolBox.from_config(["search"], options, 30.0, plugins) as toolbox:
             traj = await Agent(policy, toolbox, AgentConfig()).run("Who won the 1964 Derby?")
         await policy.aclose()
+    return traj
+
+
+async def test_a_search_backend_outage_ends_the_rollout_without_an_observation(plugins, monkeypatch):
+    with FakeSerper(statuses=[500] * 4) as serper:
+        traj = await search_once_then_answer(plugins, monkeypatch, serper, max_retries=1)
     assert traj.termination == "outage" and "serper search failed after 2 tries (HTTP 500)" in traj.error
     assert traj.steps[0].tool_result is None  # the model never saw the failure as an observation
     assert len(serper.requests) == 2
@@ -180,76 +187,38 @@ def test_an_outage_longer_than_max_outage_s_stops_the_run_cleanly(plugins, tmp_p
     assert requests < 20  # 6 rollouts x 11 tries each without the breaker
 
 
-MODEL_PROCESS = """
-import asyncio, sys
-from collections import deque
-from webdancer.records import ToolCall
-from webdancer.testing.fake_openai import FakeOpenAIState, serve_asyncio
-from webdancer.wire import render_assistant
-
-def reply(request):  # deterministic, greedy-like: one lookup, then the question's last word as the answer
-    messages = request["messages"]
-    if not any(m["role"] == "assistant" for m in messages):
-        return render_assistant("look it up", tool_call=ToolCall("lookup", {"query": ["facts"]}))
-    return render_assistant("found", answer=messages[1]["content"].split()[-1].rstrip("?"))
-
-state = FakeOpenAIState(replies=deque(), default=reply, latency_s=0.05, keep_requests=False)
-asyncio.run(serve_asyncio(state, port=int(sys.argv[1])))
-"""
-
-
 class KilledAndRestarted:
-    """The fake model server in its own process, SIGKILLed `after_s` into the block and restarted `down_s` later."""
+    """The fake model in its own process, SIGKILLed `after_s` into the block and restarted `down_s` later."""
 
     def __init__(self, after_s=0.8, down_s=1.5):
-        import os
-        import sys
         import threading
 
         from conftest import free_port
 
-        self.port = free_port()
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        self.model = ModelProcess(free_port(), tool="lookup", latency_s=0.2)  # runs last ~3 s: the kill lands mid-run
         self.after_s, self.down_s = after_s, down_s
-        self.killed_at = self.restarted_at = None
+        self.killed_at = None
         self.thread = threading.Thread(target=self._chaos, daemon=True)
-
-    def _start(self):
-        import subprocess
-        import sys
-
-        proc = subprocess.Popen([sys.executable, "-c", MODEL_PROCESS, str(self.port)], env=self.env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the fake model process did not start")
 
     def _chaos(self):
         time.sleep(self.after_s)
-        self.proc.kill()  # SIGKILL: connections in flight die with it
-        self.proc.wait()
+        self.model.kill()
         self.killed_at = time.monotonic()
         time.sleep(self.down_s)
-        self.proc = self._start()
-        self.restarted_at = time.monotonic()
+        self.model.start()
 
     @property
     def base_url(self):
-        return f"http://127.0.0.1:{self.port}/v1"
+        return self.model.base_url
 
     def __enter__(self):
-        self.proc = self._start()
+        self.model.start()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.thread.join(30)
-        self.proc.kill()
-        self.proc.wait()
+        self.model.kill()
 
 
 def test_sample_and_eval_survive_a_model_server_killed_and_restarted(plugins, tmp_path):
@@ -283,15 +252,8 @@ async def test_a_search_backend_rate_limiting_for_a_while_pauses_the_rollout_ins
     from webdancer.config import InfraConfig
 
     BREAKERS.configure(InfraConfig(breaker_failures=3, probe_min_s=0.1))
-    with FakeSerper(statuses=[429] * 6) as serper, FakeOpenAIServer(
-        [render_assistant("search", tool_call=ToolCall("search", {"query": ["derby"]})), render_assistant("ok", answer="x")]
-    ) as srv:
-        monkeypatch.setenv("SERPER_API_KEY", serper.key)
+    with FakeSerper(statuses=[429] * 6) as serper:
         # Two retries of its own, then the breaker opens on the third failure and the request waits instead.
-        options = {"search": {"backend": "serper", "serper_url": serper.url + "/search", "backoff_s": 0.01, "max_retries": 2}}
-        policy = build_policy("openai", {}, ModelConfig(base_url=srv.base_url, model="m", backoff_s=0.01), plugins)
-        async with ToolBox.from_config(["search"], options, 30.0, plugins) as toolbox:
-            traj = await Agent(policy, toolbox, AgentConfig()).run("Who won the 1964 Derby?")
-        await policy.aclose()
+        traj = await search_once_then_answer(plugins, monkeypatch, serper, max_retries=2)
     assert traj.termination == "answered" and "found 3 results" in traj.steps[0].tool_result.content
     assert len(serper.requests) == 7  # six 429s (paused after three, then probes), then the answer

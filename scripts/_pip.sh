@@ -1,0 +1,12 @@
+# Sourced by the setup scripts: pip's own output goes to a log file, shown only when pip fails,
+# so a setup prints a few lines of its own (pip's warnings, e.g. about a machine's index settings, stay in the log).
+WEBDANCER_PIP_LOG=${WEBDANCER_PIP_LOG:-$(mktemp -t webdancer-pip.XXXXXX)}
+pip_install() {  # pip_install PYTHON ARGS...: `PYTHON -m pip install ARGS`, quietly
+  local py=$1
+  shift
+  if ! "$py" -m pip install "$@" >>"$WEBDANCER_PIP_LOG" 2>&1; then
+    echo "error: pip install $* failed; the end of its log ($WEBDANCER_PIP_LOG):" >&2
+    tail -n 40 "$WEBDANCER_PIP_LOG" >&2
+    return 1
+  fi
+}

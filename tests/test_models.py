@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import free_port
@@ -142,3 +143,22 @@ async def test_agent_runs_against_the_served_tiny_model(plugins, tiny_server, lo
         assert step.raw_output.strip()
         # Whatever the tiny model wrote was handled: an answer, a tool call, or an error observation.
         assert step.answer is not None or step.tool_call is not None or step.parse_error
+
+
+async def test_the_served_model_samples_when_asked_and_is_greedy_at_temperature_0(tiny_server):
+    from webdancer.llm import ChatClient
+    from webdancer.records import Message
+
+    serve_cfg, server = tiny_server
+    prompt = [Message("user", "Write one sentence about a city you like.")]
+
+    async def replies(temperature):
+        model = ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_tokens=24, temperature=temperature,
+                            top_p=1.0, stop=[])
+        async with ChatClient(model) as client:
+            return [(await client.chat(prompt)).text for _ in range(3)]
+
+    greedy, sampled = await replies(0.0), await replies(1.0)
+    assert len(set(greedy)) == 1  # temperature 0: the same text every time
+    assert len(set(sampled)) > 1  # transformers serve decoded greedily at any temperature before
+    assert json.loads((Path(serve_cfg.model_path) / "generation_config.json").read_text())["do_sample"] is True

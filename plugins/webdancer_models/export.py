@@ -43,6 +43,27 @@ def clean_model_folder(folder: Path) -> bool:
     return True
 
 
+def sample_when_asked(folder: Path) -> bool:
+    """Make `transformers serve` honour a request's temperature as every OpenAI server does; True when it changed.
+
+    It samples only when the model's generation_config says `do_sample` (a request with temperature 0
+    turns it off again), so without this a temperature of 0.6 still decodes greedily and k runs of a
+    question are k copies. `top_k` is turned off too: OpenAI's API has temperature and top_p only.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    folder = Path(folder)
+    try:
+        config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(folder))
+    if config.do_sample is True and not config.top_k:
+        return False
+    config.do_sample, config.top_k = True, 0
+    atomic_write_text(folder / "generation_config.json", config.to_json_string(use_diff=True))
+    return True
+
+
 def load_gguf(name: str):
     """The model and tokenizer from the packaged GGUF (dequantized by transformers; no hub access)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,6 +130,7 @@ def export_model(name: str, out_dir: Path) -> Path:
         raise WebdancerError(f"weights of '{name}' did not map onto its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     fresh.tie_weights()
     fresh.generation_config = model.generation_config
+    fresh.generation_config.do_sample, fresh.generation_config.top_k = True, 0  # see sample_when_asked
     tokenizer.chat_template = WIRE_CHATML_TEMPLATE
     # The template ends every turn with <|im_end|>: that is the end-of-sequence token generation and RL stop at.
     # (transformers 5.10's GGUF conversion names <|im_start|> instead; 5.24's gets it right.)

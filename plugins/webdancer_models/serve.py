@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -16,6 +17,8 @@ import httpx
 
 from webdancer.config import ServeConfig
 from webdancer.errors import WebdancerError
+
+log = logging.getLogger("webdancer.serve")
 
 
 def transformers_command(cfg: ServeConfig) -> list[str]:
@@ -160,6 +163,10 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
     if cfg.backend == "transformers":
         if not (Path(cfg.model_path) / "config.json").is_file():
             raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
+        from webdancer_models.export import sample_when_asked
+
+        if sample_when_asked(Path(cfg.model_path)):
+            log.info("%s/generation_config.json: do_sample=true so that request temperatures apply (0 stays greedy)", cfg.model_path)
         command = transformers_command(cfg)
     elif cfg.backend == "sglang":
         command = sglang_command(cfg, sys.executable)

@@ -51,7 +51,7 @@ async def test_steps_stream_one_update_at_a_time_with_observations_collapsed(plu
 async def test_errors_show_in_the_page_not_as_tracebacks(plugins, monkeypatch):
     port = free_port()  # nothing listens there: the model is down
     down = await collect("q", demo_config(f"http://127.0.0.1:{port}/v1"))
-    assert "The model endpoint failed" in down[-1][-1]["content"] and "Traceback" not in str(down)
+    assert "The model endpoint or a tool backend is down" in down[-1][-1]["content"] and "Traceback" not in str(down)
 
     monkeypatch.delenv("SERPER_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_SEARCH_KEY", raising=False)
@@ -59,6 +59,16 @@ async def test_errors_show_in_the_page_not_as_tracebacks(plugins, monkeypatch):
         no_key = await collect("q", demo_config(srv.base_url, "agent.tools=[search]", "tools.search.backend=serper", "agent.max_turns=1"))
     text = str(no_key[-1])
     assert "SERPER_API_KEY" in text and "Traceback" not in text
+
+    # The demo does not keep a person waiting for a batch run's outage limit (infra.max_outage_s, 600 s).
+    from webdancer_demo.app import build_app
+
+    patient = demo_config(f"http://127.0.0.1:{port}/v1", "model.max_retries=20", "model.backoff_s=0.05", "demo.max_outage_s=1")
+    build_app(patient)
+    started = time.monotonic()
+    down = await collect("q", patient)
+    assert "is down" in down[-1][-1]["content"] and "infra.max_outage_s=1" in down[-1][-1]["content"]
+    assert time.monotonic() - started < 15
 
     empty = await collect("  ", demo_config("http://127.0.0.1:1/v1"))
     assert empty[-1][-1]["content"] == "⚠ Type a question first."

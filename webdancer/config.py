@@ -247,6 +247,8 @@ class DemoConfig:
     model_run: str = ""
     # Start `serve.*` for the model (the embedded default's CPU server) and stop it with the demo.
     serve_model: bool = False
+    # A person waits at the page: a model or backend down this long is reported, not waited for (infra.max_outage_s).
+    max_outage_s: float = 20.0
 
 
 @dataclass

@@ -95,7 +95,14 @@ async def ask(question: str, cfg: WebdancerConfig) -> AsyncIterator[Chat]:
 
 
 def build_app(cfg: WebdancerConfig, which: str = "") -> Any:
+    import dataclasses
+
     import gradio as gr
+
+    from webdancer.breaker import BREAKERS
+
+    # Someone is waiting at the page: say an endpoint is down after demo.max_outage_s, not after a batch run's wait.
+    BREAKERS.configure(dataclasses.replace(cfg.infra, max_outage_s=min(cfg.infra.max_outage_s, cfg.demo.max_outage_s)))
 
     async def respond(question: str):
         async for chat in ask(question, cfg):

@@ -120,6 +120,24 @@ def test_missing_keys_name_the_env_vars(monkeypatch):
         VisitTool(VisitConfig(reader="jina"))
 
 
+async def test_the_jina_reader_down_or_rate_limiting_is_an_outage_not_a_page(monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("JINA_API_KEY", "jina-test-key")
+    down = VisitTool(VisitConfig(reader="jina", jina_url=f"http://127.0.0.1:{free_port()}", cache_dir=None, backoff_s=0.01, max_retries=1))
+    with pytest.raises(OutageError, match="jina reader .* failed after 2 tries \\(ConnectError"):
+        await down.call({"url": ["https://example.org/"], "goal": "x"})
+    await down.aclose()
+    with FakeJina(statuses=[429, 429]) as jina:
+        limited = VisitTool(VisitConfig(reader="jina", jina_url=jina.url, cache_dir=None, backoff_s=0.01, max_retries=1))
+        with pytest.raises(OutageError, match="jina HTTP 429"):
+            await limited.call({"url": ["https://example.org/"], "goal": "x"})
+        jina.statuses = [429]  # one 429, then the page: a retry is enough
+        out = await limited.call({"url": ["https://example.org/"], "goal": "who won"})
+        await limited.aclose()
+    assert "Santa Claus in 1964" in out
+
+
 def visit_tool(local_sites, tmp_path=None, **kw):
     return VisitTool(VisitConfig(local_sites=local_sites, cache_dir=str(tmp_path / "cache") if tmp_path else None, backoff_s=0.01, **kw))
 

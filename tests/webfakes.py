@@ -96,6 +96,9 @@ class _JinaHandler(QuietHandler):
     def do_GET(self):  # noqa: N802
         owner = self.server.owner
         owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+        if owner.statuses:
+            self.send_json(owner.statuses.pop(0), b'{"code": 429, "message": "rate limited"}')
+            return
         if self.headers.get("Authorization") != f"Bearer {owner.key}":
             self.send_json(401, b'{"code": 401, "message": "Invalid API key"}')
             return
@@ -112,7 +115,8 @@ class _JinaHandler(QuietHandler):
 class FakeJina(BackgroundServer):
     """Jina Reader: GET /<target url> with a Bearer key, answers the page as Title/URL Source/Markdown text."""
 
-    def __init__(self, key="jina-test-key"):
+    def __init__(self, key="jina-test-key", statuses=None):
         super().__init__(_JinaHandler)
         self.key = key
+        self.statuses = list(statuses or [])  # answered first, one per request (e.g. 429s)
         self.requests = []

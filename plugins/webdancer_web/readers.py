@@ -12,6 +12,8 @@ from urllib.parse import urljoin
 
 import httpx
 
+from webdancer.breaker import BREAKERS
+from webdancer.errors import OutageError
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import atomic_write_text
 from webdancer.keys import read_secret
@@ -177,7 +179,15 @@ class JinaReader(PageReader):
                 raise Retry(f"jina HTTP {resp.status_code}")
             return resp
 
-        resp = await _with_retries(self.config, get)
+        try:
+            resp = await with_retries(get, self.config.max_retries, self.config.backoff_s, breaker=BREAKERS.get(f"jina reader {self.config.jina_url}"))
+        except RetriesExhausted as exc:
+            # Jina unreachable or rate-limiting us is an outage of the reader; a timeout or a 5xx may be the page's
+            # own doing (Jina fetches it), so those stay an answer about the page.
+            if exc.reason.startswith(("ConnectError", "jina HTTP 429")):
+                raise OutageError(f"the jina reader at {self.config.jina_url} failed after {exc.attempts} tries ({exc.reason})") from None
+            reason = f"timeout after {self.config.timeout_s:g} s" if exc.reason == "timeout" else exc.reason
+            raise FetchError(reason) from None
         if resp.status_code in (401, 403):
             raise FetchError(f"jina rejected the API key (HTTP {resp.status_code}); check {' or '.join(self.config.jina_api_key_env)}")
         if resp.status_code >= 400:

@@ -147,14 +147,17 @@ def test_judge_decides_and_a_failing_judge_falls_back_to_matching(plugins, tmp_p
     assert sum(m.startswith("match (judge failed:") and "400" in m for m in methods) == 2 and sum(s["correct"] for s in scores) == 2
 
 
-def test_a_judge_outage_leaves_runs_unscored_until_a_rerun(plugins, tmp_path):
+@pytest.mark.parametrize("failure", ["down", "times out"])
+def test_a_judge_outage_leaves_runs_unscored_until_a_rerun(plugins, tmp_path, failure):
     scripted_model.xilinx = 0
-    def judged(url):
-        return f"eval.judge={{base_url: '{url}', model: j, max_retries: 0}}"
 
+    def judged(url, extra=""):
+        return f"eval.judge={{base_url: '{url}', model: j, max_retries: 0{extra}}}"
+
+    broken = FakeOpenAIServer(default=(503, "judge down")) if failure == "down" else FakeOpenAIServer(default=judge_reply, latency_s=2.0)
     with FakeOpenAIServer(default=scripted_model) as srv:
-        with FakeOpenAIServer(default=(503, "judge down")) as judge:
-            down = CliRunner().invoke(cli, eval_args(tmp_path, srv, "--name", "jd", judged(judge.base_url)))
+        with broken as judge:
+            down = CliRunner().invoke(cli, eval_args(tmp_path, srv, "--name", "jd", judged(judge.base_url, ", timeout_s: 0.3")))
         assert down.exit_code == 1 and "2 planned run(s) are missing" in down.output  # the two answered runs
         results = json.loads((tmp_path / "t" / "eval" / "jd" / "results.json").read_text())
         assert results["complete"] is False and results["overall"]["judged_by"] == {"no answer": 1}

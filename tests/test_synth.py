@@ -53,6 +53,18 @@ async def test_crawler_bfs_same_site_robots_dedupe_and_resume(tmp_path):
         assert next(p for p in pages if p.url.endswith("d.html")).depth == 3
 
 
+async def test_crawler_follows_redirects_only_inside_the_site(tmp_path):
+    with ScriptedSite() as inner, ScriptedSite() as site:
+        inner.routes["/secret"] = html("Secret", "internal")
+        site.routes["/site/index.html"] = html("Home", '<a href="moved.html">moved</a> <a href="away.html">away</a>')
+        site.routes["/site/moved.html"] = Route(status=301, headers={"Location": "/site/new.html"})
+        site.routes["/site/new.html"] = html("New", "the page that moved")
+        site.routes["/site/away.html"] = Route(status=302, headers={"Location": inner.url + "/secret"})
+        pages = await crawl(CrawlConfig(root_url=site.url + "/site/index.html", max_pages=10), tmp_path / "c.jsonl")
+    assert {p.url.rsplit("/", 1)[1] for p in pages} == {"index.html", "new.html"}
+    assert inner.hits == {}  # never sent elsewhere on the site's say-so
+
+
 async def test_crawl_of_unreachable_root_is_a_clear_error(tmp_path):
     from conftest import free_port
 

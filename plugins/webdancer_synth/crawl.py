@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import urldefrag, urlsplit, urlunsplit
+from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
 import httpx
 from webdancer_web.extract import extract
@@ -34,6 +34,9 @@ def canonical(url: str) -> str:
     port = p.port
     netloc = host if port in (None, 80 if p.scheme == "http" else 443) else f"{host}:{port}"
     return urlunsplit((p.scheme.lower(), netloc, p.path or "/", p.query, ""))
+
+
+MAX_REDIRECTS = 5
 
 
 def same_site(url: str, root: str) -> bool:
@@ -66,7 +69,9 @@ async def crawl(cfg: CrawlConfig, store: Path, progress: Optional[Callable[[int]
             pages[obj["url"]] = CrawledPage(**obj)
     sink = JsonlAppender(store, key=lambda r: r["url"])
     headers = {"User-Agent": cfg.user_agent}
-    async with httpx.AsyncClient(timeout=cfg.timeout_s, follow_redirects=True, headers=headers) as client:
+    # Redirects are followed by hand, and only inside the site: a page must not send the crawler elsewhere
+    # (an internal address, another host) on the operator's behalf.
+    async with httpx.AsyncClient(timeout=cfg.timeout_s, follow_redirects=False, headers=headers) as client:
         robots = await _robots(client, root) if cfg.respect_robots else None
         seen: set[str] = set(pages)
         queue: deque[tuple[str, int]] = deque()
@@ -85,11 +90,20 @@ async def crawl(cfg: CrawlConfig, store: Path, progress: Optional[Callable[[int]
             async with slots:
                 if cfg.delay_s:
                     await asyncio.sleep(cfg.delay_s)
-                try:
-                    resp = await client.get(url)
-                except httpx.HTTPError as exc:
-                    failures.append(f"{url}: {type(exc).__name__}")
-                    return None
+                current = url
+                for _ in range(MAX_REDIRECTS + 1):
+                    try:
+                        resp = await client.get(current)
+                    except httpx.HTTPError as exc:
+                        failures.append(f"{url}: {type(exc).__name__}")
+                        return None
+                    if resp.status_code not in (301, 302, 303, 307, 308) or "location" not in resp.headers:
+                        break
+                    target = canonical(urljoin(current, resp.headers["location"]))
+                    if not same_site(target, root):
+                        failures.append(f"{url}: redirected off the site, to {target} (not followed)")
+                        return None
+                    current = target
             final = canonical(str(resp.url))
             if resp.status_code != 200 or "html" not in resp.headers.get("content-type", ""):
                 failures.append(f"{url}: HTTP {resp.status_code}")

@@ -112,7 +112,7 @@ def main() -> None:
         for workers in (1, 16):
             p50, p99, qps = latencies(lambda q: index.search(q, 10), queries, workers)
             rows.append(Row("search_local", f"p50 latency @ {workers} concurrent", p50, "ms", nb_p50 / p50,
-                            "naive BM25 p50 / ours", "p50 < 5 ms", p50 < 5 or workers != 1))
+                            "naive BM25 p50 / ours", "p50 < 5 ms" if workers == 1 else "report", p50 < 5 or workers != 1))
             rows.append(Row("search_local", f"p99 latency @ {workers} concurrent", p99, "ms", nb_p50 / p99, "naive BM25 p50 / ours", "report", True))
             rows.append(Row("search_local", f"QPS @ {workers} concurrent", qps, "q/s", qps * nb_p50 / 1000, "vs naive BM25 QPS", "report", True))
     emit(rows)

@@ -22,7 +22,7 @@ from webdancer.errors import OutageError, WebdancerError
 from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, iter_json_lines, read_records
 from webdancer.records import QAItem, Trajectory
 from webdancer.rewards import Reward, RewardInput
-from webdancer.sampling import outages_path
+from webdancer.runs import outages_path
 from webdancer.scoring import matches
 
 
@@ -307,7 +307,7 @@ def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:
         return
     raise OutageError(
         f"{out_dir}: {results['incomplete_runs']} planned run(s) are missing ({results.get('outages', 0)} ended by an "
-        f"outage, recorded in {outages_path(out_dir / 'trajectories.jsonl').name}; {results.get('unscored', 0)} not scored "
+        f"outage, recorded in {outages_path(EvalRun(out_dir).trajectories).name}; {results.get('unscored', 0)} not scored "
         "because the judge was down); results.json says complete: false. "
         f"Bring the service back and rerun {rerun} to run them."
     )

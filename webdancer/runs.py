@@ -1,4 +1,5 @@
-"""What a run folder (`runs/<run>/`) holds once stages have written it: here, the models it trained."""
+"""What a run folder (`runs/<run>/`) holds once stages have written it: the models it trained, and where
+rollouts that an outage ended are kept apart from the results."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ def newest_model(run_dir: str | Path) -> Optional[tuple[Path, str]]:
         if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
             return path, label
     return None
+
+
+def outages_path(out: Path) -> Path:
+    """Where the rollouts that an outage ended are recorded, beside the results (`out`) they are not part of."""
+    return out.with_name(out.name.removesuffix(".jsonl") + ".outages.jsonl")

@@ -19,6 +19,7 @@ from webdancer.agent import Agent, run_many
 from webdancer.errors import OutageError
 from webdancer.jsonl import JsonlAppender
 from webdancer.records import QAItem, Trajectory
+from webdancer.runs import outages_path
 from webdancer.scoring import matches
 
 
@@ -30,9 +31,13 @@ class SampleStats:
     correct: int = 0
     terminations: Counter = field(default_factory=Counter)
     completion_tokens: int = 0
-    outages: int = 0  # rollouts an outage ended in this run (kept apart, retried by a rerun)
-    outage_reasons: Counter = field(default_factory=Counter)
+    outage_reasons: Counter = field(default_factory=Counter)  # why rollouts of this run ended in an outage
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def outages(self) -> int:
+        """Rollouts an outage ended in this run (kept apart, retried by a rerun)."""
+        return sum(self.outage_reasons.values())
 
     @property
     def failed(self) -> int:
@@ -41,11 +46,6 @@ class SampleStats:
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / max(1e-9, time.perf_counter() - self.started)
-
-
-def outages_path(out: Path) -> Path:
-    """Where the rollouts that an outage ended are recorded, beside the results they are not part of."""
-    return out.with_name(out.name.removesuffix(".jsonl") + ".outages.jsonl")
 
 
 def check_no_outages(stats: SampleStats, out: Path, rerun: str) -> None:
@@ -102,16 +102,13 @@ async def sample(
                 if outage_sink is None:
                     outage_sink = files.enter_context(JsonlAppender(outage_file))
                 outage_sink.write(traj)
-                stats.outages += 1
                 stats.outage_reasons[(traj.error or "")[:300]] += 1
-                if on_update is not None:
-                    on_update(stats)
-                return
-            sink.write(traj)
-            stats.done += 1
-            stats.correct += quick_correct(traj)
-            stats.terminations[traj.termination] += 1
-            stats.completion_tokens += traj.usage.completion_tokens
+            else:
+                sink.write(traj)
+                stats.done += 1
+                stats.correct += quick_correct(traj)
+                stats.terminations[traj.termination] += 1
+                stats.completion_tokens += traj.usage.completion_tokens
             if on_update is not None:
                 on_update(stats)
 

@@ -12,6 +12,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit, urlunsplit
 
 import httpx
 from webdancer_web.extract import extract
+from webdancer_web.readers import REDIRECT_STATUSES
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import JsonlAppender, iter_json_lines
@@ -97,7 +98,7 @@ async def crawl(cfg: CrawlConfig, store: Path, progress: Optional[Callable[[int]
                     except httpx.HTTPError as exc:
                         failures.append(f"{url}: {type(exc).__name__}")
                         return None
-                    if resp.status_code not in (301, 302, 303, 307, 308) or "location" not in resp.headers:
+                    if resp.status_code not in REDIRECT_STATUSES or "location" not in resp.headers:
                         break
                     target = canonical(urljoin(current, resp.headers["location"]))
                     if not same_site(target, root):

@@ -52,11 +52,22 @@ class PageReader:
         """Close clients."""
 
 
-async def _with_retries(config: VisitConfig, attempt):
-    """The shared retry loop, with failures worded for the model ("timeout after 20 s")."""
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+
+
+async def _with_retries(config: VisitConfig, attempt, service: str = "", outage_reasons: tuple[str, ...] = ()):
+    """The shared retry loop, with failures worded for the model ("timeout after 20 s").
+
+    A reader that fetches through a service (`service`, e.g. Jina) pauses on that service's circuit
+    breaker, and a final failure whose reason starts with one of `outage_reasons` is the service's
+    outage (OutageError), not an answer about the page.
+    """
+    breaker = BREAKERS.get(service) if service else None
     try:
-        return await with_retries(attempt, config.max_retries, config.backoff_s)
+        return await with_retries(attempt, config.max_retries, config.backoff_s, breaker=breaker)
     except RetriesExhausted as exc:
+        if outage_reasons and exc.reason.startswith(outage_reasons):
+            raise OutageError(f"{service} failed after {exc.attempts} tries ({exc.reason})") from None
         reason = f"timeout after {config.timeout_s:g} s" if exc.reason == "timeout" else exc.reason
         raise FetchError(reason) from None
 
@@ -82,7 +93,7 @@ class LocalReader(PageReader):
             if approval.problem:
                 raise FetchError(f"refused: {approval.problem}")
             status, headers, body = await _with_retries(self.config, lambda u=current, a=approval.address: self._get(u, a))
-            if status in (301, 302, 303, 307, 308) and headers.get("location"):
+            if status in REDIRECT_STATUSES and headers.get("location"):
                 current = urljoin(current, headers["location"])
                 continue
             if status >= 400:
@@ -116,10 +127,9 @@ def pinned_request(url: str, address: str) -> tuple[httpx.URL, dict[str, str], d
     parsed = httpx.URL(url)
     host = parsed.host
     target = parsed.copy_with(host=address)
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets in Host
     default_port = 443 if parsed.scheme == "https" else 80
-    host_header = host if parsed.port in (None, default_port) else f"{host}:{parsed.port}"
-    if ":" in host:  # an IPv6 literal keeps its brackets in Host
-        host_header = f"[{host}]" if parsed.port in (None, default_port) else f"[{host}]:{parsed.port}"
+    host_header = name if parsed.port in (None, default_port) else f"{name}:{parsed.port}"
     return target, {"Host": host_header}, ({"sni_hostname": host} if parsed.scheme == "https" else {})
 
 
@@ -179,15 +189,9 @@ class JinaReader(PageReader):
                 raise Retry(f"jina HTTP {resp.status_code}")
             return resp
 
-        try:
-            resp = await with_retries(get, self.config.max_retries, self.config.backoff_s, breaker=BREAKERS.get(f"jina reader {self.config.jina_url}"))
-        except RetriesExhausted as exc:
-            # Jina unreachable or rate-limiting us is an outage of the reader; a timeout or a 5xx may be the page's
-            # own doing (Jina fetches it), so those stay an answer about the page.
-            if exc.reason.startswith(("ConnectError", "jina HTTP 429")):
-                raise OutageError(f"the jina reader at {self.config.jina_url} failed after {exc.attempts} tries ({exc.reason})") from None
-            reason = f"timeout after {self.config.timeout_s:g} s" if exc.reason == "timeout" else exc.reason
-            raise FetchError(reason) from None
+        # Jina unreachable or rate-limiting us is an outage of the reader; a timeout or a 5xx may be the page's
+        # own doing (Jina fetches it), so those stay an answer about the page.
+        resp = await _with_retries(self.config, get, f"the jina reader at {self.config.jina_url}", ("ConnectError", "jina HTTP 429"))
         if resp.status_code in (401, 403):
             raise FetchError(f"jina rejected the API key (HTTP {resp.status_code}); check {' or '.join(self.config.jina_api_key_env)}")
         if resp.status_code >= 400:

@@ -116,7 +116,11 @@ def test_eval_run_reports_pass_at_1_and_k_resumes_and_plots(plugins, tmp_path):
     assert overall["valid_tool_call_turns"] == pytest.approx(6 / 10)
     assert results["groups"]["level"]["1"]["pass_at_1"] == 0.0 and results["groups"]["level"]["2"]["pass_at_1"] == 0.75
     report = (out / "report.md").read_text()
-    assert "| all | 3 | 6 | 50.0 | 66.7 |" in report and "## By level" in report and "- wrong_answer: 1" in report
+    # 95 % bootstrap over 3 questions scoring 1, 0.5 and 0: every resample's mean lies in [0, 1], and
+    # 1 in 27 resamples draws only the 0 (or only the 1), more than the 2.5 % each tail cuts off.
+    assert overall["pass_at_1_ci"] == [0.0, 1.0] and overall["pass_at_k_ci"] == [0.0, 1.0]
+    assert sorted((r["runs"], r["correct"]) for r in results["per_question"].values()) == [(2, 0), (2, 1), (2, 2)]
+    assert "| all | 3 | 6 | 50.0 | 0.0–100.0 | 66.7 |" in report and "## By level" in report and "- wrong_answer: 1" in report
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "scores.jsonl").read_text().splitlines()) == 6
 
@@ -177,7 +181,10 @@ def test_compare_shows_two_runs_side_by_side(plugins, tmp_path):
     result = run_cli("eval", "compare", str(base / "a"), str(base / "b"), "--out", str(tmp_path / "cmp"))
     assert result.exit_code == 0, result.output
     text = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| a | 3 |" in text and "| b | 3 |" in text and "b vs a: Pass@1 % -66.7 pts" in text
+    assert "| a | 3 |" in text and "| b | 3 |" in text and "**b vs a**" in text
+    # Paired by question: b loses the two a answered (-1, -1, 0); a resample of only the third question (1 in 27)
+    # puts 0 inside the interval, so 3 questions cannot tell the runs apart.
+    assert "Pass@1 -66.7 pts (95 % CI -100.0 to +0.0, 3 questions in both): indistinguishable" in text
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     missing = CliRunner().invoke(cli, ["eval", "compare", str(base / "a"), str(tmp_path)])
     assert missing.exit_code != 0 and "no results.json there" in missing.output

@@ -24,6 +24,7 @@ from webdancer.records import QAItem, Trajectory
 from webdancer.rewards import Reward, RewardInput
 from webdancer.runs import outages_path
 from webdancer.scoring import matches
+from webdancer.stats import bootstrap_ci, paired_difference
 
 
 @dataclass
@@ -77,8 +78,11 @@ class Summary:
     questions: int = 0
     trajectories: int = 0
     k: int = 1
-    pass_at_1: float = 0.0  # mean over questions of correct/n: Pass@1 averaged over the k runs
+    pass_at_1: float = 0.0  # mean over questions of correct/n: Pass@1 averaged over the k runs (Avg@k)
     pass_at_k: float = 0.0
+    # 95 % percentile-bootstrap intervals over questions (webdancer.stats).
+    pass_at_1_ci: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    pass_at_k_ci: list[float] = field(default_factory=lambda: [0.0, 0.0])
     mean_turns: float = 0.0
     mean_tool_calls: float = 0.0
     mean_prompt_tokens: float = 0.0
@@ -90,6 +94,13 @@ class Summary:
     answered: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
     judged_by: dict[str, int] = field(default_factory=dict)
+
+
+def question_rates(counts: dict[str, tuple[int, int]], k: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Each question's Pass@1 (its share of correct runs) and unbiased Pass@k, from its (runs, correct)."""
+    at_1 = {q: c / n for q, (n, c) in counts.items()}
+    at_k = {q: pass_at_k(n, c, min(k, n)) for q, (n, c) in counts.items()}
+    return at_1, at_k
 
 
 def _summarize(pairs: list[tuple[Trajectory, Score]], k: int) -> Summary:
@@ -117,12 +128,15 @@ def _summarize(pairs: list[tuple[Trajectory, Score]], k: int) -> Summary:
             failures["wrong_answer" if traj.termination == "answered" else traj.termination] += 1
         methods[score.method.split(" (")[0] if score.method.startswith("match (") else score.method] += 1
     n_traj = max(1, len(pairs))
+    at_1, at_k = question_rates({q: (len(v), sum(v)) for q, v in by_q.items()}, k)
     return Summary(
         questions=len(by_q),
         trajectories=len(pairs),
         k=k,
-        pass_at_1=sum(sum(v) / len(v) for v in by_q.values()) / max(1, len(by_q)),
-        pass_at_k=sum(pass_at_k(len(v), sum(v), min(k, len(v))) for v in by_q.values()) / max(1, len(by_q)),
+        pass_at_1=sum(at_1.values()) / max(1, len(by_q)),
+        pass_at_k=sum(at_k.values()) / max(1, len(by_q)),
+        pass_at_1_ci=list(bootstrap_ci(list(at_1.values()))),
+        pass_at_k_ci=list(bootstrap_ci(list(at_k.values()))),
         mean_turns=turns / n_traj,
         mean_tool_calls=calls / n_traj,
         mean_prompt_tokens=prompt / n_traj,
@@ -141,8 +155,13 @@ def summarize(items: list[QAItem], trajs: list[Trajectory], scores: dict[str, Sc
     pairs = [(t, scores[t.id]) for t in trajs if t.id in scores and t.question_id in groups_of]
     # Runs not scored (an outage ended them, or the run was stopped) are missing, never wrong.
     missing = len(items) * k - len(pairs)
+    by_q: dict[str, list[bool]] = defaultdict(list)
+    for traj, score in pairs:
+        by_q[traj.question_id].append(score.correct)
+    # Per question, so that `eval compare` can pair two runs question by question.
+    per_question = {q: {"runs": len(v), "correct": sum(v)} for q, v in sorted(by_q.items())}
     result: dict[str, Any] = {"complete": missing <= 0, "incomplete_runs": max(0, missing),
-                              "overall": asdict(_summarize(pairs, k)), "groups": {}}
+                              "overall": asdict(_summarize(pairs, k)), "groups": {}, "per_question": per_question}
     keys = sorted({key for g in groups_of.values() for key in g})
     for key in keys:
         buckets: dict[str, list] = defaultdict(list)
@@ -200,11 +219,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _interval(ci: list[float]) -> str:
+    return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}"
+
+
 ROW_FIELDS = [
     ("questions", "questions", str),
     ("runs", "trajectories", str),
-    ("Pass@1 %", "pass_at_1", _pct),
+    ("Pass@1 (Avg@k) %", "pass_at_1", _pct),
+    ("95 % CI", "pass_at_1_ci", _interval),
     ("Pass@k %", "pass_at_k", _pct),
+    ("95 % CI", "pass_at_k_ci", _interval),
     ("answered %", "answered", _pct),
     ("valid tool-call turns %", "valid_tool_call_turns", _pct),
     ("well-formed turns %", "well_formed_turns", _pct),
@@ -219,7 +244,7 @@ def _table(rows: list[tuple[str, dict[str, Any]]], first: str) -> str:
     head = [first] + [name for name, _, _ in ROW_FIELDS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in rows:
-        lines.append("| " + " | ".join([label] + [fmt(s[key]) for _, key, fmt in ROW_FIELDS]) + " |")
+        lines.append("| " + " | ".join([label] + [fmt(s[key]) if key in s else "–" for _, key, fmt in ROW_FIELDS]) + " |")
     return "\n".join(lines)
 
 
@@ -227,7 +252,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     meta, overall = results["meta"], results["overall"]
     out = [f"# Evaluation: {meta.get('name', '')}", ""]
     out += [f"- {key}: `{value}`" for key, value in meta.items() if key != "name"]
-    out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them.", ""]
+    out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them (Avg@k). Intervals: 95 % bootstrap "
+            "over questions (another draw of questions of this kind would score within them 95 times in 100).", ""]
     if not results.get("complete", True):
         out += [f"**Incomplete:** {results['incomplete_runs']} of the planned runs are missing "
                 f"({results.get('outages', 0)} ended by an outage of the model endpoint or a tool backend, "
@@ -290,15 +316,34 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def render_comparison(runs: dict[str, dict[str, Any]]) -> str:
     names = list(runs)
     out = ["# Evaluation comparison", "", _table([(n, runs[n]["overall"]) for n in names], "run"), ""]
-    if len(names) == 2:
-        a, b = (runs[n]["overall"] for n in names)
-        deltas = [f"{label} {100 * (b[key] - a[key]):+.1f} pts" for label, key, fmt in ROW_FIELDS if fmt is _pct]
-        out += [f"{names[1]} vs {names[0]}: " + ", ".join(deltas), ""]
+    for other in names[1:]:
+        out += [f"**{other} vs {names[0]}** (paired by question, 95 % bootstrap intervals):", ""]
+        out += [f"- {line}" for line in compare_pair(runs[names[0]], runs[other])] + [""]
     keys = sorted({key for r in runs.values() for key in r["groups"]})
     for key in keys:
         rows = [(f"{n} / {value}", s) for n in names for value, s in runs[n]["groups"].get(key, {}).items()]
         out += [f"## By {key}", "", _table(rows, f"run / {key}"), ""]
     return "\n".join(out) + "\n"
+
+
+def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """B - A: Pass@1 and Pass@k paired by question with their intervals, then the other rates' differences."""
+    lines = []
+    if "per_question" in a and "per_question" in b:
+        for label, index in (("Pass@1", 0), (f"Pass@{b['overall']['k']}", 1)):
+            per_a, per_b = (question_rates({q: (r["runs"], r["correct"]) for q, r in res["per_question"].items()},
+                                           res["overall"]["k"])[index] for res in (a, b))
+            d = paired_difference(per_a, per_b)
+            verdict = "different" if d.distinguishable else "indistinguishable (the interval holds 0)"
+            lines.append(f"{label} {100 * d.mean:+.1f} pts (95 % CI {100 * d.low:+.1f} to {100 * d.high:+.1f}, "
+                         f"{d.questions} questions in both): {verdict}")
+    else:
+        lines.append("no paired difference: a results.json without per-question results (written by an older version); "
+                     "rerun its `webdancer eval run` command, which resumes, samples nothing new and rewrites it")
+    oa, ob = a["overall"], b["overall"]
+    lines.append(", ".join(f"{label} {100 * (ob[key] - oa[key]):+.1f} pts" for label, key, fmt in ROW_FIELDS
+                           if fmt is _pct and key not in ("pass_at_1", "pass_at_k")))
+    return lines
 
 
 def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:

@@ -215,7 +215,7 @@ class Pipeline:
         check_complete(results, self.dir / "eval" / name, "the pipeline")  # not done: a rerun runs the missing ones
         o = results["overall"]
         keys = ("pass_at_1", "valid_tool_call_turns", "well_formed_turns", "answered", "mean_turns")
-        return {k: round(o[k], 3) for k in keys}
+        return {**{k: round(o[k], 3) for k in keys}, "pass_at_1_ci": [round(x, 3) for x in o["pass_at_1_ci"]]}
 
     def stage_eval_before(self) -> dict[str, Any]:
         self.need_web()

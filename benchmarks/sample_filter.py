@@ -54,8 +54,9 @@ def write_big_file(path: Path, n: int) -> None:
 
 
 def main() -> None:
-    from webdancer.config import FilterConfig
+    from webdancer.config import DEFAULT_REWARD_WEIGHTS, FilterConfig
     from webdancer.filtering import filter_file
+    from webdancer.rewards import RewardSet
 
     rows = []
     limit = 64 / (MODEL_CALLS * MODEL_LATENCY + TOOL_CALLS * TOOL_LATENCY)
@@ -67,7 +68,7 @@ def main() -> None:
         write_big_file(big, 100_000)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         start = time.perf_counter()
-        report = asyncio.run(filter_file(big, tmp / "kept.jsonl", FilterConfig()))
+        report = asyncio.run(filter_file(big, tmp / "kept.jsonl", FilterConfig(), RewardSet(DEFAULT_REWARD_WEIGHTS)))
         elapsed = time.perf_counter() - start
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
         size = big.stat().st_size

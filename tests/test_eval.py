@@ -111,7 +111,7 @@ def test_eval_run_reports_pass_at_1_and_k_resumes_and_plots(plugins, tmp_path):
     assert overall["questions"] == 3 and overall["trajectories"] == 6
     assert overall["pass_at_1"] == pytest.approx(0.5) and overall["pass_at_k"] == pytest.approx(2 / 3)
     assert overall["failures"] == {"wrong_answer": 1, "max_turns": 2}
-    assert overall["judged_by"] == {"match": 4, "no answer": 2}
+    assert overall["judged_by"] == {"format+answer": 4, "no answer": 2}
     # Python runs: 1 valid call then 2 prose turns; others: 1 valid call then the answer.
     assert overall["valid_tool_call_turns"] == pytest.approx(6 / 10)
     assert results["groups"]["level"]["1"]["pass_at_1"] == 0.0 and results["groups"]["level"]["2"]["pass_at_1"] == 0.75
@@ -135,16 +135,17 @@ def judge_reply(request):
 def test_judge_decides_and_a_failing_judge_falls_back_to_matching(plugins, tmp_path):
     scripted_model.xilinx = 0
     with FakeOpenAIServer(default=scripted_model) as srv, FakeOpenAIServer(default=judge_reply) as judge:
-        ok = run_cli(*eval_args(tmp_path, srv, "--name", "judged", f"eval.judge={{base_url: '{judge.base_url}', model: j, max_retries: 0}}"))
+        ok = run_cli(*eval_args(tmp_path, srv, "--name", "judged", f"judge.model={{base_url: '{judge.base_url}', model: j, max_retries: 0}}"))
         assert ok.exit_code == 0, ok.output
         assert len(judge.state.requests) == 2  # the two answered runs; no answer needs no judge
     results = json.loads((tmp_path / "t" / "eval" / "judged" / "results.json").read_text())
-    assert results["overall"]["judged_by"] == {"judge": 2, "no answer": 1} and results["meta"]["judge"] == "j"
+    assert results["overall"]["judged_by"] == {"format+judge": 2, "no answer": 1}
+    assert results["meta"]["rewards"]["judge"]["model"] == "j" and results["meta"]["rewards"]["judge"]["weight"] == 0.9
     assert results["overall"]["pass_at_1"] == pytest.approx(2 / 3)
 
     scripted_model.xilinx = 0
     with FakeOpenAIServer(default=scripted_model) as srv, FakeOpenAIServer(default=(400, "cannot judge this")) as judge:
-        refused = run_cli(*eval_args(tmp_path, srv, "--name", "fallback", f"eval.judge={{base_url: '{judge.base_url}', model: j, max_retries: 0}}"))
+        refused = run_cli(*eval_args(tmp_path, srv, "--name", "fallback", f"judge.model={{base_url: '{judge.base_url}', model: j, max_retries: 0}}"))
         assert refused.exit_code == 0, refused.output
     scores = [json.loads(line) for line in (tmp_path / "t" / "eval" / "fallback" / "scores.jsonl").read_text().splitlines()]
     methods = [s["method"] for s in scores]
@@ -156,7 +157,7 @@ def test_a_judge_outage_leaves_runs_unscored_until_a_rerun(plugins, tmp_path, fa
     scripted_model.xilinx = 0
 
     def judged(url, extra=""):
-        return f"eval.judge={{base_url: '{url}', model: j, max_retries: 0{extra}}}"
+        return f"judge.model={{base_url: '{url}', model: j, max_retries: 0{extra}}}"
 
     broken = FakeOpenAIServer(default=(503, "judge down")) if failure == "down" else FakeOpenAIServer(default=judge_reply, latency_s=2.0)
     with FakeOpenAIServer(default=scripted_model) as srv:
@@ -169,7 +170,7 @@ def test_a_judge_outage_leaves_runs_unscored_until_a_rerun(plugins, tmp_path, fa
             back = CliRunner().invoke(cli, eval_args(tmp_path, srv, "--name", "jd", judged(judge.base_url)))
         assert back.exit_code == 0, back.output
     results = json.loads((tmp_path / "t" / "eval" / "jd" / "results.json").read_text())
-    assert results["complete"] is True and results["overall"]["judged_by"] == {"judge": 2, "no answer": 1}
+    assert results["complete"] is True and results["overall"]["judged_by"] == {"format+judge": 2, "no answer": 1}
 
 
 def test_compare_shows_two_runs_side_by_side(plugins, tmp_path):

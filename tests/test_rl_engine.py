@@ -175,9 +175,9 @@ def test_one_real_grpo_step_updates_the_policy(plugins, local_web, tiny_model, t
     from webdancer_rl.trl_engine import train
 
     web, _, _ = local_web
-    run, _ = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1", "rl.filter_groups_metric=score")
+    run, _ = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1", "rl.filter_groups_metric=score", "rewards={vowels: 1.0}")
     cfg = load_config(None, run)
-    cfg.rewards = {"vowels": 1.0}  # in place of the default weights (a `rewards=` override would merge into them)
+    assert cfg.rewards == {"vowels": 1.0}  # in place of the default weights, not merged into them
     data, out = tmp_path / "data", tmp_path / "rl"
     prepare(QA, cfg, data)
     model = train(cfg, data, out, str(tiny_model), echo=lambda line: None)

@@ -7,12 +7,13 @@ from click.testing import CliRunner
 
 from webdancer.agent import Agent
 from webdancer.cli import cli
-from webdancer.config import AgentConfig, FilterConfig, ModelConfig
+from webdancer.config import DEFAULT_REWARD_WEIGHTS, AgentConfig, FilterConfig, ModelConfig
 from webdancer.config_loader import load_config
 from webdancer.filtering import filter_file, quality_problem, validity_problem
 from webdancer.jsonl import JsonlAppender, read_records
 from webdancer.policies import build_policy
 from webdancer.records import Message, QAItem, Step, ToolCall, ToolResult, Trajectory
+from webdancer.rewards import RewardSet
 from webdancer.sampling import sample
 from webdancer.scoring import matches
 from webdancer.synth import run_synthesizer
@@ -25,6 +26,11 @@ TOOLS = [
     {"name": "visit", "description": "", "parameters": {"type": "object", "properties": {"url": STR_LIST, "goal": {"type": "string"}}, "required": ["url", "goal"]}},
 ]
 CFG = FilterConfig(max_turns=6, max_thought_chars=200)
+
+
+def paper_rewards() -> RewardSet:
+    """The default rewards (format 0.1 + answer 0.9): correct when the answer matches."""
+    return RewardSet(DEFAULT_REWARD_WEIGHTS)
 
 
 def traj(calls=(("search", {"query": ["python inventor"]}, "Python was invented by Guido van Rossum in 1991."),),
@@ -176,7 +182,7 @@ async def test_filter_keeps_shortest_per_question_and_reports(tmp_path):
         sink.write(traj(qid="q2", answer="1989"))  # wrong
         sink.write(traj(qid="q3", parse_error="oops"))
         sink.write(traj(qid="q4", reference=None))
-    report = await filter_file(src, tmp_path / "kept.jsonl", CFG)
+    report = await filter_file(src, tmp_path / "kept.jsonl", CFG, paper_rewards())
     kept = list(read_records(tmp_path / "kept.jsonl", Trajectory))
     assert [(t.question_id, len(t.steps)) for t in kept] == [("q1", 2)]
     assert report.total == 5 and report.kept == 1
@@ -186,7 +192,7 @@ async def test_filter_keeps_shortest_per_question_and_reports(tmp_path):
 
 
 async def test_reference_release_passes_through_the_filter(reference_dir, tmp_path):
-    report = await filter_file(reference_dir / "sample_traj.jsonl", tmp_path / "kept.jsonl", FilterConfig())
+    report = await filter_file(reference_dir / "sample_traj.jsonl", tmp_path / "kept.jsonl", FilterConfig(), paper_rewards())
     assert report.total == 150 and sum(report.dropped["validity"].values()) == 0
     assert report.kept >= 30
     kept = list(read_records(tmp_path / "kept.jsonl", Trajectory))
@@ -195,13 +201,12 @@ async def test_reference_release_passes_through_the_filter(reference_dir, tmp_pa
 
 
 async def test_llm_judge_path(reference_dir, tmp_path):
-    from webdancer_rewards import JudgeReward, JudgeRewardConfig
-
     with FakeOpenAIServer(default="Correct") as srv:
-        judge = JudgeReward(JudgeRewardConfig(model={"base_url": srv.base_url, "model": "judge"}))
-        report = await filter_file(reference_dir / "sample_traj.jsonl", tmp_path / "kept.jsonl", FilterConfig(), judge)
-        await judge.aclose()
-    assert report.correctness_method == "llm judge" and "wrong_answer" not in report.dropped["correctness"]
+        rewards = RewardSet.from_config(load_config(None, [f"judge.model={{base_url: '{srv.base_url}', model: judge}}"]))
+        report = await filter_file(reference_dir / "sample_traj.jsonl", tmp_path / "kept.jsonl", FilterConfig(), rewards)
+        await rewards.aclose()
+    assert report.correctness_method == "format+judge" and "wrong_answer" not in report.dropped["correctness"]
+    assert report.rewards["judge"]["model"] == "judge" and len(report.rewards["judge"]["prompt_sha256"]) == 12
     first = srv.state.requests[0]["messages"][0]["content"]
     assert "Reference answer:" in first and "Correct or Incorrect" in first
     assert len(srv.state.requests) == 150
@@ -235,7 +240,7 @@ async def test_expert_sampling_then_filter_keeps_its_correct_trajectories(plugin
     assert len({t.id for t in trajs}) == 40 and all(t.policy == "expert" and t.model == "expert-demonstrator" for t in trajs)
     hop2 = next(t for t in trajs if len(t.steps) == 4)
     assert [s.tool_call.name for s in hop2.steps[:3]] == ["search", "visit", "visit"]
-    report = await filter_file(out, tmp_path / "kept.jsonl", FilterConfig())
+    report = await filter_file(out, tmp_path / "kept.jsonl", FilterConfig(), paper_rewards())
     assert report.kept >= 15 and sum(report.dropped["validity"].values()) == 0
     assert report.dropped["quality"]["not_shortest"] >= 15
 
@@ -253,7 +258,7 @@ async def test_tiny_model_sampling_runs_and_the_filter_drops_it_with_reasons(plu
         stats = await sample(Agent(policy, toolbox, AgentConfig(max_turns=2, current_date="2026-11-24")), qa_items[:2], 1, out, 2)
     await policy.aclose()
     assert stats.done == 2
-    report = await filter_file(out, tmp_path / "kept.jsonl", FilterConfig())
+    report = await filter_file(out, tmp_path / "kept.jsonl", FilterConfig(), paper_rewards())
     assert report.total == 2 and report.kept == 0
     assert sum(sum(c.values()) for c in report.dropped.values()) == 2
 

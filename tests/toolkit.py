@@ -1,6 +1,7 @@
 """Small real tools registered in-process by the tests (the same hook third-party plugins use)."""
 
 import asyncio
+from dataclasses import dataclass
 
 from webdancer import hookimpl
 from webdancer.rewards import Reward
@@ -55,6 +56,22 @@ class VowelShare(Reward):
         return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
 
 
+@dataclass
+class ShortAnswerConfig:
+    max_words: int = 3
+
+
+class ShortAnswer(Reward):
+    """1.0 for an answer of at most `max_words` words: a reward with options, to follow one reward path."""
+
+    name = "short"
+    Config = ShortAnswerConfig
+
+    async def score(self, sample):
+        return float(bool(sample.answer) and len(sample.answer.split()) <= self.config.max_words)
+
+
 @hookimpl
 def register_rewards(register):
     register(VowelShare)
+    register(ShortAnswer)

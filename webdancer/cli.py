@@ -296,17 +296,17 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
     from rich.table import Table
 
     from webdancer.filtering import filter_file, write_report
+    from webdancer.rewards import RewardSet
 
     cfg = resolve_config(config_path, overrides)
     out_path = Path(out or cfg.run.dir / "kept.jsonl")
-    judge = get_plugins().build("rewards", "judge", {"model": cfg.filter.judge}, "filter.judge") if cfg.filter.judge else None
+    rewards = RewardSet.from_config(cfg)
 
     async def filter_all():
         try:
-            return await filter_file(Path(traj_file), out_path, cfg.filter, judge)
+            return await filter_file(Path(traj_file), out_path, cfg.filter, rewards, cfg.judge.concurrency)
         finally:
-            if judge is not None:
-                await judge.aclose()
+            await rewards.aclose()
 
     report = asyncio.run(filter_all())
     report_path = out_path.with_name(out_path.stem + "_report.json")

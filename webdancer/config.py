@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-# The paper's reward (format score + answer score): filtering, evaluation and both RL engines start from it.
+# The paper's reward (format score + answer score): filtering, evaluation and both RL engines score with it
+# unless `rewards` says otherwise; with a judge configured, the judge scores the answer.
 DEFAULT_REWARD_WEIGHTS = {"format": 0.1, "answer": 0.9}
+JUDGED_REWARD_WEIGHTS = {"format": 0.1, "judge": 0.9}
 # `webdancer pipeline`'s stages, in the order they run.
 PIPELINE_STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl", "report")
 
@@ -133,23 +135,16 @@ class FilterConfig:
     max_turns: int = 20  # validity: more turns than this is a loop
     max_chars: int = 200_000  # validity: a longer trajectory is dropped
     max_thought_chars: int = 6000  # quality: a longer thought is rambling
-    # correctness: judge when `judge` names a model, else normalized exact match / containment / token F1.
-    judge: dict[str, Any] = field(default_factory=dict)
-    f1_threshold: float = 0.8  # token F1 that counts as a match without a judge
+    # correctness is the configured `rewards` (the judge's when `judge.model` is set): see `webdancer.rewards.RewardSet`.
     # The shortest correct trajectories kept per question (0 = all that pass).
     keep_per_question: int = 1
 
 
 @dataclass
 class EvalConfig:
-    """`webdancer eval`: k runs per question, judged by an LLM when `judge` names a model."""
+    """`webdancer eval`: k runs per question, scored by the configured `rewards` (the judge's when `judge.model` is set)."""
 
     k: int = 1  # runs per question (Pass@1 is their mean, Pass@k the unbiased estimate)
-    # An OpenAI-compatible judge (ModelConfig fields: base_url, model, api_key_env); empty = exact/F1 match.
-    judge: dict[str, Any] = field(default_factory=dict)
-    judge_prompt: str = ""  # empty: the judge reward's packaged prompt
-    f1_threshold: float = 0.8  # token F1 that counts as a match when there is no judge (or it fails)
-    judge_concurrency: int = 8
     # GAIA questions with an attached file: skip them (the text-only subset the WebDancer paper
     # reports), or ask them anyway (the agent cannot open the file; it must find the answer on the web).
     attachments: str = one_of("skip", "ask")
@@ -277,6 +272,17 @@ class SftConfig:
 
 
 @dataclass
+class JudgeConfig:
+    """The LLM judge, configured once: the `judge` reward uses it wherever it scores (filter, eval, RL)."""
+
+    # An OpenAI-compatible model (ModelConfig fields: base_url, model, api_key_env, ...); empty: no judge, and
+    # answers are matched by the `answer` reward (normalized exact match, containment, token F1).
+    model: dict[str, Any] = field(default_factory=dict)
+    prompt_file: str = ""  # empty: the judge reward's packaged WebWalker-style prompt
+    concurrency: int = 8  # judge calls in flight while filtering and evaluating
+
+
+@dataclass
 class InfraConfig:
     """Endpoints that keep failing: every rollout using one pauses (a circuit breaker per endpoint)."""
 
@@ -294,9 +300,12 @@ class WebdancerConfig:
     policy: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="openai"))
     # Tool name -> that tool's options (for any tool, offered or not).
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Reward name -> weight, for scoring trajectories and RL.
-    rewards: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
+    # Reward name -> weight: how the filter, eval and RL all score. Empty: the paper's format 0.1 + answer 0.9
+    # (judge 0.9 instead of answer when `judge.model` is set). A sample is correct at half the weights' sum.
+    rewards: dict[str, float] = field(default_factory=dict)
+    # Reward name -> its options (`webdancer plugins`); the judge's are `judge`.
     reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     web: WebConfig = field(default_factory=WebConfig)
     # Synthesizer name -> its options (see `webdancer synth NAME --help`).
     synth: dict[str, dict[str, Any]] = field(default_factory=dict)

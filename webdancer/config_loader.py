@@ -14,6 +14,23 @@ from webdancer.config import WebdancerConfig
 from webdancer.errors import ConfigError
 from webdancer.options import closest_keys
 
+# Keys that moved, and where to: a config that still sets one gets this message, not a silent default.
+MOVED_KEYS = {
+    "filter.judge": "judge.model (the judge is configured once, for the filter, eval and RL)",
+    "eval.judge": "judge.model (the judge is configured once, for the filter, eval and RL)",
+    "eval.judge_prompt": "judge.prompt_file",
+    "eval.judge_concurrency": "judge.concurrency",
+    "reward_options.judge": "judge (judge.model, judge.prompt_file: the judge is configured once)",
+    "filter.f1_threshold": "reward_options.answer.f1_threshold (the filter scores with `rewards`, as eval and RL do)",
+    "eval.f1_threshold": "reward_options.answer.f1_threshold (eval scores with `rewards`, as the filter and RL do)",
+}
+
+
+def _check_moved(source: str, layer: DictConfig) -> None:
+    for old, new in MOVED_KEYS.items():
+        if OmegaConf.select(layer, old, default=None) is not None:
+            raise ConfigError(f"{source}: '{old}' has moved: set {new}")
+
 
 def _fields_at(schema: type, dotted: str) -> list[str]:
     """The field names of the dataclass holding the last key of `dotted` inside `schema`."""
@@ -69,6 +86,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"command-line overrides: {exc}") from None
     merged = base
     for source, layer in layers:
+        if schema is WebdancerConfig:
+            _check_moved(source, layer)
         try:
             merged = OmegaConf.merge(merged, layer)
         except ConfigKeyError as exc:
@@ -88,6 +107,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     _check_choices(cfg, "")
     if isinstance(cfg, WebdancerConfig):
         _link_web_tools(cfg)
+        from webdancer.rewards import configured_weights
+
+        cfg.rewards = configured_weights(cfg)  # `config show` and every stage see the weights scored with
         from webdancer.breaker import BREAKERS
 
         BREAKERS.configure(cfg.infra)  # the process's breakers follow the config it runs on

@@ -15,15 +15,14 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from webdancer.config import WebdancerConfig
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, iter_json_lines, read_records
 from webdancer.records import QAItem, Trajectory
-from webdancer.rewards import Reward, RewardInput
+from webdancer.rewards import RewardInput, RewardSet
 from webdancer.runs import outages_path
-from webdancer.scoring import matches
 from webdancer.stats import bootstrap_ci, paired_difference
 
 
@@ -31,37 +30,29 @@ from webdancer.stats import bootstrap_ci, paired_difference
 class Score:
     id: str  # the trajectory's id
     question_id: str
-    correct: bool
-    method: str  # judge | match | match (judge failed: ...)
+    correct: bool  # the weighted score reached half the weights' sum (webdancer.rewards.CORRECT_AT)
+    method: str  # the rewards that decided (e.g. format+judge) | match (judge failed: ...) | no answer
+    score: float = 0.0  # the weighted sum of `rewards`
+    rewards: dict[str, float] = field(default_factory=dict)  # each reward's value
 
 
-async def score_trajectories(
-    trajs: list[Trajectory], out: Path, judge: Optional[Reward], f1_threshold: float = 0.8, concurrency: int = 8
-) -> None:
-    """Append a Score for every trajectory not yet scored; a judge's refusals fall back to matching, its
-    outages leave the trajectory unscored for a rerun."""
+async def score_trajectories(trajs: list[Trajectory], out: Path, rewards: RewardSet, concurrency: int = 8) -> None:
+    """Append a Score for every trajectory not yet scored, with the configured rewards; a judge's refusals fall
+    back to matching, its outages leave the trajectory unscored for a rerun."""
     sem = asyncio.Semaphore(concurrency)
     with JsonlAppender(out) as sink:
         todo = [t for t in trajs if t.id not in sink]
 
         async def one(t: Trajectory) -> None:
             answer = t.answer or ""
-            if not answer:
-                sink.write(Score(t.id, t.question_id, False, "no answer"))
-                return
-            if judge is None:
-                sink.write(Score(t.id, t.question_id, matches(answer, t.reference_answer or "", f1_threshold), "match"))
-                return
-            sample = RewardInput(question=t.question, response=answer, reference=t.reference_answer or "", answer=answer, trajectory=t)
+            sample = RewardInput(question=t.question, response=answer, reference=t.reference_answer or "", answer=answer or None, trajectory=t)
             try:
                 async with sem:
-                    verdict = await judge.score(sample) >= 0.5
-                sink.write(Score(t.id, t.question_id, verdict, "judge"))
+                    scored = await rewards.score(sample)
             except OutageError:
                 return  # the judge is down: not scored (the run counts as missing), a rerun scores it
-            except WebdancerError as exc:
-                fallback = matches(answer, t.reference_answer or "", f1_threshold)
-                sink.write(Score(t.id, t.question_id, fallback, f"match (judge failed: {str(exc)[:120]})"))
+            method = "no answer" if not answer else f"match (judge failed: {scored.judge_error})" if scored.judge_error else rewards.label
+            sink.write(Score(t.id, t.question_id, scored.correct, method, round(scored.score, 6), scored.parts))
 
         await asyncio.gather(*(one(t) for t in todo))
 
@@ -251,7 +242,8 @@ def _table(rows: list[tuple[str, dict[str, Any]]], first: str) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     meta, overall = results["meta"], results["overall"]
     out = [f"# Evaluation: {meta.get('name', '')}", ""]
-    out += [f"- {key}: `{value}`" for key, value in meta.items() if key != "name"]
+    out += [f"- {key}: `{value}`" for key, value in meta.items() if key not in ("name", "rewards")]
+    out += rewards_lines(meta.get("rewards", {}))
     out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them (Avg@k). Intervals: 95 % bootstrap "
             "over questions (another draw of questions of this kind would score within them 95 times in 100).", ""]
     if not results.get("complete", True):
@@ -267,6 +259,15 @@ def render_markdown(results: dict[str, Any]) -> str:
     out += ["", "## Correctness decided by", ""]
     out += [f"- {method}: {count}" for method, count in overall["judged_by"].items()] or ["- nothing scored yet"]
     return "\n".join(out) + "\n"
+
+
+def rewards_lines(described: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown bullets naming each reward scored with, its weight and its options (`RewardSet.describe`)."""
+    lines = ["- scored with (correct at half the weights' sum):"] if described else []
+    for name, info in described.items():
+        options = ", ".join(f"{k} `{v}`" for k, v in info.items() if k != "weight")
+        lines.append(f"  - `{name}` weight {info.get('weight')}" + (f": {options}" if options else ""))
+    return lines
 
 
 def plot_results(runs: dict[str, dict[str, Any]], path: Path) -> None:
@@ -363,15 +364,6 @@ def default_eval_name(eval_file: str, cfg: WebdancerConfig) -> str:
     return f"{Path(eval_file).stem}-{who}"
 
 
-def build_judge(cfg: WebdancerConfig) -> Optional[Reward]:
-    """The `judge` reward plugin on `eval.judge`, or None for the exact/F1 match fallback."""
-    if not cfg.eval.judge:
-        return None
-    from webdancer.plugins import get_plugins
-
-    return get_plugins().build("rewards", "judge", {"model": cfg.eval.judge, "prompt_file": cfg.eval.judge_prompt}, "eval.judge")
-
-
 def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None, keep_failed: bool = False) -> dict:
     """Sample k runs per question (resumable), score them, write the report; returns results.json's content.
 
@@ -388,7 +380,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         if not items:
             raise EvalSetError(f"{eval_file}: every question has an attached file; set eval.attachments=ask to ask them anyway")
     run = EvalRun(cfg.run.dir / "eval" / name)
-    judge = build_judge(cfg)
+    rewards = RewardSet.from_config(cfg)
 
     async def sample_and_score() -> None:
         try:
@@ -396,10 +388,9 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
                 await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update, keep_failed)
             wanted = {item.id for item in items}
             trajs = [t for t in run.load()[0] if t.question_id in wanted]
-            await score_trajectories(trajs, run.scores, judge, cfg.eval.f1_threshold, cfg.eval.judge_concurrency)
+            await score_trajectories(trajs, run.scores, rewards, cfg.judge.concurrency)
         finally:
-            if judge is not None:
-                await judge.aclose()
+            await rewards.aclose()
 
     asyncio.run(sample_and_score())
     meta = {
@@ -407,7 +398,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         "eval_file": str(eval_file),
         "policy": cfg.policy.name,
         "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
-        "judge": cfg.eval.judge.get("model", "?") if cfg.eval.judge else "none (exact match / token F1)",
+        "rewards": rewards.describe(),  # each reward's weight and options; the judge's model and prompt hash
         "max_turns": cfg.agent.max_turns,
         **({"attachments": f"{len(with_file)} questions with an attached file {'skipped' if cfg.eval.attachments == 'skip' else 'asked without the file'} (eval.attachments)"} if with_file else {}),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -17,8 +17,8 @@ from webdancer.config import FilterConfig
 from webdancer.jsonl import atomic_write_json, iter_json_lines
 from webdancer.records import Trajectory
 from webdancer.reference import is_reference_record, load_trajectory, reference_to_trajectory
-from webdancer.rewards import Reward, RewardInput
-from webdancer.scoring import matches, normalize_answer
+from webdancer.rewards import RewardInput, RewardSet
+from webdancer.scoring import normalize_answer
 from webdancer.typed import to_dict
 from webdancer.wire import validate_arguments
 
@@ -74,34 +74,39 @@ class FilterReport:
     kept: int = 0
     dropped: dict[str, Counter] = field(default_factory=lambda: {"validity": Counter(), "correctness": Counter(), "quality": Counter()})
     by_policy: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    correctness_method: str = ""
+    correctness_method: str = ""  # the rewards that decide, e.g. format+answer
+    rewards: dict[str, Any] = field(default_factory=dict)  # each with its weight and options (RewardSet.describe)
+    judge_failed: int = 0  # trajectories the judge refused, decided by the match rule instead
 
     def to_json(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "kept": self.kept,
             "correctness_method": self.correctness_method,
+            "rewards": self.rewards,
+            "judge_failed": self.judge_failed,
             "dropped": {k: dict(v) for k, v in self.dropped.items()},
             "by_policy": {k: dict(v) for k, v in self.by_policy.items()},
         }
 
 
-async def _correct(trajs: list[Trajectory], judge: Optional[Reward], cfg: FilterConfig) -> list[bool]:
-    if judge is None:
-        return [matches(t.answer or "", t.reference_answer or "", cfg.f1_threshold) for t in trajs]
-    sem = asyncio.Semaphore(16)
+async def _correct(trajs: list[Trajectory], rewards: RewardSet, concurrency: int, report: FilterReport) -> list[bool]:
+    """The correctness stage: each trajectory scored by the configured rewards (as eval and RL score)."""
+    sem = asyncio.Semaphore(concurrency)
 
     async def one(t: Trajectory) -> bool:
         async with sem:
             sample = RewardInput(question=t.question, response=t.messages[-1].content, reference=t.reference_answer or "", answer=t.answer, trajectory=t)
-            return await judge.score(sample) >= 0.5
+            scored = await rewards.score(sample)
+        report.judge_failed += bool(scored.judge_error)
+        return scored.correct
 
     return list(await asyncio.gather(*(one(t) for t in trajs)))
 
 
-async def filter_file(src: Path, out: Path, cfg: FilterConfig, judge: Optional[Reward] = None) -> FilterReport:
+async def filter_file(src: Path, out: Path, cfg: FilterConfig, rewards: RewardSet, concurrency: int = 16) -> FilterReport:
     """Filter `src` into `out` (written atomically); reference-release records are converted on the fly."""
-    report = FilterReport(correctness_method="llm judge" if judge else f"exact/contains/F1>={cfg.f1_threshold}")
+    report = FilterReport(correctness_method=rewards.label, rewards=rewards.describe())
     survivors: list[tuple[str, int, int]] = []  # (question id, steps, line number)
     chunk: list[tuple[int, Trajectory]] = []
 
@@ -117,7 +122,7 @@ async def filter_file(src: Path, out: Path, cfg: FilterConfig, judge: Optional[R
                 report.by_policy[traj.policy]["correctness:no_reference_answer"] += 1
             else:
                 valid.append((lineno, traj))
-        verdicts = await _correct([t for _, t in valid], judge, cfg)
+        verdicts = await _correct([t for _, t in valid], rewards, concurrency, report)
         for (lineno, traj), ok in zip(valid, verdicts):
             if not ok:
                 report.dropped["correctness"]["wrong_answer"] += 1

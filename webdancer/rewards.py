@@ -1,12 +1,28 @@
-"""The reward interface, shared by filtering, evaluation and RL (verl's compute_score)."""
+"""The reward interface, and the one way every stage scores with it.
+
+The filter's correctness stage, `webdancer eval` and both RL engines (verl's `compute_score`, the
+TRL engine) score a sample through a `RewardSet` built from the same config: `rewards` (weights by
+reward plugin name), `reward_options` and the `judge` section. Any installed reward plugin works in
+all of them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.records import Trajectory
 from webdancer.tools import NoOptions
+
+if TYPE_CHECKING:
+    from webdancer.config import WebdancerConfig
+
+# A sample is correct (the filter keeps it, eval counts it) when its weighted score reaches this share of
+# the weights' sum: with the paper's format 0.1 + answer 0.9, exactly when the answer is right.
+CORRECT_AT = 0.5
 
 
 @dataclass
@@ -33,5 +49,109 @@ class Reward:
     async def score(self, sample: RewardInput) -> float:
         raise NotImplementedError
 
+    def describe(self) -> dict[str, Any]:
+        """What a report records about this reward: its options (override to add, e.g., a prompt's hash)."""
+        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+
     async def aclose(self) -> None:
         """Close judge clients."""
+
+
+@dataclass
+class RewardScore:
+    """One sample scored: each reward's value, their weighted sum, and whether that counts as correct."""
+
+    parts: dict[str, float]
+    score: float
+    correct: bool
+    judge_error: str = ""  # the judge refused or answered nonsense: its part is the `answer` reward's instead
+
+
+def configured_weights(cfg: "WebdancerConfig") -> dict[str, float]:
+    """`rewards`, or when empty the paper's (with the judge scoring answers when `judge.model` is set)."""
+    from webdancer.config import DEFAULT_REWARD_WEIGHTS, JUDGED_REWARD_WEIGHTS
+
+    return dict(cfg.rewards or (JUDGED_REWARD_WEIGHTS if cfg.judge.model else DEFAULT_REWARD_WEIGHTS))
+
+
+def configured_options(cfg: "WebdancerConfig") -> dict[str, dict[str, Any]]:
+    """`reward_options`, with the judge's own from the `judge` section (configured once)."""
+    options = {name: dict(opts or {}) for name, opts in (cfg.reward_options or {}).items()}
+    if cfg.judge.model:
+        options["judge"] = {"model": dict(cfg.judge.model), "prompt_file": cfg.judge.prompt_file}
+    return options
+
+
+def check_weights(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> None:
+    """Weights that can score: non-empty, none negative, not all zero, options only for rewards in use."""
+    if not weights:
+        raise ConfigError("rewards: no reward to score with; name at least one (e.g. rewards: {format: 0.1, answer: 0.9})")
+    bad = {name: w for name, w in weights.items() if not isinstance(w, (int, float)) or w < 0}
+    if bad:
+        raise ConfigError(f"rewards: weights must be non-negative numbers, got {bad}")
+    if not any(weights.values()):
+        raise ConfigError(f"rewards: the weights are all zero ({weights}); give at least one a positive weight")
+    for name in options:
+        if name not in weights and name != "judge":
+            raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
+    if "judge" in weights and not (options.get("judge") or {}).get("model"):
+        raise ConfigError("rewards: 'judge' needs a judge model: set judge.model: {base_url, model, api_key_env}")
+
+
+class RewardSet:
+    """The configured reward plugins, built once: scores a sample into its parts and their weighted sum.
+
+    A judge that refuses or answers nonsense is replaced, for that sample, by the `answer` reward (reported in
+    `judge_error`); a judge that is down raises `OutageError`: an outage is never a score.
+    """
+
+    def __init__(self, weights: dict[str, float], options: Optional[dict[str, dict[str, Any]]] = None):
+        from webdancer.plugins import get_plugins
+
+        self.options = {name: dict(opts or {}) for name, opts in (options or {}).items()}
+        check_weights(weights, self.options)
+        self.weights = dict(weights)
+        def build(name: str) -> Reward:
+            return get_plugins().build("rewards", name, self.options.get(name), "judge" if name == "judge" else f"reward_options.{name}")
+
+        self.rewards: dict[str, Reward] = {name: build(name) for name in self.weights}
+        # A judge that refuses is replaced by the `answer` reward (reward_options.answer), as if no judge were set.
+        self.fallback: Optional[Reward] = (self.rewards.get("answer") or build("answer")) if "judge" in self.weights else None
+
+    @classmethod
+    def from_config(cls, cfg: "WebdancerConfig") -> "RewardSet":
+        return cls(configured_weights(cfg), configured_options(cfg))
+
+    async def score(self, sample: RewardInput) -> RewardScore:
+        parts: dict[str, float] = {}
+        judge_error = ""
+        for name, reward in self.rewards.items():
+            try:
+                parts[name] = float(await reward.score(sample))
+            except OutageError:
+                raise
+            except WebdancerError as exc:
+                if name != "judge":
+                    raise
+                judge_error = str(exc)[:200] or type(exc).__name__
+                parts[name] = float(await self.fallback.score(sample))
+        score = sum(self.weights[name] * parts[name] for name in self.weights)
+        return RewardScore(parts, score, score >= CORRECT_AT * sum(self.weights.values()), judge_error)
+
+    @property
+    def label(self) -> str:
+        """A short name for what decided correctness, e.g. `format+answer` or `format+judge`."""
+        return "+".join(self.weights)
+
+    def describe(self) -> dict[str, Any]:
+        """Every reward with its weight and options (the judge's model and its prompt's hash): for reports."""
+        return {name: {"weight": self.weights[name], **reward.describe()} for name, reward in self.rewards.items()}
+
+    async def aclose(self) -> None:
+        for reward in {*self.rewards.values(), *([self.fallback] if self.fallback else [])}:
+            await reward.aclose()
+
+
+def prompt_hash(text: str) -> str:
+    """The first 12 hex digits of a prompt's SHA-256: enough to tell two judge prompts apart in a report."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]

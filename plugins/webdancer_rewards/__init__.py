@@ -56,6 +56,8 @@ class AnswerReward(Reward):
 
 @dataclass
 class JudgeRewardConfig:
+    """Filled from the config's `judge` section (configured once, for the filter, eval and RL)."""
+
     # An OpenAI-compatible model (ModelConfig fields); the prompt is the WebWalker-style correct/incorrect judge.
     model: dict = field(default_factory=dict)
     # Empty: the packaged prompt (webdancer_rewards/prompts/judge.txt), so verl workers find it from any cwd.
@@ -75,7 +77,7 @@ class JudgeReward(Reward):
         from webdancer.options import validate_options
 
         if not self.config.model:
-            raise ConfigError("the judge reward needs a model: set its options' model: {base_url, model, api_key_env}")
+            raise ConfigError("the judge reward needs a model: set judge.model: {base_url, model, api_key_env}")
         model = validate_options(ModelConfig, self.config.model, "judge.model")
         model.stop, model.temperature, model.max_tokens = [], 0.0, 8
         self.client = ChatClient(model)
@@ -91,6 +93,14 @@ class JudgeReward(Reward):
         reply = await self.client.chat([Message("user", prompt)])
         verdict = reply.text.strip().lower()
         return 1.0 if verdict.startswith("correct") else 0.0
+
+    def describe(self) -> dict:
+        """The judge model (not its key) and which prompt it was given, by source and hash."""
+        from webdancer.rewards import prompt_hash
+
+        model = self.config.model
+        return {"model": model.get("model", "?"), "base_url": model.get("base_url", ""),
+                "prompt": self.template.source, "prompt_sha256": prompt_hash(self.template.text)}
 
     async def aclose(self) -> None:
         await self.client.aclose()

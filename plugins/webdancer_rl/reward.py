@@ -1,10 +1,11 @@
-"""verl's custom reward function: `compute_score` dispatching to webdancer reward plugins.
+"""verl's custom reward function: `compute_score`, the RL side of the one reward path (`webdancer.rewards`).
 
 verl calls `compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)`
 once per rollout (awaited, since this one is async: judge calls overlap across a batch).
-The rewards and their weights come from `reward_kwargs` (written by `webdancer rl train`):
-`weights` (default: the paper's format 0.1 + answer 0.9) and `options` per reward. A judge that
-fails falls back to the no-judge match rule for that rollout, counted in `judge_failed`.
+The rewards and their weights come from `reward_kwargs` (written by `webdancer rl train` from
+`rewards`, `reward_options` and the `judge` section): `weights` (default: the paper's format 0.1 +
+answer 0.9) and `options` per reward. They are scored by the same `RewardSet` as the filter and eval:
+a judge that fails falls back to the match rule for that rollout, counted in `judge_failed`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import json
 from typing import Any, Optional
 
 from webdancer.config import DEFAULT_REWARD_WEIGHTS
-from webdancer.errors import ConfigError, OutageError, WebdancerError
-from webdancer.rewards import Reward, RewardInput
-from webdancer.scoring import matches
+from webdancer.rewards import RewardInput, RewardSet
 from webdancer.wire import final_turn, parse_assistant
 
 
@@ -23,21 +22,15 @@ def reward_weights(weights: Optional[dict[str, float]]) -> dict[str, float]:
     """The weights to score with: the given ones, or the paper's when none are given."""
     return dict(weights or DEFAULT_REWARD_WEIGHTS)
 
-_cache: dict[str, dict[str, Reward]] = {}
+
+_cache: dict[str, RewardSet] = {}
 
 
-def build_reward(name: str, options: dict[str, dict[str, Any]]) -> Reward:
-    """The reward plugin `name` built with `reward_options.<name>` (checked; errors name that key)."""
-    from webdancer.plugins import get_plugins
-
-    return get_plugins().build("rewards", name, (options or {}).get(name), f"reward_options.{name}")
-
-
-def build_rewards(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> dict[str, Reward]:
-    """Reward plugins by name, built once per process and set of options."""
-    key = json.dumps([sorted(weights), options], sort_keys=True, default=str)
+def reward_set(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> RewardSet:
+    """The reward plugins for these weights and options, built once per process."""
+    key = json.dumps([weights, options], sort_keys=True, default=str)
     if key not in _cache:
-        _cache[key] = {name: build_reward(name, options) for name in weights}
+        _cache[key] = RewardSet(weights, options)
     return _cache[key]
 
 
@@ -50,29 +43,14 @@ async def compute_score(
     options: Optional[dict[str, dict[str, Any]]] = None,
     **_: Any,
 ) -> dict[str, float]:
-    """{"score": weighted sum, <reward name>: its score, ...}: verl logs every key per step."""
-    weights = reward_weights(weights)
-    if not weights or any(w < 0 for w in weights.values()):
-        raise ConfigError(f"reward weights must be non-negative and not all absent, got {weights}")
+    """{"score": weighted sum, <reward name>: its score, ..., "judge_failed": 0|1}: verl logs every key per step."""
+    rewards = reward_set(reward_weights(weights), options or {})
     extra_info = dict(extra_info or {})
     reference = ground_truth["target"] if isinstance(ground_truth, dict) else str(ground_truth)
     answer = parse_assistant(final_turn(solution_str), {}).answer
     sample = RewardInput(question=str(extra_info.get("question", "")), response=solution_str, reference=reference, answer=answer, extra=extra_info)
-    out: dict[str, float] = {}
-    judge_failed = 0.0
-    for name, reward in build_rewards(weights, options or {}).items():
-        try:
-            out[name] = float(await reward.score(sample))
-        except OutageError:
-            raise  # a judge outage is never a reward: training stops, a rerun resumes from the last checkpoint
-        except WebdancerError:
-            if name != "judge":
-                raise
-            judge_failed = 1.0
-            out[name] = float(bool(answer) and matches(answer, reference))
-    out["score"] = sum(weights[name] * out[name] for name in weights)
-    out["judge_failed"] = judge_failed
-    return out
+    scored = await rewards.score(sample)  # a judge outage raises: never a reward; training stops, a rerun resumes
+    return {**scored.parts, "score": scored.score, "judge_failed": float(bool(scored.judge_error))}
 
 
 def overlong_penalty(response_length: int, max_length: int, buffer: int, factor: float) -> float:

@@ -18,9 +18,9 @@ from webdancer.config_loader import config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer.rewards import check_weights, configured_options, configured_weights
 from webdancer_rl.metrics import add_verl_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
-from webdancer_rl.reward import reward_weights
 
 REWARD_MODULE = Path(__file__).with_name("reward.py")
 VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger, in verl's names; metrics.jsonl has ours
@@ -109,9 +109,9 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         pairs.append(("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", rl.micro_batch_size))
     out = [f"{k}={_value(v)}" for k, v in pairs]
     # Keys verl reads but does not declare: added with hydra's `+`.
-    weights = reward_weights(cfg.rewards)
+    weights = configured_weights(cfg)
     out += [f"+reward.custom_reward_function.reward_kwargs.weights.{name}={w}" for name, w in weights.items()]
-    for name, options in (cfg.reward_options or {}).items():
+    for name, options in configured_options(cfg).items():
         out += [f"+reward.custom_reward_function.reward_kwargs.options.{name}.{k}={_value(v)}" for k, v in options.items()]
     out += [
         f"+reward.reward_kwargs.overlong_buffer_cfg.enable={rl.overlong_buffer > 0}",
@@ -133,15 +133,13 @@ def gpu_visible() -> bool:
 
 
 def check_rewards(cfg: WebdancerConfig) -> None:
-    """Validate `rewards` and `reward_options` here, before an engine starts, not in its reward workers."""
-    weights = reward_weights(cfg.rewards)
-    for name in cfg.reward_options or {}:
-        if name not in weights:
-            raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
+    """Validate `rewards`, `reward_options` and the judge here, before an engine starts, not in its reward workers."""
     from webdancer.plugins import get_plugins
 
+    weights, options = configured_weights(cfg), configured_options(cfg)
+    check_weights(weights, options)
     for name in weights:
-        get_plugins().options("rewards", name, (cfg.reward_options or {}).get(name), f"reward_options.{name}")
+        get_plugins().options("rewards", name, options.get(name), "judge" if name == "judge" else f"reward_options.{name}")
     metrics = ["score", "reward", *weights]
     if cfg.rl.filter_groups and cfg.rl.filter_groups_metric not in metrics:
         raise ConfigError(f"rl.filter_groups_metric={cfg.rl.filter_groups_metric!r} is not a score of this run; choose one of {', '.join(metrics)}")

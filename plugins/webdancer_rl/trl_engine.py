@@ -25,10 +25,11 @@ from typing import Any, Callable, Optional
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError, OutageError, WebdancerError
+from webdancer.rewards import configured_options, configured_weights
 from webdancer.tools import ToolBox
 from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line
 from webdancer_rl.prepare import read_rows
-from webdancer_rl.reward import compute_score, overlong_penalty, reward_weights
+from webdancer_rl.reward import compute_score, overlong_penalty
 from webdancer_rl.rollout import ChatTokens, Generate, RolloutLimits, RolloutTimes, run_rollouts
 
 # verl's loss_agg_mode -> TRL's loss_type (same aggregation of the token losses).
@@ -87,7 +88,7 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
 
 def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
     """One TRL reward function per reward plugin (so each is logged) plus DAPO's overlong penalty, weight 1."""
-    weights = reward_weights(cfg.rewards)
+    weights = configured_weights(cfg)
     if OVERLONG in weights:
         raise ConfigError(f"'{OVERLONG}' is reserved for the overlong penalty (rl.overlong_buffer); rename that reward")
     return {**weights, OVERLONG: 1.0}
@@ -168,7 +169,8 @@ class WebdancerRollouts:
         self.chat = ChatTokens(tokenizer)
         self.limits = RolloutLimits.from_config(cfg.rl)
         self.rows = {prompt_key(r["prompt"]): r for r in rows}
-        self.weights = reward_weights(cfg.rewards)
+        self.weights = configured_weights(cfg)
+        self.reward_options = configured_options(cfg)
         self.toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
         self.generate: Optional[Generate] = None
         self.last: dict[str, float] = {}
@@ -210,7 +212,7 @@ class WebdancerRollouts:
 
         async def one(rollout, row) -> dict[str, float]:
             out = await compute_score(row["data_source"], self.chat.decode(rollout.completion_ids), row["reward_model"]["ground_truth"],
-                                      dict(row["extra_info"] or {}), weights=self.weights, options=self.cfg.reward_options)
+                                      dict(row["extra_info"] or {}), weights=self.weights, options=self.reward_options)
             out[OVERLONG] = overlong_penalty(len(rollout.completion_ids), rl.max_response_length, rl.overlong_buffer, rl.overlong_penalty)
             out["reward"] = out["score"] + out[OVERLONG]
             return out

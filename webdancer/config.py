@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from webdancer.leaks import BENCHMARK_SOURCES
+
 # The paper's reward (format score + answer score): filtering, evaluation and both RL engines score with it
 # unless `rewards` says otherwise; with a judge configured, the judge scores the answer.
 DEFAULT_REWARD_WEIGHTS = {"format": 0.1, "answer": 0.9}
@@ -148,6 +150,10 @@ class EvalConfig:
     # GAIA questions with an attached file: skip them (the text-only subset the WebDancer paper
     # reports), or ask them anyway (the agent cannot open the file; it must find the answer on the web).
     attachments: str = one_of("skip", "ask")
+    # Leak blocking: URL patterns (domains, globs, re:<regex>; webdancer.leaks) that `search` drops and `visit`
+    # refuses while evaluating, added to every offered tool with a `blocklist` option. Default: the benchmarks'
+    # own releases and known copies; [] turns it off.
+    blocklist: list[str] = field(default_factory=lambda: list(BENCHMARK_SOURCES))
 
 
 @dataclass

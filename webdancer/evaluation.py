@@ -9,6 +9,8 @@ never scored; until a rerun replaces them, results.json says `complete: false`.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -20,6 +22,7 @@ from typing import Any
 from webdancer.config import WebdancerConfig
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, iter_json_lines, read_records
+from webdancer.leaks import Blocklist
 from webdancer.records import QAItem, Trajectory
 from webdancer.rewards import RewardInput, RewardSet
 from webdancer.runs import outages_path
@@ -180,6 +183,10 @@ class EvalRun:
     def results(self) -> Path:
         return self.dir / "results.json"
 
+    @property
+    def blocked(self) -> Path:
+        return self.dir / "blocked.jsonl"  # one line per sampling session: what the blocklist kept from the agent
+
     def load(self) -> tuple[list[Trajectory], dict[str, Score]]:
         trajs = list(read_records(self.trajectories, Trajectory)) if self.trajectories.exists() else []
         scores = {s.id: s for s in read_records(self.scores, Score)} if self.scores.exists() else {}
@@ -189,7 +196,7 @@ class EvalRun:
 def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int) -> dict[str, Any]:
     """results.json + report.md + plot.png from what is on disk now."""
     trajs, scores = run.load()
-    results = {"meta": meta, **summarize(items, trajs, scores, k)}
+    results = {"meta": meta, **summarize(items, trajs, scores, k), "blocked": blocked_totals(run.blocked)}
     if not results["complete"]:
         results["outages"] = _count_ids(outages_path(run.trajectories), {t.id for t in trajs})
         results["unscored"] = sum(1 for t in trajs if t.id not in scores)  # the judge was down
@@ -244,6 +251,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     out = [f"# Evaluation: {meta.get('name', '')}", ""]
     out += [f"- {key}: `{value}`" for key, value in meta.items() if key not in ("name", "rewards")]
     out += rewards_lines(meta.get("rewards", {}))
+    if "blocked" in results:
+        b = results["blocked"]
+        out.append(f"- leak blocking: {b['search_results']} search results dropped, {b['visits']} visits refused")
     out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them (Avg@k). Intervals: 95 % bootstrap "
             "over questions (another draw of questions of this kind would score within them 95 times in 100).", ""]
     if not results.get("complete", True):
@@ -364,6 +374,45 @@ def default_eval_name(eval_file: str, cfg: WebdancerConfig) -> str:
     return f"{Path(eval_file).stem}-{who}"
 
 
+def with_blocklist(cfg: WebdancerConfig) -> WebdancerConfig:
+    """A copy of `cfg` whose offered tools with a `blocklist` option also block `eval.blocklist` (checked here)."""
+    from webdancer.plugins import get_plugins
+
+    Blocklist(cfg.eval.blocklist, "eval.blocklist")  # a pattern that does not parse stops the run before any rollout
+    if not cfg.eval.blocklist:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    for name in cfg.agent.tools:
+        options_cls = get_plugins().get("tools", name).Config
+        if dataclasses.is_dataclass(options_cls) and "blocklist" in {f.name for f in dataclasses.fields(options_cls)}:
+            options = dict(cfg.tools.get(name) or {})
+            own = list(options.get("blocklist") or [])
+            options["blocklist"] = own + [p for p in cfg.eval.blocklist if p not in own]
+            cfg.tools[name] = options
+    return cfg
+
+
+def record_blocked(toolbox: Any, path: Path) -> None:
+    """Append what the tools' blocklists blocked in this session (nothing when they blocked nothing)."""
+    counts: Counter = Counter()
+    for tool in toolbox.tools.values():
+        if isinstance(getattr(tool, "blocklist", None), Blocklist):
+            counts.update(tool.blocklist.counts)
+    if counts:
+        with JsonlAppender(path, key=lambda r: r["written"]) as sink:
+            sink.write({"search_results": counts["search_results"], "visits": counts["visits"],
+                             "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+
+
+def blocked_totals(path: Path) -> dict[str, int]:
+    totals = {"search_results": 0, "visits": 0}
+    if path.exists():
+        for _, obj in iter_json_lines(path):
+            for key in totals:
+                totals[key] += int(obj.get(key, 0))
+    return totals
+
+
 def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None, keep_failed: bool = False) -> dict:
     """Sample k runs per question (resumable), score them, write the report; returns results.json's content.
 
@@ -381,11 +430,15 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
             raise EvalSetError(f"{eval_file}: every question has an attached file; set eval.attachments=ask to ask them anyway")
     run = EvalRun(cfg.run.dir / "eval" / name)
     rewards = RewardSet.from_config(cfg)
+    cfg = with_blocklist(cfg)
 
     async def sample_and_score() -> None:
         try:
             async with configured_agent(cfg) as agent:
-                await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update, keep_failed)
+                try:
+                    await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update, keep_failed)
+                finally:
+                    record_blocked(agent.toolbox, run.blocked)
             wanted = {item.id for item in items}
             trajs = [t for t in run.load()[0] if t.question_id in wanted]
             await score_trajectories(trajs, run.scores, rewards, cfg.judge.concurrency)
@@ -399,6 +452,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         "policy": cfg.policy.name,
         "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
         "rewards": rewards.describe(),  # each reward's weight and options; the judge's model and prompt hash
+        "blocklist": f"{len(cfg.eval.blocklist)} patterns (eval.blocklist)" if cfg.eval.blocklist else "off",
         "max_turns": cfg.agent.max_turns,
         **({"attachments": f"{len(with_file)} questions with an attached file {'skipped' if cfg.eval.attachments == 'skip' else 'asked without the file'} (eval.attachments)"} if with_file else {}),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

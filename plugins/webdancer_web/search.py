@@ -14,10 +14,12 @@ from webdancer.breaker import BREAKERS
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.keys import read_secret
+from webdancer.leaks import Blocklist
 from webdancer.tools import Tool
 from webdancer_web.index import Hit, LocalIndex
 
 SEPARATOR = "\n=======\n"
+BLOCKED_SPARE = 5  # extra results asked for when a blocklist is on, so dropping a few still leaves top_k
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
@@ -34,6 +36,8 @@ class SearchConfig:
     max_retries: int = 3
     backoff_s: float = 1.0
     max_queries: int = 5
+    # URL patterns whose results are dropped (webdancer.leaks; `webdancer eval` adds eval.blocklist).
+    blocklist: list[str] = field(default_factory=list)
 
 
 class SearchBackend:
@@ -153,6 +157,7 @@ class SearchTool(Tool):
 
         backend_cls = (plugins or get_plugins()).get("search_backends", self.config.backend)
         self.backend: SearchBackend = backend_cls(self.config)
+        self.blocklist = Blocklist(self.config.blocklist, "tools.search.blocklist")
 
     async def call(self, arguments: dict[str, Any]) -> str:
         queries = [q.strip() for q in arguments["query"] if isinstance(q, str) and q.strip()]
@@ -161,8 +166,10 @@ class SearchTool(Tool):
         queries = queries[: self.config.max_queries]
 
         async def one(q: str) -> str:
+            k = self.config.top_k
             try:
-                return format_results(self.backend.label, q, await self.backend.search(q, self.config.top_k))
+                hits = await self.backend.search(q, k + BLOCKED_SPARE if self.blocklist else k)
+                return format_results(self.backend.label, q, [h for h in hits if not self.blocklist.blocks(h.url, "search_results")][:k])
             except OutageError:
                 raise  # the backend is down: the rollout ends as an outage, not with this observation
             except WebdancerError as exc:

@@ -11,6 +11,7 @@ import httpx
 
 from webdancer.config import ModelConfig
 from webdancer.errors import OutageError, WebdancerError
+from webdancer.leaks import Blocklist
 from webdancer.llm import ChatClient
 from webdancer.prompt_template import PromptTemplate
 from webdancer.records import Message
@@ -43,6 +44,8 @@ class VisitConfig:
     jina_url: str = "https://r.jina.ai"
     jina_api_key_env: list[str] = field(default_factory=lambda: ["JINA_API_KEY"])
     user_agent: str = "webdancer/0.1 (+https://github.com/webdancer)"
+    # URL patterns never fetched (webdancer.leaks; `webdancer eval` adds eval.blocklist).
+    blocklist: list[str] = field(default_factory=list)
 
 
 class VisitTool(Tool):
@@ -66,6 +69,7 @@ class VisitTool(Tool):
         reader_cls = (plugins or get_plugins()).get("page_readers", self.config.reader)
         self.reader: PageReader = reader_cls(self.config)
         self.cache = PageCache(self.config.cache_dir)
+        self.blocklist = Blocklist(self.config.blocklist, "tools.visit.blocklist")
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self.summarizer: Optional[ChatClient] = None
         if self.config.summary_model:
@@ -102,6 +106,8 @@ class VisitTool(Tool):
         return extractive_evidence(page.text, goal, budget)
 
     async def _one(self, url: str, goal: str) -> str:
+        if self.blocklist.blocks(url, "visits"):
+            return f"[visit] {url} is blocked during this evaluation (it may hold the benchmark's answers); find the facts elsewhere."
         start = time.perf_counter()
         try:
             page = await self.fetch(url)

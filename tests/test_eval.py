@@ -27,7 +27,7 @@ def test_each_benchmark_format_loads_with_its_groups():
     assert gaia[0].id == "c61d22de-5f6c-4958-a7f6-5e9707bd3466" and gaia[2].provenance["file_name"] == "kilby_notes.pdf"
 
     walker = load_eval_set(WEBWALKER)
-    assert walker[1].provenance["groups"] == {"type": "multi_source", "difficulty": "medium", "domain": "dictionary"}
+    assert walker[1].provenance["groups"] == {"type": "multi_source", "difficulty": "medium", "domain": "dictionary", "language": "english"}
     assert walker[1].provenance["root_url"] == "http://127.0.0.1:8765/foldoc/" and len(walker[1].source_urls) == 2
 
     browse = load_eval_set(BROWSECOMP)  # encrypted on disk, plain after loading
@@ -54,7 +54,7 @@ def test_browsecomp_cipher_matches_the_published_scheme():
         ("w.json", '[{"Question": "q", "Answer": "a"}]', "webwalkerqa", "w.json:1: WebWalkerQA record lacks field 'Root_Url'"),
         ("q.jsonl", '{"question": "q", "answer": "a"}\n{"question": "q2", "answ', "qa", "q.jsonl:2: not valid JSON"),
         ("b.csv", "problem,answer\nx,y\n", "browsecomp", "b.csv: BrowseComp CSV lacks column 'canary'"),
-        ("b2.csv", "problem,answer,problem_topic,canary\n!!notbase64,y,t,c\n", "browsecomp", "b2.csv:2: problem/answer do not decrypt"),
+        ("b2.csv", "problem,answer,problem_topic,canary\n!!notbase64,y,t,c\n", "browsecomp", "b2.csv:2: the encrypted fields do not decrypt with this row's canary"),
         ("odd.jsonl", '{"prompt": "q"}\n', "auto", "cannot tell the format from the first record's keys (prompt)"),
         ("empty.jsonl", "", "auto", "no records"),
     ],

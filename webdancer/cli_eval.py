@@ -7,6 +7,8 @@ from typing import Optional
 
 import click
 
+from webdancer.evalsets import FORMATS
+
 
 @click.group("eval")
 def eval_group() -> None:
@@ -17,7 +19,7 @@ def eval_group() -> None:
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (see configs/).")
 @click.argument("eval_file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("overrides", nargs=-1)
-@click.option("--format", "fmt", type=click.Choice(["auto", "gaia", "webwalkerqa", "browsecomp", "qa"]), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True)
 @click.option("--k", type=int, default=None, help="Runs per question (default eval.k).")
 @click.option("--name", default=None, help="Run name: results go to runs/<run>/eval/<name>/ (default <file stem>-<model>).")
 @click.option("--keep-failed", is_flag=True, help="Do not run again the runs an outage ended (they stay missing, never wrong).")

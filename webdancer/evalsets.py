@@ -1,8 +1,11 @@
-"""Benchmark files a user has locally (GAIA, WebWalkerQA, BrowseComp, our QA JSONL) read as QAItems.
+"""Benchmark files a user has locally, read as QAItems: GAIA, WebWalkerQA, BrowseComp, xbench-DeepSearch,
+BrowseComp-zh and our QA JSONL.
 
-Nothing is downloaded: each loader reads the file in the shape its benchmark publishes it, and
-a record in the wrong shape is an error naming the file, the line and the missing field. The
-fields a report groups by (level, type, difficulty, topic, tag) go to `provenance["groups"]`.
+Nothing is downloaded: each loader reads the files as the benchmark's release and its `datasets` copy
+spell them (field names are matched case-insensitively: WebWalkerQA's README writes `Question`, its
+Hugging Face copy `question`), and a record in the wrong shape is an error naming the file, the line
+and the fields expected. The fields a report groups by (level, type, difficulty, topic, tag) go to
+`provenance["groups"]`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Callable, Iterator
 from webdancer.errors import WebdancerError
 from webdancer.records import QAItem
 
-FORMATS = ("gaia", "webwalkerqa", "browsecomp", "qa")
+FORMATS = ("gaia", "webwalkerqa", "browsecomp", "xbench", "browsecomp-zh", "qa")
 
 
 class EvalSetError(WebdancerError):
@@ -44,55 +47,78 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise EvalSetError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
 
 
-def _need(path: Path, where: int, rec: Any, fields: tuple[str, ...], fmt: str) -> None:
+def _folded(rec: Any) -> Any:
+    """The record with lower-case keys, nested objects too (the releases differ only in case)."""
+    if isinstance(rec, dict):
+        return {str(k).strip().lower(): _folded(v) for k, v in rec.items()}
+    return rec
+
+
+def _need(path: Path, where: int, rec: Any, fields: tuple[str, ...], fmt: str) -> dict[str, Any]:
+    """`rec` with folded keys, once it has every field (named as the release spells them) with a value."""
     if not isinstance(rec, dict):
         raise EvalSetError(f"{path}:{where}: expected a JSON object, got {type(rec).__name__}")
-    missing = [f for f in fields if f not in rec or rec[f] is None]
+    folded = _folded(rec)
+    missing = [f for f in fields if folded.get(f.lower()) is None]
     if missing:
         raise EvalSetError(
             f"{path}:{where}: {fmt} record lacks field {', '.join(repr(m) for m in missing)} "
-            f"(has {', '.join(sorted(map(str, rec))) or 'nothing'}); is this the right --format?"
+            f"(has {', '.join(sorted(map(str, rec))) or 'nothing'}; field names are matched in any case); is this the right --format?"
         )
+    return folded
 
 
 def load_gaia(path: Path) -> list[QAItem]:
-    """GAIA's validation `metadata.jsonl`: task_id, Question, Level, Final answer, file_name."""
+    """GAIA's `metadata.jsonl` (validation split): task_id, Question, Level, Final answer, file_name.
+
+    The test split withholds its answers ("?"): there is nothing to score, so it is refused by name.
+    """
     items = []
     for where, rec in _records(path):
-        _need(path, where, rec, ("task_id", "Question", "Final answer", "Level"), "GAIA")
+        rec = _need(path, where, rec, ("task_id", "Question", "Final answer", "Level"), "GAIA")
+        answer = str(rec["final answer"]).strip()
+        if answer == "?":
+            raise EvalSetError(f"{path}:{where}: GAIA's answer is withheld ('?'): this is the test split, which only its "
+                               "leaderboard scores; evaluate on the validation split's metadata.jsonl")
+        attachment = rec.get("file_name") or ""
         items.append(
             QAItem(
-                question=str(rec["Question"]),
-                answer=str(rec["Final answer"]),
+                question=str(rec["question"]),
+                answer=answer,
                 id=str(rec["task_id"]),
                 tag="gaia",
-                provenance={"groups": {"level": str(rec["Level"])}, "file_name": rec.get("file_name") or ""},
+                provenance={"groups": {"level": str(rec["level"])}, "file_name": attachment,
+                            **({"file_path": str(path.parent / attachment)} if attachment else {})},
             )
         )
     return items
 
 
 def load_webwalkerqa(path: Path) -> list[QAItem]:
-    """WebWalkerQA: Question, Answer, Root_Url, Info{Type or Hop, Difficulty_Level, Domain, ...}."""
+    """WebWalkerQA: Question, Answer, Root_Url, Info{Type or Hop, Difficulty_Level, Domain, Source_Website, ...}
+    (its README's spelling), or question, answer, root_url, info{...} (its Hugging Face copy's)."""
     items = []
     for where, rec in _records(path):
-        _need(path, where, rec, ("Question", "Answer", "Root_Url"), "WebWalkerQA")
-        info = rec.get("Info") or {}
+        rec = _need(path, where, rec, ("Question", "Answer", "Root_Url"), "WebWalkerQA")
+        info = rec.get("info") or {}
         if not isinstance(info, dict):
             raise EvalSetError(f"{path}:{where}: WebWalkerQA field 'Info' must be an object, got {type(info).__name__}")
         groups = {
-            "type": str(info.get("Type") or info.get("Hop") or "unknown").lower(),
-            "difficulty": str(info.get("Difficulty_Level") or "unknown").lower(),
+            "type": str(info.get("type") or info.get("hop") or "unknown").lower().replace("-", "_"),
+            "difficulty": str(info.get("difficulty_level") or "unknown").lower(),
         }
-        if info.get("Domain"):
-            groups["domain"] = str(info["Domain"]).lower()
+        if info.get("domain"):
+            groups["domain"] = str(info["domain"]).lower()
+        language = info.get("lang") or info.get("language")
+        if language:
+            groups["language"] = str(language).lower()
         items.append(
             QAItem(
-                question=str(rec["Question"]),
-                answer=str(rec["Answer"]),
+                question=str(rec["question"]),
+                answer=str(rec["answer"]),
                 tag="webwalkerqa",
-                source_urls=[str(u) for u in info.get("Source_Website") or []],
-                provenance={"groups": groups, "root_url": str(rec["Root_Url"])},
+                source_urls=[str(u) for u in info.get("source_website") or []],
+                provenance={"groups": groups, "root_url": str(rec["root_url"])},
             )
         )
     return items
@@ -118,34 +144,82 @@ def encrypt(plaintext: str, password: str) -> str:
     return base64.b64encode(bytes(a ^ b for a, b in zip(data, key))).decode()
 
 
+def _csv_rows(path: Path, needed: tuple[str, ...], fmt: str, expected: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row with lower-case column names) of a CSV with at least the `needed` columns."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.strip().lower() for c in reader.fieldnames or []}
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise EvalSetError(
+                f"{path}: {fmt} CSV lacks column {', '.join(repr(m) for m in missing)} "
+                f"(has {', '.join(sorted(columns)) or 'no header'}); expected {expected}"
+            )
+        for row_no, row in enumerate(reader, 2):
+            yield row_no, {str(k).strip().lower(): v or "" for k, v in row.items() if k is not None}
+
+
+def _decrypted(path: Path, where: Any, fmt: str, decode: Callable[[str], str], *values: str) -> list[str]:
+    try:
+        return [decode(v) for v in values]
+    except (ValueError, UnicodeDecodeError, TypeError):
+        raise EvalSetError(
+            f"{path}:{where}: the encrypted fields do not decrypt with this row's canary; "
+            f"the file must be {fmt}'s release as published (base64 XOR ciphertext, one canary per row)"
+        ) from None
+
+
 def load_browsecomp(path: Path) -> list[QAItem]:
     """BrowseComp's CSV: problem and answer encrypted with the row's canary; problem_topic for groups."""
     items = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        missing = [c for c in ("problem", "answer", "canary") if c not in columns]
-        if missing:
-            raise EvalSetError(
-                f"{path}: BrowseComp CSV lacks column {', '.join(repr(m) for m in missing)} "
-                f"(has {', '.join(sorted(columns)) or 'no header'}); expected problem, answer, problem_topic, canary"
-            )
-        for row_no, row in enumerate(reader, 2):
-            try:
-                question, answer = decrypt(row["problem"], row["canary"]), decrypt(row["answer"], row["canary"])
-            except (ValueError, UnicodeDecodeError, TypeError):
-                raise EvalSetError(
-                    f"{path}:{row_no}: problem/answer do not decrypt with this row's canary; "
-                    "the file must be BrowseComp's CSV as published (base64 XOR ciphertext)"
-                ) from None
-            items.append(
-                QAItem(
-                    question=question,
-                    answer=answer,
-                    tag="browsecomp",
-                    provenance={"groups": {"topic": (row.get("problem_topic") or "unknown").lower()}},
-                )
-            )
+    for row_no, row in _csv_rows(path, ("problem", "answer", "canary"), "BrowseComp", "problem, answer, problem_topic, canary"):
+        question, answer = _decrypted(path, row_no, "BrowseComp", lambda v: decrypt(v, row["canary"]), row["problem"], row["answer"])
+        items.append(QAItem(question=question, answer=answer, tag="browsecomp",
+                            provenance={"groups": {"topic": (row.get("problem_topic") or "unknown").lower()}}))
+    return items
+
+
+def xor_with_canary(ciphertext_b64: str, canary: str) -> str:
+    """xbench's scheme: base64, then XOR with the canary's UTF-8 bytes repeated (no hash, unlike BrowseComp)."""
+    data, key = base64.b64decode(ciphertext_b64), canary.encode()
+    return bytes(b ^ key[i % len(key)] for i, b in enumerate(data)).decode()
+
+
+def load_xbench(path: Path) -> list[QAItem]:
+    """xbench-DeepSearch's CSV (DeepSearch.csv, DeepSearch-2510.csv): id, prompt, answer, canary, encrypted per row."""
+    items = []
+    for row_no, row in _csv_rows(path, ("id", "prompt", "answer", "canary"), "xbench", "id, prompt, answer, reference_steps, canary"):
+        question, answer = _decrypted(path, row_no, "xbench-DeepSearch", lambda v: xor_with_canary(v, row["canary"]), row["prompt"], row["answer"])
+        groups = {"type": row["type"].lower()} if row.get("type") else {"set": path.stem.lower()}
+        items.append(QAItem(question=question, answer=answer, id=f"xbench-{path.stem}-{row['id']}", tag="xbench", provenance={"groups": groups}))
+    return items
+
+
+def load_browsecomp_zh(path: Path) -> list[QAItem]:
+    """BrowseComp-zh's `browsecomp-zh-encrypted.xlsx`: Topic, Question, Answer encrypted as BrowseComp's, with the row's canary."""
+    try:
+        import openpyxl
+    except ImportError:
+        raise EvalSetError(f"{path}: reading BrowseComp-zh's .xlsx needs openpyxl: pip install 'webdancer[eval]'") from None
+    try:
+        sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
+    except Exception as exc:  # openpyxl raises zipfile, KeyError and its own errors for a file that is not a workbook
+        raise EvalSetError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
+    rows = sheet.iter_rows(values_only=True)
+    header = [str(c or "").strip().lower() for c in next(rows, ())]
+    missing = [c for c in ("question", "answer", "canary") if c not in header]
+    if missing:
+        raise EvalSetError(f"{path}: BrowseComp-zh sheet lacks column {', '.join(repr(m) for m in missing)} "
+                           f"(has {', '.join(h for h in header if h) or 'no header'}); expected Topic, Question, Answer, canary")
+    items = []
+    for row_no, values in enumerate(rows, 2):
+        row = {h: str(v) if v is not None else "" for h, v in zip(header, values)}
+        if not row.get("canary"):
+            continue  # an empty trailing row
+        fields = [row["question"], row["answer"]] + ([row["topic"]] if row.get("topic") else [])
+        plain = _decrypted(path, row_no, "BrowseComp-zh", lambda v: decrypt(v, row["canary"]), *fields)
+        items.append(QAItem(question=plain[0], answer=plain[1], tag="browsecomp-zh",
+                            provenance={"groups": {"topic": plain[2] if len(plain) > 2 else "unknown"}}))
     return items
 
 
@@ -169,22 +243,33 @@ LOADERS: dict[str, Callable[[Path], list[QAItem]]] = {
     "gaia": load_gaia,
     "webwalkerqa": load_webwalkerqa,
     "browsecomp": load_browsecomp,
+    "xbench": load_xbench,
+    "browsecomp-zh": load_browsecomp_zh,
     "qa": load_qa,
 }
 
 
 def detect_format(path: Path) -> str:
-    """Guess the format from the extension and the first record's keys."""
-    if path.suffix.lower() == ".csv":
-        return "browsecomp"
+    """Guess the format from the extension and the first record's (or header's) field names, in any case."""
+    suffix = path.suffix.lower()
+    if suffix == ".xlsx":
+        return "browsecomp-zh"
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            columns = {c.strip().lower() for c in next(csv.reader(fh), [])}
+        if "problem" in columns:
+            return "browsecomp"
+        if "prompt" in columns:
+            return "xbench"
+        raise EvalSetError(f"{path}: cannot tell the format from the CSV header ({', '.join(sorted(columns))}); pass --format")
     for _, rec in _records(path):
-        keys = set(rec) if isinstance(rec, dict) else set()
-        if {"Question", "Final answer"} <= keys:
+        keys = set(_folded(rec)) if isinstance(rec, dict) else set()
+        if {"question", "final answer"} <= keys:
             return "gaia"
-        if {"Question", "Answer"} <= keys:
+        if {"question", "answer", "root_url"} <= keys:
             return "webwalkerqa"
         if {"question", "answer"} <= keys:
-            return "qa"
+            return "qa" if "question" in rec else "webwalkerqa"
         raise EvalSetError(
             f"{path}: cannot tell the format from the first record's keys ({', '.join(sorted(map(str, keys)))}); "
             f"pass --format ({', '.join(FORMATS)})"

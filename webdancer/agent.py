@@ -162,7 +162,7 @@ async def configured_agent(cfg: WebdancerConfig, policy: Optional[str] = None, m
     name = policy or cfg.policy.name
     built = build_policy(name, cfg.policy.options if name == cfg.policy.name else {}, model or cfg.model)
     try:
-        async with ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s) as toolbox:
+        async with ToolBox.for_run(cfg) as toolbox:
             yield Agent(built, toolbox, cfg.agent)
     finally:
         await built.aclose()

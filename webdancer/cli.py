@@ -121,7 +121,7 @@ def tool_cmd(config_path: Optional[str], name: str, json_args: str, overrides: t
         raise click.UsageError(f"JSON_ARGS is not valid JSON ({exc.msg}); example: '{{\"query\": [\"python\"]}}'")
     if not isinstance(arguments, dict):
         raise click.UsageError("JSON_ARGS must be a JSON object")
-    toolbox = ToolBox.from_config([name], cfg.tools, cfg.agent.tool_timeout_s)
+    toolbox = ToolBox.for_run(cfg, [name])
     problem = validate_arguments(arguments, toolbox.tools[name].parameters)
     if problem:
         raise click.UsageError(f"tool '{name}': {problem}")
@@ -281,6 +281,9 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
         stats = asyncio.run(sample_all())
         show(stats)
     click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
+    for tool, c in stats.tool_store.items():
+        click.echo(f"tool store, {tool}: {c['calls']} calls, {c['hits']} served from the store, {c['misses']} live "
+                   f"(estimated cost {c['cost']:g}), {c['replay_misses']} not recorded")
     check_no_outages(stats, out_path, "this command")
 
 

@@ -289,6 +289,17 @@ class JudgeConfig:
 
 
 @dataclass
+class ToolStoreConfig:
+    """Record and replay tool calls (webdancer.toolstore): one store for sampling, eval and RL."""
+
+    # off: call the tools; live: call and record; cached: recorded calls are served, the rest called and recorded;
+    # replay: never call (a call not recorded is an error observation naming it).
+    mode: str = one_of("off", "live", "cached", "replay")
+    dir: str = ".webdancer/tool_store"  # calls.jsonl + tools.json: copy the folder to replay elsewhere
+    prices: dict[str, float] = field(default_factory=dict)  # estimated cost of one live call, by tool name (reports)
+
+
+@dataclass
 class InfraConfig:
     """Endpoints that keep failing: every rollout using one pauses (a circuit breaker per endpoint)."""
 
@@ -324,3 +335,4 @@ class WebdancerConfig:
     rl: RlConfig = field(default_factory=RlConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
+    tool_store: ToolStoreConfig = field(default_factory=ToolStoreConfig)

@@ -184,8 +184,8 @@ class EvalRun:
         return self.dir / "results.json"
 
     @property
-    def blocked(self) -> Path:
-        return self.dir / "blocked.jsonl"  # one line per sampling session: what the blocklist kept from the agent
+    def tool_sessions(self) -> Path:
+        return self.dir / "tool_sessions.jsonl"  # one line per sampling session: blocked results, tool store counts
 
     def load(self) -> tuple[list[Trajectory], dict[str, Score]]:
         trajs = list(read_records(self.trajectories, Trajectory)) if self.trajectories.exists() else []
@@ -196,7 +196,7 @@ class EvalRun:
 def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int) -> dict[str, Any]:
     """results.json + report.md + plot.png from what is on disk now."""
     trajs, scores = run.load()
-    results = {"meta": meta, **summarize(items, trajs, scores, k), "blocked": blocked_totals(run.blocked)}
+    results = {"meta": meta, **summarize(items, trajs, scores, k), **tool_session_totals(run.tool_sessions)}
     if not results["complete"]:
         results["outages"] = _count_ids(outages_path(run.trajectories), {t.id for t in trajs})
         results["unscored"] = sum(1 for t in trajs if t.id not in scores)  # the judge was down
@@ -254,6 +254,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "blocked" in results:
         b = results["blocked"]
         out.append(f"- leak blocking: {b['search_results']} search results dropped, {b['visits']} visits refused")
+    for tool, c in results.get("tool_store", {}).items():
+        out.append(f"- tool store, `{tool}`: {c.get('calls', 0)} calls, {c.get('hits', 0)} served from the store, "
+                   f"{c.get('misses', 0)} called live (estimated cost {c.get('cost', 0):g}), {c.get('replay_misses', 0)} not recorded")
     out += ["", f"k = {overall['k']} runs per question; Pass@1 is averaged over them (Avg@k). Intervals: 95 % bootstrap "
             "over questions (another draw of questions of this kind would score within them 95 times in 100).", ""]
     if not results.get("complete", True):
@@ -392,25 +395,31 @@ def with_blocklist(cfg: WebdancerConfig) -> WebdancerConfig:
     return cfg
 
 
-def record_blocked(toolbox: Any, path: Path) -> None:
-    """Append what the tools' blocklists blocked in this session (nothing when they blocked nothing)."""
-    counts: Counter = Counter()
+def record_tool_session(toolbox: Any, path: Path) -> None:
+    """Append what this sampling session's tools did besides answering: results and visits the blocklist kept from
+    the agent, and the tool store's calls, hits and misses per tool (nothing when there is neither)."""
+    blocked: Counter = Counter()
     for tool in toolbox.tools.values():
         if isinstance(getattr(tool, "blocklist", None), Blocklist):
-            counts.update(tool.blocklist.counts)
-    if counts:
+            blocked.update(tool.blocklist.counts)
+    store = toolbox.store.summary() if toolbox.store is not None else {}
+    if blocked or store:
         with JsonlAppender(path, key=lambda r: r["written"]) as sink:
-            sink.write({"search_results": counts["search_results"], "visits": counts["visits"],
-                             "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+            sink.write({"blocked": {"search_results": blocked["search_results"], "visits": blocked["visits"]}, "tool_store": store,
+                        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")})
 
 
-def blocked_totals(path: Path) -> dict[str, int]:
-    totals = {"search_results": 0, "visits": 0}
+def tool_session_totals(path: Path) -> dict[str, Any]:
+    """The sums over every session of `record_tool_session`: blocked counts, and the tool store's per tool."""
+    blocked = {"search_results": 0, "visits": 0}
+    store: dict[str, Counter] = defaultdict(Counter)
     if path.exists():
         for _, obj in iter_json_lines(path):
-            for key in totals:
-                totals[key] += int(obj.get(key, 0))
-    return totals
+            for key in blocked:
+                blocked[key] += int(obj.get("blocked", {}).get(key, 0))
+            for tool, counts in (obj.get("tool_store") or {}).items():
+                store[tool].update(counts)
+    return {"blocked": blocked, "tool_store": {tool: {k: round(v, 6) for k, v in c.items()} for tool, c in sorted(store.items())}}
 
 
 def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None, keep_failed: bool = False) -> dict:
@@ -438,7 +447,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
                 try:
                     await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update, keep_failed)
                 finally:
-                    record_blocked(agent.toolbox, run.blocked)
+                    record_tool_session(agent.toolbox, run.tool_sessions)
             wanted = {item.id for item in items}
             trajs = [t for t in run.load()[0] if t.question_id in wanted]
             await score_trajectories(trajs, run.scores, rewards, cfg.judge.concurrency)
@@ -453,6 +462,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
         "rewards": rewards.describe(),  # each reward's weight and options; the judge's model and prompt hash
         "blocklist": f"{len(cfg.eval.blocklist)} patterns (eval.blocklist)" if cfg.eval.blocklist else "off",
+        "tool_store": f"{cfg.tool_store.mode} ({cfg.tool_store.dir})" if cfg.tool_store.mode != "off" else "off",
         "max_turns": cfg.agent.max_turns,
         **({"attachments": f"{len(with_file)} questions with an attached file {'skipped' if cfg.eval.attachments == 'skip' else 'asked without the file'} (eval.attachments)"} if with_file else {}),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from webdancer.agent import Agent, run_many
 from webdancer.errors import OutageError
@@ -33,6 +33,7 @@ class SampleStats:
     completion_tokens: int = 0
     outage_reasons: Counter = field(default_factory=Counter)  # why rollouts of this run ended in an outage
     started: float = field(default_factory=time.perf_counter)
+    tool_store: dict[str, Any] = field(default_factory=dict)  # per tool: calls, hits, misses, cost (tool_store.mode != off)
 
     @property
     def outages(self) -> int:
@@ -123,4 +124,7 @@ async def sample(
         finally:
             if ticker is not None:
                 ticker.cancel()
+    store = getattr(getattr(agent, "toolbox", None), "store", None)
+    if store is not None:
+        stats.tool_store = store.summary()
     return stats

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from webdancer.errors import OutageError
 from webdancer.records import ToolCall, ToolResult
+from webdancer.toolstore import call_key
+
+if TYPE_CHECKING:
+    from webdancer.config import WebdancerConfig
+    from webdancer.toolstore import ToolStore
 
 
 @dataclass
@@ -27,6 +33,9 @@ class Tool:
     description: ClassVar[str]
     parameters: ClassVar[dict[str, Any]]
     Config: ClassVar[type] = NoOptions
+    # Options that change how a call is made, not what it returns (besides timeouts, retries, keys, caches):
+    # a recorded call (webdancer.toolstore) is replayed whatever their values.
+    volatile_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -45,19 +54,31 @@ class Tool:
 class ToolBox:
     """The tools offered to one agent, built from config; runs each call under a timeout."""
 
-    def __init__(self, tools: dict[str, Tool], timeout_s: float = 60.0):
+    def __init__(self, tools: dict[str, Tool], timeout_s: float = 60.0, store: Optional["ToolStore"] = None):
         self.tools = tools
         self.timeout_s = timeout_s
+        self.store = store
+        self._prints = store.check_tools(tools) if store is not None else {}
 
     @classmethod
     def from_config(
-        cls, names: list[str], tool_options: dict[str, dict[str, Any]], timeout_s: float = 60.0, plugins: Any = None
+        cls, names: list[str], tool_options: dict[str, dict[str, Any]], timeout_s: float = 60.0, plugins: Any = None,
+        store: Optional["ToolStore"] = None,
     ) -> "ToolBox":
         """Build the named tools, each validated against its own Config from `tools.<name>`."""
         from webdancer.plugins import get_plugins
 
         plugins = plugins or get_plugins()
-        return cls({name: plugins.build("tools", name, tool_options.get(name), f"tools.{name}") for name in names}, timeout_s)
+        tools = {name: plugins.build("tools", name, tool_options.get(name), f"tools.{name}") for name in names}
+        return cls(tools, timeout_s, store)
+
+    @classmethod
+    def for_run(cls, cfg: "WebdancerConfig", names: Optional[list[str]] = None) -> "ToolBox":
+        """The run's tools (`agent.tools`, or `names`) with their `tools.<name>` options, timeout and tool store."""
+        from webdancer.toolstore import ToolStore
+
+        store = ToolStore(cfg.tool_store) if cfg.tool_store.mode != "off" else None
+        return cls.from_config(list(names or cfg.agent.tools), cfg.tools, cfg.agent.tool_timeout_s, store=store)
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self.tools.values()]
@@ -68,9 +89,24 @@ class ToolBox:
         if tool is None:
             known = ", ".join(self.tools) or "none"
             return ToolResult(call.name, f"[{call.name}] is not an available tool (available: {known})", error=True)
+        store, key = self.store, ""
+        if store is not None:
+            store.stats[call.name]["calls"] += 1
+            key = call_key(call.name, self._prints[call.name], call.arguments)
+            hit = store.get(key)
+            if hit is not None:
+                store.stats[call.name]["hits"] += 1
+                return ToolResult(call.name, hit[0], error=hit[1], elapsed_s=time.perf_counter() - start)
+            if store.mode == "replay":
+                store.stats[call.name]["replay_misses"] += 1
+                args = json.dumps(call.arguments, ensure_ascii=False, sort_keys=True)
+                return ToolResult(call.name, f"[{call.name}] replay: no recorded observation for {call.name}({args}) in {store.dir}", error=True)
+            store.stats[call.name]["misses"] += 1
         try:
-            content = await asyncio.wait_for(tool.call(call.arguments), timeout=self.timeout_s)
-            return ToolResult(call.name, str(content), error=False, elapsed_s=time.perf_counter() - start)
+            content = str(await asyncio.wait_for(tool.call(call.arguments), timeout=self.timeout_s))
+            if store is not None and not content.startswith(f"[{call.name}]"):  # a tool's own failure notes are not recorded
+                store.put(key, call.name, call.arguments, content, False)
+            return ToolResult(call.name, content, error=False, elapsed_s=time.perf_counter() - start)
         except asyncio.TimeoutError:
             msg = f"[{call.name}] timed out after {self.timeout_s:g} s"
         except OutageError:
@@ -82,6 +118,8 @@ class ToolBox:
     async def aclose(self) -> None:
         for tool in self.tools.values():
             await tool.aclose()
+        if self.store is not None:
+            self.store.close()
 
     async def __aenter__(self) -> "ToolBox":
         return self

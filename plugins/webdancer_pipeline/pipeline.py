@@ -170,7 +170,8 @@ class Pipeline:
 
         stats = asyncio.run(sample_all())
         check_no_outages(stats, out, "the pipeline")  # the stage is not done: a rerun retries them
-        return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations)}
+        return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations),
+                **({"tool_store": stats.tool_store} if stats.tool_store else {})}
 
     def stage_sample(self) -> dict[str, Any]:
         self.need_web()

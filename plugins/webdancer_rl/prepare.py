@@ -8,6 +8,7 @@ rerun on a grown QA file never moves a question between the two.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def tool_config(cfg: WebdancerConfig) -> dict[str, Any]:
         name = schema["name"]
         tools.append({
             "class_name": TOOL_CLASS,
-            "config": {"type": "native", "tool": name, "options": dict(cfg.tools.get(name) or {}), "timeout_s": cfg.agent.tool_timeout_s},
+            "config": {"type": "native", "tool": name, "options": dict(cfg.tools.get(name) or {}), "timeout_s": cfg.agent.tool_timeout_s,
+                       **({"tool_store": dataclasses.asdict(cfg.tool_store)} if cfg.tool_store.mode != "off" else {})},
             "tool_schema": {"type": "function", "function": {"name": name, "description": schema["description"], "parameters": schema["parameters"]}},
         })
     return {"tools": tools}

@@ -171,7 +171,7 @@ class WebdancerRollouts:
         self.rows = {prompt_key(r["prompt"]): r for r in rows}
         self.weights = configured_weights(cfg)
         self.reward_options = configured_options(cfg)
-        self.toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, cfg.agent.tool_timeout_s)
+        self.toolbox = ToolBox.for_run(cfg)
         self.generate: Optional[Generate] = None
         self.last: dict[str, float] = {}
         self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch
@@ -194,6 +194,7 @@ class WebdancerRollouts:
                          "text": self.chat.decode(rollouts[i].completion_ids)} for i in range(0, len(rollouts), group)]
         self.last = {
             **batch_metrics(rollouts, scores, list(self.weights), kept),
+            **self._store_metrics(),
             "time/generate_s": times.generate_s, "time/tools_s": times.tools_s, "time/reward_s": reward_s,
             "time/rollout_s": time.perf_counter() - started,
             "generate_tokens_per_s": times.generated_tokens / times.generate_s if times.generate_s else 0.0,
@@ -206,6 +207,11 @@ class WebdancerRollouts:
             "env_mask": [r.env_mask if keep else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
             "webdancer_scores": scores,
         }
+
+    def _store_metrics(self) -> dict[str, float]:
+        """The tool store's counts so far in this run, per tool (tool_store/<tool>/hits, ...), when one is on."""
+        store = self.toolbox.store
+        return {f"tool_store/{tool}/{key}": value for tool, c in (store.summary() if store else {}).items() for key, value in c.items()}
 
     async def _score(self, rollouts: list[Any], rows: list[dict[str, Any]]) -> list[dict[str, float]]:
         rl = self.rl

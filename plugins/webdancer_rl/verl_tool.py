@@ -14,8 +14,11 @@ from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
 import webdancer_rl.verl_agent  # noqa: F401  (registers the parser and agent loop)
+from webdancer.config import ToolStoreConfig
+from webdancer.options import validate_options
 from webdancer.records import ToolCall
 from webdancer.tools import ToolBox
+from webdancer.toolstore import ToolStore
 from webdancer.wire import validate_arguments
 
 
@@ -24,13 +27,14 @@ def openai_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class WebdancerTool(BaseTool):
-    """config: {type: native, tool: NAME, options: {...}, timeout_s: 60}."""
+    """config: {type: native, tool: NAME, options: {...}, timeout_s: 60, tool_store: {mode, dir, prices} (optional)}."""
 
     def __init__(self, config: dict[str, Any], tool_schema: Optional[OpenAIFunctionToolSchema] = None):
         name = config.get("tool")
         if not name:
             raise ValueError("WebdancerTool needs `config.tool`: the webdancer tool's name (see `webdancer plugins`)")
-        self._box = ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)))
+        store = ToolStore(validate_options(ToolStoreConfig, config["tool_store"], "tool_store")) if config.get("tool_store") else None
+        self._box = ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)), store=store)
         self._tool = self._box.tools[name]
         # verl's schema model keeps only type/description/enum per parameter; validate against ours.
         self.webdancer_parameters = self._tool.parameters

@@ -150,6 +150,7 @@ class SearchTool(Tool):
         "required": ["query"],
     }
     Config = SearchConfig
+    volatile_options = frozenset({"web_root"})  # where this machine keeps the index, not what it holds
 
     def __init__(self, config: Optional[SearchConfig] = None, plugins: Any = None):
         super().__init__(config)

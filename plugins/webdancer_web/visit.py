@@ -60,6 +60,7 @@ class VisitTool(Tool):
         "required": ["url", "goal"],
     }
     Config = VisitConfig
+    volatile_options = frozenset({"user_agent"})
 
     def __init__(self, config: Optional[VisitConfig] = None, plugins: Any = None):
         super().__init__(config)

@@ -1,0 +1,119 @@
+"""Record and replay tool calls: one content-addressed store shared by sampling, eval and RL.
+
+Every call is keyed by the tool, a fingerprint of the tool's options (those that change what it
+returns) and its arguments. Modes (`tool_store.mode`): `live` calls and records, `cached` serves
+what was recorded and calls (and records) the rest, `replay` never calls: a call that was not
+recorded gets an error observation naming it. A store is a folder (`calls.jsonl`, append-only, and
+`tools.json`, what options each tool was recorded with) that can be copied to another machine.
+Failed calls (timeouts, outages) are never recorded: an infrastructure failure is not an observation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from webdancer.errors import ConfigError
+from webdancer.jsonl import JsonlAppender, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from webdancer.config import ToolStoreConfig
+    from webdancer.tools import Tool
+
+# Options that change how a call is made, not what it returns (a tool adds its own in `volatile_options`).
+VOLATILE_SUFFIXES = ("timeout_s", "backoff_s", "max_retries", "concurrency", "cache_dir", "api_key_env")
+
+
+def tool_fingerprint(tool: "Tool") -> tuple[str, dict[str, Any]]:
+    """(hash, options) of the tool's options that decide its observations."""
+    config = dataclasses.asdict(tool.config) if dataclasses.is_dataclass(tool.config) else {}
+    volatile = set(getattr(tool, "volatile_options", ()))
+    options = {k: v for k, v in sorted(config.items()) if k not in volatile and not k.endswith(VOLATILE_SUFFIXES)}
+    text = json.dumps([tool.name, options], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], options
+
+
+def call_key(tool: str, fingerprint: str, arguments: dict[str, Any]) -> str:
+    text = json.dumps([tool, fingerprint, arguments], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class ToolStore:
+    """The store folder: recorded observations by key, and counts of this process's calls per tool."""
+
+    def __init__(self, config: "ToolStoreConfig"):
+        self.mode = config.mode
+        self.dir = Path(config.dir)
+        self.prices = dict(config.prices or {})
+        self.calls_file = self.dir / "calls.jsonl"
+        self.manifest_file = self.dir / "tools.json"
+        if self.mode == "replay" and not self.calls_file.is_file():
+            raise ConfigError(f"tool_store.mode=replay: no recorded calls at {self.calls_file}; record them first "
+                              "(tool_store.mode=live or cached) or point tool_store.dir at a copied store")
+        self.recorded: dict[str, tuple[str, bool]] = {}
+        if self.calls_file.is_file():
+            self._load()
+        self.manifest: dict[str, Any] = json.loads(self.manifest_file.read_text()) if self.manifest_file.is_file() else {}
+        self.stats: dict[str, Counter] = defaultdict(Counter)
+        self._sink: Optional[JsonlAppender] = None
+
+    def _load(self) -> None:
+        """Read the recordings; a line that is not a complete record (a crash mid-write, a bad copy) is skipped, with a warning."""
+        skipped = []
+        with self.calls_file.open("rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    obj = json.loads(raw)
+                    self.recorded[obj["key"]] = (str(obj["content"]), bool(obj.get("error")))
+                except (ValueError, KeyError, TypeError):
+                    if raw.strip():
+                        skipped.append(lineno)
+        if skipped:
+            log.warning("%s: skipped %d line(s) that are not complete records (lines %s); those calls count as not recorded",
+                        self.calls_file, len(skipped), ", ".join(map(str, skipped[:5])))
+
+    def check_tools(self, tools: dict[str, "Tool"]) -> dict[str, str]:
+        """Fingerprint each tool; in replay mode, refuse a tool the store has no recordings for with these options."""
+        prints = {}
+        for name, tool in tools.items():
+            fingerprint, options = tool_fingerprint(tool)
+            prints[name] = fingerprint
+            recorded = self.manifest.get(name, {}).get(fingerprint)
+            if self.mode == "replay" and recorded is None:
+                known = [opts for opts in self.manifest.get(name, {}).values()]
+                raise ConfigError(
+                    f"tool_store.mode=replay: {self.dir} has no recordings of tool '{name}' with options {options}"
+                    + (f"; it was recorded with {known}" if known else "; it has none of that tool")
+                    + ". Use the recording's tool options, or tool_store.mode=cached to call what is missing")
+            if self.mode != "replay" and recorded is None:
+                self.manifest.setdefault(name, {})[fingerprint] = options
+                self.dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.manifest_file, self.manifest)
+        return prints
+
+    def get(self, key: str) -> Optional[tuple[str, bool]]:
+        return None if self.mode == "live" else self.recorded.get(key)
+
+    def put(self, key: str, tool: str, arguments: dict[str, Any], content: str, error: bool) -> None:
+        if self._sink is None:
+            self._sink = JsonlAppender(self.calls_file, key=lambda r: r["key"])
+        self._sink.write({"key": key, "tool": tool, "arguments": arguments, "content": content, "error": error})
+        self.recorded[key] = (content, error)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per tool: calls, hits, misses (live calls), replay misses and the estimated cost of the live calls."""
+        return {tool: {"calls": c["calls"], "hits": c["hits"], "misses": c["misses"], "replay_misses": c["replay_misses"],
+                       "cost": round(c["misses"] * float(self.prices.get(tool, 0.0)), 6)}
+                for tool, c in sorted(self.stats.items())}
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None

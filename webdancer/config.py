@@ -83,6 +83,7 @@ class SiteConfig:
     kind: str = "html_dir"
     source: str = ""  # the folder the pages come from
     max_pages: int = 0  # 0 = all
+    licence: str = ""  # the pages' licence (SPDX id), written into exported dataset cards
 
 
 @dataclass
@@ -94,8 +95,8 @@ class WebConfig:
     port: int = 8765
     sites: list[SiteConfig] = field(
         default_factory=lambda: [
-            SiteConfig("python", "html_dir", "/usr/share/doc/python3-doc/html"),
-            SiteConfig("foldoc", "foldoc", "/usr/share/dictd"),
+            SiteConfig("python", "html_dir", "/usr/share/doc/python3-doc/html", licence="PSF-2.0"),
+            SiteConfig("foldoc", "foldoc", "/usr/share/dictd", licence="GFDL-1.1-or-later"),
         ]
     )
 

@@ -1,0 +1,167 @@
+"""A run folder (or one artifact) as a Hugging Face dataset folder: parquet per config and split, and a card.
+
+The folder is what `datasets.load_dataset(OUT, CONFIG)` reads and what `push_to_hub` publishes
+unchanged: `OUT/<config>/<split>-00000-of-00001.parquet` and `OUT/README.md`, whose YAML header
+lists the configs and whose text says where the data came from (generator, config hash, counts,
+why the filter dropped what it dropped, the licences of the pages it was made from).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from webdancer import __version__
+from webdancer.config import WebdancerConfig
+from webdancer.config_loader import config_to_yaml
+from webdancer.errors import WebdancerError
+
+
+class ExportError(WebdancerError):
+    exit_code = 2
+
+
+@dataclass
+class Part:
+    """One config/split of the export and the file it comes from."""
+
+    config: str
+    split: str
+    source: Path
+
+
+@dataclass
+class Export:
+    out: Path
+    parts: list[Part]
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)  # config -> split -> rows
+
+
+def run_parts(run_dir: Path) -> list[Part]:
+    """The artifacts a pipeline run holds, by what they are."""
+    parts: list[Part] = []
+
+    def add(config: str, split: str, path: Path) -> None:
+        if path.is_file() and path.stat().st_size > 0:
+            parts.append(Part(config, split, path))
+
+    add("qa", "train", run_dir / "qa_train.jsonl")
+    add("qa", "test", run_dir / "qa_eval.jsonl")
+    for path in sorted(run_dir.glob("qa_*.jsonl")):
+        if path.stem not in ("qa_train", "qa_eval"):
+            add(f"synth_{path.stem[3:]}", "train", path)
+    for path in sorted(run_dir.glob("trajectories_*.jsonl")):
+        if not path.name.endswith(".outages.jsonl"):
+            add(path.stem, "train", path)
+    add("kept", "train", run_dir / "kept.jsonl")
+    add("sft", "train", run_dir / "sft_data" / "webdancer_sft.json")
+    add("rl", "train", run_dir / "rl_data" / "train.parquet")
+    add("rl", "validation", run_dir / "rl_data" / "val.parquet")
+    for folder in sorted(p for p in (run_dir / "eval").glob("*") if p.is_dir()):
+        add(f"eval_{folder.name}", "test", folder / "trajectories.jsonl")
+        add(f"eval_{folder.name}_scores", "test", folder / "scores.jsonl")
+    return parts
+
+
+def file_parts(path: Path) -> list[Part]:
+    name = path.stem.replace(".", "_") or "default"
+    return [Part(name, "train", path)]
+
+
+def export_dataset(source: str | Path, out: str | Path, cfg: WebdancerConfig) -> Export:
+    """Write the dataset folder `out` (new, or refused: an export never overwrites one) from a run folder or a file."""
+    import datasets
+
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise ExportError(f"{source}: no such run folder or file")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} already holds files; export into a new folder (nothing was overwritten)")
+    parts = run_parts(source) if source.is_dir() else file_parts(source)
+    if not parts:
+        raise ExportError(f"{source}: no artifacts to export (qa_*.jsonl, trajectories_*.jsonl, kept.jsonl, sft_data/, rl_data/, eval/)")
+    datasets.disable_progress_bars()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export = Export(out, parts)
+    for part in parts:
+        kind = "parquet" if part.source.suffix == ".parquet" else "json"
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(part.source), split="train", cache_dir=str(tmp / ".cache"))
+        except Exception as exc:  # pyarrow and datasets raise many types for a file they cannot read
+            raise ExportError(f"{part.source}: cannot be read as a dataset ({type(exc).__name__}: {str(exc)[:200]})") from None
+        target = tmp / part.config / f"{part.split}-00000-of-00001.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(target))
+        export.rows.setdefault(part.config, {})[part.split] = len(ds)
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    (tmp / "README.md").write_text(dataset_card(export, source, cfg), encoding="utf-8")
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    tmp.replace(out)
+    return export
+
+
+def drop_reasons(run_dir: Path) -> dict[str, Any]:
+    """The filter's reports (kept_*_report.json): how many were dropped at which stage, and why."""
+    reports = {}
+    for path in sorted(run_dir.glob("kept_*_report.json")) if run_dir.is_dir() else []:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        reports[path.stem[len("kept_"):-len("_report")]] = {"total": data.get("total"), "kept": data.get("kept"), "dropped": data.get("dropped")}
+    return reports
+
+
+def dataset_card(export: Export, source: Path, cfg: WebdancerConfig) -> str:
+    licences = sorted({site.licence for site in cfg.web.sites if site.licence})
+    licence = licences[0].lower() if len(licences) == 1 else "other"
+    config_hash = hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()[:16]
+    header = ["---", f"license: {licence}", "tags:", "- webdancer", "- web-agent", "- question-answering", "configs:"]
+    for config, splits in export.rows.items():
+        header += [f"- config_name: {config}", "  data_files:"]
+        for split in splits:
+            header += [f"  - split: {split}", f"    path: {config}/{split}-*.parquet"]
+    header.append("---")
+    body = [
+        "", f"# {source.name}: webdancer data", "",
+        "Made by [webdancer](https://github.com/webdancer) for training and evaluating web information-seeking agents.", "",
+        "## Provenance", "",
+        f"- generator: webdancer {__version__}",
+        f"- exported: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} from `{source}`",
+        f"- config hash (sha256 of the resolved config, first 16 hex digits): `{config_hash}`",
+        f"- source web: " + ", ".join(f"{s.name} ({s.kind}, {s.source}, licence {s.licence or 'unknown'})" for s in cfg.web.sites),
+        "", "## Contents", "", "| config | split | rows |", "|---|---|---|",
+    ]
+    body += [f"| {config} | {split} | {n} |" for config, splits in export.rows.items() for split, n in splits.items()]
+    reasons = drop_reasons(source)
+    if reasons:
+        body += ["", "## What the filter dropped", ""]
+        for policy, report in reasons.items():
+            body.append(f"- {policy}: kept {report['kept']} of {report['total']}; dropped {json.dumps(report['dropped'], sort_keys=True)}")
+    body += ["", "## Licence", "",
+             "The questions, answers and page text derive from the pages of the source web above; they carry those pages' "
+             f"licences ({', '.join(licences) or 'unknown'}). Load a config with "
+             "`datasets.load_dataset(PATH_OR_REPO, CONFIG)`.", ""]
+    return "\n".join(header + body)
+
+
+def push(out: Path, repo: str) -> str:
+    """Upload the folder to the Hub as dataset `repo` (HF_TOKEN from the environment)."""
+    import os
+
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise ExportError(f"--push {repo}: set HF_TOKEN (a Hugging Face write token) in the environment; the folder {out} is ready")
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        info = api.upload_folder(folder_path=str(out), repo_id=repo, repo_type="dataset")
+    except Exception as exc:  # offline mode, no network, a refused token: one readable line
+        raise ExportError(f"--push {repo}: the upload failed ({type(exc).__name__}: {str(exc)[:200]}); the folder {out} is ready to push again") from None
+    return str(getattr(info, "commit_url", repo))

@@ -1,0 +1,66 @@
+"""`webdancer data export`: a run's artifacts as a Hugging Face dataset folder that `datasets.load_dataset` reads
+back record for record, with a card; `--push` without a token is refused with the folder kept."""
+
+import json
+
+import webdancer_data
+from click.testing import CliRunner
+
+from webdancer.cli import cli
+from webdancer.jsonl import JsonlAppender
+
+if "data" not in cli.commands:
+    webdancer_data.register_commands(cli=cli)  # what `webdancer` (main) does through the entry point
+
+
+def small_run(tmp_path):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    qa = [{"question": f"Q{i}?", "answer": f"A{i}", "id": f"q{i}", "tag": "crawlqa", "hops": 2, "source_urls": [f"http://x/{i}"],
+           "provenance": {"kind": "multi_hop", "groups": {"tag": "crawlqa"}}} for i in range(5)]
+    (run / "qa_train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa[:4]))
+    (run / "qa_eval.jsonl").write_text(json.dumps(qa[4]) + "\n")
+    with JsonlAppender(run / "trajectories_expert.jsonl") as sink:
+        for i in range(3):
+            sink.write({"id": f"t{i}", "question": f"Q{i}?", "messages": [{"role": "user", "content": f"Q{i}?"}],
+                        "steps": [{"index": 0, "raw": "x", "tool_call": {"name": "search", "arguments": {"query": [f"q{i}"]}}}],
+                        "answer": f"A{i}", "termination": "answered", "question_id": f"q{i}"})
+    (run / "trajectories_expert.outages.jsonl").write_text("")
+    (run / "kept_expert_report.json").write_text(json.dumps({"total": 3, "kept": 2, "dropped": {"validity": {"no_answer": 1}}}))
+    return run, qa
+
+
+def test_a_run_exports_to_a_folder_load_dataset_reads_back(tmp_path):
+    import datasets
+    run, qa = small_run(tmp_path)
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["data", "export", str(run), str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "qa: train 4, test 1" in result.output and "trajectories_expert: train 3" in result.output
+    train = datasets.load_dataset(str(out), "qa", split="train")
+    assert [dict(r) for r in train] == qa[:4]  # record for record, nested fields included
+    trajectories = datasets.load_dataset(str(out), "trajectories_expert", split="train")
+    assert trajectories[2]["steps"][0]["tool_call"]["arguments"] == {"query": ["q2"]}
+    card = (out / "README.md").read_text()
+    assert "config_name: qa" in card and "path: qa/test-*.parquet" in card and "license: other" in card
+    assert "generator: webdancer" in card and "config hash" in card and "PSF-2.0" in card and "GFDL-1.1-or-later" in card
+    assert 'expert: kept 2 of 3; dropped {"validity": {"no_answer": 1}}' in card
+    again = CliRunner().invoke(cli, ["data", "export", str(run), str(out)])
+    assert again.exit_code == 2 and "already holds files" in again.output  # never overwritten
+
+
+def test_one_file_exports_and_push_needs_a_token(tmp_path, monkeypatch):
+    run, _ = small_run(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    result = CliRunner().invoke(cli, ["data", "export", str(run / "qa_train.jsonl"), str(tmp_path / "one"), "--push", "me/qa"])
+    assert result.exit_code == 2 and "set HF_TOKEN" in result.output and "is ready" in result.output
+    assert (tmp_path / "one" / "qa_train" / "train-00000-of-00001.parquet").is_file()
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = CliRunner().invoke(cli, ["data", "export", str(run / "qa_eval.jsonl"), str(tmp_path / "two"), "--push", "me/qa"])
+    assert offline.exit_code == 2 and "--push me/qa: the upload failed" in offline.output and "ready to push again" in offline.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n{"a": "x", "b": [1, {"c": 2}]}\n{oops\n')
+    broken = CliRunner().invoke(cli, ["data", "export", str(bad), str(tmp_path / "three")])
+    assert broken.exit_code == 2 and "bad.jsonl: cannot be read as a dataset" in broken.output

@@ -64,3 +64,38 @@ def test_one_file_exports_and_push_needs_a_token(tmp_path, monkeypatch):
     bad.write_text('{"a": 1}\n{"a": "x", "b": [1, {"c": 2}]}\n{oops\n')
     broken = CliRunner().invoke(cli, ["data", "export", str(bad), str(tmp_path / "three")])
     assert broken.exit_code == 2 and "bad.jsonl: cannot be read as a dataset" in broken.output
+
+
+def test_exported_and_hub_datasets_feed_sample_and_eval(plugins, tmp_path, monkeypatch):
+    """An export folder (`#qa`, split test) is a QA input; a Hub copy in the local cache is an eval set."""
+    import datasets
+    from test_eval import scripted_model
+
+    from webdancer.datasources import read_qa
+    from webdancer.evalsets import load_eval_set
+    from webdancer.testing.fake_openai import FakeOpenAIServer
+
+    run, qa = small_run(tmp_path)
+    out = tmp_path / "export"
+    assert CliRunner().invoke(cli, ["data", "export", str(run), str(out)]).exit_code == 0
+    items = read_qa(f"{out}#qa", "train")
+    assert [(i.id, i.question, i.answer, i.hops) for i in items] == [(r["id"], r["question"], r["answer"], 2) for r in qa[:4]]
+    wrong = CliRunner().invoke(cli, ["sample", f"{out}#qa", "--split", "validation", f"run.root={tmp_path}"])
+    assert wrong.exit_code == 2 and "no split 'validation'; it has train, test" in wrong.output
+
+    # WebWalkerQA as `datasets` saves it (lower-case fields): a folder with its data file, read as the benchmark.
+    hub_copy = tmp_path / "WebWalkerQA"
+    datasets.Dataset.from_list([{"question": "Who invented the integrated circuit in 1958?", "answer": "Jack Kilby",
+                                 "root_url": "http://127.0.0.1:8765/foldoc/", "info": {"type": "single_source", "difficulty_level": "easy",
+                                 "domain": "dictionary", "lang": "en", "source_website": [], "golden_path": []}}]).to_parquet(str(hub_copy / "main.parquet"))
+    [walker] = load_eval_set(str(hub_copy), split="train")
+    assert walker.answer == "Jack Kilby" and walker.provenance["groups"]["difficulty"] == "easy"
+    scripted_model.xilinx = 0
+    with FakeOpenAIServer(default=scripted_model) as srv:
+        result = CliRunner().invoke(cli, ["eval", "run", str(hub_copy), "--split", "train", f"run.root={tmp_path}", "run.name=t",
+                                          f"model.base_url={srv.base_url}", "model.model=m", "agent.tools=[lookup]", "agent.max_turns=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t" / "eval" / "WebWalkerQA-m" / "results.json").read_text())["overall"]["pass_at_1"] == 1.0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = CliRunner().invoke(cli, ["eval", "run", "hf:nobody/no-such-set", f"run.root={tmp_path}"])
+    assert missing.exit_code == 2 and "hf:nobody/no-such-set: cannot be opened as a dataset" in missing.output

@@ -53,7 +53,7 @@ def test_browsecomp_cipher_matches_the_published_scheme():
         ("g.jsonl", '{"task_id": "t1", "Question": "q", "Level": 1}\n', "gaia", "g.jsonl:1: GAIA record lacks field 'Final answer'"),
         ("w.json", '[{"Question": "q", "Answer": "a"}]', "webwalkerqa", "w.json:1: WebWalkerQA record lacks field 'Root_Url'"),
         ("q.jsonl", '{"question": "q", "answer": "a"}\n{"question": "q2", "answ', "qa", "q.jsonl:2: not valid JSON"),
-        ("b.csv", "problem,answer\nx,y\n", "browsecomp", "b.csv: BrowseComp CSV lacks column 'canary'"),
+        ("b.csv", "problem,answer\nx,y\n", "browsecomp", "b.csv: BrowseComp lacks column 'canary'"),
         ("b2.csv", "problem,answer,problem_topic,canary\n!!notbase64,y,t,c\n", "browsecomp", "b2.csv:2: the encrypted fields do not decrypt with this row's canary"),
         ("odd.jsonl", '{"prompt": "q"}\n', "auto", "cannot tell the format from the first record's keys (prompt)"),
         ("empty.jsonl", "", "auto", "no records"),

@@ -238,13 +238,18 @@ def synth_stats(qa_file: str, as_json: bool) -> None:
 
 @cli.command("sample")
 @config_options
-@click.argument("qa_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("qa_file")
 @click.argument("overrides", nargs=-1)
+@click.option("--split", default=None, help="The split of a dataset QA_FILE (a folder or hf:OWNER/NAME).")
 @click.option("--n", "n", type=int, default=None, help="Rollouts per question (default sample.n).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Trajectory JSONL to append to (default runs/<run>/trajectories_<policy>.jsonl).")
 @click.option("--keep-failed", is_flag=True, help="Do not run again the rollouts an outage ended (recorded in <out>.outages.jsonl).")
-def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], n: Optional[int], out: Optional[str], keep_failed: bool) -> None:
+def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], split: Optional[str], n: Optional[int],
+               out: Optional[str], keep_failed: bool) -> None:
     """Roll out the configured policy on every question of QA_FILE, N times each (resumable).
+
+    QA_FILE is our QA JSONL, a dataset folder (e.g. `webdancer data export` output, with `#qa`) or a
+    Hub dataset `hf:OWNER/NAME` from the local Hugging Face cache.
 
     A rollout that an outage ended (model endpoint or tool backend down after its retries) is not a
     result: it is recorded apart, the command exits with an error, and a rerun runs it again."""
@@ -253,12 +258,11 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
 
     from webdancer.agent import configured_agent
     from webdancer.breaker import BREAKERS
-    from webdancer.jsonl import read_records
-    from webdancer.records import QAItem
+    from webdancer.datasources import read_qa
     from webdancer.sampling import check_no_outages, sample
 
     cfg = resolve_config(config_path, overrides)
-    items = list(read_records(qa_file, QAItem))
+    items = read_qa(qa_file, split)
     if not items:
         raise click.UsageError(f"{qa_file} has no QA items")
     runs = n if n is not None else cfg.sample.n

@@ -17,14 +17,19 @@ def eval_group() -> None:
 
 @eval_group.command("run")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (see configs/).")
-@click.argument("eval_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("eval_file")
 @click.argument("overrides", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto", show_default=True)
 @click.option("--k", type=int, default=None, help="Runs per question (default eval.k).")
 @click.option("--name", default=None, help="Run name: results go to runs/<run>/eval/<name>/ (default <file stem>-<model>).")
+@click.option("--split", default=None, help="The split of a dataset EVAL_FILE (a folder or hf:OWNER/NAME); may be left out when it has one.")
 @click.option("--keep-failed", is_flag=True, help="Do not run again the runs an outage ended (they stay missing, never wrong).")
-def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, ...], fmt: str, k: Optional[int], name: Optional[str], keep_failed: bool) -> None:
+def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, ...], fmt: str, k: Optional[int], name: Optional[str],
+             split: Optional[str], keep_failed: bool) -> None:
     """Run the agent k times on every question of EVAL_FILE, judge, and write results.json, report.md, plot.png.
+
+    EVAL_FILE is a benchmark file, a dataset folder or a Hub dataset `hf:OWNER/NAME` (from the local
+    Hugging Face cache when offline), optionally ending in `#CONFIG`.
 
     Runs that an outage ended are not counted (results.json says complete: false, the command exits
     with an error); rerun the same command to run them."""
@@ -46,7 +51,7 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
         down = "".join(f"  paused: {d}" for d in BREAKERS.down())
         click.echo(f"\r  runs {stats.done}/{stats.planned} ({stats.already_there} already there){down}", nl=False, err=True)
 
-    results = run_eval(cfg, eval_file, fmt, name, show, keep_failed)
+    results = run_eval(cfg, eval_file, fmt, name, show, keep_failed, split)
     click.echo("", err=True)
     out_dir = cfg.run.dir / "eval" / name
     Console().print(Markdown((out_dir / "report.md").read_text(encoding="utf-8")))

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from webdancer.datasources import DatasetRows, is_dataset_ref, open_dataset
 from webdancer.errors import WebdancerError
 from webdancer.records import QAItem
 
@@ -27,8 +28,11 @@ class EvalSetError(WebdancerError):
     exit_code = 2
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, record) from JSONL, or from one JSON array (WebWalkerQA ships both ways)."""
+def _records(path: Path | DatasetRows) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, record) from JSONL, or from one JSON array (WebWalkerQA ships both ways), or a dataset's rows."""
+    if isinstance(path, DatasetRows):
+        yield from enumerate(path.rows, 1)
+        return
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
@@ -81,14 +85,15 @@ def load_gaia(path: Path) -> list[QAItem]:
             raise EvalSetError(f"{path}:{where}: GAIA's answer is withheld ('?'): this is the test split, which only its "
                                "leaderboard scores; evaluate on the validation split's metadata.jsonl")
         attachment = rec.get("file_name") or ""
+        # A dataset row carries its attachment's path (file_path); metadata.jsonl sits beside its attachments.
+        file_path = rec.get("file_path") if isinstance(path, DatasetRows) else str(path.parent / attachment) if attachment else ""
         items.append(
             QAItem(
                 question=str(rec["question"]),
                 answer=answer,
                 id=str(rec["task_id"]),
                 tag="gaia",
-                provenance={"groups": {"level": str(rec["level"])}, "file_name": attachment,
-                            **({"file_path": str(path.parent / attachment)} if attachment else {})},
+                provenance={"groups": {"level": str(rec["level"])}, "file_name": attachment, **({"file_path": file_path} if file_path else {})},
             )
         )
     return items
@@ -144,19 +149,24 @@ def encrypt(plaintext: str, password: str) -> str:
     return base64.b64encode(bytes(a ^ b for a, b in zip(data, key))).decode()
 
 
-def _csv_rows(path: Path, needed: tuple[str, ...], fmt: str, expected: str) -> Iterator[tuple[int, dict[str, str]]]:
+def _csv_rows(path: Path | DatasetRows, needed: tuple[str, ...], fmt: str, expected: str) -> Iterator[tuple[int, dict[str, str]]]:
     """(line, row with lower-case column names) of a CSV with at least the `needed` columns."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = {c.strip().lower() for c in reader.fieldnames or []}
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise EvalSetError(
-                f"{path}: {fmt} CSV lacks column {', '.join(repr(m) for m in missing)} "
-                f"(has {', '.join(sorted(columns)) or 'no header'}); expected {expected}"
-            )
-        for row_no, row in enumerate(reader, 2):
-            yield row_no, {str(k).strip().lower(): v or "" for k, v in row.items() if k is not None}
+    if isinstance(path, DatasetRows):
+        rows: Iterator[tuple[int, dict]] = enumerate(path.rows, 1)
+        columns = {str(c).strip().lower() for c in (path.rows[0] if path.rows else {})}
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = {c.strip().lower() for c in reader.fieldnames or []}
+            rows = iter(list(enumerate(reader, 2)))
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise EvalSetError(
+            f"{path}: {fmt} lacks column {', '.join(repr(m) for m in missing)} "
+            f"(has {', '.join(sorted(columns)) or 'no header'}); expected {expected}"
+        )
+    for row_no, row in rows:
+        yield row_no, {str(k).strip().lower(): "" if v is None else str(v) for k, v in row.items() if k is not None}
 
 
 def _decrypted(path: Path, where: Any, fmt: str, decode: Callable[[str], str], *values: str) -> list[str]:
@@ -197,6 +207,9 @@ def load_xbench(path: Path) -> list[QAItem]:
 
 def load_browsecomp_zh(path: Path) -> list[QAItem]:
     """BrowseComp-zh's `browsecomp-zh-encrypted.xlsx`: Topic, Question, Answer encrypted as BrowseComp's, with the row's canary."""
+    if isinstance(path, DatasetRows):
+        rows = iter([list(path.rows[0]) if path.rows else []] + [list(r.values()) for r in path.rows])
+        return _browsecomp_zh_items(path, rows)
     try:
         import openpyxl
     except ImportError:
@@ -205,7 +218,10 @@ def load_browsecomp_zh(path: Path) -> list[QAItem]:
         sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
     except Exception as exc:  # openpyxl raises zipfile, KeyError and its own errors for a file that is not a workbook
         raise EvalSetError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
-    rows = sheet.iter_rows(values_only=True)
+    return _browsecomp_zh_items(path, sheet.iter_rows(values_only=True))
+
+
+def _browsecomp_zh_items(path: Any, rows: Iterator) -> list[QAItem]:
     header = [str(c or "").strip().lower() for c in next(rows, ())]
     missing = [c for c in ("question", "answer", "canary") if c not in header]
     if missing:
@@ -249,9 +265,13 @@ LOADERS: dict[str, Callable[[Path], list[QAItem]]] = {
 }
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path | DatasetRows) -> str:
     """Guess the format from the extension and the first record's (or header's) field names, in any case."""
     suffix = path.suffix.lower()
+    if isinstance(path, DatasetRows) and path.rows:
+        columns = {str(c).strip().lower() for c in path.rows[0]}
+        if "canary" in columns:
+            return "browsecomp" if "problem" in columns else "xbench" if "prompt" in columns else "browsecomp-zh"
     if suffix == ".xlsx":
         return "browsecomp-zh"
     if suffix == ".csv":
@@ -277,10 +297,15 @@ def detect_format(path: Path) -> str:
     raise EvalSetError(f"{path}: no records")
 
 
-def load_eval_set(path: str | Path, fmt: str = "auto") -> list[QAItem]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalSetError(f"{path}: no such file")
+def load_eval_set(source: str | Path, fmt: str = "auto", split: str | None = None) -> list[QAItem]:
+    """The questions of a benchmark file, a dataset folder or a Hub dataset (`hf:OWNER/NAME`; see webdancer.datasources)."""
+    path: Path | DatasetRows
+    if is_dataset_ref(source):
+        path = open_dataset(str(source), split)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise EvalSetError(f"{path}: no such file, dataset folder or hf: dataset")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt not in LOADERS:

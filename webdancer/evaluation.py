@@ -17,7 +17,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from webdancer.config import WebdancerConfig
 from webdancer.errors import OutageError, WebdancerError
@@ -374,7 +374,7 @@ def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:
 
 def default_eval_name(eval_file: str, cfg: WebdancerConfig) -> str:
     who = cfg.policy.name if cfg.policy.name != "openai" else Path(cfg.model.model.rstrip("/")).name or "model"
-    return f"{Path(eval_file).stem}-{who}"
+    return f"{Path(eval_file.split('#')[0]).stem}-{who}"
 
 
 def with_blocklist(cfg: WebdancerConfig) -> WebdancerConfig:
@@ -422,7 +422,8 @@ def tool_session_totals(path: Path) -> dict[str, Any]:
     return {"blocked": blocked, "tool_store": {tool: {k: round(v, 6) for k, v in c.items()} for tool, c in sorted(store.items())}}
 
 
-def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None, keep_failed: bool = False) -> dict:
+def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_update=None, keep_failed: bool = False,
+             split: Optional[str] = None) -> dict:
     """Sample k runs per question (resumable), score them, write the report; returns results.json's content.
 
     Runs that an outage ended are left out (results.json says `complete: false`); a rerun runs them again.
@@ -431,7 +432,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
     from webdancer.evalsets import EvalSetError, load_eval_set
     from webdancer.sampling import sample
 
-    items = load_eval_set(eval_file, fmt)
+    items = load_eval_set(eval_file, fmt, split)
     with_file = [item for item in items if item.provenance.get("file_name")]
     if cfg.eval.attachments == "skip" and with_file:
         items = [item for item in items if not item.provenance.get("file_name")]
@@ -457,7 +458,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
     asyncio.run(sample_and_score())
     meta = {
         "name": name,
-        "eval_file": str(eval_file),
+        "eval_file": str(eval_file) + (f" [{split}]" if split else ""),
         "policy": cfg.policy.name,
         "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
         "rewards": rewards.describe(),  # each reward's weight and options; the judge's model and prompt hash

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-from webdancer.errors import OutageError
+from webdancer.errors import ConfigError, OutageError
 from webdancer.records import ToolCall, ToolResult
 from webdancer.toolstore import call_key
 
@@ -51,6 +51,21 @@ class Tool:
         """Release connections, caches, processes."""
 
 
+class ToolSet(Tool):
+    """A tool plugin that offers the tools it finds when the run starts (an MCP server's, say).
+
+    Name it in `agent.tools` like any tool; entering the toolbox replaces it by what `open` returns.
+    """
+
+    parameters: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
+
+    async def open(self) -> dict[str, Tool]:
+        raise NotImplementedError
+
+    async def call(self, arguments: dict[str, Any]) -> str:
+        raise RuntimeError(f"{self.name} is a tool set: enter the toolbox (async with) to open its tools")
+
+
 class ToolBox:
     """The tools offered to one agent, built from config; runs each call under a timeout."""
 
@@ -58,7 +73,9 @@ class ToolBox:
         self.tools = tools
         self.timeout_s = timeout_s
         self.store = store
-        self._prints = store.check_tools(tools) if store is not None else {}
+        self._sets: list[ToolSet] = []
+        plain = {name: tool for name, tool in tools.items() if not isinstance(tool, ToolSet)}  # sets: once opened
+        self._prints = store.check_tools(plain) if store is not None else {}
 
     @classmethod
     def from_config(
@@ -79,6 +96,22 @@ class ToolBox:
 
         store = ToolStore(cfg.tool_store) if cfg.tool_store.mode != "off" else None
         return cls.from_config(list(names or cfg.agent.tools), cfg.tools, cfg.agent.tool_timeout_s, store=store)
+
+    async def open_toolsets(self) -> None:
+        """Replace each tool set by the tools it offers (a name taken twice is an error naming both)."""
+        opened: dict[str, Tool] = {}
+        for name, tool in self.tools.items():
+            if isinstance(tool, ToolSet):
+                self._sets.append(tool)  # closed with the toolbox: it owns the connections its tools use
+            found = await tool.open() if isinstance(tool, ToolSet) else {name: tool}
+            for sub_name, sub_tool in found.items():
+                if sub_name in opened or (sub_name in self.tools and sub_name != name):
+                    raise ConfigError(f"tool name {sub_name!r} is offered twice: by {name!r} and by another tool of agent.tools; "
+                                      "rename one (a tool set's `prefix` option, or the plugin)")
+                opened[sub_name] = sub_tool
+        self.tools = opened
+        if self.store is not None:
+            self._prints = self.store.check_tools(self.tools)
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self.tools.values()]
@@ -116,12 +149,18 @@ class ToolBox:
         return ToolResult(call.name, msg, error=True, elapsed_s=time.perf_counter() - start)
 
     async def aclose(self) -> None:
-        for tool in self.tools.values():
+        for tool in [*self.tools.values(), *self._sets]:
             await tool.aclose()
         if self.store is not None:
             self.store.close()
 
     async def __aenter__(self) -> "ToolBox":
+        if any(isinstance(tool, ToolSet) for tool in self.tools.values()):
+            try:
+                await self.open_toolsets()
+            except BaseException:
+                await self.aclose()
+                raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

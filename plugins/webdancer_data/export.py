@@ -133,7 +133,7 @@ def dataset_card(export: Export, source: Path, cfg: WebdancerConfig) -> str:
         f"- generator: webdancer {__version__}",
         f"- exported: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} from `{source}`",
         f"- config hash (sha256 of the resolved config, first 16 hex digits): `{config_hash}`",
-        f"- source web: " + ", ".join(f"{s.name} ({s.kind}, {s.source}, licence {s.licence or 'unknown'})" for s in cfg.web.sites),
+        "- source web: " + ", ".join(f"{s.name} ({s.kind}, {s.source}, licence {s.licence or 'unknown'})" for s in cfg.web.sites),
         "", "## Contents", "", "| config | split | rows |", "|---|---|---|",
     ]
     body += [f"| {config} | {split} | {n} |" for config, splits in export.rows.items() for split, n in splits.items()]

@@ -285,6 +285,9 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
         stats = asyncio.run(sample_all())
         show(stats)
     click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
+    from webdancer.tracking import track
+
+    track(cfg, f"sample/{cfg.policy.name}", stats.tracked())
     for tool, c in stats.tool_store.items():
         click.echo(f"tool store, {tool}: {c['calls']} calls, {c['hits']} served from the store, {c['misses']} live "
                    f"(estimated cost {c['cost']:g}), {c['replay_misses']} not recorded")
@@ -318,6 +321,9 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
     report = asyncio.run(filter_all())
     report_path = out_path.with_name(out_path.stem + "_report.json")
     write_report(report, report_path)
+    from webdancer.tracking import track
+
+    track(cfg, "filter", report.to_json())
     table = Table(title=f"filter: {report.kept} kept of {report.total} (correctness: {report.correctness_method})")
     table.add_column("stage")
     table.add_column("reason")

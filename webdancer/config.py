@@ -209,7 +209,7 @@ class RlConfig:
     save_freq: int = -1  # steps between checkpoints (-1: verl saves none midway; TRL saves at the end)
     test_freq: int = -1
     seed: int = 1
-    logger: list[str] = field(default_factory=lambda: ["console"])  # verl's trainer.logger (file is always added)
+    logger: list[str] = field(default_factory=lambda: ["console"])  # verl's trainer.logger (file and tracking.backend are added)
     # Raw verl overrides (`key=value`, hydra syntax) appended last: anything verl has that is not above.
     extra: list[str] = field(default_factory=list)
     # TRL GRPOConfig fields set last, by name (checked against the installed TRL): anything TRL has that is not above.
@@ -290,6 +290,18 @@ class JudgeConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking, one setting for every stage: a dashboard shows a whole pipeline as one run."""
+
+    # trackio: local, no account (`trackio show`); wandb, swanlab, tensorboard, mlflow: by name (their package
+    # installed, keys from the environment); none: off. SFT and RL report through their trainers' own integrations;
+    # sample, filter, eval and the pipeline log their counts and scores (to trackio; other backends get SFT and RL).
+    backend: str = one_of("trackio", "wandb", "swanlab", "tensorboard", "mlflow", "none")
+    project: str = "webdancer"  # the run is `run.name`
+    dir: str = ""  # where local backends write (trackio's database, tensorboard's events, mlflow's files); default <run.root>/tracking
+
+
+@dataclass
 class ToolStoreConfig:
     """Record and replay tool calls (webdancer.toolstore): one store for sampling, eval and RL."""
 
@@ -337,3 +349,4 @@ class WebdancerConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
     tool_store: ToolStoreConfig = field(default_factory=ToolStoreConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -28,6 +28,10 @@ from webdancer.rewards import RewardInput, RewardSet
 from webdancer.runs import outages_path
 from webdancer.stats import bootstrap_ci, paired_difference
 
+# The numbers of an eval run that go to the experiment tracker.
+TRACKED = ("questions", "trajectories", "pass_at_1", "pass_at_k", "valid_tool_call_turns", "well_formed_turns", "answered",
+           "mean_turns", "mean_tool_calls", "mean_completion_tokens")
+
 
 @dataclass
 class Score:
@@ -468,4 +472,10 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         **({"attachments": f"{len(with_file)} questions with an attached file {'skipped' if cfg.eval.attachments == 'skip' else 'asked without the file'} (eval.attachments)"} if with_file else {}),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return write_report(run, items, meta, cfg.eval.k)
+    results = write_report(run, items, meta, cfg.eval.k)
+    from webdancer.tracking import track
+
+    o = results["overall"]
+    track(cfg, f"eval/{name}", {"complete": results["complete"], **{k: o[k] for k in TRACKED}, "pass_at_1_ci_low": o["pass_at_1_ci"][0],
+                                "pass_at_1_ci_high": o["pass_at_1_ci"][1], "blocked": results.get("blocked", {})})
+    return results

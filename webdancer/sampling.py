@@ -44,6 +44,12 @@ class SampleStats:
     def failed(self) -> int:
         return sum(v for k, v in self.terminations.items() if k in ("model_error", "policy_error"))
 
+    def tracked(self) -> dict[str, Any]:
+        """The numbers the experiment tracker gets."""
+        return {"done": self.done, "already_there": self.already_there, "correct": self.correct, "failed": self.failed,
+                "outages": self.outages, "tokens_per_s": self.tokens_per_s, "terminations": dict(self.terminations),
+                "tool_store": self.tool_store}
+
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / max(1e-9, time.perf_counter() - self.started)

@@ -23,6 +23,7 @@ from webdancer.config import PIPELINE_STAGES, WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines, read_records
 from webdancer.records import QAItem
+from webdancer.tracking import Reporting, track
 from webdancer.typed import to_dict
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -69,6 +70,7 @@ class Pipeline:
                     "summary": summary,
                 }
                 atomic_write_json(self.state_file, self.state)
+                track(self.cfg, f"pipeline/{stage}", {"seconds": self.state["stages"][stage]["seconds"]})
                 self.echo(f"   {stage}: {json.dumps(summary, default=str)[:300]}")
         finally:
             self.services.close()
@@ -169,6 +171,7 @@ class Pipeline:
                 return await sample(agent, items, cfg.sample.n, out, cfg.agent.concurrency)
 
         stats = asyncio.run(sample_all())
+        track(cfg, f"sample/{policy_name}", stats.tracked())
         check_no_outages(stats, out, "the pipeline")  # the stage is not done: a rerun retries them
         return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations),
                 **({"tool_store": stats.tool_store} if stats.tool_store else {})}
@@ -201,6 +204,7 @@ class Pipeline:
             out = self.path(f"kept_{name}.jsonl")
             report = asyncio.run(self._filter(src, out))
             write_report(report, self.path(f"kept_{name}_report.json"))
+            track(self.cfg, f"filter/{name}", report.to_json())
             summary[name] = report.to_json()
             kept_text += out.read_text(encoding="utf-8")
         atomic_write_text(self.path("kept.jsonl"), kept_text)
@@ -246,7 +250,7 @@ class Pipeline:
             aside = out.with_name(f"{out.name}.partial-{dt.datetime.now():%Y%m%d-%H%M%S}")
             shutil.move(str(out), aside)
             self.echo(f"   an unfinished training was moved to {aside}")
-        result = run_training(self.cfg.sft, data, out, echo=lambda line: None)
+        result = run_training(self.cfg.sft, data, out, echo=lambda line: None, reporting=Reporting.of(self.cfg))
         losses = result["losses"]
         return {"exported": stats.exported, "trained": True, "steps": len(losses), "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None}

@@ -19,6 +19,7 @@ from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
 from webdancer.rewards import check_weights, configured_options, configured_weights
+from webdancer.tracking import Reporting
 from webdancer_rl.metrics import add_verl_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
 
@@ -99,8 +100,9 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("trainer.save_freq", rl.save_freq),
         ("trainer.test_freq", rl.test_freq),
         ("trainer.val_before_train", False),
-        ("trainer.logger", [*rl.logger, *([] if "file" in rl.logger else ["file"])]),  # file: metrics.jsonl (VERL_FILE_LOGGER_PATH)
-        ("trainer.project_name", "webdancer"),
+        # file: metrics.jsonl (VERL_FILE_LOGGER_PATH); a tracker other than trackio by verl's own name for it (trackio is fed from metrics.jsonl)
+        ("trainer.logger", list(dict.fromkeys([*rl.logger, "file", *([cfg.tracking.backend] if Reporting.of(cfg).native else [])]))),
+        ("trainer.project_name", cfg.tracking.project),
         ("trainer.experiment_name", cfg.run.name),
         ("trainer.default_local_dir", output_dir / "checkpoints"),
         ("hydra.run.dir", output_dir / "hydra"),  # not ./outputs/<date> in whatever folder verl was started from
@@ -176,7 +178,7 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
         return run_trl(cfg, data_dir, output_dir, echo, dry_run)
     command = verl_command(cfg, data_dir, output_dir)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "VERL_FILE_LOGGER_PATH": str(output_dir / VERL_METRICS)}
+           "VERL_FILE_LOGGER_PATH": str(output_dir / VERL_METRICS), **Reporting.of(cfg).env}
     write_command_script(output_dir / "command.sh", command, "DAPO with verl; on a cluster: start Ray, then run this from the repository root.", env)
     if dry_run:
         return command
@@ -191,8 +193,10 @@ def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callabl
         )
     if not Path(command[0]).is_file():
         raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_rl.sh` (WEBDANCER_RL_GPU=1 on a GPU machine) or set rl.venv")
+    Reporting.of(cfg).check(command[0], f"verl's environment {cfg.rl.venv}")
     code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
     add_verl_metrics(output_dir / VERL_METRICS, output_dir / "metrics.jsonl")
+    Reporting.of(cfg).relay("rl", output_dir / "metrics.jsonl")
     if code != 0:
         raise WebdancerError(f"verl exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
     return command
@@ -217,13 +221,15 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
     config_file = output_dir / "config.yaml"
     atomic_write_text(config_file, config_to_yaml(resolved))
     command = trl_command(config_file, gpu_visible())
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
+           **Reporting.of(cfg).env}
     write_command_script(output_dir / "command.sh", command, "GRPO/DAPO with TRL on this machine; rerun to resume from the last checkpoint.", env)
     if dry_run:
         return command
     problem = model_folder_problem(Path(model_path))
     if problem:
         raise WebdancerError(problem)
+    Reporting.of(cfg).check(None, "this environment")
     if clean_model_folder(Path(model_path)):
         echo(f"removed a stale GGUF quantization_config from {model_path}/config.json (its weights are plain floats)")
     rows = len(read_rows(data_dir / "train.parquet"))
@@ -233,6 +239,7 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
         echo(f"already trained: {output_dir / 'model'} (a new run needs another rl.output_dir)")
         return command
     code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
+    Reporting.of(cfg).relay("rl", output_dir / "metrics.jsonl")  # both engines' metrics, by the same names
     if code != 0:
         tail = log_tail(output_dir / "train.log")
         if "died with <Signals.SIGKILL" in tail:  # accelerate's traceback says nothing useful; say what happened

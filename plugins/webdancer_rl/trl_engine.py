@@ -27,6 +27,7 @@ from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.rewards import configured_options, configured_weights
 from webdancer.tools import ToolBox
+from webdancer.tracking import Reporting
 from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line
 from webdancer_rl.prepare import read_rows
 from webdancer_rl.reward import compute_score, overlong_penalty
@@ -75,7 +76,7 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
         "save_strategy": "steps",
         "save_steps": (rl.save_freq if rl.save_freq > 0 else rl.total_training_steps) * updates,
         "save_total_limit": 2,
-        "report_to": [],
+        **Reporting.of(cfg).settings,  # report_to, ...: a backend other than trackio (fed from metrics.jsonl by `rl train`)
         "seed": rl.seed,
         "disable_dropout": True,
         "disable_tqdm": True,

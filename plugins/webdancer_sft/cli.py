@@ -31,12 +31,13 @@ def export_cmd(traj_file: str, out_dir: str) -> None:
 @click.argument("overrides", nargs=-1)
 def train_cmd(config_path: Optional[str], overrides: tuple[str, ...]) -> None:
     """Write the LLaMA-Factory YAML from `sft.*` and run `llamafactory-cli train` on it, streaming its log."""
+    from webdancer.tracking import Reporting
     from webdancer_sft.train import run_training
 
     cfg = resolve_config(config_path, overrides)
     dataset_dir = Path(cfg.sft.dataset_dir or cfg.run.dir / "sft_data")
     output_dir = Path(cfg.sft.output_dir or cfg.run.dir / "sft")
-    result = run_training(cfg.sft, dataset_dir, output_dir, echo=click.echo)
+    result = run_training(cfg.sft, dataset_dir, output_dir, echo=click.echo, reporting=Reporting.of(cfg))
     losses = result["losses"]
     if losses:
         click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logged steps; checkpoint in {output_dir}")

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import yaml
 from webdancer_models.export import install_wire_template
@@ -15,10 +15,11 @@ from webdancer.config import SftConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer.tracking import Reporting
 from webdancer_sft.export import DATASET
 
 
-def llamafactory_yaml(cfg: SftConfig, dataset_dir: Path, output_dir: Path) -> dict[str, Any]:
+def llamafactory_yaml(cfg: SftConfig, dataset_dir: Path, output_dir: Path, reporting: Optional[Reporting] = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "model_name_or_path": cfg.model_path,
         "stage": "sft",
@@ -42,7 +43,7 @@ def llamafactory_yaml(cfg: SftConfig, dataset_dir: Path, output_dir: Path) -> di
         "max_steps": cfg.max_steps,
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.0,
-        "report_to": "none",
+        **(reporting or Reporting()).settings,  # report_to, run_name, project: the run's tracker (`tracking`)
     }
     if cfg.finetuning_type == "lora":
         doc.update({"lora_rank": cfg.lora_rank, "lora_target": "all"})
@@ -59,8 +60,11 @@ def cli_path(venv: str) -> Path:
     return path
 
 
-def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Callable[[str], None] = print,
+                 reporting: Optional[Reporting] = None) -> dict[str, Any]:
     """Write the YAML and the exact command beside the outputs, run it, return the loss log."""
+    reporting = reporting or Reporting()
+    reporting.check(str(Path(cfg.venv) / "bin" / "python"), f"the SFT environment {cfg.venv}")  # before anything runs
     if not (dataset_dir / "dataset_info.json").is_file():
         raise WebdancerError(f"{dataset_dir} has no dataset_info.json: run `webdancer sft export TRAJ_FILE {dataset_dir}` first")
     if (output_dir / "trainer_state.json").exists():
@@ -75,11 +79,12 @@ def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Call
          f"of {sum(e['tokens'] for e in report['examples'])} tokens are trained on (observations, prompts masked)")
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "llamafactory_train.yaml"
-    atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir), sort_keys=False))
+    atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir, reporting), sort_keys=False))
     command = [str(cli_path(cfg.venv)), "train", str(config_file)]
     write_command_script(output_dir / "command.sh", command, "Rerun by hand or on a cluster install of LLaMA-Factory:")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", **reporting.env}
     code = run_logged(command, output_dir / "train.log", env, echo)
+    reporting.relay("sft", output_dir / "trainer_log.jsonl", step_key="current_steps")  # LLaMA-Factory's per-step log
     if code != 0:
         raise WebdancerError(f"llamafactory-cli train exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
     prefix = install_wire_template(output_dir)

@@ -135,3 +135,15 @@ def test_our_tools_served_over_streamable_http_to_the_sdk_client(local_web, tmp_
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_webdancer_tool_calls_an_mcp_tool_by_its_prefixed_name(plugins):
+    from click.testing import CliRunner
+
+    from webdancer.cli import cli
+
+    servers = f"tools.mcp.servers=[{{name: stub, command: '{sys.executable}', args: ['{STUB}']}}]"
+    result = CliRunner().invoke(cli, ["tool", "stub__shout", '{"text": "offline web"}', "agent.tools=[mcp]", servers])
+    assert result.exit_code == 0 and result.output.strip() == "OFFLINE WEB", result.output
+    unknown = CliRunner().invoke(cli, ["tool", "stub__whisper", "{}", "agent.tools=[mcp]", servers])
+    assert unknown.exit_code == 2 and "the run offers stub__shout, stub__nap, stub__die" in unknown.output

@@ -110,8 +110,9 @@ def config_show(config_path: Optional[str], overrides: tuple[str, ...]) -> None:
 @click.argument("json_args")
 @click.argument("overrides", nargs=-1)
 def tool_cmd(config_path: Optional[str], name: str, json_args: str, overrides: tuple[str, ...]) -> None:
-    """Call tool NAME with JSON_ARGS and print its observation."""
-    from webdancer.tools import ToolBox
+    """Call tool NAME with JSON_ARGS and print its observation (NAME may be a tool of a tool set in agent.tools,
+    such as an MCP server's `<server>__<tool>`)."""
+    from webdancer.tools import ToolBox, ToolSet
     from webdancer.wire import validate_arguments
 
     cfg = resolve_config(config_path, overrides)
@@ -121,13 +122,19 @@ def tool_cmd(config_path: Optional[str], name: str, json_args: str, overrides: t
         raise click.UsageError(f"JSON_ARGS is not valid JSON ({exc.msg}); example: '{{\"query\": [\"python\"]}}'")
     if not isinstance(arguments, dict):
         raise click.UsageError("JSON_ARGS must be a JSON object")
-    toolbox = ToolBox.for_run(cfg, [name])
-    problem = validate_arguments(arguments, toolbox.tools[name].parameters)
-    if problem:
-        raise click.UsageError(f"tool '{name}': {problem}")
+    registered = name in get_plugins().registry.get("tools", {})
+    if not registered and not any(issubclass(get_plugins().get("tools", t), ToolSet) for t in cfg.agent.tools):
+        get_plugins().get("tools", name)  # the usual error: no such tool, and what is installed
+    toolbox = ToolBox.for_run(cfg, [name] if registered else cfg.agent.tools)  # else: look in the run's tool sets
 
     async def call_once() -> int:
         async with toolbox:
+            tool = toolbox.tools.get(name)
+            if tool is None:
+                raise click.UsageError(f"no tool named {name!r}; the run offers {', '.join(toolbox.tools) or 'none'} (agent.tools)")
+            problem = validate_arguments(arguments, tool.parameters)
+            if problem:
+                raise click.UsageError(f"tool '{name}': {problem}")
             result = await toolbox.run(ToolCall(name, arguments))
         click.echo(result.content)
         return 1 if result.error else 0

@@ -107,7 +107,7 @@ class ToolBox:
             for sub_name, sub_tool in found.items():
                 if sub_name in opened or (sub_name in self.tools and sub_name != name):
                     raise ConfigError(f"tool name {sub_name!r} is offered twice: by {name!r} and by another tool of agent.tools; "
-                                      "rename one (a tool set's `prefix` option, or the plugin)")
+                                      "rename one (an MCP server's `name`, or the plugin's tool)")
                 opened[sub_name] = sub_tool
         self.tools = opened
         if self.store is not None:

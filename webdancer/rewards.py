@@ -108,9 +108,10 @@ class RewardSet:
     def __init__(self, weights: dict[str, float], options: Optional[dict[str, dict[str, Any]]] = None):
         from webdancer.plugins import get_plugins
 
-        self.options = {name: dict(opts or {}) for name, opts in (options or {}).items()}
-        check_weights(weights, self.options)
-        self.weights = dict(weights)
+        # verl hands reward_kwargs over as OmegaConf containers, nested ones included (the judge's model).
+        self.options = {name: dict(opts or {}) for name, opts in (plain(options) or {}).items()}
+        check_weights(plain(weights), self.options)
+        self.weights = dict(plain(weights))
         def build(name: str) -> Reward:
             return get_plugins().build("rewards", name, self.options.get(name), "judge" if name == "judge" else f"reward_options.{name}")
 
@@ -150,6 +151,13 @@ class RewardSet:
     async def aclose(self) -> None:
         for reward in {*self.rewards.values(), *([self.fallback] if self.fallback else [])}:
             await reward.aclose()
+
+
+def plain(value: Any) -> Any:
+    """Plain dicts and lists for OmegaConf containers (any depth); anything else as it is."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def prompt_hash(text: str) -> str:

@@ -14,7 +14,7 @@ import json
 from typing import Any, Optional
 
 from webdancer.config import DEFAULT_REWARD_WEIGHTS
-from webdancer.rewards import RewardInput, RewardSet
+from webdancer.rewards import RewardInput, RewardSet, plain
 from webdancer.wire import final_turn, parse_assistant
 
 
@@ -44,7 +44,7 @@ async def compute_score(
     **_: Any,
 ) -> dict[str, float]:
     """{"score": weighted sum, <reward name>: its score, ..., "judge_failed": 0|1}: verl logs every key per step."""
-    rewards = reward_set(reward_weights(weights), options or {})
+    rewards = reward_set(reward_weights(plain(weights)), plain(options) or {})
     extra_info = dict(extra_info or {})
     reference = ground_truth["target"] if isinstance(ground_truth, dict) else str(ground_truth)
     answer = parse_assistant(final_turn(solution_str), {}).answer

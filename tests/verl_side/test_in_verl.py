@@ -100,6 +100,33 @@ async def test_compute_score_through_verls_reward_loader_and_dapo_manager(prepar
     assert out["reward_score"] == pytest.approx(1.0) and out["reward_extra_info"]["overlong"] is False
 
 
+async def test_a_judge_outage_stops_verls_reward_manager_instead_of_scoring_zero(tokenizer):
+    """verl's DAPO manager awaits compute_score unguarded: a judge that is down raises out of it (the step stops,
+    a rerun resumes from the last checkpoint); it never becomes a reward of 0."""
+    from verl import DataProto
+    from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from webdancer_rl import reward as reward_module
+
+    from webdancer.errors import OutageError
+    from webdancer.testing.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer(default=(503, "judge down")) as judge:
+        options = {"judge": {"model": {"base_url": judge.base_url, "model": "j", "max_retries": 0}}}
+        config = OmegaConf.create({"reward": {"custom_reward_function": {
+            "path": reward_module.__file__, "name": "compute_score", "reward_kwargs": {"weights": {"format": 0.1, "judge": 0.9}, "options": options}},
+            "reward_kwargs": {"overlong_buffer_cfg": {"enable": False, "len": 64, "penalty_factor": 1.0, "log": False}, "max_resp_len": 4096}}})
+        manager = DAPORewardManager(config, tokenizer, get_custom_reward_fn(config))
+        prompt = tokenizer("<|im_start|>user\nq<|im_end|>\n", return_tensors="pt")["input_ids"][0]
+        response = torch.tensor(tokenizer(rollout_text(tokenizer, "Jack Kilby"))["input_ids"])
+        batch = {"prompts": prompt[None], "responses": response[None], "attention_mask": torch.ones(1, len(prompt) + len(response), dtype=torch.long)}
+        data = DataProto.from_dict(tensors=batch, non_tensors={"data_source": ["webdancer/crawlqa"], "reward_model": [{"ground_truth": "Jack Kilby"}],
+                                                             "extra_info": [{}]})
+        with pytest.raises(OutageError, match="HTTP 503"):
+            await manager.run_single(data)
+        assert len(judge.state.requests) == 1
+
+
 def test_prepared_parquet_loads_with_verls_dataset(prepared, tokenizer):
     from verl.utils.dataset.rl_dataset import RLHFDataset
 

@@ -37,8 +37,35 @@ def test_gaia_validation_attachments_and_the_test_split(tmp_path):
     [item] = load_eval_set(path)
     assert item.id == "t1" and item.answer == "42" and item.provenance["file_path"] == str(tmp_path / "t1.xlsx")
     path.write_text(json.dumps({**record, "Final answer": "?"}) + "\n")  # the test split as released
-    with pytest.raises(EvalSetError, match=r"metadata.jsonl:1: GAIA's answer is withheld.*validation split"):
-        load_eval_set(path)
+    [item] = load_eval_set(path)
+    assert item.answer == "" and item.provenance["answer_withheld"] is True
+
+
+def test_gaias_test_split_is_answered_into_a_leaderboard_submission_not_scored(plugins, tmp_path):
+    from click.testing import CliRunner
+    from test_eval import GAIA, eval_args, scripted_model
+
+    from webdancer.cli import cli
+    from webdancer.testing.fake_openai import FakeOpenAIServer
+
+    test_split = tmp_path / "test" / "metadata.jsonl"
+    test_split.parent.mkdir()
+    records = [json.loads(line) for line in GAIA.read_text().splitlines()]
+    records[2]["Final answer"] = "?"  # one question of the test split (Kilby's) among two of validation
+    test_split.write_text("".join(json.dumps(r) + "\n" for r in records))
+    scripted_model.xilinx = 0
+    with FakeOpenAIServer(default=scripted_model) as srv:
+        args = eval_args(tmp_path, srv, "--name", "mixed")
+        args[2] = str(test_split)
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "t" / "eval" / "mixed"
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True and results["overall"]["questions"] == 2  # the withheld one is not scored
+    assert results["withheld"] == {"questions": 1, "answered": 1, "submission": str(out / "submission.jsonl")}
+    [line] = [json.loads(x) for x in (out / "submission.jsonl").read_text().splitlines()]
+    assert line == {"task_id": records[2]["task_id"], "model_answer": "It was **Jack Kilby**.", "reasoning_trace": "I should search. Found it."}
+    assert "answers withheld by the benchmark: 1 questions" in (out / "report.md").read_text()
 
 
 def xbench_encrypt(text, canary):

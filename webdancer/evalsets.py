@@ -73,27 +73,27 @@ def _need(path: Path, where: int, rec: Any, fields: tuple[str, ...], fmt: str) -
 
 
 def load_gaia(path: Path) -> list[QAItem]:
-    """GAIA's `metadata.jsonl` (validation split): task_id, Question, Level, Final answer, file_name.
+    """GAIA's `metadata.jsonl`: task_id, Question, Level, Final answer, file_name.
 
-    The test split withholds its answers ("?"): there is nothing to score, so it is refused by name.
+    The test split withholds its answers ("?"): its questions are asked and answered, not scored
+    (provenance `answer_withheld`); `webdancer eval` writes their answers as the leaderboard's submission file.
     """
     items = []
     for where, rec in _records(path):
         rec = _need(path, where, rec, ("task_id", "Question", "Final answer", "Level"), "GAIA")
         answer = str(rec["final answer"]).strip()
-        if answer == "?":
-            raise EvalSetError(f"{path}:{where}: GAIA's answer is withheld ('?'): this is the test split, which only its "
-                               "leaderboard scores; evaluate on the validation split's metadata.jsonl")
+        withheld = answer == "?"  # the test split: its leaderboard scores the answers (submission.jsonl)
         attachment = rec.get("file_name") or ""
         # A dataset row carries its attachment's path (file_path); metadata.jsonl sits beside its attachments.
         file_path = rec.get("file_path") if isinstance(path, DatasetRows) else str(path.parent / attachment) if attachment else ""
         items.append(
             QAItem(
                 question=str(rec["question"]),
-                answer=answer,
+                answer="" if withheld else answer,
                 id=str(rec["task_id"]),
                 tag="gaia",
-                provenance={"groups": {"level": str(rec["level"])}, "file_name": attachment, **({"file_path": file_path} if file_path else {})},
+                provenance={"groups": {"level": str(rec["level"])}, "file_name": attachment, **({"file_path": file_path} if file_path else {}),
+                            **({"answer_withheld": True} if withheld else {})},
             )
         )
     return items

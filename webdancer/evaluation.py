@@ -188,6 +188,10 @@ class EvalRun:
         return self.dir / "results.json"
 
     @property
+    def submission(self) -> Path:
+        return self.dir / "submission.jsonl"  # answers to questions whose reference is withheld (GAIA's test split)
+
+    @property
     def tool_sessions(self) -> Path:
         return self.dir / "tool_sessions.jsonl"  # one line per sampling session: blocked results, tool store counts
 
@@ -200,7 +204,15 @@ class EvalRun:
 def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int) -> dict[str, Any]:
     """results.json + report.md + plot.png from what is on disk now."""
     trajs, scores = run.load()
-    results = {"meta": meta, **summarize(items, trajs, scores, k), **tool_session_totals(run.tool_sessions)}
+    withheld = [item for item in items if item.provenance.get("answer_withheld")]
+    scorable = [item for item in items if not item.provenance.get("answer_withheld")]
+    results = {"meta": meta, **summarize(scorable, trajs, scores, k), **tool_session_totals(run.tool_sessions)}
+    if withheld:  # GAIA's test split: the answers go to its leaderboard, which scores them
+        answered = write_submission(run, withheld, trajs)
+        runs_missing = len(withheld) * k - sum(1 for t in trajs if t.question_id in {i.id for i in withheld})
+        results["withheld"] = {"questions": len(withheld), "answered": answered, "submission": str(run.submission)}
+        results["incomplete_runs"] += max(0, runs_missing)
+        results["complete"] = results["incomplete_runs"] <= 0
     if not results["complete"]:
         results["outages"] = _count_ids(outages_path(run.trajectories), {t.id for t in trajs})
         results["unscored"] = sum(1 for t in trajs if t.id not in scores)  # the judge was down
@@ -208,6 +220,21 @@ def write_report(run: EvalRun, items: list[QAItem], meta: dict[str, Any], k: int
     atomic_write_text(run.dir / "report.md", render_markdown(results))
     plot_results({meta.get("name", run.dir.name): results}, run.dir / "plot.png")
     return results
+
+
+def write_submission(run: EvalRun, items: list[QAItem], trajs: list[Trajectory]) -> int:
+    """GAIA's leaderboard file (`task_id`, `model_answer`, `reasoning_trace` per line) from each question's first run;
+    returns how many questions have an answer."""
+    first: dict[str, Trajectory] = {}
+    for t in sorted(trajs, key=lambda t: t.sample_index):
+        first.setdefault(t.question_id, t)
+    lines = []
+    for item in items:
+        t = first.get(item.id)
+        trace = " ".join(s.thought for s in t.steps if s.thought) if t else ""
+        lines.append(json.dumps({"task_id": item.id, "model_answer": (t.answer or "") if t else "", "reasoning_trace": trace}, ensure_ascii=False))
+    atomic_write_text(run.submission, "\n".join(lines) + "\n")
+    return sum(1 for item in items if first.get(item.id) and first[item.id].answer)
 
 
 def _count_ids(path: Path, besides: set[str]) -> int:
@@ -255,6 +282,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     out = [f"# Evaluation: {meta.get('name', '')}", ""]
     out += [f"- {key}: `{value}`" for key, value in meta.items() if key not in ("name", "rewards")]
     out += rewards_lines(meta.get("rewards", {}))
+    if results.get("withheld"):
+        w = results["withheld"]
+        out.append(f"- answers withheld by the benchmark: {w['questions']} questions, not scored here; "
+                   f"{w['answered']} answered in `{Path(w['submission']).name}` for its leaderboard")
     if "blocked" in results:
         b = results["blocked"]
         out.append(f"- leak blocking: {b['search_results']} search results dropped, {b['visits']} visits refused")
@@ -453,7 +484,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
                     await sample(agent, items, cfg.eval.k, run.trajectories, cfg.agent.concurrency, on_update, keep_failed)
                 finally:
                     record_tool_session(agent.toolbox, run.tool_sessions)
-            wanted = {item.id for item in items}
+            wanted = {item.id for item in items if not item.provenance.get("answer_withheld")}  # nothing to score against
             trajs = [t for t in run.load()[0] if t.question_id in wanted]
             await score_trajectories(trajs, run.scores, rewards, cfg.judge.concurrency)
         finally:

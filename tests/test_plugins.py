@@ -37,7 +37,7 @@ def test_duplicate_name_names_both_plugins(plugins):
 
 
 def test_unknown_component_lists_installed(plugins):
-    with pytest.raises(PluginError, match=r"no tool named 'nope'.*installed: boom, lookup, search, slow, visit"):
+    with pytest.raises(PluginError, match=r"no tool named 'nope'.*installed: boom, lookup, mcp, search, slow, visit"):
         plugins.get("tools", "nope")
 
 

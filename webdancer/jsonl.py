@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from webdancer.errors import RecordError, StorageError
 from webdancer.records import record_from_dict
@@ -58,7 +58,8 @@ class JsonlAppender:
     record nor glues a new one onto half of an old one.
     """
 
-    def __init__(self, path: str | Path, key: Callable[[dict[str, Any]], Any] = lambda r: r["id"], fsync: bool = False):
+    def __init__(self, path: str | Path, key: Optional[Callable[[dict[str, Any]], Any]] = lambda r: r["id"], fsync: bool = False):
+        """`key=None`: append only (the file's records are neither read nor indexed; a torn last line is still cut)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._key = key
@@ -67,7 +68,7 @@ class JsonlAppender:
         try:
             if self.path.exists():
                 self._repair_torn_tail()
-                for _, obj in iter_json_lines(self.path):
+                for _, obj in iter_json_lines(self.path) if key is not None else ():
                     self.done.add(key(obj))
             # Unbuffered: a record is on its way to the disk when write() returns, or write() failed.
             self._fh = self.path.open("ab", buffering=0)
@@ -103,7 +104,18 @@ class JsonlAppender:
     def write(self, record: Any) -> None:
         """Append one record; when the disk refuses, cut the part written so the file ends on a complete record."""
         obj = record if isinstance(record, dict) else to_dict(record)
-        data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+        self._append((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+        if self._key is not None:
+            self.done.add(self._key(obj))
+
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """Append records with one write (complete lines only, so appenders in other processes never split one)."""
+        if records:
+            self._append("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+            if self._key is not None:
+                self.done.update(self._key(r) for r in records)
+
+    def _append(self, data: bytes) -> None:
         fd = self._fh.fileno()
         start = os.fstat(fd).st_size
         try:
@@ -118,7 +130,6 @@ class JsonlAppender:
             except OSError:
                 pass  # the next open cuts the torn record off
             raise storage_error(self.path, exc) from None
-        self.done.add(self._key(obj))
 
     def close(self) -> None:
         self._fh.close()

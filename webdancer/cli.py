@@ -312,20 +312,11 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
     from rich.console import Console
     from rich.table import Table
 
-    from webdancer.filtering import filter_file, write_report
-    from webdancer.rewards import RewardSet
+    from webdancer.filtering import filter_configured, write_report
 
     cfg = resolve_config(config_path, overrides)
     out_path = Path(out or cfg.run.dir / "kept.jsonl")
-    rewards = RewardSet.from_config(cfg)
-
-    async def filter_all():
-        try:
-            return await filter_file(Path(traj_file), out_path, cfg.filter, rewards, cfg.judge.concurrency)
-        finally:
-            await rewards.aclose()
-
-    report = asyncio.run(filter_all())
+    report = asyncio.run(filter_configured(Path(traj_file), out_path, cfg))
     report_path = out_path.with_name(out_path.stem + "_report.json")
     write_report(report, report_path)
     from webdancer.tracking import track

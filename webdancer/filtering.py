@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from webdancer.config import FilterConfig
+from webdancer.config import FilterConfig, WebdancerConfig
 from webdancer.jsonl import atomic_write_json, iter_json_lines
 from webdancer.records import Trajectory
 from webdancer.reference import is_reference_record, load_trajectory, reference_to_trajectory
@@ -164,6 +164,15 @@ async def filter_file(src: Path, out: Path, cfg: FilterConfig, rewards: RewardSe
                 report.by_policy[data.get("policy", "")]["kept"] += 1
     tmp.replace(out)
     return report
+
+
+async def filter_configured(src: Path, out: Path, cfg: WebdancerConfig) -> FilterReport:
+    """`filter_file` with the run's rewards (`rewards`, `reward_options`, `judge`), closed when it ends."""
+    rewards = RewardSet.from_config(cfg)
+    try:
+        return await filter_file(src, out, cfg.filter, rewards, cfg.judge.concurrency)
+    finally:
+        await rewards.aclose()
 
 
 def write_report(report: FilterReport, path: Path) -> None:

@@ -194,7 +194,7 @@ class Pipeline:
         return out
 
     def stage_filter(self) -> dict[str, Any]:
-        from webdancer.filtering import write_report
+        from webdancer.filtering import filter_configured, write_report
 
         summary, kept_text = {}, ""
         for name in ("expert", "model"):
@@ -202,7 +202,7 @@ class Pipeline:
             if not src.exists():
                 continue
             out = self.path(f"kept_{name}.jsonl")
-            report = asyncio.run(self._filter(src, out))
+            report = asyncio.run(filter_configured(src, out, self.cfg))
             write_report(report, self.path(f"kept_{name}_report.json"))
             track(self.cfg, f"filter/{name}", report.to_json())
             summary[name] = report.to_json()
@@ -212,16 +212,6 @@ class Pipeline:
         if not summary["kept"]:
             raise WebdancerError(f"the filter kept no trajectories (see {self.dir}/kept_*_report.json); nothing to fine-tune on")
         return summary
-
-    async def _filter(self, src: Path, out: Path):
-        from webdancer.filtering import filter_file
-        from webdancer.rewards import RewardSet
-
-        rewards = RewardSet.from_config(self.cfg)
-        try:
-            return await filter_file(src, out, self.cfg.filter, rewards, self.cfg.judge.concurrency)
-        finally:
-            await rewards.aclose()
 
     def _eval(self, cfg: WebdancerConfig, name: str) -> dict[str, Any]:
         from webdancer.evaluation import check_complete, run_eval

@@ -92,12 +92,12 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model, tmp_path_factory):
-    """`transformers serve` on loopback with the tiny model."""
+    """The default CPU server (`batched`: continuous batching) on loopback with the tiny model."""
     from webdancer_models.serve import start_server
 
     from webdancer.config import ServeConfig
 
-    cfg = ServeConfig(backend="transformers", model_path=str(tiny_model), port=free_port(), health_timeout_s=240)
+    cfg = ServeConfig(backend="batched", model_path=str(tiny_model), port=free_port(), health_timeout_s=240, kv_cache_tokens=8192)
     server = start_server(cfg, tmp_path_factory.mktemp("logs"))
     yield cfg, server
     server.stop()

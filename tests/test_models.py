@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from webdancer_models.export import export_model
-from webdancer_models.serve import ServerProcess, port_in_use, served_model_name, sglang_command, start_server, transformers_command
+from webdancer_models.serve import (
+    ServerProcess,
+    port_in_use,
+    served_model_name,
+    server_command,
+    sglang_command,
+    start_server,
+    transformers_command,
+)
 
 from webdancer.agent import Agent
 from webdancer.config import AgentConfig, ModelConfig, ServeConfig
@@ -108,6 +116,11 @@ def test_command_builders():
     t = ServeConfig(backend="transformers", model_path="/m/tiny", port=9000)
     assert transformers_command(t)[1:6] == ["-m", "transformers.cli.transformers", "serve", "/m/tiny", "--host"]
     assert "--device" in transformers_command(t) and served_model_name(t) == "/m/tiny"
+    b = ServeConfig(model_path="/m/tiny", port=9001, kv_cache_tokens=4096)  # the default backend
+    assert server_command(b)[1:4] == ["-m", "webdancer_models.batched_server", "/m/tiny"] and served_model_name(b) == "/m/tiny"
+    assert server_command(b)[server_command(b).index("--kv-cache-tokens") + 1] == "4096"
+    with pytest.raises(WebdancerError, match="'vllm' is not one of batched, transformers, sglang, external"):
+        server_command(ServeConfig(backend="vllm"))
 
 
 def test_server_that_dies_shows_its_log(tmp_path):
@@ -145,11 +158,19 @@ async def test_agent_runs_against_the_served_tiny_model(plugins, tiny_server, lo
         assert step.answer is not None or step.tool_call is not None or step.parse_error
 
 
-async def test_the_served_model_samples_when_asked_and_is_greedy_at_temperature_0(tiny_server):
+@pytest.fixture(scope="module")
+def transformers_server(tiny_model, tmp_path_factory):
+    """`transformers serve` (serve.backend=transformers: one request at a time) with the tiny model."""
+    cfg = ServeConfig(backend="transformers", model_path=str(tiny_model), port=free_port(), health_timeout_s=240)
+    with start_server(cfg, tmp_path_factory.mktemp("logs")) as server:
+        yield cfg, server
+
+
+async def test_transformers_serve_samples_when_asked_and_is_greedy_at_temperature_0(transformers_server):
     from webdancer.llm import ChatClient
     from webdancer.records import Message
 
-    serve_cfg, server = tiny_server
+    serve_cfg, server = transformers_server
     prompt = [Message("user", "Write one sentence about a city you like.")]
 
     async def replies(temperature):

@@ -40,7 +40,7 @@ class ModelConfig:
     """An OpenAI-compatible chat endpoint; the key is read from the env var named here, never stored."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "webdancer-tiny"  # the `model` value sent (transformers serve: the folder it serves)
+    model: str = "webdancer-tiny"  # the `model` value sent (batched and transformers serve: the folder they serve)
     api_key_env: Optional[str] = None  # the environment variable holding the key (none for local servers)
     timeout_s: float = 120.0
     max_retries: int = 4  # on 408/409/425/429/5xx and connection errors, with jittered backoff
@@ -109,9 +109,10 @@ class WebConfig:
 class ServeConfig:
     """How `webdancer serve` starts a model server (or where an external one is)."""
 
-    # transformers: `transformers serve` on CPU; sglang: `python -m sglang.launch_server` on GPU;
-    # external: an OpenAI-compatible server someone else runs (only health-checked).
-    backend: str = "transformers"
+    # batched: our CPU server over transformers' continuous batching (concurrent requests share each decode
+    # step); transformers: `transformers serve`, one request at a time (per-request seeds); sglang:
+    # `python -m sglang.launch_server` on GPU; external: an OpenAI-compatible server someone else runs.
+    backend: str = "batched"
     model_path: str = ".webdancer/models/smollm2-135m"  # a Hugging Face model folder
     host: str = "127.0.0.1"
     port: int = 8000
@@ -121,6 +122,8 @@ class ServeConfig:
     context_length: int = 8192  # sglang --context-length
     mem_fraction_static: float = 0.85  # sglang --mem-fraction-static
     health_timeout_s: float = 300.0  # how long to wait for the server to become healthy
+    kv_cache_tokens: int = 32768  # batched: KV cache shared by the requests in flight (46 KB a token for the tiny model)
+    max_batch_tokens: int = 512  # batched: tokens in one forward pass (prefill chunks + one per decoding request)
     extra_args: list[str] = field(default_factory=list)  # appended to the server command
 
 

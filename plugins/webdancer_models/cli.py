@@ -65,11 +65,11 @@ def template_cmd(folder: str, install: bool) -> None:
 @click.option("--print-command", is_flag=True, help="Print the server command and exit (e.g. to run it on a GPU host).")
 def serve(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool) -> None:
     """Start the model server of `serve.*` and keep it running until interrupted."""
-    from webdancer_models.serve import served_model_name, sglang_command, start_server, transformers_command
+    from webdancer_models.serve import served_model_name, server_command, sglang_command, start_server
 
     cfg = resolve_config(config_path, overrides)
     if print_command:
-        cmd = sglang_command(cfg.serve) if cfg.serve.backend == "sglang" else transformers_command(cfg.serve)
+        cmd = sglang_command(cfg.serve) if cfg.serve.backend == "sglang" else server_command(cfg.serve)  # `python` of the GPU host
         click.echo(shlex.join(cmd))
         return
     server = start_server(cfg.serve, cfg.run.dir / "logs")

@@ -29,6 +29,29 @@ def transformers_command(cfg: ServeConfig) -> list[str]:
     ]
 
 
+def batched_command(cfg: ServeConfig) -> list[str]:
+    """Our continuous-batching CPU server (webdancer_models.batched_server) on one model folder."""
+    cmd = [
+        sys.executable, "-m", "webdancer_models.batched_server", cfg.model_path, "--host", cfg.host, "--port", str(cfg.port),
+        "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--max-batch-tokens", str(cfg.max_batch_tokens),
+    ]
+    if cfg.served_model_name:
+        cmd += ["--served-model-name", cfg.served_model_name]
+    return cmd + list(cfg.extra_args)
+
+
+LOCAL_BACKENDS = {"batched": batched_command, "transformers": transformers_command}  # CPU servers of a model folder
+
+
+def server_command(cfg: ServeConfig) -> list[str]:
+    """The command that starts `cfg.backend` (not `external`, which webdancer does not start)."""
+    if cfg.backend == "sglang":
+        return sglang_command(cfg, sys.executable)
+    if cfg.backend in LOCAL_BACKENDS:
+        return LOCAL_BACKENDS[cfg.backend](cfg)
+    raise WebdancerError(f"serve.backend '{cfg.backend}' is not one of {', '.join([*LOCAL_BACKENDS, 'sglang', 'external'])}")
+
+
 def sglang_command(cfg: ServeConfig, python: str = "python") -> list[str]:
     """What the reference deploy script runs: `python -m sglang.launch_server` with TP, port, name, length, memory."""
     cmd = [
@@ -160,16 +183,13 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
         return server
     if port_in_use(cfg.host, cfg.port):
         raise WebdancerError(f"port {cfg.port} on {cfg.host} is already in use; stop that server or set serve.port")
+    command = server_command(cfg)
+    if cfg.backend in LOCAL_BACKENDS and not (Path(cfg.model_path) / "config.json").is_file():
+        raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
     if cfg.backend == "transformers":
-        if not (Path(cfg.model_path) / "config.json").is_file():
-            raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
         from webdancer_models.export import sample_when_asked
 
         if sample_when_asked(Path(cfg.model_path)):
             log.info("%s/generation_config.json: do_sample=true so that request temperatures apply (0 stays greedy)", cfg.model_path)
-        command = transformers_command(cfg)
-    elif cfg.backend == "sglang":
-        command = sglang_command(cfg, sys.executable)
-    else:
-        raise WebdancerError(f"serve.backend '{cfg.backend}' is not one of transformers, sglang, external")
-    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log").start(cfg.health_timeout_s)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))}
+    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log", env).start(cfg.health_timeout_s)

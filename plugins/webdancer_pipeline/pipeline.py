@@ -131,7 +131,7 @@ class Pipeline:
 
     def stage_model(self) -> dict[str, Any]:
         serve = self.cfg.serve
-        if serve.backend != "transformers" or (Path(serve.model_path) / "config.json").is_file():
+        if serve.backend not in ("batched", "transformers") or (Path(serve.model_path) / "config.json").is_file():
             return {"model": serve.model_path, "exported": False}
         from webdancer_models.export import export_model
 

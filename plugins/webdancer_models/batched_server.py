@@ -1,0 +1,367 @@
+"""An OpenAI chat-completions server that batches concurrent requests on the CPU (`serve.backend: batched`).
+
+Generation is transformers' continuous batching engine (paged attention, one forward pass for every
+request in flight): at 8 concurrent clients a 135M model on two cores decodes several times the tokens
+of one stream, because each decode step reads the weights once for the whole batch. `transformers serve
+--continuous-batching` runs the same engine but fixes the sampling settings of the first request for the
+server's lifetime and ignores `stop`; this server keeps every request's own `temperature`, `top_p`,
+`max_tokens` and `stop` (the agent stops at `<tool_response>`), so its answers are what any OpenAI server
+would give. Temperature 0 is exact greedy decoding (top-k 1 on the same logits).
+
+Run: `python -m webdancer_models.batched_server MODEL_DIR --port 8000` (what `webdancer serve` starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
+
+log = logging.getLogger("webdancer.batched_server")
+
+# Request fields this server honours; the other OpenAI fields clients commonly send are accepted and
+# have no effect on a local model (user, metadata ...). Fields that would change the answer and that it
+# cannot honour are refused with a 400 naming them, never silently dropped.
+REFUSED = {
+    "n": "one choice per request (send the request n times)",
+    "seed": "a per-request seed (batched sampling depends on the batch; use temperature 0 for reproducible output, or serve.backend=transformers)",
+    "logprobs": "log probabilities",
+    "top_logprobs": "log probabilities",
+    "stream": "streaming (send stream=false)",
+    "tools": "OpenAI tool definitions (the agent writes tool calls as text in its turns)",
+    "response_format": "structured output",
+    "logit_bias": "logit biases",
+    "frequency_penalty": "penalties",
+    "presence_penalty": "penalties",
+}
+DEFAULTS_OFF = {"n": 1, "stream": False, "logprobs": False, "frequency_penalty": 0, "presence_penalty": 0}
+
+
+class BadRequest(ValueError):
+    """A request this server answers with HTTP 400 and this message."""
+
+
+@dataclass
+class Sampling:
+    """One request's decoding settings, as the engine's per-request logits processors take them."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str] = field(default_factory=list)
+
+    @property
+    def processor_kwargs(self) -> dict[str, Any]:
+        if self.temperature <= 0:
+            # Greedy: logits / 1e-30 leave one token with probability 1 after the softmax (any other is at least a
+            # float32 step below it, i.e. >= 1e24 below after scaling, and exp of that is exactly 0).
+            return {"temperature": GREEDY_TEMPERATURE, "top_p": 1.0}
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p)}
+
+
+GREEDY_TEMPERATURE = 1e-30
+
+
+def install_fast_top_p() -> bool:
+    """Replace the engine's per-request top-p (a full vocabulary sort of every row at every step, ~25 % of a
+    decode step at batch 8 on two cores) with one that skips rows at top_p 1 (greedy requests included) and
+    finds the nucleus among the 256 most likely tokens, sorting the whole row only when the nucleus is larger.
+    Same tokens kept. Returns False (and the stock processor stays) when this transformers lays things out
+    differently."""
+    try:
+        import torch
+        from transformers.generation.continuous_batching import cb_logits_processors as cbl
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        stock = cbl.CLASSIC_TO_CB_PROCESSORS_MAP[TopPLogitsWarper]
+    except (ImportError, AttributeError, KeyError):
+        return False
+
+    class FastTopP(stock):  # type: ignore[misc, valid-type]
+        def __call__(self, scores: "torch.Tensor", tensor_arg: "torch.Tensor") -> "torch.Tensor":
+            top_p = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
+            rows = (top_p < 1.0).nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                return scores
+            sub, p = scores[rows], top_p[rows].unsqueeze(-1)
+            values, index = sub.topk(min(256, sub.size(-1)), dim=-1)  # descending
+            probs = (values - torch.logsumexp(sub, dim=-1, keepdim=True)).exp()
+            before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+            keep = before < p
+            keep[..., : self.min_tokens_to_keep] = True
+            covered = (before[..., -1] + probs[..., -1]) >= p.squeeze(-1)  # the nucleus ends inside the top 256
+            out = torch.full_like(sub, self.filter_value).scatter(-1, index, values.masked_fill(~keep, self.filter_value))
+            if not bool(covered.all()):
+                wide = (~covered).nonzero().squeeze(-1)
+                out[wide] = super().__call__(sub[wide], tensor_arg[rows[wide]].view(dtype=torch.int32))
+            scores = scores.clone()
+            scores[rows] = out
+            return scores
+
+    cbl.CLASSIC_TO_CB_PROCESSORS_MAP[TopPLogitsWarper] = FastTopP
+    return True
+
+
+def parse_request(body: Any, default_max_tokens: int) -> tuple[list[dict[str, Any]], Sampling, dict[str, Any]]:
+    """(messages, sampling, chat template kwargs) of a chat-completions body, or BadRequest naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise BadRequest("'messages' must be a non-empty list of {role, content} objects")
+    for key, what in REFUSED.items():
+        if key in body and body[key] not in (None, DEFAULTS_OFF.get(key, None)):
+            raise BadRequest(f"'{key}': this server does not support {what}")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = default_max_tokens if max_tokens is None else max_tokens
+    temperature = 1.0 if body.get("temperature") is None else body["temperature"]
+    top_p = 1.0 if body.get("top_p") is None else body["top_p"]
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest(f"'max_tokens' must be a positive integer, not {max_tokens!r}")
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise BadRequest(f"'temperature' must be a number >= 0, not {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise BadRequest(f"'top_p' must be in (0, 1], not {top_p!r}")
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("'stop' must be a string or a list of non-empty strings")
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise BadRequest("'chat_template_kwargs' must be an object")
+    return messages, Sampling(max_tokens, float(temperature), float(top_p), stop), kwargs
+
+
+def first_stop(text: str, stops: list[str]) -> Optional[int]:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def install_per_request_attention() -> bool:
+    """Make the engine's SDPA attention work request by request. On a CPU (no flash-attention varlen kernel)
+    the engine packs every request in flight into one sequence and masks the cross-request blocks, so each
+    token attends over the keys of *all* requests: 8 agents with 2,000-token contexts cost 8x the attention
+    of each alone, and 4 concurrent long prompts took longer than running them one after another. Slicing
+    the same mask per request gives the same result for a fraction of the work. False when this transformers
+    passes attention differently (the stock function stays)."""
+    try:
+        import torch
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return False
+
+    def per_request_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+        cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+        if isinstance(cu_k, dict) and len(cu_k) == 1:
+            cu_k = next(iter(cu_k.values()))
+        packed = (torch.is_tensor(cu_q) and torch.is_tensor(cu_k) and query.shape[0] == 1 and cu_q.numel() > 2 and torch.is_tensor(attention_mask)
+                  and int(cu_q[-1]) == query.shape[2] and int(cu_k[-1]) == key.shape[2])
+        if not packed:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
+        parts = [
+            sdpa_attention_forward(module, query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], attention_mask[..., q0:q1, k0:k1], **kwargs)[0]
+            for q0, q1, k0, k1 in zip(bounds_q, bounds_q[1:], bounds_k, bounds_k[1:])
+        ]
+        return torch.cat(parts, dim=1), None
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = per_request_sdpa
+    return True
+
+
+class BatchedGenerator:
+    """Owns the model and the continuous batching engine; `generate` is called from the event loop."""
+
+    def __init__(self, model_dir: Path, max_batch_tokens: int, num_blocks: int, block_size: int, seed: Optional[int], threads: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+        if not hasattr(self.model, "init_continuous_batching"):
+            import transformers
+
+            raise SystemExit(f"transformers {transformers.__version__} has no continuous batching: pip install 'transformers>=5.0', "
+                             "or set serve.backend=transformers (one request at a time)")
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end, int) and end != self.tokenizer.unk_token_id and end not in eos:
+            eos.append(end)
+        self.eos = eos or [self.tokenizer.eos_token_id]
+        # Every per-request processor must exist when the engine starts (values here are only defaults).
+        if not install_per_request_attention():
+            log.warning("this transformers has no SDPA attention to split per request; concurrent long prompts will be slow")
+        if not install_fast_top_p():
+            log.warning("this transformers has no per-request top-p hook to speed up; using its own (slower) top-p")
+        gen = GenerationConfig(do_sample=True, temperature=0.5, top_k=None, top_p=0.99, max_new_tokens=256, eos_token_id=self.eos,
+                               pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0])
+        cb = ContinuousBatchingConfig(page_size=block_size, num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,
+                                      per_request_processors=True, seed=seed, allow_block_sharing=True)
+        self.max_tokens_in_cache = num_blocks * block_size
+        self.manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+        self.manager.start()
+
+    def prompt_ids(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> list[int]:
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)
+        except Exception as exc:  # a template error is the request's fault (a role the template refuses ...)
+            raise BadRequest(f"the chat template could not render these messages: {exc}") from None
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def alive_error(self) -> Optional[str]:
+        error = self.manager.background_thread_status.fatal_error
+        return None if error is None else str(error)
+
+    async def generate(self, prompt: list[int], sampling: Sampling) -> tuple[str, list[int], str]:
+        """(text, generated token ids, finish reason). Stop strings cancel the request in the engine as soon
+        as they appear, so no compute is spent past them."""
+        if len(prompt) + sampling.max_new_tokens > self.max_tokens_in_cache:
+            raise BadRequest(f"prompt ({len(prompt)} tokens) + max_tokens ({sampling.max_new_tokens}) exceed the KV cache of "
+                             f"{self.max_tokens_in_cache} tokens (start the server with a larger --kv-cache-tokens)")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        request_id = f"req-{uuid.uuid4().hex}"
+        window = max((len(s) for s in sampling.stop), default=0) + 2  # tokens that can hold any stop string (>= 1 char each)
+        scanned = [0]
+
+        def on_output(output: Any) -> None:
+            if done.done():
+                return
+            if output.error is not None:
+                done.set_exception(RuntimeError(output.error))
+                return
+            tokens = list(output.generated_tokens)
+            if sampling.stop and len(tokens) > scanned[0]:
+                tail = self.tokenizer.decode(tokens[max(0, scanned[0] - window):], skip_special_tokens=True)
+                scanned[0] = len(tokens)
+                if first_stop(tail, sampling.stop) is not None:
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                    cut = first_stop(text, sampling.stop)
+                    self._forget(request_id, cancel=not output.is_finished())
+                    done.set_result((text[:cut], tokens, "stop"))
+                    return
+            if output.is_finished():
+                reason = "length" if len(tokens) >= sampling.max_new_tokens and (not tokens or tokens[-1] not in self.eos) else "stop"
+                done.set_result((self.tokenizer.decode(tokens, skip_special_tokens=True), tokens, reason))
+
+        self.manager.register_result_handler(request_id, on_output)
+        self.manager.add_request(prompt, request_id=request_id, max_new_tokens=sampling.max_new_tokens, streaming=bool(sampling.stop),
+                                 eos_token_id=self.eos, **sampling.processor_kwargs)
+        try:
+            return await done
+        except asyncio.CancelledError:  # the client went away: free its slot in the batch
+            self._forget(request_id, cancel=True)
+            raise
+
+    def _forget(self, request_id: str, cancel: bool) -> None:
+        if cancel:
+            self.manager.cancel_request(request_id)
+        router = self.manager.output_router  # a cancelled request gets no final output that would drop its handler
+        with router._lock:
+            router.result_handlers.pop(request_id, None)
+
+    def stop(self) -> None:
+        self.manager.stop(block=True, timeout=5)
+
+
+def build_app(generator: BatchedGenerator, served_names: set[str], default_max_tokens: int) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    created = int(time.time())
+    name = sorted(served_names)[0]
+    folders = {Path(n).resolve() for n in served_names if Path(n).is_dir()}
+
+    def serves(model: Any) -> bool:
+        """The served name, or the model folder written any way (relative, absolute)."""
+        return model is None or model in served_names or (isinstance(model, str) and Path(model).resolve() in folders)
+
+    def error(status: int, message: str, kind: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    async def health(_: Request) -> JSONResponse:
+        problem = generator.alive_error()
+        return error(503, f"the generation engine stopped: {problem}", "server_error") if problem else JSONResponse({"status": "ok"})
+
+    async def models(_: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "webdancer"} for n in sorted(served_names)]})
+
+    async def chat(request: Request) -> JSONResponse:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error(400, "the body is not JSON", "invalid_request_error")
+        if isinstance(body, dict) and not serves(body.get("model")):
+            return error(404, f"model {body.get('model')!r} is not served here; this server serves {name!r}", "invalid_request_error")
+        if (problem := generator.alive_error()) is not None:
+            return error(503, f"the generation engine stopped: {problem}", "server_error")
+        try:
+            messages, sampling, template_kwargs = parse_request(body, default_max_tokens)
+            prompt = generator.prompt_ids(messages, template_kwargs)
+            text, tokens, reason = await generator.generate(prompt, sampling)
+        except BadRequest as exc:
+            return error(400, str(exc), "invalid_request_error")
+        except RuntimeError as exc:
+            return error(503 if generator.alive_error() else 500, f"generation failed: {exc}", "server_error")
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(tokens), "total_tokens": len(prompt) + len(tokens)},
+        })
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        generator.stop()
+
+    return Starlette(routes=[
+        Route("/health", health), Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"]),
+    ], lifespan=lifespan)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m webdancer_models.batched_server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", type=Path, help="a Hugging Face model folder (webdancer model export ...)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default="", help="the `model` clients send (the folder path is always accepted)")
+    parser.add_argument("--max-batch-tokens", type=int, default=512, help="tokens in one forward pass (prefill chunks + one per decoding request)")
+    parser.add_argument("--kv-cache-tokens", type=int, default=32768, help="KV cache shared by all requests in flight, in tokens (46 KB each for SmolLM2-135M)")
+    parser.add_argument("--block-size", type=int, default=64, help="tokens per KV cache block")
+    parser.add_argument("--default-max-tokens", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the engine's sampler (the whole server, not one request)")
+    args = parser.parse_args(argv)
+    if not (args.model_dir / "config.json").is_file():
+        parser.error(f"{args.model_dir} is not a Hugging Face model folder (no config.json)")
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    generator = BatchedGenerator(args.model_dir, args.max_batch_tokens, -(-args.kv_cache_tokens // args.block_size), args.block_size, args.seed, args.threads)
+    names = {str(args.model_dir), args.served_model_name} - {""}
+    log.info("serving %s on http://%s:%d/v1 (continuous batching, KV cache %d tokens)", args.model_dir, args.host, args.port, generator.max_tokens_in_cache)
+    uvicorn.run(build_app(generator, names, args.default_max_tokens), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

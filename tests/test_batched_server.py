@@ -1,0 +1,111 @@
+"""The default CPU model server (`serve.backend: batched`): concurrent requests share decode steps, and every
+request keeps its own temperature, top_p, max_tokens and stop strings, as any OpenAI server would."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+from webdancer_models.batched_server import GREEDY_TEMPERATURE, BadRequest, Sampling, first_stop, install_fast_top_p, parse_request
+from webdancer_models.serve import served_model_name
+
+from webdancer.config import ModelConfig
+from webdancer.errors import ModelError
+from webdancer.llm import ChatClient
+from webdancer.records import Message
+
+LONG = "Summarize this log: " + " ".join(f"step {i} visited page {i * 7} and found nothing new;" for i in range(80))  # > max_batch_tokens
+PROMPTS = ["What is FOLDOC?", "Who invented Python?", LONG, "Name three prime numbers.", LONG.replace("nothing", "a date"), "Explain TCP in one sentence."]
+
+
+def test_requests_are_parsed_with_their_own_settings_and_unsupported_fields_refused():
+    messages, sampling, kwargs = parse_request({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 7, "temperature": 0,
+                                               "top_p": 0.5, "stop": "<tool_response>", "n": 1, "stream": False, "user": "me"}, 99)
+    assert sampling == Sampling(7, 0.0, 0.5, ["<tool_response>"]) and kwargs == {}
+    assert sampling.processor_kwargs == {"temperature": GREEDY_TEMPERATURE, "top_p": 1.0}  # greedy ignores top_p
+    assert Sampling(5, 0.7, 0.9).processor_kwargs == {"temperature": 0.7, "top_p": 0.9}
+    assert parse_request({"messages": [{"role": "user", "content": "x"}]}, 99)[1].max_new_tokens == 99
+    for body, field in [({"seed": 1}, "'seed'"), ({"n": 2}, "'n'"), ({"stream": True}, "'stream'"), ({"logprobs": True}, "'logprobs'"),
+                        ({"max_tokens": 0}, "'max_tokens'"), ({"temperature": -1}, "'temperature'"), ({"top_p": 0}, "'top_p'"),
+                        ({"stop": [""]}, "'stop'"), ({"messages": []}, "'messages'")]:
+        with pytest.raises(BadRequest, match=field):
+            parse_request({"messages": [{"role": "user", "content": "x"}], **body}, 99)
+    assert first_stop("abc<tool_response>x</tool_response>", ["</tool_response>", "<tool_response>"]) == 3
+    assert first_stop("abc", ["z"]) is None
+
+
+def test_the_fast_top_p_keeps_the_same_tokens_as_transformers_own():
+    from transformers.generation.continuous_batching import cb_logits_processors as cbl
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    stock = cbl.CLASSIC_TO_CB_PROCESSORS_MAP[TopPLogitsWarper]
+    assert install_fast_top_p()
+    fast_cls = cbl.CLASSIC_TO_CB_PROCESSORS_MAP[TopPLogitsWarper]
+    base = TopPLogitsWarper(0.9)
+    stock_p, fast_p = stock(base), fast_cls(base)
+    torch.manual_seed(0)
+    peaked, flat = torch.randn(3, 5000) * 8, torch.randn(3, 5000) * 0.1  # nucleus inside the top 256 / far wider
+    scores = torch.cat([peaked, flat])
+    top_p = torch.tensor([0.9, 0.5, 1.0, 0.95, 0.3, 1.0], dtype=torch.float32)
+    arg = top_p.view(dtype=torch.int32)
+    want, got = stock_p(scores.clone(), arg), fast_p(scores.clone(), arg)
+    assert torch.equal(torch.isinf(want), torch.isinf(got))  # the same tokens survive in every row
+    assert torch.equal(got[~torch.isinf(got)], scores[~torch.isinf(got)])  # and keep their scores
+    assert not torch.isinf(got[2]).any() and not torch.isinf(got[5]).any()  # top_p 1 rows untouched
+
+
+def chat_config(serve_cfg, server, **kw) -> ModelConfig:
+    return ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_retries=0, **{"top_p": 1.0, "stop": [], **kw})
+
+
+async def test_batched_greedy_replies_are_what_generate_gives_one_prompt_at_a_time(tiny_server, tiny_model):
+    """Long prompts are prefilled in chunks beside other requests' decoding: still token for token the same."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    serve_cfg, server = tiny_server
+    async with ChatClient(chat_config(serve_cfg, server, temperature=0.0, max_tokens=32)) as client:
+        replies = await asyncio.gather(*(client.chat([Message("user", p)]) for p in PROMPTS))  # in flight together
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    for prompt, reply in zip(PROMPTS, replies):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=32, do_sample=False)
+        assert reply.text == tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True), prompt
+        assert reply.usage.completion_tokens == out.shape[1] - ids["input_ids"].shape[1]
+
+
+async def test_each_request_keeps_its_temperature_and_stop_strings_while_batched_with_others(tiny_server):
+    serve_cfg, server = tiny_server
+    prompt = [Message("user", "Write one sentence about a city you like.")]
+    async with ChatClient(chat_config(serve_cfg, server, max_tokens=24)) as client:
+        mixed = await asyncio.gather(*(client.chat(prompt, temperature=t) for t in [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
+        greedy, sampled = {r.text for r in mixed[0::2]}, [r.text for r in mixed[1::2]]
+        assert len(greedy) == 1 and len(set(sampled)) > 1  # greedy rows stay greedy beside sampled ones, and vice versa
+        full = mixed[0].text
+        word = full.split()[3]
+        cut = await client.chat(prompt, temperature=0.0, stop=[word, "never-appears"])
+    assert cut.text == full[: full.index(word)] and cut.finish_reason == "stop"
+    assert cut.usage.completion_tokens < mixed[0].usage.completion_tokens  # generation stopped there, not at max_tokens
+
+
+async def test_bad_requests_get_clear_http_errors_and_the_server_keeps_serving(tiny_server):
+    serve_cfg, server = tiny_server
+    url = server.base_url + "/chat/completions"
+    msg = [{"role": "user", "content": "hi"}]
+    async with httpx.AsyncClient(timeout=120) as http:
+        seeded = await http.post(url, json={"model": served_model_name(serve_cfg), "messages": msg, "seed": 3})
+        assert seeded.status_code == 400 and "'seed'" in seeded.json()["error"]["message"]
+        other = await http.post(url, json={"model": "gpt-4o", "messages": msg})
+        assert other.status_code == 404 and "gpt-4o" in other.json()["error"]["message"]
+        huge = await http.post(url, json={"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8})
+        assert huge.status_code == 400 and "--kv-cache-tokens" in huge.json()["error"]["message"]
+        assert (await http.post(url, content=b"{not json")).status_code == 400
+        models = (await http.get(server.base_url + "/models")).json()["data"]
+        assert served_model_name(serve_cfg) in [m["id"] for m in models]
+    with pytest.raises(ModelError, match="'seed'"):  # a 400 is not retried and names the field
+        async with ChatClient(chat_config(serve_cfg, server, max_tokens=4, extra_body={"seed": 1})) as client:
+            await client.chat([Message("user", "hi")])
+    async with ChatClient(chat_config(serve_cfg, server, temperature=0.0, max_tokens=4)) as client:
+        assert (await client.chat([Message("user", "hi")])).usage.completion_tokens > 0

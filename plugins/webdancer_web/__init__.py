@@ -17,18 +17,22 @@ def register_tools(register):
 
 @hookimpl
 def register_search_backends(register):
+    from webdancer_web.corpus import CorpusSearch
     from webdancer_web.search import LocalSearch, SerperSearch
 
     register(LocalSearch)
     register(SerperSearch)
+    register(CorpusSearch)
 
 
 @hookimpl
 def register_page_readers(register):
+    from webdancer_web.corpus import CorpusReader
     from webdancer_web.readers import JinaReader, LocalReader
 
     register(LocalReader)
     register(JinaReader)
+    register(CorpusReader)
 
 
 @hookimpl

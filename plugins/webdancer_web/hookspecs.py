@@ -7,7 +7,7 @@ from webdancer.hookspecs import hookspec
 def register_search_backends(register):
     """Register search backends (subclasses of `webdancer_web.search.SearchBackend`) for the `search` tool.
 
-    Selected by `tools.search.backend`; first-party: `local` (BM25 over the local web), `serper`.
+    Selected by `tools.search.backend`; first-party: `local` (BM25 over the local web), `serper`, `corpus` (a user's JSONL/parquet corpus).
     """
 
 
@@ -15,5 +15,5 @@ def register_search_backends(register):
 def register_page_readers(register):
     """Register page readers (subclasses of `webdancer_web.readers.PageReader`) for the `visit` tool.
 
-    A reader turns a URL into page text; selected by `tools.visit.reader`; first-party: `local`, `jina`.
+    A reader turns a URL into page text; selected by `tools.visit.reader`; first-party: `local`, `jina`, `corpus`.
     """

@@ -29,6 +29,9 @@ class SearchConfig:
     top_k: int = 10
     # local: the folder `webdancer web build` wrote.
     web_root: str = ".webdancer/web"
+    # corpus: a JSONL or parquet file of {id, title, text, url} (webdancer_web.corpus), indexed on first use here.
+    corpus: str = ""
+    corpus_index_dir: str = ".webdancer/corpus-index"
     # serper: endpoint and the env vars holding the key (the reference release used GOOGLE_SEARCH_KEY).
     serper_url: str = "https://google.serper.dev/search"
     api_key_env: list[str] = field(default_factory=lambda: ["SERPER_API_KEY", "GOOGLE_SEARCH_KEY"])
@@ -150,7 +153,7 @@ class SearchTool(Tool):
         "required": ["query"],
     }
     Config = SearchConfig
-    volatile_options = frozenset({"web_root"})  # where this machine keeps the index, not what it holds
+    volatile_options = frozenset({"web_root", "corpus_index_dir"})  # where this machine keeps the index, not what it holds
 
     def __init__(self, config: Optional[SearchConfig] = None, plugins: Any = None):
         super().__init__(config)

@@ -25,6 +25,9 @@ from webdancer_web.search import SEPARATOR
 @dataclass
 class VisitConfig:
     reader: str = "local"
+    # corpus: the documents of this JSONL or parquet file of {id, title, text, url}, by url (webdancer_web.corpus).
+    corpus: str = ""
+    corpus_index_dir: str = ".webdancer/corpus-index"
     # host:port of the local sites that may be fetched even though they are on loopback.
     local_sites: list[str] = field(default_factory=lambda: ["127.0.0.1:8765"])
     timeout_s: float = 20.0
@@ -60,7 +63,7 @@ class VisitTool(Tool):
         "required": ["url", "goal"],
     }
     Config = VisitConfig
-    volatile_options = frozenset({"user_agent"})
+    volatile_options = frozenset({"user_agent", "corpus_index_dir"})
 
     def __init__(self, config: Optional[VisitConfig] = None, plugins: Any = None):
         super().__init__(config)

@@ -10,6 +10,7 @@ record-path overhead < 5 % of a local search call; hit p50 well under the call i
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -87,4 +88,5 @@ async def main_async() -> list[Row]:
 
 
 if __name__ == "__main__":
+    os.chdir(Path(__file__).resolve().parents[1])  # the default config's paths (.webdancer/web) are relative to the repository
     emit(asyncio.run(main_async()))

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from webdancer_web.corpus import CorpusError, load_corpus
+from webdancer_web.corpus import CorpusError, _open, load_corpus
 
 from webdancer.records import ToolCall
 from webdancer.tools import ToolBox
@@ -57,18 +57,19 @@ async def test_the_agent_searches_and_visits_a_users_corpus(tmp_path, kind):
         missing = (await tools.run(ToolCall("visit", {"url": ["https://wiki.example/Nowhere"], "goal": "x"}))).content
         assert "not in the corpus" in missing  # an observation, not a crash
     assert len(list((tmp_path / "index").iterdir())) == 1  # search and visit share one index
+    assert tools.tools["search"].backend.corpus is tools.tools["visit"].reader.corpus  # loaded once
 
 
 def test_the_index_is_built_once_and_again_when_the_corpus_changes(tmp_path):
     corpus = write_jsonl(tmp_path / "wiki.jsonl", records())
     first = load_corpus(corpus, str(tmp_path / "index"), "tools.search.corpus")
     built = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "index").iterdir()}
-    load_corpus.cache_clear()
+    _open.cache_clear()  # read it from disk again
     again = load_corpus(corpus, str(tmp_path / "index"), "tools.search.corpus")
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "index").iterdir()} == built and len(again) == len(first) == 9
     write_jsonl(tmp_path / "wiki.jsonl", records()[:3])
     os.utime(tmp_path / "wiki.jsonl", ns=(1, 1))  # a different mtime even within one clock tick
-    load_corpus.cache_clear()
+    _open.cache_clear()  # read it from disk again
     assert len(load_corpus(corpus, str(tmp_path / "index"), "tools.search.corpus")) == 3
     assert len(list((tmp_path / "index").iterdir())) == 2 and not list((tmp_path / "index").glob("*.tmp-*"))
 

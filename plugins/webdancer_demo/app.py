@@ -37,7 +37,9 @@ def choose_model(cfg: WebdancerConfig) -> tuple[WebdancerConfig, str]:
         return cfg, f"{base} ({cfg.serve.model_path if cfg.demo.serve_model else cfg.model.model})"
     path, label = found
     serve = replace(cfg.serve, model_path=str(path))
-    model = replace(cfg.model, model=str(path)) if cfg.serve.backend in ("batched", "transformers") else cfg.model
+    from webdancer_models.serve import LOCAL_BACKENDS
+
+    model = replace(cfg.model, model=str(path)) if cfg.serve.backend in LOCAL_BACKENDS else cfg.model
     return replace(cfg, serve=serve, model=model), f"{label} ({path})"
 
 

@@ -6,7 +6,7 @@ of one stream, because each decode step reads the weights once for the whole bat
 --continuous-batching` runs the same engine but fixes the sampling settings of the first request for the
 server's lifetime and ignores `stop`; this server keeps every request's own `temperature`, `top_p`,
 `max_tokens` and `stop` (the agent stops at `<tool_response>`), so its answers are what any OpenAI server
-would give. Temperature 0 is exact greedy decoding (top-k 1 on the same logits).
+would give. Temperature 0 is exact greedy decoding (the same logits scaled so one token has probability 1).
 
 Run: `python -m webdancer_models.batched_server MODEL_DIR --port 8000` (what `webdancer serve` starts).
 """
@@ -83,8 +83,12 @@ def install_fast_top_p() -> bool:
         stock = cbl.CLASSIC_TO_CB_PROCESSORS_MAP[TopPLogitsWarper]
     except (ImportError, AttributeError, KeyError):
         return False
+    if getattr(stock, "webdancer_fast", False):  # installed already (a second generator in this process)
+        return True
 
     class FastTopP(stock):  # type: ignore[misc, valid-type]
+        webdancer_fast = True
+
         def __call__(self, scores: "torch.Tensor", tensor_arg: "torch.Tensor") -> "torch.Tensor":
             top_p = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
             rows = (top_p < 1.0).nonzero().squeeze(-1)
@@ -201,11 +205,11 @@ class BatchedGenerator:
         if isinstance(end, int) and end != self.tokenizer.unk_token_id and end not in eos:
             eos.append(end)
         self.eos = eos or [self.tokenizer.eos_token_id]
-        # Every per-request processor must exist when the engine starts (values here are only defaults).
         if not install_per_request_attention():
             log.warning("this transformers has no SDPA attention to split per request; concurrent long prompts will be slow")
         if not install_fast_top_p():
             log.warning("this transformers has no per-request top-p hook to speed up; using its own (slower) top-p")
+        # Every per-request processor must exist when the engine starts (values here are only defaults).
         gen = GenerationConfig(do_sample=True, temperature=0.5, top_k=None, top_p=0.99, max_new_tokens=256, eos_token_id=self.eos,
                                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0])
         cb = ContinuousBatchingConfig(page_size=block_size, num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,

@@ -191,5 +191,4 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
 
         if sample_when_asked(Path(cfg.model_path)):
             log.info("%s/generation_config.json: do_sample=true so that request temperatures apply (0 stays greedy)", cfg.model_path)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))}
-    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log", env).start(cfg.health_timeout_s)
+    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log").start(cfg.health_timeout_s)

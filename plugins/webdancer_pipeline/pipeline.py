@@ -130,8 +130,10 @@ class Pipeline:
         return {"pages": stats.pages, "built": True, "pages_per_s": round(stats.pages_per_s)}
 
     def stage_model(self) -> dict[str, Any]:
+        from webdancer_models.serve import LOCAL_BACKENDS
+
         serve = self.cfg.serve
-        if serve.backend not in ("batched", "transformers") or (Path(serve.model_path) / "config.json").is_file():
+        if serve.backend not in LOCAL_BACKENDS or (Path(serve.model_path) / "config.json").is_file():
             return {"model": serve.model_path, "exported": False}
         from webdancer_models.export import export_model
 

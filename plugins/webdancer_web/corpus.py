@@ -22,7 +22,7 @@ import numpy as np
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
-from webdancer_web.index import Hit, best_snippet, tokenize
+from webdancer_web.index import Hit, best_snippet, build_index, retrieve
 from webdancer_web.readers import FetchError, PageContent, PageReader
 from webdancer_web.search import SearchBackend, SearchConfig
 
@@ -63,8 +63,13 @@ def _records(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
             offset += len(raw)
 
 
+def _unit(path: Path) -> str:
+    """What a record's number counts in `path`: rows of a parquet file, lines of a JSONL file."""
+    return "row" if path.suffix == ".parquet" else "line"
+
+
 def _check(path: Path, number: int, record: Any) -> tuple[str, str, str, str]:
-    where = f"{path}, {'row' if path.suffix == '.parquet' else 'line'} {number}"
+    where = f"{path}, {_unit(path)} {number}"
     if not isinstance(record, dict):
         raise CorpusError(f"{where}: a record must be an object with {', '.join(REQUIRED)} (and url)")
     missing = [f for f in REQUIRED if record.get(f) is None]
@@ -109,12 +114,7 @@ class Corpus:
         return json.loads(os.pread(self._fd, end - start, start))["text"]
 
     def search(self, query: str, k: int) -> list[Hit]:
-        tokens = tokenize([query])
-        if not tokens.vocab or not any(len(ids) for ids in tokens.ids):
-            return []
-        results, scores = self.retriever.retrieve(tokens, k=min(k, len(self)), show_progress=False, n_threads=1)
-        return [Hit(self.urls[int(d)], self.titles[int(d)], best_snippet(self.text(int(d)), query), float(np.round(s, 4)))
-                for d, s in zip(results[0], scores[0]) if s > 0]
+        return [Hit(self.urls[d], self.titles[d], best_snippet(self.text(d), query), score) for d, score in retrieve(self.retriever, query, k, len(self))]
 
     def find(self, url: str) -> Optional[int]:
         return self.by_url.get(url)
@@ -131,9 +131,9 @@ def build(path: Path, folder: Path) -> None:
     ids: dict[str, int] = {}
     urls: dict[str, int] = {}
     titles, url_list, offsets, texts = [], [], [], []
+    kind = _unit(path)
     for number, offset, record in _records(path):
         doc_id, title, text, url = _check(path, number, record)
-        kind = "row" if path.suffix == ".parquet" else "line"
         if doc_id in ids:
             raise CorpusError(f"{path}, {kind} {number}: duplicate id {doc_id!r} (first at {kind} {ids[doc_id]}); ids must be unique")
         if url in urls:
@@ -146,14 +146,10 @@ def build(path: Path, folder: Path) -> None:
             offsets.append(offset)
     if not ids:
         raise CorpusError(f"{path}: no records; a corpus is JSONL or parquet of {{id, title, text, url}}")
-    import bm25s
-
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    retriever = bm25s.BM25()
-    retriever.index(tokenize(texts), show_progress=False)
-    retriever.save(str(tmp / "bm25"))
+    build_index(texts, tmp / "bm25")
     if offsets:
         np.save(tmp / "offsets.npy", np.array(offsets + [path.stat().st_size], dtype=np.int64))  # record i: [i, i+1)
     atomic_write_text(tmp / "docs.json", json.dumps({"corpus": str(path.resolve()), "ids": list(ids), "titles": titles, "urls": url_list}))
@@ -163,9 +159,9 @@ def build(path: Path, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=4)
 def load_corpus(corpus: str, index_dir: str, option: str) -> Corpus:
-    """The corpus at `corpus`, indexed under `index_dir` (built on first use); `option` names the setting in errors."""
+    """The corpus at `corpus`, indexed under `index_dir` (built on first use); `option` names the setting in errors.
+    `search` and `visit` of one run share one loaded corpus."""
     if not corpus:
         raise CorpusError(f"{option} is empty: set it to a JSONL or parquet file of {{id, title, text, url}} records")
     path = Path(corpus)
@@ -173,7 +169,12 @@ def load_corpus(corpus: str, index_dir: str, option: str) -> Corpus:
         raise CorpusError(f"{option}: no corpus file at {path}")
     if path.suffix not in (".jsonl", ".parquet"):
         raise CorpusError(f"{option}: {path} must be a .jsonl or .parquet file of {{id, title, text, url}} records")
-    folder = index_folder(path, Path(index_dir))
+    return _open(path.resolve(), index_folder(path, Path(index_dir)).resolve())
+
+
+@functools.lru_cache(maxsize=4)
+def _open(path: Path, folder: Path) -> Corpus:
+    """Load (building first when needed) the index in `folder`; cached by folder, which changes when the file does."""
     if not (folder / "docs.json").is_file():
         log.info("indexing the corpus %s into %s", path, folder)
         build(path, folder)

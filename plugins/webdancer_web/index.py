@@ -36,6 +36,15 @@ def build_index(docs: Sequence[str], out_dir: Path) -> None:
     retriever.save(str(out_dir))
 
 
+def retrieve(retriever: "bm25s.BM25", query: str, k: int, n_docs: int) -> list[tuple[int, float]]:
+    """(document number, score) of the best `k` documents with a positive score; none for a query of stopwords only."""
+    tokens = tokenize([query])
+    if not tokens.vocab or not any(len(ids) for ids in tokens.ids):
+        return []
+    results, scores = retriever.retrieve(tokens, k=min(k, n_docs), show_progress=False, n_threads=1)
+    return [(int(doc), float(np.round(score, 4))) for doc, score in zip(results[0], scores[0]) if score > 0]
+
+
 def best_snippet(text: str, query: str, width: int = 240, lowered: str | None = None) -> str:
     """The window of `text` around the spot where most query words meet; the page opening as a fallback.
 
@@ -90,18 +99,10 @@ class LocalIndex:
         self._lowered: dict[int, str] = {}
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
-        tokens = tokenize([query])
-        if not tokens.vocab or not any(len(ids) for ids in tokens.ids):
-            return []
-        k = min(k, len(self.urls))
-        results, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
         hits = []
-        for doc, score in zip(results[0], scores[0]):
-            if score <= 0:
-                continue
-            doc = int(doc)
+        for doc, score in retrieve(self.retriever, query, k, len(self.urls)):
             low = self._lowered.get(doc)
             if low is None:
                 low = self._lowered[doc] = self.texts[doc].lower()
-            hits.append(Hit(self.urls[doc], self.titles[doc], best_snippet(self.texts[doc], query, lowered=low), float(np.round(score, 4))))
+            hits.append(Hit(self.urls[doc], self.titles[doc], best_snippet(self.texts[doc], query, lowered=low), score))
         return hits

@@ -4,6 +4,14 @@
 # pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_disk.sh
+tmp=$(dirname "$(mktemp -u)")
+if [ "$(df -Pk . | awk 'NR == 2 { print $1 }')" = "$(df -Pk "$tmp" | awk 'NR == 2 { print $1 }')" ]; then
+  need_disk $(( $(setup_gb) + 4 )) . "setting up and running the tests"  # 4 GiB: checkpoints the SFT/RL tests write
+else
+  need_disk "$(setup_gb)" . "setting up the environments"
+  need_disk 4 "$tmp" "the tests (SFT and RL checkpoints under pytest's temporary folders)"
+fi
 bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 bash scripts/setup_sft.sh || { echo "SFT environment setup failed" >&2; exit 1; }
 bash scripts/setup_rl.sh || { echo "RL environment setup failed" >&2; exit 1; }

@@ -34,15 +34,15 @@ def emit(rows: list[Row]) -> None:
             print("BENCH " + json.dumps(asdict(r)))
 
 
-def _serve_fake_openai(port_q: mp.Queue, latency_s: float, script: str) -> None:
-    import asyncio
+def _serve_fake_openai(port_q: mp.Queue, latency_s: float, script: str, jitter: float) -> None:
     from collections import deque
 
+    from webdancer import aio
     from webdancer.testing.fake_openai import FakeOpenAIState, serve_asyncio
 
     scripts = {"search_twice_then_answer": _search_twice_then_answer, "judge_correct": lambda request: "Correct"}
-    state = FakeOpenAIState(replies=deque(), default=scripts[script], latency_s=latency_s, keep_requests=False)
-    asyncio.run(serve_asyncio(state, on_ready=port_q.put))
+    state = FakeOpenAIState(replies=deque(), default=scripts[script], latency_s=latency_s, keep_requests=False, latency_jitter=jitter)
+    aio.run(serve_asyncio(state, on_ready=port_q.put))
 
 
 def _search_twice_then_answer(request: dict) -> str:
@@ -54,12 +54,14 @@ def _search_twice_then_answer(request: dict) -> str:
 
 
 class FakeModelProcess:
-    """The fake OpenAI server in its own process, so the agent under test does not share its GIL."""
+    """The fake OpenAI server in its own process, so the agent under test does not share its GIL.
 
-    def __init__(self, latency_s: float, script: str = "search_twice_then_answer"):
+    `jitter`: each reply takes latency_s x U(1 - jitter, 1 + jitter), same mean (see FakeOpenAIState)."""
+
+    def __init__(self, latency_s: float, script: str = "search_twice_then_answer", jitter: float = 0.0):
         ctx = mp.get_context("spawn")
         self.q: mp.Queue = ctx.Queue()
-        self.proc = ctx.Process(target=_serve_fake_openai, args=(self.q, latency_s, script), daemon=True)
+        self.proc = ctx.Process(target=_serve_fake_openai, args=(self.q, latency_s, script, jitter), daemon=True)
 
     def __enter__(self) -> str:
         self.proc.start()
@@ -69,3 +71,26 @@ class FakeModelProcess:
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.join(5)
+
+
+def steady_rate(finished_at: list[float], concurrency: int, started: float, warmup_s: float) -> float:
+    """Completions per second while every slot was busy, counted in a time window: from `warmup_s`
+    after the start (all rollouts start together; their random latencies need a few rollouts to
+    drift apart) to the (n - concurrency)-th completion (the last rollout has started; after it the
+    queue drains). Counting from the concurrency-th completion instead is biased low: it starts the
+    window when the slowest of the first wave ends."""
+    times = sorted(finished_at)
+    first, last = started + warmup_s, times[len(times) - concurrency - 1]
+    inside = sum(1 for t in times if first < t <= last)
+    if inside < concurrency:
+        raise ValueError(f"{len(times)} completions at concurrency {concurrency}: too few for a steady window; run more waves")
+    return inside / (last - first)
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (not the high-water mark, which children inherit)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -110,3 +110,20 @@ async def test_many_concurrent_trajectories(plugins):
     assert len(trajs) == 32 and all(t.termination == "answered" for t in trajs)
     assert {t.question_id for t in trajs} == {t.id for t, _ in tasks}
     assert elapsed < 32 * 3 * 0.05 / 4  # they really overlapped
+
+
+async def test_run_many_pulls_tasks_lazily_and_keeps_nothing_it_hands_to_on_done(plugins):
+    """A sampling run of a million rollouts must hold only those in flight, not a task or a result per rollout."""
+    with FakeOpenAIServer(default=answer("done"), latency_s=0.01) as srv:
+        agent = make_agent(plugins, srv)
+        pulled, finished = [], []
+
+        def tasks():
+            for i in range(40):
+                pulled.append(i)
+                assert len(pulled) - len(finished) <= 4  # never more than `concurrency` taken and unfinished
+                yield QAItem(question=f"q{i}", answer="done"), 0
+
+        kept = await run_many(agent, tasks(), concurrency=4, on_done=finished.append)
+    assert kept == [] and len(finished) == 40 and len(pulled) == 40
+    assert all(t.termination == "answered" for t in finished)

@@ -131,3 +131,22 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     atomic_write_json(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_to_dict_is_asdict_without_sharing_anything_mutable():
+    import dataclasses
+    from collections import Counter
+
+    @dataclasses.dataclass
+    class Holder:
+        counts: Counter
+        pairs: tuple
+        traj: object
+
+    traj = make_traj()
+    holder = Holder(Counter(a=2), (1, [2, 3]), traj)
+    assert to_dict(holder) == dataclasses.asdict(holder)
+    assert type(to_dict(holder)["counts"]) is Counter
+    out = to_dict(traj)
+    out["steps"][0]["tool_call"]["arguments"]["query"].append("changed")
+    assert "changed" not in traj.steps[0].tool_call.arguments["query"]

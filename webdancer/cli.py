@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -11,7 +10,7 @@ from typing import Any, Optional
 
 import click
 
-from webdancer import __version__
+from webdancer import __version__, aio
 from webdancer.cli_eval import eval_group
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml, load_config
@@ -139,7 +138,7 @@ def tool_cmd(config_path: Optional[str], name: str, json_args: str, overrides: t
         click.echo(result.content)
         return 1 if result.error else 0
 
-    sys.exit(asyncio.run(call_once()))
+    sys.exit(aio.run(call_once()))
 
 
 def print_step(step: Step) -> None:
@@ -178,7 +177,7 @@ def run_cmd(config_path: Optional[str], question: str, overrides: tuple[str, ...
         async with configured_agent(cfg) as agent:
             return await agent.run(question, sample_index=sample, on_step=print_step)
 
-    traj = asyncio.run(run_once())
+    traj = aio.run(run_once())
     click.secho(f"termination: {traj.termination}  turns: {len(traj.steps)}  time: {traj.elapsed_s:.1f}s", fg="cyan")
     if traj.error:
         click.secho(f"error: {traj.error}", fg="red", err=True)
@@ -289,7 +288,7 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
             async with configured_agent(cfg) as agent:
                 return await sample(agent, items, runs, out_path, cfg.agent.concurrency, show, keep_failed)
 
-        stats = asyncio.run(sample_all())
+        stats = aio.run(sample_all())
         show(stats)
     click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
     from webdancer.tracking import track
@@ -316,7 +315,7 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
 
     cfg = resolve_config(config_path, overrides)
     out_path = Path(out or cfg.run.dir / "kept.jsonl")
-    report = asyncio.run(filter_configured(Path(traj_file), out_path, cfg))
+    report = aio.run(filter_configured(Path(traj_file), out_path, cfg))
     report_path = out_path.with_name(out_path.stem + "_report.json")
     write_report(report, report_path)
     from webdancer.tracking import track

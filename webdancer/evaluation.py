@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from webdancer import aio
 from webdancer.config import WebdancerConfig
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, iter_json_lines, read_records
@@ -490,7 +491,7 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
         finally:
             await rewards.aclose()
 
-    asyncio.run(sample_and_score())
+    aio.run(sample_and_score())
     meta = {
         "name": name,
         "eval_file": str(eval_file) + (f" [{split}]" if split else ""),

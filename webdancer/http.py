@@ -1,8 +1,11 @@
-"""An httpx client that stays fast at high concurrency by spreading requests over small pools.
+"""HTTP for the hot path (model, judge and summarizer calls), retries, and the shared TLS context.
 
-One `httpx.AsyncClient` slows down sharply past a few dozen concurrent requests (its pool
-does work per waiting request; encode/httpx#3215): measured here, 64 concurrent requests
-to a 50 ms server gave 88 req/s on one client and ~830 req/s spread over 16 clients.
+A rollout's model call is where the agent loop spends its own CPU. httpx/httpcore cost ~0.4 ms of
+CPU per request here (anyio cancel scopes, h11 in pure Python, a pool that scans every connection
+per request: encode/httpx#3215), which capped 256 concurrent rollouts at half of what a 50 ms
+model allows. `KeepAlivePool` keeps HTTP/1.1 connections per origin and parses responses with
+httptools (the C parser uvicorn uses): ~0.07 ms per request, measured in benchmarks/agent_throughput.py.
+Errors are raised as httpx's exception types, so callers and `with_retries` see one vocabulary.
 """
 
 from __future__ import annotations
@@ -11,20 +14,24 @@ import asyncio
 import functools
 import random
 import ssl
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+from urllib.parse import urlsplit
 
+import httptools
 import httpx
+
+from webdancer.aio import within
 
 if TYPE_CHECKING:
     from webdancer.breaker import CircuitBreaker
 
 T = TypeVar("T")
+Origin = tuple[str, str, int]
 
 
 @functools.lru_cache(maxsize=1)
 def shared_ssl_context() -> ssl.SSLContext:
-    """Loading the CA bundle costs ~20 ms; every shard shares one context."""
+    """Loading the CA bundle costs ~20 ms; every connection shares one context."""
     return httpx.create_ssl_context()
 
 
@@ -46,72 +53,138 @@ class RawResponse:
         return json.loads(self.content)
 
 
-class CorePool:
-    """httpx's own transport layer (an httpcore connection pool) without the httpx.Client layers.
+class _StaleConnection(Exception):
+    """A kept-alive connection the server had closed: nothing was answered, so one fresh try is safe."""
 
-    Measured at 64 concurrent requests: 0.41 ms of CPU per request against 0.70 ms through
-    httpx.AsyncClient (auth, redirects, cookies and URL handling we do not use); the agent loop
-    is CPU-bound on exactly this. Errors are raised as httpx's exception types.
+
+class _Response:
+    """httptools callbacks collecting one response."""
+
+    __slots__ = ("headers", "body", "complete", "headers_done", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.complete = self.headers_done = self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message completes
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class KeepAlivePool:
+    """HTTP/1.1 with kept-alive connections per origin (http and https), at most `max_connections` each.
+
+    `timeout_s` bounds a whole exchange (request sent, full response read), `connect_timeout_s` the
+    connection (TLS included). Plain Content-Length or chunked bodies; no proxies, no redirects
+    (the endpoints it talks to are API servers named in config).
     """
 
-    def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int = 8):
-        import httpcore
-
-        self._pool = httpcore.AsyncConnectionPool(ssl_context=shared_ssl_context(), max_connections=max_connections)
-        self._timeouts = {"connect": connect_timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+    def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int = 4096):
+        self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
+        self._max_connections = max_connections
+        self._idle: dict[Origin, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._slots: dict[Origin, asyncio.Semaphore] = {}
+        self._closed = False
 
     async def request(self, method: str, url: str, content: bytes = b"", headers: dict[str, str] | None = None) -> RawResponse:
-        import httpcore
-
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise httpx.UnsupportedProtocol(f"cannot request {url!r}: only http:// and https:// URLs with a host")
+        default_port = 443 if parts.scheme == "https" else 80
         try:
-            resp = await self._pool.request(method, url, content=content, headers=headers or {}, extensions={"timeout": self._timeouts})
-        except httpcore.TimeoutException as exc:
-            raise httpx.ReadTimeout(str(exc) or "timeout") from None
-        except httpcore.ConnectError as exc:
-            raise httpx.ConnectError(str(exc) or "connection failed") from None
-        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            raise httpx.ReadError(f"{type(exc).__name__}: {exc}") from None
-        except httpcore.UnsupportedProtocol as exc:
-            raise httpx.UnsupportedProtocol(str(exc)) from None
-        headers_out = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
-        return RawResponse(resp.status, headers_out, resp.content)
+            port = parts.port or default_port
+        except ValueError:
+            raise httpx.UnsupportedProtocol(f"cannot request {url!r}: the port is not a number") from None
+        origin = (parts.scheme, parts.hostname, port)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = [f"{method} {target} HTTP/1.1", f"Host: {host if port == default_port else f'{host}:{port}'}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items() if k.lower() not in ("host", "content-length")]
+        head.append(f"Content-Length: {len(content)}")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + content
+        slots = self._slots.get(origin)
+        if slots is None:
+            slots = self._slots[origin] = asyncio.Semaphore(self._max_connections)
+        async with slots:
+            try:
+                return await within(self._timeout_s, self._exchange(origin, data, method == "HEAD"))
+            except asyncio.TimeoutError:
+                raise httpx.ReadTimeout(f"no complete response from {parts.hostname}:{port} within {self._timeout_s:g} s") from None
+
+    async def _exchange(self, origin: Origin, data: bytes, head_only: bool) -> RawResponse:
+        idle = self._idle.get(origin)
+        while idle:
+            reader, writer = idle.pop()
+            if writer.is_closing() or reader.at_eof():
+                writer.close()
+                continue
+            try:
+                return await self._send(origin, reader, writer, data, head_only, reused=True)
+            except _StaleConnection:
+                continue
+        reader, writer = await self._connect(origin)
+        return await self._send(origin, reader, writer, data, head_only, reused=False)
+
+    async def _connect(self, origin: Origin) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        scheme, host, port = origin
+        tls = shared_ssl_context() if scheme == "https" else None
+        try:
+            return await within(self._connect_timeout_s, asyncio.open_connection(host, port, ssl=tls, limit=2**20))
+        except asyncio.TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} took over {self._connect_timeout_s:g} s") from None
+        except OSError as exc:  # refused, unreachable, name not resolved, TLS handshake (ssl.SSLError)
+            raise httpx.ConnectError(f"{host}:{port}: {exc.strerror or exc}") from None
+
+    async def _send(self, origin: Origin, reader, writer, data: bytes, head_only: bool, reused: bool) -> RawResponse:
+        response = _Response()
+        parser = response.parser
+        received = False
+        keep = False
+        try:
+            writer.write(data)
+            while not (response.complete or (head_only and response.headers_done)):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    if not received:
+                        if reused:
+                            raise _StaleConnection()
+                        raise httpx.RemoteProtocolError(f"{origin[1]}:{origin[2]} closed the connection without a response")
+                    if response.headers_done and "content-length" not in response.headers and "transfer-encoding" not in response.headers:
+                        break  # a body delimited by the connection's close
+                    raise httpx.RemoteProtocolError(f"{origin[1]}:{origin[2]} closed the connection in the middle of a response")
+                received = True
+                parser.feed_data(chunk)
+            keep = response.keep_alive and response.complete and not head_only
+        except httptools.HttpParserError as exc:
+            raise httpx.RemoteProtocolError(f"{origin[1]}:{origin[2]} sent something that is not HTTP/1.1: {exc}") from None
+        except (ConnectionError, OSError) as exc:
+            if not received and reused:
+                raise _StaleConnection() from None
+            raise httpx.ReadError(f"{origin[1]}:{origin[2]}: {exc.strerror or exc}") from None
+        finally:  # also on cancellation: a connection with a half-read response is never reused
+            if keep and not self._closed:
+                self._idle.setdefault(origin, []).append((reader, writer))
+            else:
+                writer.close()
+        return RawResponse(parser.get_status_code(), response.headers, b"".join(response.body))
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
-
-
-class ShardedAsyncClient:
-    """Each request goes to the least-busy shard; a new shard opens when all have `per_shard` in flight."""
-
-    def __init__(self, factory: Callable[[], Any], per_shard: int = 4, max_shards: int = 64):
-        self._factory = factory
-        self._per_shard = per_shard
-        self._max_shards = max_shards
-        self._shards: list[Any] = []
-        self._busy: list[int] = []
-
-    @asynccontextmanager
-    async def _lease(self) -> AsyncIterator[Any]:
-        idx = min(range(len(self._shards)), key=self._busy.__getitem__, default=-1)
-        if idx < 0 or (self._busy[idx] >= self._per_shard and len(self._shards) < self._max_shards):
-            self._shards.append(self._factory())
-            self._busy.append(0)
-            idx = len(self._shards) - 1
-        self._busy[idx] += 1
-        try:
-            yield self._shards[idx]
-        finally:
-            self._busy[idx] -= 1
-
-    async def request(self, method: str, url: str, **kwargs: Any) -> Any:
-        async with self._lease() as client:
-            return await client.request(method, url, **kwargs)
-
-    async def aclose(self) -> None:
-        for client in self._shards:
-            await client.aclose()
-        self._shards.clear()
-        self._busy.clear()
+        self._closed = True
+        for conns in self._idle.values():
+            for _, writer in conns:
+                writer.close()
+        self._idle.clear()
 
 
 class Retry(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
 
+from webdancer import aio
 from webdancer.records import QAItem
 from webdancer.tools import NoOptions
 
@@ -49,7 +50,6 @@ async def run_synthesizer(synth: Synthesizer, out: Path, progress: Any = None) -
 
 def synthesize(cfg: Any, name: str, out: Path, seed_file: str | None = None) -> dict[str, Any]:
     """Build synthesizer `name` from `synth.<name>` (plus defaults the run folder implies) and run it."""
-    import asyncio
     import dataclasses
 
     from webdancer.plugins import get_plugins
@@ -64,7 +64,7 @@ def synthesize(cfg: Any, name: str, out: Path, seed_file: str | None = None) -> 
     if "search" in names and not options.get("search"):  # look things up where the agent's `search` does
         options["search"] = dict(cfg.tools.get("search") or {})
     synth = get_plugins().build("synthesizers", name, options, f"synth.{name}")
-    counts: dict[str, Any] = asyncio.run(run_synthesizer(synth, out))
+    counts: dict[str, Any] = aio.run(run_synthesizer(synth, out))
     counts["dropped"] = dict(getattr(getattr(synth, "gate", None), "dropped", {}) or {})
     return counts
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from webdancer.aio import within
 from webdancer.errors import ConfigError, OutageError
 from webdancer.records import ToolCall, ToolResult
 from webdancer.toolstore import call_key
@@ -136,7 +137,7 @@ class ToolBox:
                 return ToolResult(call.name, f"[{call.name}] replay: no recorded observation for {call.name}({args}) in {store.dir}", error=True)
             store.stats[call.name]["misses"] += 1
         try:
-            content = str(await asyncio.wait_for(tool.call(call.arguments), timeout=self.timeout_s))
+            content = str(await within(self.timeout_s, tool.call(call.arguments)))
             if store is not None and not content.startswith(f"[{call.name}]"):  # a tool's own failure notes are not recorded
                 store.put(key, call.name, call.arguments, content, False)
             return ToolResult(call.name, content, error=False, elapsed_s=time.perf_counter() - start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import types
@@ -113,6 +114,28 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     return cls(**kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def to_dict(obj: Any) -> Any:
-    """The JSON-ready form of a dataclass tree (inverse of `from_dict`)."""
-    return dataclasses.asdict(obj)
+    """The JSON-ready form of a dataclass tree (inverse of `from_dict`).
+
+    What `dataclasses.asdict` returns, without its deepcopy of every leaf: a sampled trajectory is
+    ~100 dataclass and dict nodes, and asdict cost 0.4 ms of the sampler's CPU per trajectory.
+    Containers are copied (the result shares nothing mutable with `obj`); other leaves are immutable."""
+    kind = type(obj)
+    if kind is str or kind is int or kind is float or kind is bool or obj is None:
+        return obj
+    if kind is dict:
+        return {k: to_dict(v) for k, v in obj.items()}
+    if kind is list:
+        return [to_dict(v) for v in obj]
+    if hasattr(kind, "__dataclass_fields__"):
+        return {name: to_dict(getattr(obj, name)) for name in _field_names(kind)}
+    if isinstance(obj, dict):  # Counter, OrderedDict, ...: their own type, as asdict keeps it
+        return kind((k, to_dict(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return kind(to_dict(v) for v in obj)
+    return copy.deepcopy(obj)

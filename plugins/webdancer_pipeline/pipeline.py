@@ -8,7 +8,6 @@ and die with the pipeline, even when it is killed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -19,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
+from webdancer import aio
 from webdancer.config import PIPELINE_STAGES, WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines, read_records
@@ -172,7 +172,7 @@ class Pipeline:
             async with configured_agent(cfg, policy_name, model) as agent:
                 return await sample(agent, items, cfg.sample.n, out, cfg.agent.concurrency)
 
-        stats = asyncio.run(sample_all())
+        stats = aio.run(sample_all())
         track(cfg, f"sample/{policy_name}", stats.tracked())
         check_no_outages(stats, out, "the pipeline")  # the stage is not done: a rerun retries them
         return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations),
@@ -204,7 +204,7 @@ class Pipeline:
             if not src.exists():
                 continue
             out = self.path(f"kept_{name}.jsonl")
-            report = asyncio.run(filter_configured(src, out, self.cfg))
+            report = aio.run(filter_configured(src, out, self.cfg))
             write_report(report, self.path(f"kept_{name}_report.json"))
             track(self.cfg, f"filter/{name}", report.to_json())
             summary[name] = report.to_json()

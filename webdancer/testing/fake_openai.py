@@ -7,6 +7,7 @@ It speaks the real `/v1/chat/completions` wire format (request JSON, `choices[0]
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -30,6 +31,21 @@ class FakeOpenAIState:
     reasoning: str = ""
     keep_requests: bool = True
     async_latency: bool = False
+    # Each reply waits latency_s x (1 + jitter x u), u spread evenly over [-1, 1] in shuffled blocks
+    # of 64 (seeded): concurrent rollouts drift apart as they do against a real server instead of
+    # arriving in lockstep bursts, and every block of 64 replies averages exactly latency_s, so a
+    # benchmark's limit (concurrency / latency) holds even for a short run.
+    latency_jitter: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    _spread: list = field(default_factory=list)
+
+    def delay_s(self) -> float:
+        if not self.latency_jitter:
+            return self.latency_s
+        if not self._spread:
+            self._spread = [(2 * i + 1) / 64 - 1 for i in range(64)]
+            self.rng.shuffle(self._spread)
+        return self.latency_s * (1.0 + self.latency_jitter * self._spread.pop())
 
 
 class _Handler(QuietHandler):
@@ -63,7 +79,7 @@ def respond(state: FakeOpenAIState, path: str, body: bytes, headers: dict) -> tu
             state.headers.append(headers)
         reply = state.replies.popleft() if state.replies else state.default
     if state.latency_s and not state.async_latency:
-        time.sleep(state.latency_s)
+        time.sleep(state.delay_s())
     if reply is None:
         return 500, b'{"error": {"message": "fake server has no scripted reply left"}}', None
     if callable(reply):
@@ -115,7 +131,7 @@ async def serve_asyncio(state: FakeOpenAIState, port: int = 0, on_ready=None) ->
                 length = int(next((v for k, v in hdrs.items() if k.lower() == "content-length"), "0"))
                 body = await reader.readexactly(length) if length else b""
                 if state.latency_s:
-                    await asyncio.sleep(state.latency_s)
+                    await asyncio.sleep(state.delay_s())
                 status, payload, extra = respond(state, path, body, hdrs)
                 out = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(payload)}"]
                 out += [f"{k}: {v}" for k, v in (extra or {}).items()]

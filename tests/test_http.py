@@ -1,0 +1,178 @@
+"""webdancer.http.KeepAlivePool against real sockets on loopback, each server answering byte for byte
+what the test scripts: keep-alive reuse, chunked and close-delimited bodies, a connection the server
+closed while idle, timeouts, garbage, cancellation."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from webdancer.http import KeepAlivePool
+
+
+class RawServer:
+    """Accepts connections on 127.0.0.1; `reply(request_head, connection_number)` gives the bytes to send
+    back (None: close without answering). Counts connections and keeps the heads it read."""
+
+    def __init__(self, reply, close_after_each=False, delay_s=0.0):
+        self.reply, self.close_after_each, self.delay_s = reply, close_after_each, delay_s
+        self.connections = 0
+        self.heads: list[str] = []
+
+    async def handle(self, reader, writer):
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                length = next((int(line.split(":")[1]) for line in head.split("\r\n") if line.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                self.heads.append(head)
+                await asyncio.sleep(self.delay_s)
+                data = self.reply(head, number)
+                if data is None:
+                    break
+                writer.write(data)
+                await writer.drain()
+                if self.close_after_each:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/chat"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+
+def ok(body=b'{"ok": true}', extra=""):
+    return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+async def test_connections_are_kept_alive_and_requests_well_formed():
+    async with RawServer(lambda head, n: ok()) as srv:
+        pool = KeepAlivePool(5, 5)
+        for _ in range(3):
+            resp = await pool.request("POST", srv.url + "?x=1", content=b'{"a": 1}', headers={"Authorization": "Bearer k"})
+            assert resp.status_code == 200 and resp.json() == {"ok": True} and resp.headers["content-type"] == "application/json"
+        await pool.aclose()
+    assert srv.connections == 1
+    head = srv.heads[0].split("\r\n")
+    port = srv.url.split(":")[2].split("/")[0]
+    assert head[0] == "POST /v1/chat?x=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}" in head and "Authorization: Bearer k" in head and "Content-Length: 8" in head
+
+
+async def test_chunked_and_close_delimited_bodies():
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    async with RawServer(lambda head, n: chunked) as srv:
+        pool = KeepAlivePool(5, 5)
+        assert (await pool.request("POST", srv.url)).content == b"hello world"
+        assert (await pool.request("POST", srv.url)).content == b"hello world"
+        await pool.aclose()
+    assert srv.connections == 1
+    until_close = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthe whole body"
+    async with RawServer(lambda head, n: until_close, close_after_each=True) as srv:
+        pool = KeepAlivePool(5, 5)
+        assert (await pool.request("POST", srv.url)).content == b"the whole body"
+        assert (await pool.request("POST", srv.url)).text == "the whole body"
+        await pool.aclose()
+    assert srv.connections == 2  # HTTP/1.0 without keep-alive: never reused
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced():
+    """Servers drop idle keep-alive connections whenever they like; the next request must not fail for it."""
+    async with RawServer(lambda head, n: ok(f'{{"conn": {n}}}'.encode()), close_after_each=True) as srv:
+        pool = KeepAlivePool(5, 5)
+        first = await pool.request("POST", srv.url)
+        await asyncio.sleep(0.05)  # the server's close reaches us
+        second = await pool.request("POST", srv.url)
+        await pool.aclose()
+    assert (first.json(), second.json()) == ({"conn": 1}, {"conn": 2})
+
+
+async def test_a_stale_connection_found_only_when_writing_is_retried_once():
+    """The close can arrive after the pool handed the connection out: no reply bytes yet, so one fresh try."""
+    answered = []
+
+    def reply(head, n):
+        if n == 1 and answered:
+            return None  # the second request on the first connection: closed unanswered
+        answered.append(n)
+        return ok(f'{{"conn": {n}}}'.encode())
+
+    async with RawServer(reply) as srv:
+        pool = KeepAlivePool(5, 5)
+        assert (await pool.request("POST", srv.url)).json() == {"conn": 1}
+        assert (await pool.request("POST", srv.url)).json() == {"conn": 2}
+        await pool.aclose()
+
+
+async def test_connection_close_header_is_honoured():
+    async with RawServer(lambda head, n: ok(extra="Connection: close\r\n"), close_after_each=True) as srv:
+        pool = KeepAlivePool(5, 5)
+        for _ in range(2):
+            assert (await pool.request("POST", srv.url)).status_code == 200
+        await pool.aclose()
+    assert srv.connections == 2
+
+
+async def test_timeout_names_the_server_and_the_limit_and_the_connection_is_dropped():
+    async with RawServer(lambda head, n: ok(), delay_s=0.5) as srv:
+        pool = KeepAlivePool(0.2, 5)
+        with pytest.raises(httpx.ReadTimeout, match=r"127\.0\.0\.1:\d+ within 0\.2 s"):
+            await pool.request("POST", srv.url)
+        srv.delay_s = 0.0
+        assert (await pool.request("POST", srv.url)).status_code == 200  # not the late reply of the first request
+        await pool.aclose()
+    assert srv.connections == 2
+
+
+async def test_cancelled_request_never_leaves_its_reply_for_the_next():
+    replies = iter([ok(b'{"n": 1}'), ok(b'{"n": 2}'), ok(b'{"n": 3}')])
+    async with RawServer(lambda head, n: next(replies), delay_s=0.2) as srv:
+        pool = KeepAlivePool(5, 5)
+        task = asyncio.ensure_future(pool.request("POST", srv.url))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await pool.request("POST", srv.url)).json() == {"n": 2}
+        await pool.aclose()
+    assert srv.connections == 2
+
+
+async def test_garbage_and_truncated_replies_are_protocol_errors():
+    async with RawServer(lambda head, n: b"SSH-2.0-OpenSSH_9.2\r\n\r\n") as srv:
+        pool = KeepAlivePool(5, 5)
+        with pytest.raises(httpx.RemoteProtocolError, match="not HTTP/1.1"):
+            await pool.request("POST", srv.url)
+    truncated = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"
+    async with RawServer(lambda head, n: truncated, close_after_each=True) as srv:
+        pool = KeepAlivePool(5, 5)
+        with pytest.raises(httpx.RemoteProtocolError, match="in the middle of a response"):
+            await pool.request("POST", srv.url)
+    async with RawServer(lambda head, n: None) as srv:  # accepts, reads, closes: never an answer
+        pool = KeepAlivePool(5, 5)
+        with pytest.raises(httpx.RemoteProtocolError, match="without a response"):
+            await pool.request("POST", srv.url)
+
+
+async def test_refused_connections_and_bad_urls():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    pool = KeepAlivePool(5, 5)
+    with pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{port}"):
+        await pool.request("POST", f"http://127.0.0.1:{port}/v1")
+    for url in ("ftp://127.0.0.1/x", "http:///nohost", "http://127.0.0.1:notaport/"):
+        with pytest.raises(httpx.UnsupportedProtocol, match="cannot request"):
+            await pool.request("POST", url)

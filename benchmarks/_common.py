@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,3 +95,35 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def search_scaling(make_backend, queries: list[str], concurrency: int = 16) -> dict[str, float]:
+    """Queries/s through a search backend (`make_backend(workers)`): in this process, and in 1 and 2 worker
+    processes, with `concurrency` queries in flight. Workers are started and warmed before timing."""
+    import asyncio
+
+    async def qps(workers: int) -> float:
+        backend = make_backend(workers)
+        for _ in range(3):  # concurrent, so the pool starts every worker (it starts them as load needs) and each loads the index
+            await asyncio.gather(*(backend.search(q, 10) for q in queries[:concurrency]))
+        pending = iter(queries)
+
+        async def client() -> None:
+            for q in pending:
+                await backend.search(q, 10)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return len(queries) / (time.perf_counter() - start)
+
+    return {name: asyncio.run(qps(workers)) for name, workers in (("inline", 0), ("1 worker", 1), ("2 workers", 2))}
+
+
+def scaling_rows(benchmark: str, make_backend, queries: list[str]) -> list[Row]:
+    """`search_scaling` as result rows: QPS in this process, and 2 workers against 1 (target >= 1.7x)."""
+    qps = search_scaling(make_backend, queries)
+    one, two = qps["1 worker"], qps["2 workers"]
+    return [
+        Row(benchmark, "QPS in this process (16 clients)", qps["inline"], "q/s", qps["inline"] / one, "vs 1 worker process", "report", True),
+        Row(benchmark, "QPS, 2 worker processes", two, "q/s", two / one, "vs 1 worker process", ">= 1.7", two / one >= 1.7),
+    ]

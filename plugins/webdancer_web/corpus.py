@@ -24,7 +24,8 @@ from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer_web.index import Hit, best_snippet, build_index, retrieve
 from webdancer_web.readers import FetchError, PageContent, PageReader
-from webdancer_web.search import SearchBackend, SearchConfig
+from webdancer_web.search import SearchBackend, SearchConfig, _workers
+from webdancer_web.search_workers import search_in_workers
 
 if TYPE_CHECKING:
     from webdancer_web.visit import VisitConfig
@@ -162,6 +163,11 @@ def build(path: Path, folder: Path) -> None:
 def load_corpus(corpus: str, index_dir: str, option: str) -> Corpus:
     """The corpus at `corpus`, indexed under `index_dir` (built on first use); `option` names the setting in errors.
     `search` and `visit` of one run share one loaded corpus."""
+    return _open(*indexed(corpus, index_dir, option))
+
+
+def indexed(corpus: str, index_dir: str, option: str) -> tuple[Path, Path]:
+    """(corpus file, index folder) after building the index if it is not there yet."""
     if not corpus:
         raise CorpusError(f"{option} is empty: set it to a JSONL or parquet file of {{id, title, text, url}} records")
     path = Path(corpus)
@@ -169,15 +175,16 @@ def load_corpus(corpus: str, index_dir: str, option: str) -> Corpus:
         raise CorpusError(f"{option}: no corpus file at {path}")
     if path.suffix not in (".jsonl", ".parquet"):
         raise CorpusError(f"{option}: {path} must be a .jsonl or .parquet file of {{id, title, text, url}} records")
-    return _open(path.resolve(), index_folder(path, Path(index_dir)).resolve())
+    path, folder = path.resolve(), index_folder(path, Path(index_dir)).resolve()
+    if not (folder / "docs.json").is_file():
+        log.info("indexing the corpus %s into %s", path, folder)
+        build(path, folder)
+    return path, folder
 
 
 @functools.lru_cache(maxsize=4)
 def _open(path: Path, folder: Path) -> Corpus:
-    """Load (building first when needed) the index in `folder`; cached by folder, which changes when the file does."""
-    if not (folder / "docs.json").is_file():
-        log.info("indexing the corpus %s into %s", path, folder)
-        build(path, folder)
+    """Load the built index in `folder`; cached by folder, which changes when the file does."""
     return Corpus(path, folder)
 
 
@@ -189,9 +196,15 @@ class CorpusSearch(SearchBackend):
 
     def __init__(self, config: SearchConfig):
         super().__init__(config)
-        self.corpus = load_corpus(config.corpus, config.corpus_index_dir, "tools.search.corpus")
+        if _workers(config):  # built here, once, not by each worker; loaded by the workers only
+            path, folder = indexed(config.corpus, config.corpus_index_dir, "tools.search.corpus")
+            self.spec = ("corpus", str(path), config.corpus_index_dir)
+        else:
+            self.corpus = load_corpus(config.corpus, config.corpus_index_dir, "tools.search.corpus")
 
     async def search(self, query: str, k: int) -> list[Hit]:
+        if self.config.workers:
+            return await search_in_workers(self.spec, self.config.workers, query, k, lambda: f"the corpus {self.spec[1]}")
         return self.corpus.search(query, k)
 
 

@@ -17,6 +17,7 @@ from webdancer.keys import read_secret
 from webdancer.leaks import Blocklist
 from webdancer.tools import Tool
 from webdancer_web.index import Hit, LocalIndex
+from webdancer_web.search_workers import search_in_workers
 
 SEPARATOR = "\n=======\n"
 BLOCKED_SPARE = 5  # extra results asked for when a blocklist is on, so dropping a few still leaves top_k
@@ -41,6 +42,9 @@ class SearchConfig:
     max_queries: int = 5
     # URL patterns whose results are dropped (webdancer.leaks; `webdancer eval` adds eval.blocklist).
     blocklist: list[str] = field(default_factory=list)
+    # local and corpus: 0 answers queries in this process; N > 0 in N worker processes, each holding the
+    # index, so query throughput grows with cores (worth it for corpora of 100k+ documents under load).
+    workers: int = 0
 
 
 class SearchBackend:
@@ -65,17 +69,27 @@ def _load_index(root: str) -> LocalIndex:
 
 
 class LocalSearch(SearchBackend):
-    """BM25 over the local web's page store; loads the index once per process."""
+    """BM25 over the local web's page store; loads the index once per process (or once per worker)."""
 
     name = "local"
     label = "A search"
 
     def __init__(self, config: SearchConfig):
         super().__init__(config)
-        self.index = _load_index(str(Path(config.web_root).resolve()))
+        root = str(Path(config.web_root).resolve())
+        self.spec = ("local", root)
+        self.index = _load_index(root) if not _workers(config) else LocalIndex.check(Path(root))
 
     async def search(self, query: str, k: int) -> list[Hit]:
+        if self.config.workers:
+            return await search_in_workers(self.spec, self.config.workers, query, k, lambda: f"the offline web in {self.spec[1]}")
         return self.index.search(query, k)
+
+
+def _workers(config: SearchConfig) -> int:
+    if config.workers < 0:
+        raise WebdancerError(f"tools.search.workers is {config.workers}: use 0 (search in this process) or a number of worker processes")
+    return config.workers
 
 
 class SerperSearch(SearchBackend):

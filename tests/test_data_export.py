@@ -99,3 +99,41 @@ def test_exported_and_hub_datasets_feed_sample_and_eval(plugins, tmp_path, monke
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     missing = CliRunner().invoke(cli, ["eval", "run", "hf:nobody/no-such-set", f"run.root={tmp_path}"])
     assert missing.exit_code == 2 and "hf:nobody/no-such-set: cannot be opened as a dataset" in missing.output
+
+
+def test_exported_datasets_feed_rl_prepare_and_sft_export_as_the_files_do(tmp_path, expert_trajectories):
+    """`rl prepare OUT#qa` and `sft export OUT#kept` give what the run's own files give: the round trip through
+    parquet keeps every record, and a visit call does not come back with the null `query` parquet adds."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from webdancer.plugins import get_plugins
+
+    get_plugins().add_commands(cli)  # `rl` and `sft`, as `webdancer` (main) adds them
+    run, _ = small_run(tmp_path)
+    (run / "trajectories_expert.jsonl").unlink()
+    shutil.copy(expert_trajectories, run / "kept.jsonl")
+    kinds = {s["tool_call"]["name"] for line in (run / "kept.jsonl").read_text().splitlines() for s in json.loads(line)["steps"] if s.get("tool_call")}
+    assert kinds == {"search", "visit"}  # both argument shapes in one column
+    out = tmp_path / "export"
+    assert CliRunner().invoke(cli, ["data", "export", str(run), str(out)]).exit_code == 0
+
+    for source, target in ((str(run / "kept.jsonl"), "from_file"), (f"{out}#kept", "from_dataset")):
+        result = CliRunner().invoke(cli, ["sft", "export", source, str(tmp_path / target)])
+        assert result.exit_code == 0, result.output
+    from_file = json.loads((tmp_path / "from_file" / "webdancer_sft.json").read_text())
+    assert from_file and json.loads((tmp_path / "from_dataset" / "webdancer_sft.json").read_text()) == from_file
+
+    rows = {}
+    for source, name in ((str(run / "qa_train.jsonl"), "f"), (f"{out}#qa", "d")):
+        args = ["rl", "prepare", source, f"run.root={tmp_path / name}", "run.name=r", "agent.current_date=2026-11-24"]
+        result = CliRunner().invoke(cli, args + (["--split", "train"] if name == "d" else []))
+        assert result.exit_code == 0, result.output
+        rows[name] = [pq.read_table(tmp_path / name / "r" / "rl_data" / f).to_pylist() for f in ("train.parquet", "val.parquet")]
+    assert rows["d"] == rows["f"] and sum(map(len, rows["f"])) == 4
+
+    missing = CliRunner().invoke(cli, ["sft", "export", str(tmp_path / "nothing.jsonl"), str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no such file, dataset folder or hf: dataset" in missing.output
+    wrong = CliRunner().invoke(cli, ["sft", "export", f"{out}#qa", str(tmp_path / "y"), "--split", "train"])
+    assert wrong.exit_code == 2 and "a trajectory dataset needs the fields question and steps" in wrong.output

@@ -8,6 +8,7 @@ may be left out.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from webdancer.errors import WebdancerError
 
 if TYPE_CHECKING:
-    from webdancer.records import QAItem
+    from webdancer.records import QAItem, Trajectory
 
 
 class DataSourceError(WebdancerError):
@@ -48,11 +49,24 @@ def open_dataset(source: str, split: Optional[str] = None) -> DatasetRows:
     hub = ref.startswith("hf:")
     target = ref[3:] if hub else ref
     datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory(prefix="webdancer-ds-") as private_cache:
+        loaded = _load(datasets, source, target, hub, config, split, private_cache)
+        name = f"{source}[{loaded[1]}]" if loaded[1] else str(source)
+        rows = [dict(row) for row in loaded[0]]
+    return DatasetRows(name, rows, stem=Path(target).name or "dataset", parent=Path(target) if not hub else Path("."))
+
+
+def _load(datasets: Any, source: str, target: str, hub: bool, config: str, split: Optional[str], private_cache: str) -> tuple[Any, Optional[str]]:
+    """(the split's rows as a datasets.Dataset, the split's name). A local folder is prepared in `private_cache`:
+    in the shared Hugging Face cache an older folder at the same path was served again (seen: an export
+    rewritten in place read back as the previous one's rows)."""
     try:
         if not hub and (Path(target) / "state.json").is_file():
             loaded: Any = datasets.load_from_disk(target)
-        else:
+        elif hub:
             loaded = datasets.load_dataset(target, config or None)
+        else:
+            loaded = datasets.load_dataset(target, config or None, cache_dir=private_cache)
     except Exception as exc:  # datasets raises many kinds: not cached offline, no such repo, several configs, bad files
         where = "in the local Hugging Face cache, and the Hub is not reachable from here" if hub else "a dataset folder"
         raise DataSourceError(f"{source}: cannot be opened as a dataset ({type(exc).__name__}: {str(exc).splitlines()[0][:240]}); "
@@ -64,8 +78,7 @@ def open_dataset(source: str, split: Optional[str] = None) -> DatasetRows:
         if split not in loaded:
             raise DataSourceError(f"{source}: {'choose a split with --split' if split is None else f'no split {split!r}'}; it has {', '.join(splits)}")
         loaded = loaded[split]
-    name = f"{source}[{split}]" if split else str(source)
-    return DatasetRows(name, [dict(row) for row in loaded], stem=Path(target).name or "dataset", parent=Path(target) if not hub else Path("."))
+    return loaded, split
 
 
 def read_qa(source: str | Path, split: Optional[str] = None) -> list["QAItem"]:
@@ -83,3 +96,32 @@ def read_qa(source: str | Path, split: Optional[str] = None) -> list["QAItem"]:
         raise DataSourceError(f"{data.name}: a QA dataset needs the fields question and answer; it lacks {', '.join(missing)} "
                               f"(has {', '.join(data.rows[0])})")
     return [record_from_dict(QAItem, {k: v for k, v in row.items() if v is not None}, where=f"{data.name}:{i}") for i, row in enumerate(data.rows, 1)]
+
+
+def read_trajectories(source: str, split: Optional[str] = None) -> list["Trajectory"]:
+    """Trajectories from a dataset folder or a Hub dataset (ours or the reference release's layout).
+
+    Parquet stores a list of objects as one struct type with every key any of them has, so a `visit`
+    call read back carries `query: None` beside its `url`: keys whose value is None are dropped again
+    (our records never hold an explicit null where a value is expected). JSON loading turns ISO times
+    (`started_at`) into timestamps; they are written back as the ISO strings they were."""
+    from webdancer.reference import load_trajectory
+
+    data = open_dataset(source, split)
+    missing = [f for f in ("question",) if data.rows and f not in data.rows[0]]
+    if missing or (data.rows and not ({"steps", "messages"} & set(data.rows[0]))):
+        raise DataSourceError(f"{data.name}: a trajectory dataset needs the fields question and steps (or messages); "
+                              f"it has {', '.join(data.rows[0])}")
+    return [load_trajectory(_as_record(row), f"{data.name}:{i}") for i, row in enumerate(data.rows, 1)]
+
+
+def _as_record(value: Any) -> Any:
+    import datetime as dt
+
+    if isinstance(value, dict):
+        return {k: _as_record(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_as_record(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds")
+    return value

@@ -16,17 +16,20 @@ def rl() -> None:
 
 @rl.command("prepare")
 @config_options
-@click.argument("qa_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("qa_file")
 @click.argument("overrides", nargs=-1)
-def prepare_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...]) -> None:
-    """Write verl's train/val parquet, tool YAML and agent-loop YAML from QA_FILE."""
-    from webdancer.jsonl import read_records
-    from webdancer.records import QAItem
+@click.option("--split", default=None, help="The split of a dataset QA_FILE (a folder or hf:OWNER/NAME).")
+def prepare_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, ...], split: Optional[str]) -> None:
+    """Write verl's train/val parquet, tool YAML and agent-loop YAML from QA_FILE.
+
+    QA_FILE is our QA JSONL, a dataset folder (e.g. `webdancer data export` output, with `#qa`) or a
+    Hub dataset `hf:OWNER/NAME` from the local Hugging Face cache."""
+    from webdancer.datasources import read_qa
     from webdancer_rl.prepare import prepare
     from webdancer_rl.train import data_dir
 
     cfg = resolve_config(config_path, overrides)
-    data = prepare(list(read_records(qa_file, QAItem)), cfg, data_dir(cfg))
+    data = prepare(read_qa(qa_file, split), cfg, data_dir(cfg))
     click.echo(f"{data.train_rows} train + {data.val_rows} val questions -> {data.train}, {data.val}; tools: {data.tool_config}")
 
 

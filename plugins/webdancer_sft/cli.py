@@ -16,13 +16,20 @@ def sft() -> None:
 
 
 @sft.command("export")
-@click.argument("traj_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("traj_file")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-def export_cmd(traj_file: str, out_dir: str) -> None:
-    """Write TRAJ_FILE (ours or the reference release's) as a LLaMA-Factory sharegpt dataset in OUT_DIR."""
+@click.option("--split", default=None, help="The split of a dataset TRAJ_FILE (a folder or hf:OWNER/NAME).")
+def export_cmd(traj_file: str, out_dir: str, split: Optional[str]) -> None:
+    """Write TRAJ_FILE (ours or the reference release's) as a LLaMA-Factory sharegpt dataset in OUT_DIR.
+
+    TRAJ_FILE is a trajectory JSONL, a dataset folder (e.g. `webdancer data export` output, with
+    `#kept`) or a Hub dataset `hf:OWNER/NAME` from the local Hugging Face cache."""
+    from webdancer.datasources import DataSourceError, is_dataset_ref
     from webdancer_sft.export import export_sft
 
-    stats = export_sft(Path(traj_file), Path(out_dir))
+    if not is_dataset_ref(traj_file) and not Path(traj_file).is_file():
+        raise DataSourceError(f"{traj_file}: no such file, dataset folder or hf: dataset")
+    stats = export_sft(traj_file, Path(out_dir), split)
     click.echo(f"exported {stats.exported} trajectories to {out_dir} (skipped: {stats.skipped or 'none'})")
 
 

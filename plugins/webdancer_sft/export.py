@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines
@@ -61,11 +61,14 @@ def load_trajectories(path: Path) -> Iterable[Trajectory]:
         yield load_trajectory(obj, f"{path}:{lineno}")
 
 
-def export_sft(src: Path, out_dir: Path) -> ExportStats:
-    """Write `<out_dir>/webdancer_sft.json` and `dataset_info.json` (both atomically)."""
+def export_sft(src: Path | str, out_dir: Path, split: Optional[str] = None) -> ExportStats:
+    """Write `<out_dir>/webdancer_sft.json` and `dataset_info.json` (both atomically) from a trajectory JSONL,
+    a dataset folder or a Hub dataset `hf:OWNER/NAME` (`split` picks its split)."""
+    from webdancer.datasources import is_dataset_ref, read_trajectories
+
     stats = ExportStats()
     records = []
-    for traj in load_trajectories(src):
+    for traj in read_trajectories(str(src), split) if is_dataset_ref(src) else load_trajectories(Path(src)):
         rec = to_sharegpt(traj)
         if isinstance(rec, str):
             stats.skip(rec)

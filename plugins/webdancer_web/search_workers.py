@@ -118,7 +118,8 @@ class WorkerPool:
 
     def _fail(self, message: str) -> None:
         self.broken = message
-        _pools.pop(self.spec_key, None)
+        if _pools.get(self.spec_key) is self:  # a newer pool for the same index stays
+            del _pools[self.spec_key]
         for worker in self.workers:
             if worker.loop is not None and not worker.loop.is_closed():
                 worker.loop.remove_reader(worker.conn.fileno())

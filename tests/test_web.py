@@ -348,3 +348,41 @@ def test_the_offline_web_serves_256_concurrent_clients_while_a_slow_client_trick
     stop.set()
     assert codes == [200] * 256 and elapsed < 20
     assert trickle.is_alive()  # still trickling: it did not hold the others up
+
+
+def test_the_offline_web_speaks_http_1_1_on_raw_sockets(local_web, monkeypatch):
+    """Keep-alive, HEAD without a body, 501 for other methods, 400 for garbage, Connection: close, and a client that
+    never finishes its request head is closed after the idle timeout."""
+    import webdancer_web.server as server_mod
+
+    web, _, _ = local_web
+
+    def exchange(sock, data: bytes) -> bytes:
+        sock.sendall(data)
+        out = b""
+        while b"\r\n\r\n" not in out:
+            out += sock.recv(65536)
+        head, _, body = out.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
+        if not data.startswith(b"HEAD"):
+            while len(body) < length:
+                body += sock.recv(65536)
+        return head + b"\r\n\r\n" + body
+
+    with socket.create_connection((web.host, web.port)) as sock:
+        first = exchange(sock, b"GET /foldoc/python.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200 ") and b"Content-Type: text/html" in first and b"</html>" in first.lower()
+        head = exchange(sock, b"HEAD /foldoc/python.html HTTP/1.1\r\nHost: x\r\n\r\n")  # same connection: kept alive
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        assert exchange(sock, b"POST /foldoc/python.html HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").startswith(b"HTTP/1.1 501 ")
+        closing = exchange(sock, b"GET /nosite/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert closing.startswith(b"HTTP/1.1 404 ") and b"Connection: close" in closing
+        assert sock.recv(10) == b""  # closed as asked
+    with socket.create_connection((web.host, web.port)) as sock:
+        assert exchange(sock, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    monkeypatch.setattr(server_mod, "IDLE_TIMEOUT_S", 0.3)
+    with socket.create_connection((web.host, web.port)) as sock:
+        sock.sendall(b"GET /foldoc/python.html HTTP/1.1\r\n")  # and nothing more
+        sock.settimeout(5)
+        started = time.monotonic()
+        assert sock.recv(10) == b"" and time.monotonic() - started < 3

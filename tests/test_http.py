@@ -176,3 +176,20 @@ async def test_refused_connections_and_bad_urls():
     for url in ("ftp://127.0.0.1/x", "http:///nohost", "http://127.0.0.1:notaport/"):
         with pytest.raises(httpx.UnsupportedProtocol, match="cannot request"):
             await pool.request("POST", url)
+
+
+def test_one_pool_serves_consecutive_event_loops():
+    """A client made once and used by two `asyncio.run`s against one server: the second loop must not be handed
+    the first loop's kept-alive connections (they belong to a closed loop)."""
+    from webdancer.testing.fake_openai import FakeOpenAIServer
+
+    pool = KeepAlivePool(5, 5)
+
+    async def twice(url):
+        return [(await pool.request("POST", url, content=b"{}")).status_code for _ in range(2)]
+
+    with FakeOpenAIServer(default="hi") as srv:
+        url = srv.base_url + "/chat/completions"
+        assert asyncio.run(twice(url)) == [200, 200]
+        assert asyncio.run(twice(url)) == [200, 200]
+    assert len(pool._slots) == 1  # the finished loop's entries were dropped

@@ -93,8 +93,10 @@ class KeepAlivePool:
     def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int = 4096):
         self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
         self._max_connections = max_connections
-        self._idle: dict[Origin, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-        self._slots: dict[Origin, asyncio.Semaphore] = {}
+        # Keyed by event loop too: a connection or a semaphore belongs to the loop that made it, and a
+        # client can outlive one `asyncio.run` and be used in the next.
+        self._idle: dict[tuple[asyncio.AbstractEventLoop, Origin], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._slots: dict[tuple[asyncio.AbstractEventLoop, Origin], asyncio.Semaphore] = {}
         self._closed = False
 
     async def request(self, method: str, url: str, content: bytes = b"", headers: dict[str, str] | None = None) -> RawResponse:
@@ -113,28 +115,32 @@ class KeepAlivePool:
         head += [f"{k}: {v}" for k, v in (headers or {}).items() if k.lower() not in ("host", "content-length")]
         head.append(f"Content-Length: {len(content)}")
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + content
-        slots = self._slots.get(origin)
+        key = (asyncio.get_running_loop(), origin)
+        slots = self._slots.get(key)
         if slots is None:
-            slots = self._slots[origin] = asyncio.Semaphore(self._max_connections)
+            for old in [k for k in self._slots if k[0].is_closed()]:  # a finished asyncio.run: its connections are gone
+                self._slots.pop(old)
+                self._idle.pop(old, None)
+            slots = self._slots[key] = asyncio.Semaphore(self._max_connections)
         async with slots:
             try:
-                return await within(self._timeout_s, self._exchange(origin, data, method == "HEAD"))
+                return await within(self._timeout_s, self._exchange(key, data, method == "HEAD"))
             except asyncio.TimeoutError:
                 raise httpx.ReadTimeout(f"no complete response from {parts.hostname}:{port} within {self._timeout_s:g} s") from None
 
-    async def _exchange(self, origin: Origin, data: bytes, head_only: bool) -> RawResponse:
-        idle = self._idle.get(origin)
+    async def _exchange(self, key: tuple[asyncio.AbstractEventLoop, Origin], data: bytes, head_only: bool) -> RawResponse:
+        idle = self._idle.get(key)
         while idle:
             reader, writer = idle.pop()
             if writer.is_closing() or reader.at_eof():
                 writer.close()
                 continue
             try:
-                return await self._send(origin, reader, writer, data, head_only, reused=True)
+                return await self._send(key, reader, writer, data, head_only, reused=True)
             except _StaleConnection:
                 continue
-        reader, writer = await self._connect(origin)
-        return await self._send(origin, reader, writer, data, head_only, reused=False)
+        reader, writer = await self._connect(key[1])
+        return await self._send(key, reader, writer, data, head_only, reused=False)
 
     async def _connect(self, origin: Origin) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         scheme, host, port = origin
@@ -146,7 +152,8 @@ class KeepAlivePool:
         except OSError as exc:  # refused, unreachable, name not resolved, TLS handshake (ssl.SSLError)
             raise httpx.ConnectError(f"{host}:{port}: {exc.strerror or exc}") from None
 
-    async def _send(self, origin: Origin, reader, writer, data: bytes, head_only: bool, reused: bool) -> RawResponse:
+    async def _send(self, key: tuple[asyncio.AbstractEventLoop, Origin], reader, writer, data: bytes, head_only: bool, reused: bool) -> RawResponse:
+        origin = key[1]
         response = _Response()
         parser = response.parser
         received = False
@@ -174,7 +181,7 @@ class KeepAlivePool:
             raise httpx.ReadError(f"{origin[1]}:{origin[2]}: {exc.strerror or exc}") from None
         finally:  # also on cancellation: a connection with a half-read response is never reused
             if keep and not self._closed:
-                self._idle.setdefault(origin, []).append((reader, writer))
+                self._idle.setdefault(key, []).append((reader, writer))
             else:
                 writer.close()
         return RawResponse(parser.get_status_code(), response.headers, b"".join(response.body))

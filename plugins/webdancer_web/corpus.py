@@ -197,14 +197,14 @@ class CorpusSearch(SearchBackend):
     def __init__(self, config: SearchConfig):
         super().__init__(config)
         if _workers(config):  # built here, once, not by each worker; loaded by the workers only
-            path, folder = indexed(config.corpus, config.corpus_index_dir, "tools.search.corpus")
+            path, _ = indexed(config.corpus, config.corpus_index_dir, "tools.search.corpus")
             self.spec = ("corpus", str(path), config.corpus_index_dir)
         else:
             self.corpus = load_corpus(config.corpus, config.corpus_index_dir, "tools.search.corpus")
 
     async def search(self, query: str, k: int) -> list[Hit]:
         if self.config.workers:
-            return await search_in_workers(self.spec, self.config.workers, query, k, lambda: f"the corpus {self.spec[1]}")
+            return await search_in_workers(self.spec, self.config.workers, query, k, f"the corpus {self.spec[1]}")
         return self.corpus.search(query, k)
 
 

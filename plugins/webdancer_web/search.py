@@ -78,11 +78,15 @@ class LocalSearch(SearchBackend):
         super().__init__(config)
         root = str(Path(config.web_root).resolve())
         self.spec = ("local", root)
-        self.index = _load_index(root) if not _workers(config) else LocalIndex.check(Path(root))
+        if _workers(config):  # the index lives in the workers; only its presence is checked here
+            LocalIndex.check(Path(root))
+            self.index = None
+        else:
+            self.index = _load_index(root)
 
     async def search(self, query: str, k: int) -> list[Hit]:
         if self.config.workers:
-            return await search_in_workers(self.spec, self.config.workers, query, k, lambda: f"the offline web in {self.spec[1]}")
+            return await search_in_workers(self.spec, self.config.workers, query, k, f"the offline web in {self.spec[1]}")
         return self.index.search(query, k)
 
 

@@ -16,7 +16,7 @@ import atexit
 import itertools
 import multiprocessing as mp
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
 from webdancer.errors import WebdancerError
 from webdancer_web.index import Hit
@@ -144,11 +144,11 @@ class WorkerPool:
 _pools: dict[tuple[Spec, int], WorkerPool] = {}
 
 
-async def search_in_workers(spec: Spec, workers: int, query: str, k: int, where: Callable[[], str]) -> list[Hit]:
-    """`query` on one of `workers` processes holding the index `spec` names; `where()` describes it in errors."""
+async def search_in_workers(spec: Spec, workers: int, query: str, k: int, where: str) -> list[Hit]:
+    """`query` on one of `workers` processes holding the index `spec` names; `where` describes it in errors."""
     pool = _pools.get((spec, workers))
     if pool is None:
-        pool = _pools[(spec, workers)] = WorkerPool(spec, workers, where())
+        pool = _pools[(spec, workers)] = WorkerPool(spec, workers, where)
     return await pool.search(query, k)
 
 

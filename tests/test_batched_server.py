@@ -8,7 +8,16 @@ import asyncio
 import httpx
 import pytest
 import torch
-from webdancer_models.batched_server import GREEDY_TEMPERATURE, BadRequest, Sampling, first_stop, install_fast_top_p, parse_request
+from webdancer_models.batched_server import (
+    GREEDY_TEMPERATURE,
+    BadRequest,
+    Sampling,
+    first_stop,
+    install_fast_top_p,
+    install_lean_sampling,
+    pack_linear_weights,
+    parse_request,
+)
 from webdancer_models.serve import served_model_name
 
 from webdancer.config import ModelConfig
@@ -54,6 +63,41 @@ def test_the_fast_top_p_keeps_the_same_tokens_as_transformers_own():
     assert torch.equal(torch.isinf(want), torch.isinf(got))  # the same tokens survive in every row
     assert torch.equal(got[~torch.isinf(got)], scores[~torch.isinf(got)])  # and keep their scores
     assert not torch.isinf(got[2]).any() and not torch.isinf(got[5]).any()  # top_p 1 rows untouched
+
+
+def test_the_lean_sampler_draws_from_the_same_distribution_and_never_a_filtered_token():
+    from transformers.generation.continuous_batching.model_runner import ModelRunner
+
+    assert install_lean_sampling()
+    runner = ModelRunner.__new__(ModelRunner)  # only the sampling settings are read
+    runner.do_sample, runner.return_logprobs = True, False
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05] + [0.0] * 3)
+    scores = probs.log().expand(4000, -1).clone()  # -inf for the filtered tokens, as top-p leaves them
+    scores[-1] = torch.tensor([0.1, 3.0, -2.0, 0.5, 0.0, 1.0, 2.0, 2.9]) / GREEDY_TEMPERATURE  # a greedy row
+    out = torch.zeros(2, scores.size(0), dtype=torch.int64)
+    torch.manual_seed(0)
+    runner._sample(scores.unsqueeze(0), out)
+    drawn, greedy = out[0, :-1], int(out[0, -1])
+    assert greedy == 1
+    counts = torch.bincount(drawn, minlength=8).double()
+    assert counts[probs == 0].sum() == 0
+    expected = probs * drawn.numel()
+    keep = probs > 0
+    chi2 = float((((counts - expected)[keep]) ** 2 / expected[keep]).sum())
+    assert chi2 < 16.3, (counts, chi2)  # 3 degrees of freedom, p = 0.001
+
+
+def test_packed_linear_layers_compute_what_the_stock_ones_do():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.SiLU(), torch.nn.Linear(96, 32, bias=False))
+    x = torch.randn(1, 8, 64)
+    with torch.inference_mode():
+        want = model(x)
+        if not pack_linear_weights(model):
+            pytest.skip("this torch has no oneDNN")
+        got = model(x)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6) and not torch.equal(model[0].weight, torch.zeros_like(model[0].weight))
+        assert torch.allclose(model(x[:, :1]), want[:, :1], rtol=1e-5, atol=1e-6)  # any number of rows
 
 
 def chat_config(serve_cfg, server, **kw) -> ModelConfig:

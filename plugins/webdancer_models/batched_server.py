@@ -154,32 +154,100 @@ def install_per_request_attention() -> bool:
     the engine packs every request in flight into one sequence and masks the cross-request blocks, so each
     token attends over the keys of *all* requests: 8 agents with 2,000-token contexts cost 8x the attention
     of each alone, and 4 concurrent long prompts took longer than running them one after another. Slicing
-    the same mask per request gives the same result for a fraction of the work. False when this transformers
-    passes attention differently (the stock function stays)."""
+    the same mask per request gives the same result for a fraction of the work; a request decoding one token
+    sees all its own keys, so it needs no mask at all (the mask-free kernel is the fast one). Calls torch's
+    SDPA directly with grouped-query heads (no copied key/value heads). False when this transformers passes
+    attention differently (the stock function stays)."""
     try:
         import torch
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     except ImportError:
         return False
+    sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def per_request_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    def per_request_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Optional[float] = None, **kwargs: Any) -> Any:
         cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
         if isinstance(cu_k, dict) and len(cu_k) == 1:
             cu_k = next(iter(cu_k.values()))
         packed = (torch.is_tensor(cu_q) and torch.is_tensor(cu_k) and query.shape[0] == 1 and cu_q.numel() > 2 and torch.is_tensor(attention_mask)
-                  and int(cu_q[-1]) == query.shape[2] and int(cu_k[-1]) == key.shape[2])
+                  and int(cu_q[-1]) == query.shape[2] and int(cu_k[-1]) == key.shape[2] and not kwargs.get("dropout"))
         if not packed:
-            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        gqa = key.shape[1] != query.shape[1]
         bounds_q, bounds_k = cu_q.tolist(), cu_k.tolist()
         parts = [
-            sdpa_attention_forward(module, query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], attention_mask[..., q0:q1, k0:k1], **kwargs)[0]
+            sdpa(query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], scale=scaling, enable_gqa=gqa,
+                 attn_mask=None if q1 - q0 == 1 else attention_mask[..., q0:q1, k0:k1])
             for q0, q1, k0, k1 in zip(bounds_q, bounds_q[1:], bounds_k, bounds_k[1:])
         ]
-        return torch.cat(parts, dim=1), None
+        return torch.cat(parts, dim=2).transpose(1, 2), None
 
     ALL_ATTENTION_FUNCTIONS["sdpa"] = per_request_sdpa
     return True
+
+
+def install_lean_sampling() -> bool:
+    """Two fixes to the engine's step on a CPU, same results:
+    - it runs the LM head on every token of a prefill chunk (512 rows of a 49,152-word vocabulary, ~29 GFLOP)
+      and then keeps one row per request; passing `logits_to_keep` computes only the rows it keeps;
+    - `torch.multinomial` draws one exponential per vocabulary entry (6 ms for 8 rows on two cores, more than
+      a decode step's attention); inverse-CDF sampling (one uniform per row, a binary search in the cumulative
+      probabilities) draws from exactly the same distribution, from the same seeded generator.
+    False when this transformers lays the engine out differently (the stock step stays)."""
+    try:
+        import torch
+        from transformers.generation.continuous_batching import model_runner
+    except ImportError:
+        return False
+    runner = getattr(model_runner, "ModelRunner", None)
+    if runner is None or not hasattr(runner, "_sample") or not hasattr(runner, "_forward_process_and_sample"):
+        return False
+    if getattr(runner, "webdancer_lean", False):
+        return True
+    stock_sample, stock_step = runner._sample, runner._forward_process_and_sample
+
+    def sample(self: Any, scores: "torch.Tensor", output_ids: "torch.Tensor") -> None:
+        if self.return_logprobs or not self.do_sample:
+            return stock_sample(self, scores, output_ids)
+        probs = torch.softmax(scores[0], dim=-1)
+        cdf = probs.cumsum(-1, dtype=torch.float64)
+        draw = torch.rand(cdf.size(0), 1, dtype=torch.float64) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, draw, right=True).squeeze(-1)
+        tokens = torch.where(tokens < cdf.size(-1), tokens, probs.argmax(-1))  # a draw rounded up to the total
+        output_ids[0, : tokens.size(0)].copy_(tokens)
+
+    def step(self: Any, model: Any, batch_data: Any, *args: Any, **kwargs: Any) -> Any:
+        if "logits_to_keep" not in batch_data and "logits_indices" in batch_data:
+            batch_data = {**batch_data, "logits_to_keep": batch_data["logits_indices"]}
+        return stock_step(self, model, batch_data, *args, **kwargs)
+
+    runner._sample, runner._forward_process_and_sample, runner.webdancer_lean = sample, step, True
+    return True
+
+
+def pack_linear_weights(model: Any) -> int:
+    """Give every linear layer oneDNN's prepacked copy of its weight. torch's default fp32 GEMM (MKL) runs a
+    decode step's small matrices (8 rows) at a fraction of memory bandwidth on this kind of CPU; the prepacked
+    kernel reads the weights at close to it (lm head, 8 rows: 8.9 -> 2.5 ms). Same fp32 arithmetic, a
+    different summation order (last-bit differences). Costs a second copy of the weights (~540 MB for
+    SmolLM2-135M). Returns how many layers were packed; 0 when this torch has no oneDNN (the stock path stays)."""
+    import torch
+
+    ops = getattr(torch.ops, "mkldnn", None)
+    if not torch.backends.mkldnn.is_available() or ops is None or not hasattr(ops, "_linear_pointwise"):
+        return 0
+    packed = 0
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.float32:
+            weight = ops._reorder_linear_weight(layer.weight.detach(), None)
+
+            def forward(x: Any, weight: Any = weight, bias: Any = layer.bias) -> Any:
+                return ops._linear_pointwise(x, weight, bias, "none", [], "")
+
+            layer.forward = forward
+            packed += 1
+    return packed
 
 
 class BatchedGenerator:
@@ -209,6 +277,10 @@ class BatchedGenerator:
             log.warning("this transformers has no SDPA attention to split per request; concurrent long prompts will be slow")
         if not install_fast_top_p():
             log.warning("this transformers has no per-request top-p hook to speed up; using its own (slower) top-p")
+        if not install_lean_sampling():
+            log.warning("this transformers lays out its batching step differently; using its own (slower) sampling")
+        if not pack_linear_weights(self.model):
+            log.warning("this torch has no oneDNN prepacked linear layers; using its default GEMM (slower)")
         # Every per-request processor must exist when the engine starts (values here are only defaults).
         gen = GenerationConfig(do_sample=True, temperature=0.5, top_k=None, top_p=0.99, max_new_tokens=256, eos_token_id=self.eos,
                                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0])

@@ -57,7 +57,7 @@ async def test_the_agent_searches_and_visits_a_users_corpus(tmp_path, kind):
         missing = (await tools.run(ToolCall("visit", {"url": ["https://wiki.example/Nowhere"], "goal": "x"}))).content
         assert "not in the corpus" in missing  # an observation, not a crash
     assert len(list((tmp_path / "index").iterdir())) == 1  # search and visit share one index
-    assert tools.tools["search"].backend.corpus is tools.tools["visit"].reader.corpus  # loaded once
+    assert tools.tools["search"].backend.searcher is tools.tools["visit"].reader.corpus  # loaded once
 
 
 def test_the_index_is_built_once_and_again_when_the_corpus_changes(tmp_path):

@@ -42,8 +42,8 @@ async def test_worker_processes_answer_what_this_process_answers(local_web):
     web, _, _ = local_web
     inline = LocalSearch(SearchConfig(web_root=web.root))
     pooled = LocalSearch(SearchConfig(web_root=web.root, workers=2))
-    assert not hasattr(pooled.index, "retriever")  # the index lives in the workers, not here
-    for q in queries(inline.index)[::5]:
+    assert pooled.searcher is None and inline.searcher is not None  # the index lives in the workers, not here
+    for q in queries(inline.searcher)[::5]:
         assert await pooled.search(q, 5) == await inline.search(q, 5)
 
 

@@ -24,8 +24,8 @@ from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer_web.index import Hit, best_snippet, build_index, retrieve
 from webdancer_web.readers import FetchError, PageContent, PageReader
-from webdancer_web.search import SearchBackend, SearchConfig, _workers
-from webdancer_web.search_workers import search_in_workers
+from webdancer_web.search import IndexSearch, SearchConfig
+from webdancer_web.search_workers import Spec
 
 if TYPE_CHECKING:
     from webdancer_web.visit import VisitConfig
@@ -188,24 +188,19 @@ def _open(path: Path, folder: Path) -> Corpus:
     return Corpus(path, folder)
 
 
-class CorpusSearch(SearchBackend):
+class CorpusSearch(IndexSearch):
     """`tools.search.backend: corpus`: BM25 over `tools.search.corpus`."""
 
     name = "corpus"
     label = "A search of the corpus"
 
-    def __init__(self, config: SearchConfig):
-        super().__init__(config)
-        if _workers(config):  # built here, once, not by each worker; loaded by the workers only
-            path, _ = indexed(config.corpus, config.corpus_index_dir, "tools.search.corpus")
-            self.spec = ("corpus", str(path), config.corpus_index_dir)
-        else:
-            self.corpus = load_corpus(config.corpus, config.corpus_index_dir, "tools.search.corpus")
+    def index_spec(self, config: SearchConfig, in_workers: bool) -> Spec:
+        path, _ = indexed(config.corpus, config.corpus_index_dir, "tools.search.corpus")  # built here, once, not by each worker
+        return ("corpus", str(path), config.corpus_index_dir)
 
-    async def search(self, query: str, k: int) -> list[Hit]:
-        if self.config.workers:
-            return await search_in_workers(self.spec, self.config.workers, query, k, f"the corpus {self.spec[1]}")
-        return self.corpus.search(query, k)
+    @property
+    def where(self) -> str:
+        return f"the corpus {self.spec[1]}"
 
 
 class CorpusReader(PageReader):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -17,7 +16,7 @@ from webdancer.keys import read_secret
 from webdancer.leaks import Blocklist
 from webdancer.tools import Tool
 from webdancer_web.index import Hit, LocalIndex
-from webdancer_web.search_workers import search_in_workers
+from webdancer_web.search_workers import Spec, open_searcher, search_in_workers
 
 SEPARATOR = "\n=======\n"
 BLOCKED_SPARE = 5  # extra results asked for when a blocklist is on, so dropping a few still leaves top_k
@@ -63,31 +62,45 @@ class SearchBackend:
         """Close clients."""
 
 
-@functools.lru_cache(maxsize=4)
-def _load_index(root: str) -> LocalIndex:
-    return LocalIndex(Path(root))
+class IndexSearch(SearchBackend):
+    """A BM25 index searched in this process or in `tools.search.workers` worker processes, same hits either way.
+    A subclass says which index (`index_spec`, which checks or builds it first) and how errors name it."""
+
+    def __init__(self, config: SearchConfig):
+        super().__init__(config)
+        workers = _workers(config)
+        self.spec: Spec = self.index_spec(config, in_workers=bool(workers))
+        self.searcher = None if workers else open_searcher(self.spec)  # with workers, the index lives in them
+
+    def index_spec(self, config: SearchConfig, in_workers: bool) -> Spec:
+        raise NotImplementedError
+
+    @property
+    def where(self) -> str:
+        """The index, as errors name it."""
+        raise NotImplementedError
+
+    async def search(self, query: str, k: int) -> list[Hit]:
+        if self.searcher is None:
+            return await search_in_workers(self.spec, self.config.workers, query, k, self.where)
+        return self.searcher.search(query, k)
 
 
-class LocalSearch(SearchBackend):
+class LocalSearch(IndexSearch):
     """BM25 over the local web's page store; loads the index once per process (or once per worker)."""
 
     name = "local"
     label = "A search"
 
-    def __init__(self, config: SearchConfig):
-        super().__init__(config)
-        root = str(Path(config.web_root).resolve())
-        self.spec = ("local", root)
-        if _workers(config):  # the index lives in the workers; only its presence is checked here
-            LocalIndex.check(Path(root))
-            self.index = None
-        else:
-            self.index = _load_index(root)
+    def index_spec(self, config: SearchConfig, in_workers: bool) -> Spec:
+        root = Path(config.web_root).resolve()
+        if in_workers:  # only its presence is checked here; the workers load it
+            LocalIndex.check(root)
+        return ("local", str(root))
 
-    async def search(self, query: str, k: int) -> list[Hit]:
-        if self.config.workers:
-            return await search_in_workers(self.spec, self.config.workers, query, k, f"the offline web in {self.spec[1]}")
-        return self.index.search(query, k)
+    @property
+    def where(self) -> str:
+        return f"the offline web in {self.spec[1]}"
 
 
 def _workers(config: SearchConfig) -> int:

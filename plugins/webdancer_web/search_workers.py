@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import itertools
 import multiprocessing as mp
 from multiprocessing.connection import Connection
@@ -25,8 +26,9 @@ Spec = tuple[str, ...]  # ("local", web_root) or ("corpus", corpus, index_dir)
 LOAD_FAILED = -1
 
 
+@functools.lru_cache(maxsize=4)
 def open_searcher(spec: Spec) -> Any:
-    """The object with `.search(query, k) -> list[Hit]` that `spec` names (in this process)."""
+    """The object with `.search(query, k) -> list[Hit]` that `spec` names, loaded once per process."""
     if spec[0] == "local":
         from pathlib import Path
 

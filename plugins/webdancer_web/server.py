@@ -30,23 +30,38 @@ mimetypes.add_type("text/css", ".css")
 mimetypes.add_type("application/javascript", ".js")
 
 
+Response = tuple[int, list[tuple[str, str]], bytes]
+
+
+def text_response(status: int, text: str, ctype: str) -> Response:
+    body = text.encode("utf-8")
+    return status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], body
+
+
+def error_response(status: int, message: str) -> Response:
+    """The error page http.server sends, so readers see what the standard library's server gave."""
+    page = (f"<!DOCTYPE HTML>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Error response</title></head>"
+            f"<body><h1>Error response</h1><p>Error code: {status}</p><p>Message: {html.escape(message)}.</p></body></html>\n")
+    return text_response(status, page, "text/html;charset=utf-8")
+
+
 class _Site:
     """What answers a request: the sites' folders and redirects (no I/O beyond reading the served files)."""
 
     def __init__(self, roots: dict[str, str], redirects: dict[str, dict[str, str]]):
         self.roots, self.redirects = roots, redirects
 
-    def respond(self, method: str, target: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    def respond(self, method: str, target: str) -> Response:
         """(status, headers, body) for GET/HEAD `target`: the same answers as the stdlib static handler gave."""
         path = unquote(urlsplit(target).path)
         if path in ("/", ""):
-            return self._text(200, self._home(), "text/html; charset=utf-8")
+            return text_response(200, self._home(), "text/html; charset=utf-8")
         parts = path.lstrip("/").split("/", 1)
         site, rest = parts[0], (parts[1] if len(parts) > 1 else "")
         if site == "robots.txt":
-            return self._text(200, "User-agent: *\nAllow: /\n", "text/plain; charset=utf-8")
+            return text_response(200, "User-agent: *\nAllow: /\n", "text/plain; charset=utf-8")
         if site not in self.roots:
-            return self._error(404, "No such site")
+            return error_response(404, "No such site")
         if len(parts) == 1:  # /python -> /python/
             return 301, [("Location", f"/{site}/"), ("Content-Length", "0")], b""
         target_page = self.redirects.get(site, {}).get(rest)
@@ -59,26 +74,16 @@ class _Site:
                 return 301, [("Location", f"/{site}/{rest}/"), ("Content-Length", "0")], b""
             full = os.path.join(full, "index.html")
             if not os.path.isfile(full):
-                return self._error(404, "No index page here")
+                return error_response(404, "No index page here")
         try:
             with open(full, "rb") as fh:
                 body = fh.read()
                 modified = os.fstat(fh.fileno()).st_mtime
         except OSError:
-            return self._error(404, "File not found")
+            return error_response(404, "File not found")
         ctype = mimetypes.guess_type(full)[0] or "application/octet-stream"
         headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Last-Modified", formatdate(modified, usegmt=True))]
         return 200, headers, body
-
-    @staticmethod
-    def _text(status: int, text: str, ctype: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        body = text.encode("utf-8")
-        return status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], body
-
-    def _error(self, status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        page = (f"<!DOCTYPE HTML>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Error response</title></head>"
-                f"<body><h1>Error response</h1><p>Error code: {status}</p><p>Message: {html.escape(message)}.</p></body></html>\n")
-        return self._text(status, page, "text/html;charset=utf-8")
 
     def _home(self) -> str:
         items = "".join(f'<li><a href="/{html.escape(s)}/">{html.escape(s)}</a></li>' for s in sorted(self.roots))
@@ -109,7 +114,7 @@ async def _connection(site: _Site, reader: asyncio.StreamReader, writer: asyncio
             connection = headers.get("connection", "").lower()
             keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
             if method not in ("GET", "HEAD"):
-                status, out, body = site._error(501, f"Unsupported method ({method!r})")
+                status, out, body = error_response(501, f"Unsupported method ({method!r})")
             else:
                 status, out, body = site.respond(method, target)
             if _LOG:

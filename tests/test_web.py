@@ -138,6 +138,28 @@ async def test_the_jina_reader_down_or_rate_limiting_is_an_outage_not_a_page(mon
     assert "Santa Claus in 1964" in out
 
 
+async def test_jina_telling_about_the_page_is_an_observation_but_a_gateway_error_or_silence_is_an_outage(monkeypatch):
+    """Jina's real page failure (422 with its JSON naming the target) is what the model reads; a 5xx without Jina's
+    error (a gateway's page) or no answer within timeout_s, although Jina was told to give up on the page sooner,
+    is the reader's outage."""
+    monkeypatch.setenv("JINA_API_KEY", "jina-test-key")
+    failed_goto = json.dumps({"data": None, "cause": {"name": "TimeoutError"}, "code": 422, "name": "AssertionFailureError", "status": 42206,
+                              "message": "Failed to goto https://slow.example/: TimeoutError: Navigation timeout of 15000 ms exceeded",
+                              "readableMessage": "AssertionFailureError: Failed to goto https://slow.example/: TimeoutError"}).encode()
+    with FakeJina(statuses=[(422, "application/json", failed_goto)] + [(502, "text/html", b"<html>Bad gateway</html>")] * 2) as jina:
+        tool = VisitTool(VisitConfig(reader="jina", jina_url=jina.url, cache_dir=None, backoff_s=0.01, max_retries=1, timeout_s=20))
+        out = await tool.call({"url": ["https://slow.example/"], "goal": "x"})
+        assert "Failed to goto https://slow.example/" in out and jina.requests[0]["timeout"] == "15"
+        with pytest.raises(OutageError, match="jina HTTP 502"):
+            await tool.call({"url": ["https://other.example/"], "goal": "x"})
+        await tool.aclose()
+        jina.statuses, jina.delay_s = [], 1.5
+        slow = VisitTool(VisitConfig(reader="jina", jina_url=jina.url, cache_dir=None, backoff_s=0.01, max_retries=0, timeout_s=1))
+        with pytest.raises(OutageError, match="jina reader .* failed after 1 tries \\(timeout"):
+            await slow.call({"url": ["https://example.org/"], "goal": "x"})
+        await slow.aclose()
+
+
 def visit_tool(local_sites, tmp_path=None, **kw):
     return VisitTool(VisitConfig(local_sites=local_sites, cache_dir=str(tmp_path / "cache") if tmp_path else None, backoff_s=0.01, **kw))
 
@@ -278,7 +300,7 @@ async def test_jina_reader_against_fake(monkeypatch):
         tool = VisitTool(VisitConfig(reader="jina", jina_url=jina.url, cache_dir=None))
         bad = await tool.call({"url": ["https://example.org/"], "goal": "x"})
         await tool.aclose()
-    assert jina.requests[0] == {"path": "/https://en.wikipedia.org/wiki/Epsom_Derby", "auth": f"Bearer {jina.key}"}
+    assert jina.requests[0] == {"path": "/https://en.wikipedia.org/wiki/Epsom_Derby", "auth": f"Bearer {jina.key}", "timeout": "15"}
     assert "Santa Claus in 1964" in out
     assert "jina rejected the API key (HTTP 401)" in bad and "JINA_API_KEY" in bad
 

@@ -95,9 +95,20 @@ class FakeSerper(BackgroundServer):
 class _JinaHandler(QuietHandler):
     def do_GET(self):  # noqa: N802
         owner = self.server.owner
-        owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+        owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "timeout": self.headers.get("X-Timeout")})
+        if owner.delay_s:
+            time.sleep(owner.delay_s)
         if owner.statuses:
-            self.send_json(owner.statuses.pop(0), b'{"code": 429, "message": "rate limited"}')
+            answer = owner.statuses.pop(0)
+            if isinstance(answer, int):
+                self.send_json(answer, b'{"code": 429, "message": "rate limited"}')
+            else:  # (status, content type, body) as sent
+                status, ctype, body = answer
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             return
         if self.headers.get("Authorization") != f"Bearer {owner.key}":
             self.send_json(401, b'{"code": 401, "message": "Invalid API key"}')
@@ -118,5 +129,6 @@ class FakeJina(BackgroundServer):
     def __init__(self, key="jina-test-key", statuses=None):
         super().__init__(_JinaHandler)
         self.key = key
-        self.statuses = list(statuses or [])  # answered first, one per request (e.g. 429s)
+        self.statuses = list(statuses or [])  # answered first, one per request: a status (429s) or (status, type, body)
+        self.delay_s = 0.0  # before each answer (a Jina that does not answer in time)
         self.requests = []

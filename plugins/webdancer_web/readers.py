@@ -165,6 +165,25 @@ def _pdf_text(body: bytes) -> str:
         raise FetchError(f"unreadable PDF ({type(exc).__name__})") from None
 
 
+JINA_MARGIN_S = 5
+JINA_OUTAGES = ("ConnectError", "jina HTTP", "timeout", "ReadError", "RemoteProtocolError", "WriteError")
+
+
+def jina_page_error(resp: httpx.Response) -> Optional[str]:
+    """Jina's own error about the target page ({"code": 422, "name": ..., "readableMessage": ...}), or None when
+    the body is not Jina's error (a page, or a gateway's error page)."""
+    if "json" not in resp.headers.get("content-type", ""):
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("code"), int) or body.get("code") in (401, 403, 429):
+        return None
+    said = body.get("readableMessage") or body.get("message")
+    return str(said)[:300] if said else None
+
+
 class JinaReader(PageReader):
     """The Jina Reader API: GET {jina_url}/{url} with a Bearer key; returns the page as markdown text."""
 
@@ -174,6 +193,7 @@ class JinaReader(PageReader):
         super().__init__(config)
         self.key = read_secret(config.jina_api_key_env, "the jina page reader")
         self.client = httpx.AsyncClient(timeout=config.timeout_s)
+        self.page_timeout_s = max(1, int(config.timeout_s) - JINA_MARGIN_S)  # Jina answers about a slow page before we give up on Jina
 
     async def read(self, url: str) -> PageContent:
         problem = await refusal(url, self.config.local_sites, resolve=False)
@@ -183,15 +203,19 @@ class JinaReader(PageReader):
         async def get() -> httpx.Response:
             resp = await self.client.get(
                 f"{self.config.jina_url.rstrip('/')}/{url}",
-                headers={"Authorization": f"Bearer {self.key}", "Accept": "text/plain"},
+                headers={"Authorization": f"Bearer {self.key}", "Accept": "text/plain", "X-Timeout": str(self.page_timeout_s)},
             )
-            if resp.status_code == 429 or resp.status_code >= 500:
+            if resp.status_code == 429 or (resp.status_code >= 500 and jina_page_error(resp) is None):
                 raise Retry(f"jina HTTP {resp.status_code}")
             return resp
 
-        # Jina unreachable or rate-limiting us is an outage of the reader; a timeout or a 5xx may be the page's
-        # own doing (Jina fetches it), so those stay an answer about the page.
-        resp = await _with_retries(self.config, get, f"the jina reader at {self.config.jina_url}", ("ConnectError", "jina HTTP 429"))
+        # What Jina says about the page (its JSON error naming the target: "Failed to goto ...: TimeoutError", any
+        # status) is an answer about the page. Everything else that fails is the reader's outage: unreachable,
+        # rate limiting, a 5xx without Jina's error (a gateway's 502/524), or no answer within timeout_s although
+        # Jina was told (X-Timeout) to give up on the page a few seconds sooner.
+        resp = await _with_retries(self.config, get, f"the jina reader at {self.config.jina_url}", JINA_OUTAGES)
+        if (said := jina_page_error(resp)) is not None and resp.status_code >= 400:
+            raise FetchError(f"jina could not read the page: {said}")
         if resp.status_code in (401, 403):
             raise FetchError(f"jina rejected the API key (HTTP {resp.status_code}); check {' or '.join(self.config.jina_api_key_env)}")
         if resp.status_code >= 400:

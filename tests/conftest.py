@@ -123,7 +123,7 @@ def expert_trajectories(local_web, tmp_path_factory):
     asyncio.run(run_synthesizer(CrawlQA(CrawlQAConfig(root_url=f"{web.base_url}/foldoc/python.html", crawl_store=str(folder / "c.jsonl"),
                                                       max_pages=120, num_items=8, kinds=["identify", "multi_hop"])), qa))
     cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "tools.visit.max_tokens=300",
-                             "policy.name=expert", "agent.current_date=2026-11-24", "agent.tool_timeout_s=30"])
+                             "agent.policy=expert", "agent.current_date=2026-11-24", "agent.tool_timeout_s=30"])
 
     async def sample_all():
         async with configured_agent(cfg) as agent:

@@ -22,7 +22,7 @@ def test_the_references_cover_every_command_and_key():
     for command in ("webdancer rl train", "webdancer sft export", "webdancer eval run", "webdancer pipeline", "webdancer model template"):
         assert f"## {command}\n" in text
     config = (ROOT / "docs" / "config.md").read_text()
-    for key in ("`rl.engine`", "`rl.max_turn_tokens`", "`sft.template`", "`pipeline.rl_port`", "`tools.visit` ", "`reward_options.answer`"):
+    for key in ("`rl.engine`", "`rl.max_turn_tokens`", "`sft.template`", "`pipeline.rl_port`", "`tools.visit` ", "`rewards.answer`"):
         assert key in config or key.strip() in config
 
 

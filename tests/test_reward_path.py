@@ -1,5 +1,5 @@
-"""One reward path: the filter, `webdancer eval` and RL's compute_score score with the same `rewards`,
-`reward_options` and `judge`, and any registered reward plugin works in all three."""
+"""One reward path: the filter, `webdancer eval` and RL's compute_score score with the same `rewards`
+and `judge`, and any registered reward plugin works in all three."""
 
 import asyncio
 import json
@@ -10,7 +10,7 @@ from test_eval import eval_args, scripted_model
 from webdancer.cli import cli
 from webdancer.testing.fake_openai import FakeOpenAIServer
 
-SHORT = ["rewards={short: 1.0}", "reward_options={short: {max_words: 3}}"]
+SHORT = ["rewards={short: {weight: 1.0, max_words: 3}}"]
 
 
 def test_a_plugin_reward_decides_eval_filter_and_rl_alike(plugins, tmp_path):
@@ -61,20 +61,24 @@ def test_the_judge_is_configured_once_and_decides_by_default(plugins, tmp_path):
     assert results["overall"]["pass_at_1"] == 0.0 and list(results["meta"]["rewards"]) == ["format", "judge"]
     assert results["meta"]["rewards"]["judge"]["prompt"] == "webdancer_rewards/prompts/judge.txt"
     shown = CliRunner().invoke(cli, ["config", "show", "judge.model={model: strict}"])
-    assert "judge: 0.9" in shown.output and "answer: 0.9" not in shown.output
+    assert "judge:\n    weight: 0.9" in shown.output and "answer:\n    weight" not in shown.output
 
 
 def test_bad_rewards_are_refused_before_any_rollout(plugins, tmp_path):
     with FakeOpenAIServer(default=scripted_model) as srv:
         for overrides, message in [
-            (["rewards={nope: 1}"], "no reward named 'nope' is registered"),
-            (["rewards={answer: -1}"], "weights must be non-negative"),
-            (["rewards={answer: 0, format: 0}"], "the weights are all zero"),
-            (["reward_options={short: {max_words: 3}}"], "reward_options.short is set but `rewards` has no 'short'"),
-            (["rewards={short: 1}", "reward_options={short: {max_word: 3}}"], "unknown config key 'reward_options.short.max_word'"),
-            (["rewards={judge: 1}"], "'judge' needs a judge model: set judge.model"),
+            (["rewards={nope: {weight: 1}}"], "no reward named 'nope' is registered"),
+            (["rewards.answer.weight=-1"], "weights must be non-negative"),
+            (["rewards={answer: {weight: 0}, format: {weight: 0}}"], "the weights are all zero"),
+            (["rewards={short: {max_words: 3}}"], "rewards.short has options but no weight"),
+            (["rewards={short: {weight: 1, max_word: 3}}"], "unknown config key 'rewards.short.max_word'"),
+            (["rewards={judge: {weight: 1}}"], "'judge' needs a judge model: set judge.model"),
             (["eval.judge={model: j}"], "'eval.judge' has moved: set judge.model"),
-            (["filter.f1_threshold=0.5"], "'filter.f1_threshold' has moved: set reward_options.answer.f1_threshold"),
+            (["filter.f1_threshold=0.5"], "'filter.f1_threshold' has moved: set rewards.answer.f1_threshold"),
+            (["rewards={answer: 0.9}"], "'rewards.answer' is 0.9: a reward is now its weight and options together; set rewards.answer.weight: 0.9"),
+            (["reward_options={answer: {f1_threshold: 0.5}}"], "'reward_options' has moved: set rewards.<name>"),
+            (["policy.name=expert"], "'policy.name' has moved: set agent.policy"),
+            (["rewards={judge: {weight: 0.9, model: {model: j}}}"], "'rewards.judge' takes only a weight"),
         ]:
             result = CliRunner().invoke(cli, eval_args(tmp_path, srv, "--name", "bad", *overrides))
             assert result.exit_code in (1, 2) and message in result.output and "Traceback" not in result.output, (overrides, result.output)

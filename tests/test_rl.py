@@ -65,13 +65,13 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
     missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "rl.venv=" + str(tmp_path / "none")])
     assert "hydra.run.dir=" + str(tmp_path / "r" / "rl" / "hydra") in script  # verl's hydra logs stay in the run folder
     assert missing.exit_code != 0 and "run `webdancer rl prepare QA_FILE` first" in missing.output
-    bad_metric = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={answer: {metric: bleu}}", "--print-command"])
-    assert bad_metric.exit_code == 2 and "reward_options.answer.metric" in bad_metric.output and "'f1'" in bad_metric.output
-    stray = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={format: {}}", "rewards={answer: 1}", "--print-command"])
-    assert stray.exit_code == 2 and "reward_options.format is set but `rewards` has no 'format'" in stray.output
+    bad_metric = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={answer: {metric: bleu}}", "--print-command"])
+    assert bad_metric.exit_code == 2 and "rewards.answer.metric" in bad_metric.output and "'f1'" in bad_metric.output
+    stray = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={format: {metric: x}, answer: {weight: 1}}", "--print-command"])
+    assert stray.exit_code == 2 and "rewards.format has options but no weight" in stray.output
     moved = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={judge: {model: {}}}", "--print-command"])
     assert moved.exit_code == 2 and "'reward_options.judge' has moved: set judge (judge.model" in moved.output
-    no_judge = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={judge: 1}", "--print-command"])
+    no_judge = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={judge: {weight: 1}}", "--print-command"])
     assert no_judge.exit_code == 2 and "'judge' needs a judge model: set judge.model" in no_judge.output
 
 

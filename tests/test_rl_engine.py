@@ -175,9 +175,9 @@ def test_one_real_grpo_step_updates_the_policy(plugins, local_web, tiny_model, t
     from webdancer_rl.trl_engine import train
 
     web, _, _ = local_web
-    run, _ = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1", "rl.filter_groups_metric=score", "rewards={vowels: 1.0}")
+    run, _ = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1", "rl.filter_groups_metric=score", "rewards={vowels: {weight: 1.0}}")
     cfg = load_config(None, run)
-    assert cfg.rewards == {"vowels": 1.0}  # in place of the default weights, not merged into them
+    assert cfg.rewards == {"vowels": {"weight": 1.0}}  # in place of the default weights, not merged into them
     data, out = tmp_path / "data", tmp_path / "rl"
     prepare(QA, cfg, data)
     model = train(cfg, data, out, str(tiny_model), echo=lambda line: None)
@@ -241,7 +241,7 @@ def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
     (empty / "config.json").write_text("{}")
     bad = train(f"rl.model_path={empty}")
     assert bad.exit_code == 1 and "has no weights" in bad.output and str(empty) in bad.output
-    bad = train("rewards={format: 0.1, bleu: 0.9}")
+    bad = train("rewards={format: {weight: 0.1}, bleu: {weight: 0.9}}")
     assert bad.exit_code != 0 and "bleu" in bad.output
     bad = train("rl.train_batch_size=4", "rl.ppo_mini_batch_size=4")
     assert bad.exit_code == 2 and "has 2 questions" in bad.output and "train_batch_size is 4" in bad.output

@@ -268,7 +268,7 @@ def test_sample_and_filter_cli(plugins, local_web, qa_items, tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"question": i.question, "answer": i.answer, "id": i.id, "source_urls": i.source_urls,
                                       "provenance": i.provenance}) + "\n" for i in qa_items[:3]))
-    common = [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "policy.name=expert", f"run.root={tmp_path}"]
+    common = [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "agent.policy=expert", f"run.root={tmp_path}"]
     result = CliRunner().invoke(cli, ["sample", str(qa), *common, "--n", "1"])
     assert result.exit_code == 0, result.output
     assert "3 new trajectories" in result.output

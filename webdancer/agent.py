@@ -179,10 +179,10 @@ def frozen_heap() -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def configured_agent(cfg: WebdancerConfig, policy: Optional[str] = None, model: Optional[ModelConfig] = None) -> AsyncIterator[Agent]:
-    """The run's agent: policy `policy` (default `policy.name`, with `policy.options` when it is that one) on
-    `model` (default `model`), the tools of `agent.tools`; both closed when the block ends."""
-    name = policy or cfg.policy.name
-    built = build_policy(name, cfg.policy.options if name == cfg.policy.name else {}, model or cfg.model)
+    """The run's agent: policy `policy` (default `agent.policy`) with its options `policies.<name>`, on `model`
+    (default `model`), the tools of `agent.tools`; both closed when the block ends."""
+    name = policy or cfg.agent.policy
+    built = build_policy(name, cfg.policies.get(name) or {}, model or cfg.model)
     try:
         async with ToolBox.for_run(cfg) as toolbox:
             yield Agent(built, toolbox, cfg.agent)

@@ -272,7 +272,7 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
     if not items:
         raise click.UsageError(f"{qa_file} has no QA items")
     runs = n if n is not None else cfg.sample.n
-    out_path = Path(out or cfg.run.dir / f"trajectories_{cfg.policy.name}.jsonl")
+    out_path = Path(out or cfg.run.dir / f"trajectories_{cfg.agent.policy}.jsonl")
 
     with Progress(TextColumn("{task.description}"), transient=False) as progress:
         task = progress.add_task("starting", total=None)
@@ -293,7 +293,7 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
     click.echo(f"{stats.done} new trajectories ({stats.already_there} already there) -> {out_path}")
     from webdancer.tracking import track
 
-    track(cfg, f"sample/{cfg.policy.name}", stats.tracked())
+    track(cfg, f"sample/{cfg.agent.policy}", stats.tracked())
     for tool, c in stats.tool_store.items():
         click.echo(f"tool store, {tool}: {c['calls']} calls, {c['hits']} served from the store, {c['misses']} live "
                    f"(estimated cost {c['cost']:g}), {c['replay_misses']} not recorded")

@@ -54,24 +54,19 @@ class ModelConfig:
 
 @dataclass
 class AgentConfig:
-    """The ReAct loop: turns, context budget, the tools offered, concurrency."""
+    """The ReAct loop: who writes the turns, the tools offered, turns, context budget, concurrency."""
 
-    max_turns: int = 20
-    max_context_tokens: int = 32768  # older observations are blanked to fit; the system prompt never is
+    # The policy that writes the agent's turns (`webdancer plugins`): openai (any OpenAI-compatible model),
+    # expert (the scripted teacher of the embedded web) or yours; its options live under `policies.<name>`.
+    policy: str = "openai"
     # The tools offered to the model, in this order; their options live under `tools.<name>`.
     tools: list[str] = field(default_factory=lambda: ["search", "visit"])
+    max_turns: int = 20
+    max_context_tokens: int = 32768  # older observations are blanked to fit; the system prompt never is
     tool_timeout_s: float = 60.0
     concurrency: int = 8  # trajectories in flight (sampling, eval)
     system_prompt_file: Optional[str] = None  # your own system prompt (placeholder {date}); empty: the packaged one
     current_date: Optional[str] = None  # the date the prompt states (empty: today); fix it for reproducible runs
-
-
-@dataclass
-class ComponentConfig:
-    """Names a registered component (policy, reward, ...) and passes it its own options."""
-
-    name: str = ""  # a registered name (`webdancer plugins`)
-    options: dict[str, Any] = field(default_factory=dict)  # checked against the component's own options
 
 
 @dataclass
@@ -330,14 +325,17 @@ class WebdancerConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
-    policy: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="openai"))
-    # Tool name -> that tool's options (for any tool, offered or not).
+    # Every component kind is configured the same way: `<kind>.<name>` holds one component's own options
+    # (`webdancer plugins` lists them), for any registered name, selected or not. What selects: agent.policy,
+    # agent.tools, a reward's `weight`, the synthesizer named on the command line.
+    # Policy name -> its options.
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Tool name -> its options.
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Reward name -> weight: how the filter, eval and RL all score. Empty: the paper's format 0.1 + answer 0.9
-    # (judge 0.9 instead of answer when `judge.model` is set). A sample is correct at half the weights' sum.
-    rewards: dict[str, float] = field(default_factory=dict)
-    # Reward name -> its options (`webdancer plugins`); the judge's are `judge`.
-    reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Reward name -> {weight, its options}: the rewards with a `weight` are how the filter, eval and RL all score.
+    # None weighted: the paper's format 0.1 + answer 0.9 (judge 0.9 instead of answer when `judge.model` is set).
+    # A sample is correct at half the weights' sum. The judge's options are the `judge` section.
+    rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     web: WebConfig = field(default_factory=WebConfig)
     # Synthesizer name -> its options (see `webdancer synth NAME --help`).

@@ -21,8 +21,12 @@ MOVED_KEYS = {
     "eval.judge_prompt": "judge.prompt_file",
     "eval.judge_concurrency": "judge.concurrency",
     "reward_options.judge": "judge (judge.model, judge.prompt_file: the judge is configured once)",
-    "filter.f1_threshold": "reward_options.answer.f1_threshold (the filter scores with `rewards`, as eval and RL do)",
-    "eval.f1_threshold": "reward_options.answer.f1_threshold (eval scores with `rewards`, as the filter and RL do)",
+    "reward_options": "rewards.<name> (a reward's options sit beside its weight: rewards.answer: {weight: 0.9, f1_threshold: 0.8})",
+    "filter.f1_threshold": "rewards.answer.f1_threshold (the filter scores with `rewards`, as eval and RL do)",
+    "eval.f1_threshold": "rewards.answer.f1_threshold (eval scores with `rewards`, as the filter and RL do)",
+    "policy.options": "policies.<name> (every component's options live at <kind>.<name>: policies.expert: {...})",
+    "policy.name": "agent.policy (the policy the agent runs; its options: policies.<name>)",
+    "policy": "agent.policy (the policy's name) and policies.<name> (its options)",
 }
 
 
@@ -30,6 +34,14 @@ def _check_moved(source: str, layer: DictConfig) -> None:
     for old, new in MOVED_KEYS.items():
         if OmegaConf.select(layer, old, default=None) is not None:
             raise ConfigError(f"{source}: '{old}' has moved: set {new}")
+    rewards = OmegaConf.select(layer, "rewards", default=None)
+    for name, value in (rewards.items() if isinstance(rewards, DictConfig) else ()):
+        if not isinstance(value, DictConfig) and value is not None:
+            raise ConfigError(f"{source}: 'rewards.{name}' is {value!r}: a reward is now its weight and options together; "
+                              f"set rewards.{name}.weight: {value}")
+        if name == "judge" and isinstance(value, DictConfig) and set(value.keys()) - {"weight"}:
+            raise ConfigError(f"{source}: 'rewards.judge' takes only a weight: set the judge's options in the judge section "
+                              "(judge.model, judge.prompt_file; the judge is configured once, for the filter, eval and RL)")
 
 
 def _fields_at(schema: type, dotted: str) -> list[str]:
@@ -109,7 +121,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _link_web_tools(cfg)
         from webdancer.rewards import configured_weights
 
-        cfg.rewards = configured_weights(cfg)  # `config show` and every stage see the weights scored with
+        for name, weight in configured_weights(cfg).items():  # `config show` and every stage see the weights scored with
+            cfg.rewards[name] = {**(cfg.rewards.get(name) or {}), "weight": weight}
         from webdancer.breaker import BREAKERS
 
         BREAKERS.configure(cfg.infra)  # the process's breakers follow the config it runs on

@@ -123,14 +123,14 @@ def config_reference(schema: type, plugins: Any) -> str:
             out.append(field_notes(schema).get(f.name, "") or f"`{_type_name(section)}`")
         out.append("")
     out += ["## Component options", "", "Each component takes its own options, checked against its `Config` dataclass: "
-            "`tools.<name>`, `synth.<name>`, `policy.options`, `reward_options.<name>`.", ""]
-    where = {"tools": "tools.{}", "synthesizers": "synth.{}", "policies": "policy.options (policy.name: {})",
-             "rewards": "reward_options.{}", "search_backends": "tools.search (backend: {})", "page_readers": "tools.visit (reader: {})"}
+            "`<kind>.<name>`: `tools.<name>`, `synth.<name>`, `policies.<name>`, `rewards.<name>` (beside the reward's `weight`).", ""]
+    where = {"tools": "tools.{}", "synthesizers": "synth.{}", "policies": "policies.{}",
+             "rewards": "rewards.{}", "search_backends": "tools.search (backend: {})", "page_readers": "tools.visit (reader: {})"}
     for kind in plugins.kinds:
         for name, component in sorted(plugins.components(kind).items()):
             config = getattr(component, "Config", None)
             if config is None or not dataclasses.is_dataclass(config) or not dataclasses.fields(config):
                 continue
-            label = where.get(kind, kind + ".{}").format(name)
+            label = "judge (the judge reward's options: its section above)" if (kind, name) == ("rewards", "judge") else where.get(kind, kind + ".{}").format(name)
             out += [f"### `{label}`", ""] + dataclass_table(config) + [""]
     return "\n".join(out).rstrip() + "\n"

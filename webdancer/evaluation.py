@@ -409,7 +409,7 @@ def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:
 
 
 def default_eval_name(eval_file: str, cfg: WebdancerConfig) -> str:
-    who = cfg.policy.name if cfg.policy.name != "openai" else Path(cfg.model.model.rstrip("/")).name or "model"
+    who = cfg.agent.policy if cfg.agent.policy != "openai" else Path(cfg.model.model.rstrip("/")).name or "model"
     return f"{Path(eval_file.split('#')[0]).stem}-{who}"
 
 
@@ -495,8 +495,8 @@ def run_eval(cfg: WebdancerConfig, eval_file: str, fmt: str, name: str, on_updat
     meta = {
         "name": name,
         "eval_file": str(eval_file) + (f" [{split}]" if split else ""),
-        "policy": cfg.policy.name,
-        "model": cfg.model.model if cfg.policy.name == "openai" else cfg.policy.name,
+        "policy": cfg.agent.policy,
+        "model": cfg.model.model if cfg.agent.policy == "openai" else cfg.agent.policy,
         "rewards": rewards.describe(),  # each reward's weight and options; the judge's model and prompt hash
         "blocklist": f"{len(cfg.eval.blocklist)} patterns (eval.blocklist)" if cfg.eval.blocklist else "off",
         "tool_store": f"{cfg.tool_store.mode} ({cfg.tool_store.dir})" if cfg.tool_store.mode != "off" else "off",

@@ -167,7 +167,7 @@ async def filter_file(src: Path, out: Path, cfg: FilterConfig, rewards: RewardSe
 
 
 async def filter_configured(src: Path, out: Path, cfg: WebdancerConfig) -> FilterReport:
-    """`filter_file` with the run's rewards (`rewards`, `reward_options`, `judge`), closed when it ends."""
+    """`filter_file` with the run's rewards (`rewards`, `judge`), closed when it ends."""
     rewards = RewardSet.from_config(cfg)
     try:
         return await filter_file(src, out, cfg.filter, rewards, cfg.judge.concurrency)

@@ -49,4 +49,4 @@ class Policy:
 def build_policy(name: str, options: dict[str, Any], model: ModelConfig, plugins: Any = None) -> Policy:
     from webdancer.plugins import get_plugins
 
-    return (plugins or get_plugins()).build("policies", name, options, f"policy.options ({name})", model)
+    return (plugins or get_plugins()).build("policies", name, options, f"policies.{name}", model)

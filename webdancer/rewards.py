@@ -1,8 +1,8 @@
 """The reward interface, and the one way every stage scores with it.
 
 The filter's correctness stage, `webdancer eval` and both RL engines (verl's `compute_score`, the
-TRL engine) score a sample through a `RewardSet` built from the same config: `rewards` (weights by
-reward plugin name), `reward_options` and the `judge` section. Any installed reward plugin works in
+TRL engine) score a sample through a `RewardSet` built from the same config: `rewards` (by reward
+plugin name, its `weight` and options) and the `judge` section. Any installed reward plugin works in
 all of them.
 """
 
@@ -68,15 +68,18 @@ class RewardScore:
 
 
 def configured_weights(cfg: "WebdancerConfig") -> dict[str, float]:
-    """`rewards`, or when empty the paper's (with the judge scoring answers when `judge.model` is set)."""
+    """The `weight` of each reward in `rewards` that has one, or when none has the paper's (with the judge scoring
+    answers when `judge.model` is set)."""
     from webdancer.config import DEFAULT_REWARD_WEIGHTS, JUDGED_REWARD_WEIGHTS
 
-    return dict(cfg.rewards or (JUDGED_REWARD_WEIGHTS if cfg.judge.model else DEFAULT_REWARD_WEIGHTS))
+    weights = {name: opts["weight"] for name, opts in (cfg.rewards or {}).items() if "weight" in (opts or {})}
+    return weights or dict(JUDGED_REWARD_WEIGHTS if cfg.judge.model else DEFAULT_REWARD_WEIGHTS)
 
 
 def configured_options(cfg: "WebdancerConfig") -> dict[str, dict[str, Any]]:
-    """`reward_options`, with the judge's own from the `judge` section (configured once)."""
-    options = {name: dict(opts or {}) for name, opts in (cfg.reward_options or {}).items()}
+    """Each reward's options (`rewards.<name>` but its weight), with the judge's own from the `judge` section."""
+    options = {name: {k: v for k, v in (opts or {}).items() if k != "weight"} for name, opts in (cfg.rewards or {}).items()}
+    options = {name: opts for name, opts in options.items() if opts}
     if cfg.judge.model:
         options["judge"] = {"model": dict(cfg.judge.model), "prompt_file": cfg.judge.prompt_file}
     return options
@@ -85,15 +88,16 @@ def configured_options(cfg: "WebdancerConfig") -> dict[str, dict[str, Any]]:
 def check_weights(weights: dict[str, float], options: dict[str, dict[str, Any]]) -> None:
     """Weights that can score: non-empty, none negative, not all zero, options only for rewards in use."""
     if not weights:
-        raise ConfigError("rewards: no reward to score with; name at least one (e.g. rewards: {format: 0.1, answer: 0.9})")
+        raise ConfigError("rewards: no reward to score with; weigh at least one (e.g. rewards: {format: {weight: 0.1}, answer: {weight: 0.9}})")
     bad = {name: w for name, w in weights.items() if not isinstance(w, (int, float)) or w < 0}
     if bad:
         raise ConfigError(f"rewards: weights must be non-negative numbers, got {bad}")
     if not any(weights.values()):
         raise ConfigError(f"rewards: the weights are all zero ({weights}); give at least one a positive weight")
     for name in options:
-        if name not in weights and name != "judge":
-            raise ConfigError(f"reward_options.{name} is set but `rewards` has no {name!r} (rewards: {', '.join(weights)})")
+        if name not in weights and name != "judge" and not (name == "answer" and "judge" in weights):  # answer: the judge's fallback
+            raise ConfigError(f"rewards.{name} has options but no weight, so it scores nothing (weighted: {', '.join(weights)}); "
+                              f"give it one (rewards.{name}.weight) or remove it")
     if "judge" in weights and not (options.get("judge") or {}).get("model"):
         raise ConfigError("rewards: 'judge' needs a judge model: set judge.model: {base_url, model, api_key_env}")
 
@@ -113,10 +117,10 @@ class RewardSet:
         check_weights(plain(weights), self.options)
         self.weights = dict(plain(weights))
         def build(name: str) -> Reward:
-            return get_plugins().build("rewards", name, self.options.get(name), "judge" if name == "judge" else f"reward_options.{name}")
+            return get_plugins().build("rewards", name, self.options.get(name), "judge" if name == "judge" else f"rewards.{name}")
 
         self.rewards: dict[str, Reward] = {name: build(name) for name in self.weights}
-        # A judge that refuses is replaced by the `answer` reward (reward_options.answer), as if no judge were set.
+        # A judge that refuses is replaced by the `answer` reward (rewards.answer's options), as if no judge were set.
         self.fallback: Optional[Reward] = (self.rewards.get("answer") or build("answer")) if "judge" in self.weights else None
 
     @classmethod

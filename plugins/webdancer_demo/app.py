@@ -47,7 +47,7 @@ def describe_setup(cfg: WebdancerConfig, which: str = "") -> str:
     tools = ", ".join(
         f"`{name}` ({cfg.tools.get(name, {}).get('backend') or cfg.tools.get(name, {}).get('reader') or 'default'})" for name in cfg.agent.tools
     )
-    who = f"`{cfg.model.model}` at `{cfg.model.base_url}`" if cfg.policy.name == "openai" else f"policy `{cfg.policy.name}`"
+    who = f"`{cfg.model.model}` at `{cfg.model.base_url}`" if cfg.agent.policy == "openai" else f"policy `{cfg.agent.policy}`"
     trained = f" · this model: **{which}**" if which else ""
     return f"Model: {who}{trained} · tools: {tools} · at most {cfg.agent.max_turns} turns"
 

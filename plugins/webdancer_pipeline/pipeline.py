@@ -102,7 +102,7 @@ class Pipeline:
         return self.services.enter_context(start_server(serve_cfg, self.path("logs") / log_name))
 
     def need_model(self) -> None:
-        if self._model is None and self.cfg.policy.name == "openai":
+        if self._model is None and self.cfg.agent.policy == "openai":
             self._model = self._serve(self.cfg.serve, "serve_base")
 
     @property
@@ -192,7 +192,7 @@ class Pipeline:
             if model is None:
                 self.need_model()
             items = train if k < 0 else train[:k]
-            out[self.cfg.policy.name] = self._sample(self.cfg.policy.name, items, self.path("trajectories_model.jsonl"), model)
+            out[self.cfg.agent.policy] = self._sample(self.cfg.agent.policy, items, self.path("trajectories_model.jsonl"), model)
         return out
 
     def stage_filter(self) -> dict[str, Any]:
@@ -253,7 +253,7 @@ class Pipeline:
 
         self.need_web()
         cfg = self.served_config(model_dir, port)
-        if cfg.policy.name == "openai":
+        if cfg.agent.policy == "openai":
             self._serve(cfg.serve, f"serve_{name}")
         summary = self._eval(cfg, name)
         runs = {n: load_results(self.dir / "eval" / n) for n in EVALS if (self.dir / "eval" / n / "results.json").exists()}

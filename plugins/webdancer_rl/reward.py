@@ -3,7 +3,7 @@
 verl calls `compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)`
 once per rollout (awaited, since this one is async: judge calls overlap across a batch).
 The rewards and their weights come from `reward_kwargs` (written by `webdancer rl train` from
-`rewards`, `reward_options` and the `judge` section): `weights` (default: the paper's format 0.1 +
+`rewards` and the `judge` section): `weights` (default: the paper's format 0.1 +
 answer 0.9) and `options` per reward. They are scored by the same `RewardSet` as the filter and eval:
 a judge that fails falls back to the match rule for that rollout, counted in `judge_failed`.
 """

@@ -135,13 +135,13 @@ def gpu_visible() -> bool:
 
 
 def check_rewards(cfg: WebdancerConfig) -> None:
-    """Validate `rewards`, `reward_options` and the judge here, before an engine starts, not in its reward workers."""
+    """Validate `rewards` and the judge here, before an engine starts, not in its reward workers."""
     from webdancer.plugins import get_plugins
 
     weights, options = configured_weights(cfg), configured_options(cfg)
     check_weights(weights, options)
     for name in weights:
-        get_plugins().options("rewards", name, options.get(name), "judge" if name == "judge" else f"reward_options.{name}")
+        get_plugins().options("rewards", name, options.get(name), "judge" if name == "judge" else f"rewards.{name}")
     metrics = ["score", "reward", *weights]
     if cfg.rl.filter_groups and cfg.rl.filter_groups_metric not in metrics:
         raise ConfigError(f"rl.filter_groups_metric={cfg.rl.filter_groups_metric!r} is not a score of this run; choose one of {', '.join(metrics)}")

@@ -288,7 +288,7 @@ def test_dapo_overrides_compose_with_verls_own_config(prepared, tmp_path):
     from webdancer_rl.train import verl_overrides
 
     cfg, data = prepared
-    cfg.reward_options = {"answer": {"metric": "match"}}
+    cfg.rewards["answer"]["metric"] = "match"
     overrides = verl_overrides(cfg, data.train.parent, tmp_path)
     config_dir = str(Path(verl.__file__).parent / "trainer" / "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):

@@ -62,9 +62,9 @@ def adapter_rows() -> list[Row]:
         print("verl is not importable here: run with .venvs/rl/bin/python for the tool-adapter row", file=sys.stderr)
         return []
     from webdancer_web.build import build_web
+    from webdancer_web.config import SiteConfig, WebConfig
     from webdancer_web.server import LocalWebServer
 
-    from webdancer.config import SiteConfig, WebConfig
     from webdancer.config_loader import load_config
     from webdancer.tools import ToolBox
 

@@ -29,9 +29,8 @@ STEPS = int(os.environ.get("RL_BENCH_STEPS", "3"))
 
 
 def server_tokens_per_s(model: Path) -> float:
+    from webdancer_models.config import ServeConfig
     from webdancer_models.serve import served_model_name, start_server
-
-    from webdancer.config import ServeConfig
 
     cfg = ServeConfig(backend="transformers", model_path=str(model), port=free_port(), health_timeout_s=300)
     with tempfile.TemporaryDirectory() as logs, start_server(cfg, Path(logs)) as server:

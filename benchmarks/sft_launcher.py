@@ -26,10 +26,9 @@ MODEL = ROOT / ".webdancer/models/smollm2-135m"
 
 
 def main() -> None:
+    from webdancer_sft.config import SftConfig
     from webdancer_sft.export import export_sft, load_trajectories, to_sharegpt
     from webdancer_sft.train import cli_path, inspect_dataset, llamafactory_yaml, run_training
-
-    from webdancer.config import SftConfig
 
     if not KEPT.is_file() or not (MODEL / "config.json").is_file():
         sys.exit("run scripts/quickstart.sh first")

@@ -26,8 +26,8 @@ from _common import Row, emit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 from webdancer_web.build import build_web  # noqa: E402
+from webdancer_web.config import SiteConfig  # noqa: E402
 
-from webdancer.config import SiteConfig  # noqa: E402
 from webdancer.testing.model_process import ModelProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

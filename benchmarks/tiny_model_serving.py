@@ -113,10 +113,9 @@ def evaluate(base_url: str, model: str, concurrency: int, out: Path, web_port: i
 
 
 def main() -> None:
+    from webdancer_models.config import ServeConfig
     from webdancer_models.serve import served_model_name, start_server
     from webdancer_web.server import LocalWebServer
-
-    from webdancer.config import ServeConfig
 
     if not (MODEL / "config.json").is_file() or not (WEB / "manifest.json").is_file():
         sys.exit("run scripts/quickstart.sh first (it exports the model and builds the web)")

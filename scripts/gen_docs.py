@@ -6,7 +6,6 @@
 from pathlib import Path
 
 from webdancer.cli import cli
-from webdancer.config import WebdancerConfig
 from webdancer.docgen import cli_reference, config_reference
 from webdancer.jsonl import atomic_write_text
 from webdancer.plugins import Plugins
@@ -18,7 +17,7 @@ def main() -> None:
     plugins = Plugins()  # the installed plugins only, as a user has them
     plugins.add_commands(cli)
     atomic_write_text(DOCS / "cli.md", cli_reference(cli))
-    atomic_write_text(DOCS / "config.md", config_reference(WebdancerConfig, plugins))
+    atomic_write_text(DOCS / "config.md", config_reference(plugins))
     print(f"wrote {DOCS / 'cli.md'} and {DOCS / 'config.md'}")
 
 

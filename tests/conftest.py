@@ -64,9 +64,8 @@ def local_web(tmp_path_factory):
     if not PYTHON_DOCS.is_dir() or not FOLDOC.is_file():
         pytest.fail("python3-doc and dict-foldoc must be installed (scripts/setup.sh installs them)")
     from webdancer_web.build import build_web
+    from webdancer_web.config import SiteConfig, WebConfig
     from webdancer_web.server import LocalWebServer
-
-    from webdancer.config import SiteConfig, WebConfig
 
     root = tmp_path_factory.mktemp("web")
     web = WebConfig(
@@ -93,9 +92,8 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_server(tiny_model, tmp_path_factory):
     """The default CPU server (`batched`: continuous batching) on loopback with the tiny model."""
+    from webdancer_models.config import ServeConfig
     from webdancer_models.serve import start_server
-
-    from webdancer.config import ServeConfig
 
     cfg = ServeConfig(backend="batched", model_path=str(tiny_model), port=free_port(), health_timeout_s=240, kv_cache_tokens=8192)
     server = start_server(cfg, tmp_path_factory.mktemp("logs"))

@@ -15,10 +15,10 @@ from conftest import ROOT
 from webdancer_models.chat_template import WIRE_CHATML_TEMPLATE, generation_prefix, renders_verbatim, wire_template_for
 from webdancer_models.export import install_wire_template
 from webdancer_rl.rollout import ChatTokens
+from webdancer_sft.config import SftConfig
 from webdancer_sft.export import export_sft
 from webdancer_sft.train import inspect_dataset
 
-from webdancer.config import SftConfig
 from webdancer.jsonl import read_records
 from webdancer.records import Trajectory
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from webdancer_models.config import ServeConfig
 from webdancer_models.export import export_model
 from webdancer_models.serve import (
     ServerProcess,
@@ -18,7 +19,7 @@ from webdancer_models.serve import (
 )
 
 from webdancer.agent import Agent
-from webdancer.config import AgentConfig, ModelConfig, ServeConfig
+from webdancer.config import AgentConfig, ModelConfig
 from webdancer.config_loader import load_config
 from webdancer.errors import WebdancerError
 from webdancer.policies import build_policy

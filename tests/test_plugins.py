@@ -85,3 +85,67 @@ def test_tool_command_calls_registered_tool(plugins):
     assert bad.exit_code == 2 and "missing required argument 'query'" in bad.output
     missing = CliRunner().invoke(cli, ["tool", "nope", "{}"])
     assert missing.exit_code == 1 and "no tool named 'nope'" in missing.output
+
+
+def test_a_plugin_brings_its_own_config_section_typed_like_the_cores(plugins, tmp_path):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from webdancer.config_loader import load_config
+    from webdancer.errors import ConfigError
+
+    @dataclass
+    class CacheSection:
+        name: ClassVar[str] = "cachey"
+        size_mb: int = 64
+        policy: str = "lru"
+
+    class Cachey:
+        @staticmethod
+        @hookimpl
+        def register_config_sections(register):
+            register(CacheSection)
+
+        @staticmethod
+        @hookimpl
+        def config_loaded(cfg):
+            cfg.tools.setdefault("lookup", {})["cache_mb"] = cfg.cachey.size_mb
+
+    plugins.register(Cachey, name="cachey-plugin")
+    (tmp_path / "c.yaml").write_text("cachey:\n  size_mb: 8\n")
+    cfg = load_config(tmp_path / "c.yaml", ["cachey.policy=fifo"])
+    assert (cfg.cachey.size_mb, cfg.cachey.policy) == (8, "fifo") and cfg.tools["lookup"]["cache_mb"] == 8
+    assert cfg.serve.port == 8000  # the first-party plugins' sections are there too
+    shown = CliRunner().invoke(cli, ["config", "show", "cachey.size_mb=3"])
+    assert "cachey:\n  size_mb: 3\n  policy: lru" in shown.output
+    with pytest.raises(ConfigError, match="unknown config key 'cachey.sizemb'; closest valid keys: size_mb"):
+        load_config(None, ["cachey.sizemb=1"])
+    with pytest.raises(ConfigError, match="bad value for 'cachey.size_mb'"):
+        load_config(None, ["cachey.size_mb=big"])
+
+    @dataclass
+    class Clash:
+        name: ClassVar[str] = "agent"
+
+    class Clasher:
+        @staticmethod
+        @hookimpl
+        def register_config_sections(register):
+            register(Clash)
+
+    plugins.register(Clasher, name="clash-plugin")
+    with pytest.raises(PluginError, match="plugin 'clash-plugin' registers a config section 'agent', which is a section of the core"):
+        load_config(None)
+
+
+def test_a_section_of_a_plugin_not_installed_is_named_not_a_bare_attribute_error():
+    from webdancer.config_loader import load_config
+
+    reg = Plugins(load_entrypoints=False)
+    set_plugins(reg)
+    try:
+        cfg = load_config(None)
+    finally:
+        set_plugins(None)
+    with pytest.raises(AttributeError, match="no 'serve' section: the plugin that declares it is not installed"):
+        cfg.serve  # noqa: B018

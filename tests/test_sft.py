@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from webdancer_sft.config import SftConfig
 from webdancer_sft.export import export_sft
 from webdancer_sft.train import inspect_dataset, run_training
 
-from webdancer.config import SftConfig
 from webdancer.errors import RecordError, WebdancerError
 from webdancer.jsonl import read_records
 from webdancer.records import Trajectory

@@ -12,8 +12,6 @@ from webdancer.leaks import BENCHMARK_SOURCES
 # unless `rewards` says otherwise; with a judge configured, the judge scores the answer.
 DEFAULT_REWARD_WEIGHTS = {"format": 0.1, "answer": 0.9}
 JUDGED_REWARD_WEIGHTS = {"format": 0.1, "judge": 0.9}
-# `webdancer pipeline`'s stages, in the order they run.
-PIPELINE_STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl", "report")
 
 
 def one_of(*choices: str) -> Any:
@@ -70,59 +68,6 @@ class AgentConfig:
 
 
 @dataclass
-class SiteConfig:
-    """One local site, served under /<name>/ by `webdancer web serve`."""
-
-    name: str = ""  # the URL prefix /<name>/
-    # html_dir: a folder of real HTML pages (Debian python3-doc); foldoc: the dictd files of dict-foldoc.
-    kind: str = "html_dir"
-    source: str = ""  # the folder the pages come from
-    max_pages: int = 0  # 0 = all
-    licence: str = ""  # the pages' licence (SPDX id), written into exported dataset cards
-
-
-@dataclass
-class WebConfig:
-    """The offline web: built into `root`, served on host:port (stable URLs depend on the port)."""
-
-    root: str = ".webdancer/web"  # pages.jsonl, the BM25 index, the manifest
-    host: str = "127.0.0.1"
-    port: int = 8765
-    sites: list[SiteConfig] = field(
-        default_factory=lambda: [
-            SiteConfig("python", "html_dir", "/usr/share/doc/python3-doc/html", licence="PSF-2.0"),
-            SiteConfig("foldoc", "foldoc", "/usr/share/dictd", licence="GFDL-1.1-or-later"),
-        ]
-    )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-@dataclass
-class ServeConfig:
-    """How `webdancer serve` starts a model server (or where an external one is)."""
-
-    # batched: our CPU server over transformers' continuous batching (concurrent requests share each decode
-    # step); transformers: `transformers serve`, one request at a time (per-request seeds); sglang:
-    # `python -m sglang.launch_server` on GPU; external: an OpenAI-compatible server someone else runs.
-    backend: str = "batched"
-    model_path: str = ".webdancer/models/smollm2-135m"  # a Hugging Face model folder
-    host: str = "127.0.0.1"
-    port: int = 8000
-    external_url: str = ""  # backend external: its OpenAI-compatible base URL
-    served_model_name: str = ""  # sglang: the name clients send (default: the model path)
-    tensor_parallel: int = 1  # sglang --tp
-    context_length: int = 8192  # sglang --context-length
-    mem_fraction_static: float = 0.85  # sglang --mem-fraction-static
-    health_timeout_s: float = 300.0  # how long to wait for the server to become healthy
-    kv_cache_tokens: int = 32768  # batched: KV cache shared by the requests in flight (46 KB a token for the tiny model)
-    max_batch_tokens: int = 512  # batched: tokens in one forward pass (prefill chunks + one per decoding request)
-    extra_args: list[str] = field(default_factory=list)  # appended to the server command
-
-
-@dataclass
 class SampleConfig:
     """`webdancer sample`: rollouts per question."""
 
@@ -153,127 +98,6 @@ class EvalConfig:
     # refuses while evaluating, added to every offered tool with a `blocklist` option. Default: the benchmarks'
     # own releases and known copies; [] turns it off.
     blocklist: list[str] = field(default_factory=lambda: list(BENCHMARK_SOURCES))
-
-
-@dataclass
-class RlConfig:
-    """RL (DAPO, multi-turn tool calls): `webdancer rl prepare|train`, with verl (clusters) or TRL (one machine)."""
-
-    # verl: `python -m verl.trainer.main_ppo` (Ray, SGLang rollouts, GPUs); trl: TRL's GRPOTrainer on
-    # this machine (CPU or one GPU). Both read the same data and train with the same rollout rules and rewards.
-    engine: str = one_of("verl", "trl")
-    venv: str = ".venvs/rl"  # verl's environment, made by `scripts/setup_rl.sh` (verl + webdancer)
-    model_path: str = ""  # default: the SFT checkpoint runs/<run>/sft if it exists, else sft.model_path
-    data_dir: str = ""  # default runs/<run>/rl_data (train.parquet, val.parquet, tool_config.yaml, agent_loops.yaml)
-    output_dir: str = ""  # default runs/<run>/rl (checkpoints, train.log, command.sh)
-    val_fraction: float = 0.1  # questions kept for validation (by a hash of their id, so a rerun moves none)
-    # Train on this many of the training questions (0: all), chosen by a hash of their ids: a small set seen
-    # every few steps makes the reward of early and late steps comparable (the CPU learning-signal run).
-    train_questions: int = 0
-    # DAPO (Yu et al. 2025): group sampling, decoupled clip (clip-higher), dynamic sampling that
-    # drops groups whose rollouts all score the same, token-level loss, overlong reward shaping, no KL.
-    adv_estimator: str = "grpo"
-    n_rollouts: int = 8  # rollouts per question: the group advantages are relative to
-    clip_ratio_low: float = 0.2  # PPO clip below 1 (TRL: epsilon)
-    clip_ratio_high: float = 0.28  # clip-higher above 1 (TRL: epsilon_high)
-    loss_agg_mode: str = "token-mean"  # token-mean (TRL: dapo), seq-mean-token-mean (grpo), seq-mean-token-sum-norm (dr_grpo)
-    filter_groups: bool = True  # dynamic sampling: a group without spread is not trained on
-    # The compute_score key whose spread decides a group: `score` (weighted rewards), `reward` (score + overlong
-    # penalty, verl's canonical reward) or one reward's name.
-    filter_groups_metric: str = "score"
-    max_num_gen_batches: int = 10  # verl: batches drawn to replace dropped groups before it gives up
-    overlong_buffer: int = 512  # tokens before the response limit where the length penalty ramps up (0 = off)
-    overlong_penalty: float = 1.0  # the penalty at the response limit
-    use_kl_loss: bool = False
-    kl_loss_coef: float = 0.001  # when use_kl_loss (TRL: beta)
-    train_batch_size: int = 32  # questions per step (each rolled out n_rollouts times)
-    ppo_mini_batch_size: int = 16  # questions per optimizer update (train_batch_size / this = updates per step)
-    micro_batch_size: int = 0  # rollouts per forward/backward pass, gradients accumulated (0: a whole mini-batch at once)
-    learning_rate: float = 1e-6
-    max_prompt_length: int = 4096  # tokens of the first prompt (system + question + tool list)
-    max_response_length: int = 8192  # tokens of a whole rollout after the prompt, observations included
-    max_turns: int = 8  # model turns per rollout
-    max_turn_tokens: int = 0  # new tokens one turn may generate (0: the whole remaining response budget)
-    max_tool_response_length: int = 4096  # characters of a tool observation, cut as verl cuts them
-    tool_response_truncate_side: str = one_of("middle", "left", "right")
-    temperature: float = 1.0  # rollout sampling
-    top_p: float = 1.0
-    rollout_engine: str = "sglang"  # verl's rollout server (sglang, vllm)
-    tensor_parallel: int = 1  # verl rollout tensor parallelism
-    gpu_memory_utilization: float = 0.6  # verl rollout server's share of GPU memory
-    n_gpus_per_node: int = 1
-    nnodes: int = 1
-    total_training_steps: int = 5  # steps: one generated batch of train_batch_size questions each
-    save_freq: int = -1  # steps between checkpoints (-1: verl saves none midway; TRL saves at the end)
-    test_freq: int = -1
-    seed: int = 1
-    logger: list[str] = field(default_factory=lambda: ["console"])  # verl's trainer.logger (file and tracking.backend are added)
-    # Raw verl overrides (`key=value`, hydra syntax) appended last: anything verl has that is not above.
-    extra: list[str] = field(default_factory=list)
-    # TRL GRPOConfig fields set last, by name (checked against the installed TRL): anything TRL has that is not above.
-    trl: dict[str, Any] = field(default_factory=dict)
-    # Warnings while training (both engines' metrics): the valid-turn rate falling this far below its first
-    # step's, the mean response length growing past this multiple of its first step's.
-    warn_valid_turn_drop: float = 0.3
-    warn_length_growth: float = 2.0
-
-
-@dataclass
-class PipelineConfig:
-    """`webdancer pipeline`: which stages run, in order, and the sizes of the small ones."""
-
-    stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
-    eval_questions: int = 10  # CrawlQA questions held out of training, asked before and after SFT
-    model_sample_questions: int = 4  # training questions rolled out by the model policy in `sample` (-1 = all)
-    # The teacher for `sample` (ModelConfig fields: a hosted instruct or reasoning model); empty = `model`.
-    teacher: dict[str, Any] = field(default_factory=dict)
-    sft_port: int = 8001  # where the fine-tuned model is served for eval_after
-    rl_port: int = 8002  # where the RL-trained model is served for eval_rl
-    # auto: train with rl.engine=trl always, with verl only when a GPU is visible; never: prepare the data only.
-    rl_train: str = one_of("auto", "always", "never")
-
-
-@dataclass
-class DemoConfig:
-    """`webdancer demo`: the gradio app (model and tools come from `model`, `agent`, `tools`)."""
-
-    host: str = "127.0.0.1"
-    port: int = 7860
-    title: str = "WebDancer"  # the page's heading
-    # QA JSONL whose questions are offered as examples (the embedded default's questions by default).
-    examples_file: str = "configs/quickstart_questions.jsonl"
-    # A run folder whose most trained model (after RL, else after SFT) the demo uses instead of serve.model_path,
-    # and names on the page; empty or untrained: the configured model.
-    model_run: str = ""
-    # Start `serve.*` for the model (the embedded default's CPU server) and stop it with the demo.
-    serve_model: bool = False
-    # A person waits at the page: a model or backend down this long is reported, not waited for (infra.max_outage_s).
-    max_outage_s: float = 20.0
-
-
-@dataclass
-class SftConfig:
-    """SFT with LLaMA-Factory: what goes into the YAML `webdancer sft train` writes."""
-
-    model_path: str = ".webdancer/models/smollm2-135m"
-    # LLaMA-Factory template: `qwen` renders the wire format for ChatML models (SmolLM2, Qwen2.5, QwQ, Qwen3; tested).
-    template: str = "qwen"
-    finetuning_type: str = one_of("full", "lora", "freeze")
-    lora_rank: int = 8
-    cutoff_len: int = 2048
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    logging_steps: int = 1
-    save_steps: int = 500
-    dataset_dir: str = ""  # default runs/<run>/sft_data
-    output_dir: str = ""  # default runs/<run>/sft
-    use_cpu: bool = True
-    venv: str = ".venvs/sft"  # the environment `scripts/setup_sft.sh` makes
-    # Passed through to the YAML untouched (deepspeed, fsdp, bf16, gradient_checkpointing, ...).
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -322,6 +146,9 @@ class InfraConfig:
 
 @dataclass
 class WebdancerConfig:
+    """The core's sections. A loaded config also holds every installed plugin's own sections (serve, web, sft,
+    rl, pipeline, demo ...: `register_config_sections`), typed by the plugin's dataclass: see `config_schema`."""
+
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -336,18 +163,46 @@ class WebdancerConfig:
     # None weighted: the paper's format 0.1 + answer 0.9 (judge 0.9 instead of answer when `judge.model` is set).
     # A sample is correct at half the weights' sum. The judge's options are the `judge` section.
     rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    web: WebConfig = field(default_factory=WebConfig)
     # Synthesizer name -> its options (see `webdancer synth NAME --help`).
     synth: dict[str, dict[str, Any]] = field(default_factory=dict)
-    serve: ServeConfig = field(default_factory=ServeConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
-    sft: SftConfig = field(default_factory=SftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    rl: RlConfig = field(default_factory=RlConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
     tool_store: ToolStoreConfig = field(default_factory=ToolStoreConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a missing attribute: a plugin's section when that plugin is not installed.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(f"the config has no '{name}' section: the plugin that declares it is not installed or failed to load "
+                             "(see `webdancer plugins`)")
+
+
+_schemas: dict[tuple[tuple[str, int], ...], type] = {}
+
+
+def config_schema(plugins: Any = None) -> type:
+    """WebdancerConfig with each installed plugin's sections beside the core's, in name order. A section name
+    that is the core's or another plugin's is an error naming the plugin."""
+    from dataclasses import fields, make_dataclass
+
+    from webdancer.errors import PluginError
+    from webdancer.plugins import get_plugins
+
+    plugins = plugins or get_plugins()
+    owners = {name: owner for name, (_, owner) in plugins.registry.get("config_sections", {}).items()}
+    sections = plugins.components("config_sections")
+    core = {f.name for f in fields(WebdancerConfig)}
+    for name in sections:
+        if name in core:
+            raise PluginError(f"plugin '{owners[name]}' registers a config section '{name}', which is a section of the core; rename it")
+    key = tuple(sorted((name, id(cls)) for name, cls in sections.items()))
+    if key not in _schemas:
+        schema = make_dataclass("WebdancerConfig", [(name, sections[name], field(default_factory=sections[name])) for name in sorted(sections)],
+                                bases=(WebdancerConfig,))
+        schema.__module__ = __name__
+        _schemas[key] = schema
+    return _schemas[key]

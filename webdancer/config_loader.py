@@ -10,7 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from webdancer.config import WebdancerConfig
+from webdancer.config import WebdancerConfig, config_schema
 from webdancer.errors import ConfigError
 from webdancer.options import closest_keys
 
@@ -82,8 +82,11 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return OmegaConf.merge(merged, OmegaConf.create(data))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), schema: type = WebdancerConfig) -> Any:
-    """Compose defaults <- YAML file(s) <- `key=value` overrides, validated into `schema`."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), schema: type | None = None) -> Any:
+    """Compose defaults <- YAML file(s) <- `key=value` overrides, validated into `schema` (default: the core's
+    sections and every installed plugin's, `config_schema()`)."""
+    full = schema is None
+    schema = config_schema() if schema is None else schema
     base = OmegaConf.structured(schema)
     layers: list[tuple[str, DictConfig]] = []
     if path is not None:
@@ -98,7 +101,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"command-line overrides: {exc}") from None
     merged = base
     for source, layer in layers:
-        if schema is WebdancerConfig:
+        if full:
             _check_moved(source, layer)
         try:
             merged = OmegaConf.merge(merged, layer)
@@ -118,9 +121,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config: '{key}': {str(exc).splitlines()[0]}") from None
     _check_choices(cfg, "")
     if isinstance(cfg, WebdancerConfig):
-        _link_web_tools(cfg)
+        from webdancer.plugins import get_plugins
         from webdancer.rewards import configured_weights
 
+        get_plugins().pm.hook.config_loaded(cfg=cfg)
         for name, weight in configured_weights(cfg).items():  # `config show` and every stage see the weights scored with
             cfg.rewards[name] = {**(cfg.rewards.get(name) or {}), "weight": weight}
         from webdancer.breaker import BREAKERS
@@ -137,14 +141,6 @@ def _check_choices(obj: Any, prefix: str) -> None:
             raise ConfigError(f"bad value for '{prefix}{f.name}': {value!r}; choose one of {', '.join(choices)}")
         if dataclasses.is_dataclass(value):
             _check_choices(value, f"{prefix}{f.name}.")
-
-
-def _link_web_tools(cfg: WebdancerConfig) -> None:
-    """The web tools default to the configured offline web, so `web.root`/`web.port` are set in one place."""
-    search = cfg.tools.setdefault("search", {})
-    search.setdefault("web_root", cfg.web.root)
-    visit = cfg.tools.setdefault("visit", {})
-    visit.setdefault("local_sites", [f"{cfg.web.host}:{cfg.web.port}"])
 
 
 def config_to_yaml(cfg: Any) -> str:

@@ -103,8 +103,12 @@ def dataclass_table(cls: type, prefix: str = "") -> list[str]:
     return rows
 
 
-def config_reference(schema: type, plugins: Any) -> str:
-    """Every config key: the core sections, then each registered component's options."""
+def config_reference(plugins: Any) -> str:
+    """Every config key: the core sections and those of `plugins`, then each registered component's options."""
+    from webdancer.config import config_schema
+
+    schema = config_schema(plugins)
+    owners = {name: owner for name, (_, owner) in plugins.registry.get("config_sections", {}).items()}
     out = ["# Config reference", "", "Generated from the config dataclasses (`python scripts/gen_docs.py`); "
            "`webdancer config show` prints the values in effect. Keys are set in YAML (`-c FILE`, `defaults:` "
            "composes files) or as `key=value` overrides; an unknown key or a bad value is an error naming it.", ""]
@@ -112,7 +116,7 @@ def config_reference(schema: type, plugins: Any) -> str:
     for f in dataclasses.fields(schema):
         section = hints[f.name]
         doc = _doc(section) if dataclasses.is_dataclass(section) else ""
-        out += [f"## `{f.name}`", ""]
+        out += [f"## `{f.name}`", ""] + ([f"Declared by the `{owners[f.name]}` plugin.", ""] if f.name in owners else [])
         if dataclasses.is_dataclass(section):
             out += ([doc, ""] if doc else []) + dataclass_table(section, f"{f.name}.")
             nested = [(g.name, typing.get_type_hints(section)[g.name]) for g in dataclasses.fields(section)]

@@ -1,4 +1,4 @@
-"""The core's extension points: tools, rewards, synthesizers, rollout policies, CLI commands.
+"""The core's extension points: tools, rewards, synthesizers, rollout policies, config sections, CLI commands.
 
 Each `register_<kind>` hook receives a `register` callable; a plugin calls it once per component
 class it provides. Components are classes with a unique `name` attribute; registering a name that
@@ -45,6 +45,19 @@ def register_policies(register):
     A policy produces the next assistant turn of a ReAct trajectory (a teacher LLM, an
     offline expert, ...); the agent loop is the same for all of them.
     """
+
+
+@hookspec
+def register_config_sections(register):
+    """Register the plugin's own config sections: dataclasses whose `name` class attribute is the top-level
+    key they are read from (`serve`, `web`, `rl` ...). Loaded configs hold them typed beside the core's
+    sections, `webdancer config show` prints them, and a key they do not have is refused by name."""
+
+
+@hookspec
+def config_loaded(cfg):
+    """Called with each config just loaded (every section typed), before any stage uses it: a plugin fills the
+    defaults of its options from other sections (the web tools default to the configured offline web)."""
 
 
 @hookspec

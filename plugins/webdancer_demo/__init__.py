@@ -8,3 +8,10 @@ def register_commands(cli):
     from webdancer_demo.cli import demo
 
     cli.add_command(demo)
+
+
+@hookimpl
+def register_config_sections(register):
+    from webdancer_demo.config import DemoConfig
+
+    register(DemoConfig)

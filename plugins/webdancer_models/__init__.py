@@ -9,3 +9,10 @@ def register_commands(cli):
 
     cli.add_command(model)
     cli.add_command(serve)
+
+
+@hookimpl
+def register_config_sections(register):
+    from webdancer_models.config import ServeConfig
+
+    register(ServeConfig)

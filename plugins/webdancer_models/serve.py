@@ -15,8 +15,8 @@ from typing import Optional
 
 import httpx
 
-from webdancer.config import ServeConfig
 from webdancer.errors import WebdancerError
+from webdancer_models.config import ServeConfig
 
 log = logging.getLogger("webdancer.serve")
 

@@ -8,3 +8,10 @@ def register_commands(cli):
     from webdancer_pipeline.cli import pipeline
 
     cli.add_command(pipeline)
+
+
+@hookimpl
+def register_config_sections(register):
+    from webdancer_pipeline.config import PipelineConfig
+
+    register(PipelineConfig)

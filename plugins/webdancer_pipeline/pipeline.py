@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from webdancer import aio
-from webdancer.config import PIPELINE_STAGES, WebdancerConfig
+from webdancer.config import WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines, read_records
 from webdancer.records import QAItem
 from webdancer.tracking import Reporting, track
 from webdancer.typed import to_dict
+from webdancer_pipeline.config import PIPELINE_STAGES
 
 DEFAULT_MODEL = "smollm2-135m"
 EVALS = ("before", "after", "after_rl")  # eval/<name>: the base model, after SFT, after RL

@@ -12,3 +12,10 @@ def register_commands(cli):
     from webdancer_rl.cli import rl
 
     cli.add_command(rl)
+
+
+@hookimpl
+def register_config_sections(register):
+    from webdancer_rl.config import RlConfig
+
+    register(RlConfig)

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from webdancer.config import RlConfig
 from webdancer.records import ToolCall
 from webdancer.tools import ToolBox
 from webdancer.wire import format_error_observation, parse_assistant
+from webdancer_rl.config import RlConfig
 
 # A rollout ends for one of these reasons.
 ENDS = ("answer", "max_turns", "length", "cut", "wrote_tool_response")

@@ -8,3 +8,10 @@ def register_commands(cli):
     from webdancer_sft.cli import sft
 
     cli.add_command(sft)
+
+
+@hookimpl
+def register_config_sections(register):
+    from webdancer_sft.config import SftConfig
+
+    register(SftConfig)

@@ -11,11 +11,11 @@ from typing import Any, Callable, Optional
 import yaml
 from webdancer_models.export import install_wire_template
 
-from webdancer.config import SftConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, write_command_script
 from webdancer.tracking import Reporting
+from webdancer_sft.config import SftConfig
 from webdancer_sft.export import DATASET
 
 

@@ -40,3 +40,19 @@ def register_commands(cli):
     from webdancer_web.cli import web
 
     cli.add_command(web)
+
+
+@hookimpl
+def register_config_sections(register):
+    from webdancer_web.config import WebConfig
+
+    register(WebConfig)
+
+
+@hookimpl
+def config_loaded(cfg):
+    """The web tools default to the configured offline web, so `web.root`/`web.port` are set in one place."""
+    search = cfg.tools.setdefault("search", {})
+    search.setdefault("web_root", cfg.web.root)
+    visit = cfg.tools.setdefault("visit", {})
+    visit.setdefault("local_sites", [f"{cfg.web.host}:{cfg.web.port}"])

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from webdancer.config import SiteConfig
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_json
+from webdancer_web.config import SiteConfig
 from webdancer_web.extract import extract
 from webdancer_web.index import build_index
 from webdancer_web.pages import Page

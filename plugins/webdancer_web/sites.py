@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from webdancer.config import SiteConfig
 from webdancer.errors import WebdancerError
+from webdancer_web.config import SiteConfig
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""The model server's config section (`serve`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+
+@dataclass
+class ServeConfig:
+    """How `webdancer serve` starts a model server (or where an external one is)."""
+
+    name: ClassVar[str] = "serve"  # the config section it is read from
+
+    # batched: our CPU server over transformers' continuous batching (concurrent requests share each decode
+    # step); transformers: `transformers serve`, one request at a time (per-request seeds); sglang:
+    # `python -m sglang.launch_server` on GPU; external: an OpenAI-compatible server someone else runs.
+    backend: str = "batched"
+    model_path: str = ".webdancer/models/smollm2-135m"  # a Hugging Face model folder
+    host: str = "127.0.0.1"
+    port: int = 8000
+    external_url: str = ""  # backend external: its OpenAI-compatible base URL
+    served_model_name: str = ""  # sglang: the name clients send (default: the model path)
+    tensor_parallel: int = 1  # sglang --tp
+    context_length: int = 8192  # sglang --context-length
+    mem_fraction_static: float = 0.85  # sglang --mem-fraction-static
+    health_timeout_s: float = 300.0  # how long to wait for the server to become healthy
+    kv_cache_tokens: int = 32768  # batched: KV cache shared by the requests in flight (46 KB a token for the tiny model)
+    max_batch_tokens: int = 512  # batched: tokens in one forward pass (prefill chunks + one per decoding request)
+    extra_args: list[str] = field(default_factory=list)  # appended to the server command

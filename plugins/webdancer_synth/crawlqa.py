@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
@@ -20,15 +20,13 @@ KINDS = ["identify", "multi_hop", "comparison", "temporal", "counting"]
 
 
 @dataclass
-class CrawlQAConfig:
-    root_url: str = ""  # default: the local web's FOLDOC entry for Python (set from `web.*`)
+class CrawlQAConfig(CrawlConfig):
+    """The crawl's own options (root_url: default the local web's FOLDOC entry for Python, set from `web.*`),
+    then what is written from the pages."""
+
+    max_pages: int = 600
     site_name: str = "FOLDOC"
     crawl_store: str = ""  # default: runs/<run.name>/crawl.jsonl
-    max_pages: int = 600
-    max_depth: int = 4
-    concurrency: int = 4
-    delay_s: float = 0.0
-    respect_robots: bool = True
     num_items: int = 200
     seed: int = 0
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
@@ -54,9 +52,7 @@ class CrawlQA(Synthesizer):
             from webdancer.errors import ConfigError
 
             raise ConfigError("synth.crawlqa.root_url is empty: give the site's root URL")
-        # The crawl options are the same-named fields of this config (kept flat for users).
-        crawl_cfg = CrawlConfig(**{f.name: getattr(cfg, f.name) for f in fields(CrawlConfig) if hasattr(cfg, f.name)})
-        self.pages = await crawl(crawl_cfg, Path(cfg.crawl_store))
+        self.pages = await crawl(cfg, Path(cfg.crawl_store))
         rng = random.Random(cfg.seed)
         if cfg.llm:
             async for item in self._llm_items(rng):

@@ -63,6 +63,27 @@ async def test_tool_adapter_runs_webdancer_tools_through_verls_interface(prepare
     assert search.tool_schema.function.name == "search" and "query" in search.tool_schema.function.parameters.properties
 
 
+async def test_a_search_backend_outage_raises_out_of_verls_tool_interface_not_an_observation(monkeypatch):
+    """A tool whose backend is down (Serper unreachable after its retries) stops verl's rollout worker with the
+    outage, as in sampling and eval; the model never reads it as a tool answer."""
+    import socket
+
+    from webdancer_rl.verl_tool import WebdancerTool
+
+    from webdancer.errors import OutageError
+
+    monkeypatch.setenv("SERPER_API_KEY", "serper-test-key")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    tool = WebdancerTool({"type": "native", "tool": "search",
+                          "options": {"backend": "serper", "serper_url": f"http://127.0.0.1:{port}/search", "max_retries": 1, "backoff_s": 0.01}})
+    instance, _ = await tool.create()
+    with pytest.raises(OutageError, match="serper search failed after 2 tries"):
+        await tool.execute(instance, {"query": ["integrated circuit"]})
+    await tool.release(instance)
+
+
 def rollout_text(tokenizer, answer):
     """A whole rollout as verl's reward manager sees it: response tokens decoded without specials."""
     messages = [

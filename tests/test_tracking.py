@@ -46,6 +46,27 @@ def test_a_real_sft_run_feeds_its_losses_to_the_same_run(expert_trajectories, ti
     assert Reporting.of(cfg).relay("sft", tmp_path / "sft" / "trainer_log.jsonl", step_key="current_steps") == 0  # not twice
 
 
+def test_a_trainers_log_reaches_the_run_while_it_trains_not_only_at_the_end(tmp_path):
+    import time
+
+    cfg = load_config(None, [f"run.root={tmp_path}", "run.name=tracked-live"])
+    log_file = tmp_path / "metrics.jsonl"
+
+    def relayed():
+        return [(r["step"], r["rl/reward"]) for r in trackio_logs("tracked-live") if "rl/reward" in r]
+
+    with Reporting.of(cfg).live("rl", log_file, every_s=0.1), log_file.open("a") as log:
+        log.write(json.dumps({"step": 1, "reward": 0.25}) + "\n" + '{"step": 2, "rew')  # row 2 half written
+        log.flush()
+        deadline = time.monotonic() + 30
+        while not relayed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert relayed() == [(1, 0.25)]  # while "training" goes on; the torn row waits for its end
+        log.write('ard": 0.5}\n')
+        log.flush()
+    assert relayed() == [(1, 0.25), (2, 0.5)]
+
+
 def test_a_backend_not_installed_is_named_before_the_trainer_starts(sft_venv, tmp_path):
     cfg = load_config(None, ["tracking.backend=wandb", f"sft.venv={sft_venv}"])
     with pytest.raises(ConfigError, match=r"tracking.backend=wandb: the package 'wandb' is not installed in the SFT environment"):

@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from webdancer.config import TrackingConfig, WebdancerConfig
 from webdancer.errors import ConfigError
@@ -97,13 +98,27 @@ class Reporting:
         if self.native:
             check_installed(self.cfg.tracking, python, where)
 
+    @property
+    def relays(self) -> bool:
+        """True when this process feeds the trainer's log to trackio."""
+        return self.cfg is not None and self.cfg.tracking.backend == "trackio"
+
     def relay(self, stage: str, log_file: Path, step_key: str = "step") -> int:
-        """Feed trackio the rows of a trainer's JSONL log not relayed before (a rerun adds only new steps)."""
-        if self.cfg is None or self.cfg.tracking.backend != "trackio" or not log_file.is_file():
+        """Feed trackio the rows of a trainer's JSONL log not relayed before (a rerun adds only new steps). A last
+        line still being written (no newline yet) waits for the next call."""
+        if not self.relays or not log_file.is_file():
             return 0
         marker = log_file.with_name(log_file.name + ".tracked")
         done = int(marker.read_text()) if marker.is_file() else 0
-        rows = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = log_file.read_text(encoding="utf-8")
+        rows = []
+        for line in text[: text.rfind("\n") + 1].splitlines():
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue  # a torn line from a crash: the trainer's problem, not a metric
+            if isinstance(row, dict):
+                rows.append(row)
         new = [row for row in rows if isinstance(row.get(step_key), int) and row[step_key] > done]
         if new:
             with Tracker(self.cfg) as tracker:
@@ -111,6 +126,35 @@ class Reporting:
                     tracker.log(stage, {k: v for k, v in row.items() if k != step_key}, step=row[step_key])
             marker.write_text(str(max(row[step_key] for row in new)))
         return len(new)
+
+    @contextlib.contextmanager
+    def live(self, stage: str, log_file: Path, step_key: str = "step", every_s: float = 10.0) -> Iterator[None]:
+        """While the trainer runs, relay its new log rows every `every_s` (a dashboard follows training as it goes),
+        and once more when it ends. A tracker that fails is logged as a warning and never stops the training."""
+        if not self.relays:
+            yield
+            return
+        stop = threading.Event()
+
+        def follow() -> None:
+            size = -1
+            while not stop.wait(every_s):
+                try:
+                    now = log_file.stat().st_size if log_file.is_file() else -1
+                    if now != size:
+                        size = now
+                        self.relay(stage, log_file, step_key)
+                except Exception as exc:  # noqa: BLE001 - tracking is a side channel
+                    log.warning("tracking: could not relay %s: %s", log_file, exc)
+
+        thread = threading.Thread(target=follow, name="webdancer-tracking", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.relay(stage, log_file, step_key)
 
 
 class Tracker:

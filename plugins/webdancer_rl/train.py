@@ -238,8 +238,8 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
     if (output_dir / "model" / "config.json").is_file():
         echo(f"already trained: {output_dir / 'model'} (a new run needs another rl.output_dir)")
         return command
-    code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
-    Reporting.of(cfg).relay("rl", output_dir / "metrics.jsonl")  # both engines' metrics, by the same names
+    with Reporting.of(cfg).live("rl", output_dir / "metrics.jsonl"):  # both engines' metrics, by the same names
+        code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
     if code != 0:
         tail = log_tail(output_dir / "train.log")
         if "died with <Signals.SIGKILL" in tail:  # accelerate's traceback says nothing useful; say what happened

@@ -83,8 +83,8 @@ def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Call
     command = [str(cli_path(cfg.venv)), "train", str(config_file)]
     write_command_script(output_dir / "command.sh", command, "Rerun by hand or on a cluster install of LLaMA-Factory:")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", **reporting.env}
-    code = run_logged(command, output_dir / "train.log", env, echo)
-    reporting.relay("sft", output_dir / "trainer_log.jsonl", step_key="current_steps")  # LLaMA-Factory's per-step log
+    with reporting.live("sft", output_dir / "trainer_log.jsonl", step_key="current_steps"):  # LLaMA-Factory's per-step log
+        code = run_logged(command, output_dir / "train.log", env, echo)
     if code != 0:
         raise WebdancerError(f"llamafactory-cli train exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
     prefix = install_wire_template(output_dir)

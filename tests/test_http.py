@@ -193,3 +193,16 @@ def test_one_pool_serves_consecutive_event_loops():
         assert asyncio.run(twice(url)) == [200, 200]
         assert asyncio.run(twice(url)) == [200, 200]
     assert len(pool._slots) == 1  # the finished loop's entries were dropped
+
+
+async def test_aio_run_from_code_an_event_loop_is_running_uses_a_thread_of_its_own():
+    """Sync library code (`rl prepare` listing an MCP server's tools) called from an async caller."""
+    import threading
+
+    from webdancer.aio import run
+
+    async def where() -> str:
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    assert run(where()).startswith("webdancer-run")  # asyncio.run would raise here: a loop is running

@@ -147,3 +147,38 @@ def test_webdancer_tool_calls_an_mcp_tool_by_its_prefixed_name(plugins):
     assert result.exit_code == 0 and result.output.strip() == "OFFLINE WEB", result.output
     unknown = CliRunner().invoke(cli, ["tool", "stub__whisper", "{}", "agent.tools=[mcp]", servers])
     assert unknown.exit_code == 2 and "the run offers stub__shout, stub__nap, stub__die" in unknown.output
+
+
+def test_mcp_tools_are_offered_in_rl_data_and_to_the_trl_engines_rollouts(local_web, tiny_model, tmp_path):
+    """`rl prepare` lists an MCP server's tools (started to ask them) in the prompt and verl's tool YAML (the set
+    and the member); the TRL engine's rollouts open the set in their own event loop and call its tools."""
+    import yaml
+    from transformers import AutoTokenizer
+    from webdancer_rl.prepare import check_prepared, prepare, read_rows
+    from webdancer_rl.trl_engine import BackgroundLoop, WebdancerRollouts
+
+    from webdancer.config_loader import load_config
+    from webdancer.records import QAItem
+
+    web, _, _ = local_web
+    servers = f"tools.mcp.servers=[{{name: stub, command: '{sys.executable}', args: ['{STUB}']}}]"
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "agent.tools=[search, mcp]", servers, "rl.val_fraction=0.0"])
+    items = [QAItem("Who invented the integrated circuit?", "Jack Kilby")]
+    data = prepare(items, cfg, tmp_path / "rl_data")
+    entries = yaml.safe_load(data.tool_config.read_text())["tools"]
+    assert [(e["config"]["tool"], e["config"].get("member"), e["tool_schema"]["function"]["name"]) for e in entries] == [
+        ("search", None, "search"), ("mcp", "stub__shout", "stub__shout"), ("mcp", "stub__nap", "stub__nap"), ("mcp", "stub__die", "stub__die")]
+    assert entries[1]["tool_schema"]["function"]["parameters"]["properties"]["text"]["type"] == "string"
+    [row] = read_rows(data.train)
+    assert "stub__shout" in row["prompt"][0]["content"] + row["prompt"][-1]["content"]
+    check_prepared(cfg, data.train.parent)  # the set is named once in agent.tools and matches
+
+    loop = BackgroundLoop()
+    rollouts = WebdancerRollouts(cfg, AutoTokenizer.from_pretrained(str(tiny_model)), read_rows(data.train), loop)
+    try:
+        assert list(rollouts.toolbox.tools) == ["search", "stub__shout", "stub__nap", "stub__die"]
+        shouted = loop.run(rollouts.toolbox.run(ToolCall("stub__shout", {"text": "offline web"})))
+        assert shouted.content == "OFFLINE WEB" and not shouted.error
+    finally:
+        rollouts.close()
+        loop.close()

@@ -7,13 +7,24 @@ less CPU per model call off the agent loop at 256 concurrent rollouts (benchmark
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any, Awaitable, Coroutine, TypeVar
 
 T = TypeVar("T")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(coro)` on a uvloop event loop when uvloop imports, else on asyncio's own."""
+    """`asyncio.run(coro)` on a uvloop event loop when uvloop imports, else on asyncio's own. Called from code that
+    an event loop is running (sync library code inside an async caller), it runs `coro` on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="webdancer-run") as pool:
+        return pool.submit(_run, coro).result()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -56,22 +56,41 @@ def rl_row(item: QAItem, index: int, schemas: list[dict[str, Any]], cfg: Webdanc
     }
 
 
-def tool_schemas(cfg: WebdancerConfig) -> list[dict[str, Any]]:
-    """The offered tools' schemas from their classes: preparing data needs no index or network."""
+def offered_tools(cfg: WebdancerConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(the `agent.tools` entry, schema) of every tool the model is offered, in order. A plain tool's schema comes
+    from its class (no index loaded, no network); a tool set's tools (an MCP server's) are known only once it is
+    opened, so its servers are started for the time it takes to list them."""
+    from webdancer.aio import run
     from webdancer.plugins import get_plugins
+    from webdancer.tools import ToolBox, ToolSet
 
-    return [get_plugins().get("tools", name).schema() for name in cfg.agent.tools]
+    offered = []
+    for name in cfg.agent.tools:
+        cls = get_plugins().get("tools", name)
+        if not (isinstance(cls, type) and issubclass(cls, ToolSet)):
+            offered.append((name, cls.schema()))
+            continue
+
+        async def listed(name: str = name) -> list[dict[str, Any]]:
+            async with ToolBox.from_config([name], cfg.tools, cfg.agent.tool_timeout_s) as box:
+                return box.schemas()
+
+        offered += [(name, schema) for schema in run(listed())]
+    return offered
 
 
-def tool_config(cfg: WebdancerConfig) -> dict[str, Any]:
+def tool_config(cfg: WebdancerConfig, offered: Optional[list[tuple[str, dict[str, Any]]]] = None) -> dict[str, Any]:
+    """verl's tool YAML: one WebdancerTool per offered tool; a tool set's tools name the set (`tool`) and
+    themselves (`member`)."""
     tools = []
-    for schema in tool_schemas(cfg):
-        name = schema["name"]
+    for name, schema in offered if offered is not None else offered_tools(cfg):
+        member = {"member": schema["name"]} if schema["name"] != name else {}
         tools.append({
             "class_name": TOOL_CLASS,
-            "config": {"type": "native", "tool": name, "options": dict(cfg.tools.get(name) or {}), "timeout_s": cfg.agent.tool_timeout_s,
+            "config": {"type": "native", "tool": name, **member, "options": dict(cfg.tools.get(name) or {}), "timeout_s": cfg.agent.tool_timeout_s,
                        **({"tool_store": dataclasses.asdict(cfg.tool_store)} if cfg.tool_store.mode != "off" else {})},
-            "tool_schema": {"type": "function", "function": {"name": name, "description": schema["description"], "parameters": schema["parameters"]}},
+            "tool_schema": {"type": "function", "function": {"name": schema["name"], "description": schema["description"],
+                                                             "parameters": schema["parameters"]}},
         })
     return {"tools": tools}
 
@@ -90,7 +109,8 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
 def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
     if not items:
         raise WebdancerError("no QA items to prepare for RL")
-    schemas = tool_schemas(cfg)
+    offered = offered_tools(cfg)
+    schemas = [schema for _, schema in offered]
     fraction = cfg.rl.val_fraction
     train, val = [], []
     for item in items:
@@ -105,7 +125,7 @@ def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
     data = RlData(out_dir / "train.parquet", out_dir / "val.parquet", out_dir / "tool_config.yaml", out_dir / "agent_loops.yaml", len(train), len(val))
     write_parquet([rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)], data.train)
     write_parquet([rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)], data.val)
-    atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg), sort_keys=False))
+    atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg, offered), sort_keys=False))
     loop = {"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": cfg.rl.max_turn_tokens}
     atomic_write_text(data.agent_loops, yaml.safe_dump([loop], sort_keys=False))
     return data
@@ -144,7 +164,8 @@ def check_prepared(cfg: WebdancerConfig, data_dir: Path) -> None:
     missing = [name for name in need if not (data_dir / name).is_file()]
     if missing:
         raise WebdancerError(f"{data_dir / missing[0]} is missing: run `webdancer rl prepare QA_FILE` first")
-    tools = [t["config"]["tool"] for t in (yaml.safe_load((data_dir / "tool_config.yaml").read_text()) or {}).get("tools", [])]
+    entries = (yaml.safe_load((data_dir / "tool_config.yaml").read_text()) or {}).get("tools", [])
+    tools = list(dict.fromkeys(t["config"]["tool"] for t in entries))  # a tool set's tools name it once each
     if tools != list(cfg.agent.tools):
         raise WebdancerError(f"{data_dir} was prepared for tools {tools}, but agent.tools is {list(cfg.agent.tools)}: "
                              "rerun `webdancer rl prepare` with this config")

@@ -173,6 +173,7 @@ class WebdancerRollouts:
         self.weights = configured_weights(cfg)
         self.reward_options = configured_options(cfg)
         self.toolbox = ToolBox.for_run(cfg)
+        self.loop.run(self.toolbox.__aenter__())  # tool sets (MCP servers) open in the loop the rollouts run in
         self.generate: Optional[Generate] = None
         self.last: dict[str, float] = {}
         self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch

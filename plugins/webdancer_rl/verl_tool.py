@@ -27,7 +27,10 @@ def openai_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 class WebdancerTool(BaseTool):
-    """config: {type: native, tool: NAME, options: {...}, timeout_s: 60, tool_store: {mode, dir, prices} (optional)}."""
+    """config: {type: native, tool: NAME, options: {...}, timeout_s: 60, tool_store: {mode, dir, prices} (optional)}.
+
+    A tool set's tool (one of an MCP server's) adds `member: <its name>` (`rl prepare` writes both): the set is
+    opened, in the worker's event loop, on the first call that needs it."""
 
     def __init__(self, config: dict[str, Any], tool_schema: Optional[OpenAIFunctionToolSchema] = None):
         name = config.get("tool")
@@ -35,20 +38,38 @@ class WebdancerTool(BaseTool):
             raise ValueError("WebdancerTool needs `config.tool`: the webdancer tool's name (see `webdancer plugins`)")
         store = ToolStore(validate_options(ToolStoreConfig, config["tool_store"], "tool_store")) if config.get("tool_store") else None
         self._box = ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)), store=store)
-        self._tool = self._box.tools[name]
-        # verl's schema model keeps only type/description/enum per parameter; validate against ours.
-        self.webdancer_parameters = self._tool.parameters
-        if tool_schema is None:
-            tool_schema = OpenAIFunctionToolSchema.model_validate(openai_schema(self._tool.schema()))
+        self._member: Optional[str] = config.get("member")
+        if self._member is None:
+            self._tool = self._box.tools[name]
+            # verl's schema model keeps only type/description/enum per parameter; validate against ours.
+            self.webdancer_parameters = self._tool.parameters
+            if tool_schema is None:
+                tool_schema = OpenAIFunctionToolSchema.model_validate(openai_schema(self._tool.schema()))
+        elif tool_schema is None:
+            raise ValueError(f"WebdancerTool {name}/{self._member}: a tool set's tool needs its `tool_schema` (rerun `webdancer rl prepare`)")
         super().__init__(config, tool_schema)
+        self._opened = self._member is None
         self._instances: dict[str, dict[str, Any]] = {}
 
+    async def _open(self) -> None:
+        if self._opened:
+            return
+        await self._box.__aenter__()
+        if self._member not in self._box.tools:
+            raise ValueError(f"the tool set {self.config.get('tool')!r} no longer offers {self._member!r} (it offers "
+                             f"{', '.join(self._box.tools)}); rerun `webdancer rl prepare`")
+        self._tool = self._box.tools[self._member]
+        self.webdancer_parameters = self._tool.parameters
+        self._opened = True
+
     async def create(self, instance_id: Optional[str] = None, **kwargs) -> tuple[str, ToolResponse]:
+        await self._open()
         instance_id, response = await super().create(instance_id, **kwargs)
         self._instances[instance_id] = {"calls": 0, "errors": 0}
         return instance_id, response
 
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs) -> tuple[ToolResponse, float, dict]:
+        await self._open()
         state = self._instances.setdefault(instance_id, {"calls": 0, "errors": 0})
         state["calls"] += 1
         problem = validate_arguments(parameters, self.webdancer_parameters)

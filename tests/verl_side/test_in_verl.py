@@ -84,6 +84,31 @@ async def test_a_search_backend_outage_raises_out_of_verls_tool_interface_not_an
     await tool.release(instance)
 
 
+async def test_an_mcp_servers_tool_runs_through_verls_tool_interface(local_web, tmp_path):
+    """`rl prepare` writes an MCP server's tools into verl's tool YAML (the set and the member); verl's loader builds
+    them and the first call opens the server in the worker's event loop."""
+    import sys
+
+    from verl.tools.tool_registry import initialize_tools_from_config
+    from webdancer_rl.prepare import prepare
+
+    stub = Path(__file__).resolve().parents[1] / "fixtures" / "mcp" / "stub_server.py"
+    web, _, _ = local_web
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "agent.tools=[mcp]", "rl.val_fraction=0.0",
+                             f"tools.mcp.servers=[{{name: stub, command: '{sys.executable}', args: ['{stub}']}}]"])
+    data = prepare(QUESTIONS[:1], cfg, tmp_path / "rl_data")
+    tools = {t.name: t for t in initialize_tools_from_config(str(data.tool_config))}
+    assert set(tools) == {"stub__shout", "stub__nap", "stub__die"}
+    shout = tools["stub__shout"]
+    instance, _ = await shout.create()
+    response, _, metrics = await shout.execute(instance, {"text": "offline web"})
+    assert response.text == "OFFLINE WEB" and metrics["error"] == 0
+    bad, _, bad_metrics = await shout.execute(instance, {"txt": "x"})
+    assert "invalid arguments" in bad.text and bad_metrics["error"] == 1  # checked against the server's own schema
+    await shout.release(instance)
+    await shout._box.aclose()
+
+
 def rollout_text(tokenizer, answer):
     """A whole rollout as verl's reward manager sees it: response tokens decoded without specials."""
     messages = [

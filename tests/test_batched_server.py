@@ -15,6 +15,7 @@ from webdancer_models.batched_server import (
     first_stop,
     install_fast_top_p,
     install_lean_sampling,
+    install_step_threads,
     pack_linear_weights,
     parse_request,
 )
@@ -98,6 +99,23 @@ def test_packed_linear_layers_compute_what_the_stock_ones_do():
         got = model(x)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6) and not torch.equal(model[0].weight, torch.zeros_like(model[0].weight))
         assert torch.allclose(model(x[:, :1]), want[:, :1], rtol=1e-5, atol=1e-6)  # any number of rows
+
+
+def test_decoding_steps_run_on_the_decode_threads_and_steps_with_prefill_on_all(monkeypatch):
+    from transformers.generation.continuous_batching import model_runner
+
+    runner = model_runner.ModelRunner
+    seen = []
+    monkeypatch.setattr(runner, "webdancer_unthreaded_step", lambda self, model, batch, *a, **k: seen.append(torch.get_num_threads()), raising=False)
+    monkeypatch.setattr(runner, "_forward_process_and_sample", runner._forward_process_and_sample)  # put back afterwards
+    full = torch.get_num_threads()
+    try:
+        assert install_step_threads(1)
+        for tokens in (8, 512, 8):  # 8 requests decoding; a prefill chunk; decoding again
+            runner._forward_process_and_sample(None, None, {"input_ids": torch.zeros(1, tokens, dtype=torch.long)})
+    finally:
+        torch.set_num_threads(full)
+    assert seen == [1, full, 1]
 
 
 def chat_config(serve_cfg, server, **kw) -> ModelConfig:

@@ -140,6 +140,7 @@ def test_a_plugin_brings_its_own_config_section_typed_like_the_cores(plugins, tm
 
 def test_a_section_of_a_plugin_not_installed_is_named_not_a_bare_attribute_error():
     from webdancer.config_loader import load_config
+    from webdancer.errors import ConfigError
 
     reg = Plugins(load_entrypoints=False)
     set_plugins(reg)
@@ -149,3 +150,20 @@ def test_a_section_of_a_plugin_not_installed_is_named_not_a_bare_attribute_error
         set_plugins(None)
     with pytest.raises(AttributeError, match="no 'serve' section: the plugin that declares it is not installed"):
         cfg.serve  # noqa: B018
+    set_plugins(reg)
+    try:
+        with pytest.raises(ConfigError, match="unknown config key 'serve'.*a plugin's section is there only when that plugin is installed"):
+            load_config(None, ["serve.port=8001"])
+    finally:
+        set_plugins(None)
+
+
+def test_a_loaded_config_pickles_and_copies_with_its_plugin_sections(plugins):
+    import copy
+    import pickle
+
+    from webdancer.config_loader import load_config
+
+    cfg = load_config(None, ["serve.port=8123", "web.port=9999"])
+    for again in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg)):
+        assert type(again) is type(cfg) and again == cfg and again.serve.port == 8123 and again.tools["visit"]["local_sites"] == ["127.0.0.1:9999"]

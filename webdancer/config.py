@@ -180,6 +180,17 @@ class WebdancerConfig:
         raise AttributeError(f"the config has no '{name}' section: the plugin that declares it is not installed or failed to load "
                              "(see `webdancer plugins`)")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by value and rebuilt with the installed plugins' schema: the class with their sections is made at run
+        # time, so pickle could not find it by name (another process, a copy).
+        from dataclasses import fields
+
+        return (_restore, ({f.name: getattr(self, f.name) for f in fields(self)},))
+
+
+def _restore(values: dict[str, Any]) -> "WebdancerConfig":
+    return config_schema()(**values)
+
 
 _schemas: dict[tuple[tuple[str, int], ...], type] = {}
 

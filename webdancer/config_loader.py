@@ -108,7 +108,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except ConfigKeyError as exc:
             key = exc.full_key or str(exc.key)
             last = key.split(".")[-1]
-            raise ConfigError(f"{source}: unknown config key '{key}'; {closest_keys(last, _fields_at(schema, key))}") from None
+            hint = "; a plugin's section is there only when that plugin is installed and loads (`webdancer plugins`)" if "." not in key else ""
+            raise ConfigError(f"{source}: unknown config key '{key}'; {closest_keys(last, _fields_at(schema, key))}{hint}") from None
         except ValidationError as exc:
             key = exc.full_key or str(exc.key)
             raise ConfigError(f"{source}: bad value for '{key}': {str(exc).splitlines()[0]}") from None

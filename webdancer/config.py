@@ -204,7 +204,7 @@ def config_schema(plugins: Any = None) -> type:
     from webdancer.plugins import get_plugins
 
     plugins = plugins or get_plugins()
-    owners = {name: owner for name, (_, owner) in plugins.registry.get("config_sections", {}).items()}
+    owners = plugins.owners("config_sections")
     sections = plugins.components("config_sections")
     core = {f.name for f in fields(WebdancerConfig)}
     for name in sections:

@@ -108,7 +108,7 @@ def config_reference(plugins: Any) -> str:
     from webdancer.config import config_schema
 
     schema = config_schema(plugins)
-    owners = {name: owner for name, (_, owner) in plugins.registry.get("config_sections", {}).items()}
+    owners = plugins.owners("config_sections")
     out = ["# Config reference", "", "Generated from the config dataclasses (`python scripts/gen_docs.py`); "
            "`webdancer config show` prints the values in effect. Keys are set in YAML (`-c FILE`, `defaults:` "
            "composes files) or as `key=value` overrides; an unknown key or a bad value is an error naming it.", ""]

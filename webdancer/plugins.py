@@ -116,6 +116,10 @@ class Plugins:
     def components(self, kind: str) -> dict[str, Any]:
         return {name: comp for name, (comp, _) in self.registry.get(kind, {}).items()}
 
+    def owners(self, kind: str) -> dict[str, str]:
+        """The plugin that registered each component of `kind`, by component name."""
+        return {name: plugin for name, (_, plugin) in self.registry.get(kind, {}).items()}
+
     def get(self, kind: str, name: str) -> Any:
         """The component `name` of `kind`; an unknown name is an error listing what is installed."""
         if kind not in self.registry:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -22,6 +21,7 @@ from typing import Any, Iterator, Optional
 
 from webdancer.config import TrackingConfig, WebdancerConfig
 from webdancer.errors import ConfigError
+from webdancer.jsonl import iter_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,7 @@ class Reporting:
             return 0
         marker = log_file.with_name(log_file.name + ".tracked")
         done = int(marker.read_text()) if marker.is_file() else 0
-        text = log_file.read_text(encoding="utf-8")
-        rows = []
-        for line in text[: text.rfind("\n") + 1].splitlines():
-            try:
-                row = json.loads(line) if line.strip() else None
-            except ValueError:
-                continue  # a torn line from a crash: the trainer's problem, not a metric
-            if isinstance(row, dict):
-                rows.append(row)
+        rows = [row for _, row in iter_json_lines(log_file)]
         new = [row for row in rows if isinstance(row.get(step_key), int) and row[step_key] > done]
         if new:
             with Tracker(self.cfg) as tracker:

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -79,11 +79,11 @@ def offered_tools(cfg: WebdancerConfig) -> list[tuple[str, dict[str, Any]]]:
     return offered
 
 
-def tool_config(cfg: WebdancerConfig, offered: Optional[list[tuple[str, dict[str, Any]]]] = None) -> dict[str, Any]:
+def tool_config(cfg: WebdancerConfig, offered: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """verl's tool YAML: one WebdancerTool per offered tool; a tool set's tools name the set (`tool`) and
     themselves (`member`)."""
     tools = []
-    for name, schema in offered if offered is not None else offered_tools(cfg):
+    for name, schema in offered:
         member = {"member": schema["name"]} if schema["name"] != name else {}
         tools.append({
             "class_name": TOOL_CLASS,

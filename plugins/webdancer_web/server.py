@@ -38,6 +38,10 @@ def text_response(status: int, text: str, ctype: str) -> Response:
     return status, [("Content-Type", ctype), ("Content-Length", str(len(body)))], body
 
 
+def redirect_response(location: str) -> Response:
+    return 301, [("Location", location), ("Content-Length", "0")], b""
+
+
 def error_response(status: int, message: str) -> Response:
     """The error page http.server sends, so readers see what the standard library's server gave."""
     page = (f"<!DOCTYPE HTML>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Error response</title></head>"
@@ -51,7 +55,7 @@ class _Site:
     def __init__(self, roots: dict[str, str], redirects: dict[str, dict[str, str]]):
         self.roots, self.redirects = roots, redirects
 
-    def respond(self, method: str, target: str) -> Response:
+    def respond(self, target: str) -> Response:
         """(status, headers, body) for GET/HEAD `target`: the same answers as the stdlib static handler gave."""
         path = unquote(urlsplit(target).path)
         if path in ("/", ""):
@@ -63,15 +67,15 @@ class _Site:
         if site not in self.roots:
             return error_response(404, "No such site")
         if len(parts) == 1:  # /python -> /python/
-            return 301, [("Location", f"/{site}/"), ("Content-Length", "0")], b""
+            return redirect_response(f"/{site}/")
         target_page = self.redirects.get(site, {}).get(rest)
         if target_page:
-            return 301, [("Location", f"/{site}/{target_page}"), ("Content-Length", "0")], b""
+            return redirect_response(f"/{site}/{target_page}")
         words = [w for w in posixpath.normpath(rest).split("/") if w and w not in (".", "..")]
         full = os.path.join(self.roots[site], *words)
         if os.path.isdir(full):
             if rest and not rest.endswith("/"):
-                return 301, [("Location", f"/{site}/{rest}/"), ("Content-Length", "0")], b""
+                return redirect_response(f"/{site}/{rest}/")
             full = os.path.join(full, "index.html")
             if not os.path.isfile(full):
                 return error_response(404, "No index page here")
@@ -116,7 +120,7 @@ async def _connection(site: _Site, reader: asyncio.StreamReader, writer: asyncio
             if method not in ("GET", "HEAD"):
                 status, out, body = error_response(501, f"Unsupported method ({method!r})")
             else:
-                status, out, body = site.respond(method, target)
+                status, out, body = site.respond(target)
             if _LOG:
                 print(f'{writer.get_extra_info("peername", ("?",))[0]} "{method} {target} {version}" {status} {len(body)}', flush=True)
             writer.write(_head(status, out + ([] if keep else [("Connection", "close")])) + (b"" if method == "HEAD" else body))

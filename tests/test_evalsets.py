@@ -14,14 +14,15 @@ CANARY = "BENCHMARK DATA SHOULD NEVER APPEAR AS PLAIN TEXT ONLINE. canary GUID t
 
 def test_webwalkerqa_as_its_hugging_face_copy_writes_it(tmp_path):
     # `load_dataset("callanwu/WebWalkerQA", split="main").to_json(...)`: lower-case fields, one record per line.
-    rows = [{"question": "Which company invented the FPGA?", "answer": "Xilinx", "root_url": "http://127.0.0.1:8765/foldoc/",
+    # A question holding U+2028 raw, as `to_json` (ensure_ascii=False) and JSON allow: still one line.
+    rows = [{"question": "Which company invented the FPGA?\u2028", "answer": "Xilinx", "root_url": "http://127.0.0.1:8765/foldoc/",
              "info": {"type": "multi_source", "difficulty_level": "hard", "domain": "dictionary", "lang": "en",
                       "source_website": ["http://127.0.0.1:8765/foldoc/xilinx.html"], "golden_path": ["root->xilinx"]}}]
     path = tmp_path / "webwalkerqa_main.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     assert detect_format(path) == "webwalkerqa"
     [item] = load_eval_set(path)
-    assert item.answer == "Xilinx" and item.provenance["root_url"] == "http://127.0.0.1:8765/foldoc/"
+    assert item.question.endswith("\u2028") and item.answer == "Xilinx" and item.provenance["root_url"] == "http://127.0.0.1:8765/foldoc/"
     assert item.provenance["groups"] == {"type": "multi_source", "difficulty": "hard", "domain": "dictionary", "language": "en"}
     assert item.source_urls == ["http://127.0.0.1:8765/foldoc/xilinx.html"]
     path.write_text(json.dumps({"question": "Q?", "answer": "A", "info": {}}) + "\n")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from webdancer.errors import RecordError
-from webdancer.jsonl import JsonlAppender, atomic_write_json, read_records
+from webdancer.jsonl import JsonlAppender, atomic_write_json, json_line, read_records
 from webdancer.records import Message, QAItem, Step, ToolCall, ToolResult, Trajectory, Usage, record_from_dict
 from webdancer.typed import to_dict
 
@@ -150,3 +150,20 @@ def test_to_dict_is_asdict_without_sharing_anything_mutable():
     out = to_dict(traj)
     out["steps"][0]["tool_call"]["arguments"]["query"].append("changed")
     assert "changed" not in traj.steps[0].tool_call.arguments["query"]
+
+
+def test_json_lines_are_valid_json_that_reads_back_as_written(tmp_path):
+    """orjson's fast path, json where orjson refuses; NaN/inf (not JSON) become null instead of a token jq rejects."""
+    text = "Python — 3.11\n\t\"quoted\" \u2028 日本語 \U0001F600"
+    cases = [{"content": text, "n": 1, "f": 1e-07, "ok": True, "none": None, "args": {"query": ["a", "b"]}},
+             {"big": 2**70}, {1: "int key"}]
+    lines = [json_line(c) for c in cases]
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    assert "日本語".encode() in lines[0]  # UTF-8, not \u escapes
+    assert [json.loads(line) for line in lines] == [cases[0], cases[1], {"1": "int key"}]
+    assert json.loads(json_line({"loss": float("nan"), "inf": float("-inf")})) == {"loss": None, "inf": None}
+    with JsonlAppender(tmp_path / "x.jsonl", key=None) as sink:
+        sink.write_many(cases[:2])
+        sink.write(cases[0])
+    # Lines end at \n only (str.splitlines() would also split at the raw U+2028 inside the text).
+    assert [json.loads(line) for line in (tmp_path / "x.jsonl").read_bytes().splitlines()] == [cases[0], cases[1], cases[0]]

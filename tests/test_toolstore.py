@@ -78,9 +78,10 @@ def test_cached_mode_calls_only_what_is_missing_and_replay_names_a_miss(plugins,
     replay = box(tmp_path, "replay")
     hit, miss = run(replay, "c", "d")
     assert hit.content == "results for: c" and miss.error and 'replay: no recorded observation for lookup({"query": ["d"]})' in miss.content
-    live = box(tmp_path, "live")  # live calls every time, and records
-    run(live, "a")
-    assert live.store.summary()["lookup"]["misses"] == 1
+    live = box(tmp_path, "live")  # live calls every time and records, holding no observation in memory
+    run(live, "a", "e", "e")
+    assert live.store.summary()["lookup"]["misses"] == 3 and live.store.recorded == {}
+    assert run(box(tmp_path, "replay"), "e")[0].content == "results for: e"
 
 
 def test_a_store_from_other_tool_options_or_none_at_all_is_refused_before_any_call(plugins, tmp_path):

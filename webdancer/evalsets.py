@@ -42,7 +42,8 @@ def _records(path: Path | DatasetRows) -> Iterator[tuple[int, dict[str, Any]]]:
         for i, rec in enumerate(data, 1):
             yield i, rec
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # JSONL lines end at \n only: str.splitlines() also splits at U+2028 and other characters a JSON string may hold raw.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -42,9 +42,12 @@ def tool_fingerprint(tool: "Tool") -> tuple[str, dict[str, Any]]:
     return hashlib.sha256(text.encode()).hexdigest()[:16], options
 
 
+# The key's text; one encoder, not one per call (json.dumps builds one whenever it is given options).
+_KEY_TEXT = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str).encode
+
+
 def call_key(tool: str, fingerprint: str, arguments: dict[str, Any]) -> str:
-    text = json.dumps([tool, fingerprint, arguments], sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return hashlib.sha256(_KEY_TEXT([tool, fingerprint, arguments]).encode()).hexdigest()[:32]
 
 
 class ToolStore:
@@ -59,15 +62,15 @@ class ToolStore:
         if self.mode == "replay" and not self.calls_file.is_file():
             raise ConfigError(f"tool_store.mode=replay: no recorded calls at {self.calls_file}; record them first "
                               "(tool_store.mode=live or cached) or point tool_store.dir at a copied store")
+        # Live mode only writes: it neither reads the recordings nor keeps what it records in memory.
         self.recorded: dict[str, tuple[str, bool]] = {}
-        if self.calls_file.is_file():
+        if self.mode != "live" and self.calls_file.is_file():
             self._load()
         self.manifest: dict[str, Any] = json.loads(self.manifest_file.read_text()) if self.manifest_file.is_file() else {}
         self.stats: dict[str, Counter] = defaultdict(Counter)
         self._sink: Optional[JsonlAppender] = None
         # Records are written in batches of whole lines (one write each): a crash loses at most the last batch,
-        # calls that a rerun makes again; recording then costs ~4.5 % of a local search instead of ~7 %
-        # (benchmarks/tool_store.py).
+        # calls that a rerun makes again (benchmarks/tool_store.py measures what recording costs a call).
         self._pending: list[dict[str, Any]] = []
         self._pending_chars = 0
 
@@ -111,7 +114,8 @@ class ToolStore:
     def put(self, key: str, tool: str, arguments: dict[str, Any], content: str, error: bool) -> None:
         self._pending.append({"key": key, "tool": tool, "arguments": arguments, "content": content, "error": error})
         self._pending_chars += len(content)
-        self.recorded[key] = (content, error)
+        if self.mode != "live":
+            self.recorded[key] = (content, error)
         if self._pending_chars >= BATCH_CHARS:
             self.flush()
 

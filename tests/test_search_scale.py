@@ -4,6 +4,7 @@ for a user's corpus."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,9 @@ async def test_worker_processes_answer_what_this_process_answers(local_web):
     assert pooled.searcher is None and inline.searcher is not None  # the index lives in the workers, not here
     for q in queries(inline.searcher)[::5]:
         assert await pooled.search(q, 5) == await inline.search(q, 5)
+    # Many in flight: the requests of one event-loop turn go to a worker as one batch; each gets its own hits back.
+    many = queries(inline.searcher)[:40]
+    assert await asyncio.gather(*(pooled.search(q, 5) for q in many)) == [await inline.search(q, 5) for q in many]
 
 
 async def test_corpus_workers_share_the_index_built_once_here(tmp_path):

@@ -6,6 +6,12 @@ does to a held-out evaluation.
    concurrency c the limit is min(c x batch-1 limit, compute limit).
 2. Tokens/s of `transformers serve` (serve.backend=transformers: one request at a time) and of our batched
    server (serve.backend=batched, the default) at 1, 8 and 16 concurrent clients, each against the limit.
+   Each client sends its requests one after another, so exactly c are in flight (before 2026-11-28 all
+   of a run's requests went at once: "8 clients" had 16 in flight, and the batched server's figures were
+   flattered by ~1.5x at 8 and ~2x at 1).
+   With BENCH_LLAMA_SERVER (a llama.cpp `llama-server` binary) and BENCH_GGUF (the same model converted to
+   an F32 GGUF by llama.cpp's convert_hf_to_gguf.py) set, the same clients also measure that native
+   server: a reference for what C++ kernels without Python reach on this machine. Neither ships here.
 3. A held-out evaluation as the quickstart runs it (12 questions, greedy, 3 turns): `transformers serve` at
    agent.concurrency 2 (the quickstart before batching) against the batched server at 8, with the results
    (Pass@1, valid tool-call turns) of both. Uses the quickstart's fine-tuned model when there is one
@@ -76,6 +82,28 @@ def machine_limits() -> dict[str, float]:
             "weight_mb": weight_bytes / 1e6, "mflop_per_token": 2 * matmul_params / 1e6}
 
 
+@contextlib.contextmanager
+def llama_server(binary: str, gguf: str):
+    """llama.cpp's server on the F32 GGUF: 16 slots, continuous batching, decode on all cores; yields its /v1 URL."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", "16", "-c", str(16 * 2048),
+                             "-t", str(os.cpu_count()), "--no-webui", "--jinja"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            if proc.poll() is not None:
+                sys.exit(f"{binary} exited with {proc.returncode} before it served {gguf}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def limit_tok_s(limits: dict[str, float], concurrency: int) -> float:
     per_stream = limits["read_gbs"] * 1e9 / (limits["weight_mb"] * 1e6)
     compute = limits["matmul_gflops"] * 1e9 / (limits["mflop_per_token"] * 1e6)
@@ -90,12 +118,18 @@ async def tokens_per_s(base_url: str, model: str, concurrency: int, rounds: int 
     cfg = ModelConfig(base_url=base_url, model=model, max_tokens=64, temperature=0.7, top_p=1.0, stop=[], timeout_s=600)
     async with ChatClient(cfg) as client:
         await client.chat([Message("user", "Say hello.")], max_tokens=4)
+        async def one_client(c: int) -> int:
+            """`rounds` requests one after another: `concurrency` of these keep exactly that many requests in flight."""
+            tokens = 0
+            for r in range(rounds):
+                reply = await client.chat([Message("user", f"Write a few sentences about the history of computing, part {c * rounds + r}.")])
+                tokens += reply.usage.completion_tokens
+            return tokens
+
         start = time.perf_counter()
-        results = await asyncio.gather(
-            *(client.chat([Message("user", f"Write a few sentences about the history of computing, part {i}.")]) for i in range(concurrency * rounds))
-        )
+        tokens = await asyncio.gather(*(one_client(c) for c in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return sum(r.usage.completion_tokens for r in results) / elapsed
+    return sum(tokens) / elapsed
 
 
 def evaluate(base_url: str, model: str, concurrency: int, out: Path, web_port: int) -> tuple[float, dict]:
@@ -141,12 +175,20 @@ def main() -> None:
                         measured[backend] = {c: asyncio.run(tokens_per_s(server.base_url, name, c)) for c in (1, 8, 16)}
                     if tuned and model_dir == tuned:
                         evals[backend] = evaluate(server.base_url, name, eval_concurrency, Path(tmp) / "runs" / backend, base_port)
-    for backend, label in (("transformers", "transformers serve"), ("batched", "batched server")):
-        for c, tok_s in measured[backend].items():
+    native = os.environ.get("BENCH_LLAMA_SERVER"), os.environ.get("BENCH_GGUF")
+    if all(native):
+        with llama_server(*native) as url:
+            measured["llama.cpp"] = {c: asyncio.run(tokens_per_s(url, "gguf", c)) for c in (1, 8, 16)}
+    for backend, label in (("transformers", "transformers serve"), ("batched", "batched server"), ("llama.cpp", "llama.cpp server (reference)")):
+        for c, tok_s in measured.get(backend, {}).items():
             rows.append(Row("tiny_model_cpu", f"{label} @ concurrency {c}", tok_s, "tok/s", tok_s / limit_tok_s(limits, c), "of the limit",
                             ">= 0.5" if backend == "batched" and c == 8 else "report", tok_s / limit_tok_s(limits, c) >= 0.5 or backend != "batched" or c != 8))
     b8, t8 = measured["batched"][8], measured["transformers"][8]
     rows.append(Row("tiny_model_cpu", "batched @ 8 vs transformers serve @ 8", b8, "tok/s", b8 / t8, "vs transformers serve, same run", "report", True))
+    if "llama.cpp" in measured:
+        for c in (1, 8):
+            ours, ref = measured["batched"][c], measured["llama.cpp"][c]
+            rows.append(Row("tiny_model_cpu", f"batched @ {c} vs llama.cpp server @ {c}", ours, "tok/s", ours / ref, "of llama.cpp, same run", "report", True))
     rows.append(Row("tiny_model_cpu", "batched @ 8 vs the issue's 16.7 tok/s", b8, "tok/s", b8 / BEFORE_TOK_S, "vs 16.7 tok/s", ">= 5", b8 / BEFORE_TOK_S >= 5))
     if evals:
         t_old, t_new = evals["transformers"][0], evals["batched"][0]

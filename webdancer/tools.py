@@ -123,11 +123,12 @@ class ToolBox:
         if tool is None:
             known = ", ".join(self.tools) or "none"
             return ToolResult(call.name, f"[{call.name}] is not an available tool (available: {known})", error=True)
-        store, key = self.store, ""
+        store, key = self.store, None
         if store is not None:
             store.stats[call.name]["calls"] += 1
-            key = call_key(call.name, self._prints[call.name], call.arguments)
-            hit = store.get(key)
+            # Live mode looks nothing up: the store keys the record when it writes its batch.
+            key = None if store.mode == "live" else call_key(call.name, self._prints[call.name], call.arguments)
+            hit = None if key is None else store.get(key)
             if hit is not None:
                 store.stats[call.name]["hits"] += 1
                 return ToolResult(call.name, hit[0], error=hit[1], elapsed_s=time.perf_counter() - start)
@@ -139,7 +140,7 @@ class ToolBox:
         try:
             content = str(await within(self.timeout_s, tool.call(call.arguments)))
             if store is not None and not content.startswith(f"[{call.name}]"):  # a tool's own failure notes are not recorded
-                store.put(key, call.name, call.arguments, content, False)
+                store.put(key, call.name, self._prints[call.name], call.arguments, content, False)
             return ToolResult(call.name, content, error=False, elapsed_s=time.perf_counter() - start)
         except asyncio.TimeoutError:
             msg = f"[{call.name}] timed out after {self.timeout_s:g} s"

@@ -71,7 +71,7 @@ class ToolStore:
         self._sink: Optional[JsonlAppender] = None
         # Records are written in batches of whole lines (one write each): a crash loses at most the last batch,
         # calls that a rerun makes again (benchmarks/tool_store.py measures what recording costs a call).
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[Optional[str], str, str, dict[str, Any], str, bool]] = []
         self._pending_chars = 0
 
     def _load(self) -> None:
@@ -111,8 +111,9 @@ class ToolStore:
     def get(self, key: str) -> Optional[tuple[str, bool]]:
         return None if self.mode == "live" else self.recorded.get(key)
 
-    def put(self, key: str, tool: str, arguments: dict[str, Any], content: str, error: bool) -> None:
-        self._pending.append({"key": key, "tool": tool, "arguments": arguments, "content": content, "error": error})
+    def put(self, key: Optional[str], tool: str, fingerprint: str, arguments: dict[str, Any], content: str, error: bool) -> None:
+        """Record a call; `key` None (live mode: nothing is looked up) is computed when the batch is written."""
+        self._pending.append((key, tool, fingerprint, arguments, content, error))
         self._pending_chars += len(content)
         if self.mode != "live":
             self.recorded[key] = (content, error)
@@ -125,7 +126,9 @@ class ToolStore:
             return
         if self._sink is None:
             self._sink = JsonlAppender(self.calls_file, key=None)  # append only: the store read its own lines, bad ones skipped
-        self._sink.write_many(self._pending)
+        self._sink.write_many([{"key": key or call_key(tool, fingerprint, arguments), "tool": tool, "arguments": arguments,
+                                "content": content, "error": error}
+                               for key, tool, fingerprint, arguments, content, error in self._pending])
         self._pending, self._pending_chars = [], 0
 
     def summary(self) -> dict[str, dict[str, float]]:

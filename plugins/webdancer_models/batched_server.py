@@ -233,7 +233,8 @@ def install_step_threads(decode_threads: int) -> bool:
     """Run decoding steps on `decode_threads` torch threads and steps with prefill on all of them. A decode step of
     a small model is memory-bound matmuls between many small Python-level ops; on two cores its second OpenMP
     thread mostly spins between them, competing with the server's own thread (HTTP, stop strings): measured
-    1.2x the tokens/s at 8 and 16 clients with one decode thread, while prefill (compute-bound) needs both.
+    1.3-1.4x the tokens/s at 1, 8 and 16 requests in flight with one decode thread (2026-11-28), while prefill
+    (compute-bound) needs both.
     False when this transformers lays out its step differently."""
     try:
         import torch

@@ -82,26 +82,15 @@ def machine_limits() -> dict[str, float]:
             "weight_mb": weight_bytes / 1e6, "mflop_per_token": 2 * matmul_params / 1e6}
 
 
-@contextlib.contextmanager
-def llama_server(binary: str, gguf: str):
-    """llama.cpp's server on the F32 GGUF: 16 slots, continuous batching, decode on all cores; yields its /v1 URL."""
-    import httpx
+def llama_server(binary: str, gguf: str, log_dir: Path):
+    """llama.cpp's server on the F32 GGUF (16 slots, continuous batching, decode on all cores), started and waited for
+    as `webdancer serve` starts its servers; use as a context manager, its `base_url` is the /v1 URL."""
+    from webdancer_models.serve import ServerProcess
 
     port = free_port()
-    proc = subprocess.Popen([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", "16", "-c", str(16 * 2048),
-                             "-t", str(os.cpu_count()), "--no-webui", "--jinja"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(240):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            if proc.poll() is not None:
-                sys.exit(f"{binary} exited with {proc.returncode} before it served {gguf}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    command = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", "16", "-c", str(16 * 2048),
+               "-t", str(os.cpu_count()), "--no-webui", "--jinja"]
+    return ServerProcess(command, f"http://127.0.0.1:{port}/v1", log_dir / "llama-server.log").start(300)
 
 
 def limit_tok_s(limits: dict[str, float], concurrency: int) -> float:
@@ -177,8 +166,8 @@ def main() -> None:
                         evals[backend] = evaluate(server.base_url, name, eval_concurrency, Path(tmp) / "runs" / backend, base_port)
     native = os.environ.get("BENCH_LLAMA_SERVER"), os.environ.get("BENCH_GGUF")
     if all(native):
-        with llama_server(*native) as url:
-            measured["llama.cpp"] = {c: asyncio.run(tokens_per_s(url, "gguf", c)) for c in (1, 8, 16)}
+        with tempfile.TemporaryDirectory() as logs, llama_server(*native, Path(logs)) as server:
+            measured["llama.cpp"] = {c: asyncio.run(tokens_per_s(server.base_url, "gguf", c)) for c in (1, 8, 16)}
     for backend, label in (("transformers", "transformers serve"), ("batched", "batched server"), ("llama.cpp", "llama.cpp server (reference)")):
         for c, tok_s in measured.get(backend, {}).items():
             rows.append(Row("tiny_model_cpu", f"{label} @ concurrency {c}", tok_s, "tok/s", tok_s / limit_tok_s(limits, c), "of the limit",

@@ -12,9 +12,13 @@ does to a held-out evaluation.
    With BENCH_LLAMA_SERVER (a llama.cpp `llama-server` binary) and BENCH_GGUF (the same model converted to
    an F32 GGUF by llama.cpp's convert_hf_to_gguf.py) set, the same clients also measure that native
    server: a reference for what C++ kernels without Python reach on this machine. Neither ships here.
+   Floor: the model's linear layers alone at 8 rows as the batched server runs them (oneDNN prepacked), back to
+   back with no Python between them, on 1 and 2 threads: what these kernels allow at best, against the limit.
+   bf16 (serve.linear_dtype=bfloat16, on a CPU with native bf16 matmuls): the same clients, against the limit
+   counted for bf16 linear layers (half the weight bytes, bf16 matmul throughput).
 3. A held-out evaluation as the quickstart runs it (12 questions, greedy, 3 turns): `transformers serve` at
    agent.concurrency 2 (the quickstart before batching) against the batched server at 8, with the results
-   (Pass@1, valid tool-call turns) of both. Uses the quickstart's fine-tuned model when there is one
+   (Pass@1, valid tool-call turns) of both and of the batched server with bf16 linear layers. Uses the quickstart's fine-tuned model when there is one
    (runs/quickstart/sft), else the base model.
 
 Needs `webdancer model export smollm2-135m .webdancer/models/smollm2-135m` and a built web, as
@@ -65,21 +69,54 @@ def machine_limits() -> dict[str, float]:
         big.sum()
         reads.append(big.numel() * 4 / (time.perf_counter() - start))
     del big
-    x, y = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    torch.mm(x, y)
-    flops = []
-    for _ in range(5):
-        start = time.perf_counter()
+    def matmul_flops(dtype: "torch.dtype") -> float:
+        x, y = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
         torch.mm(x, y)
-        flops.append(2 * 2048**3 / (time.perf_counter() - start))
+        flops = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.mm(x, y)
+            flops.append(2 * 2048**3 / (time.perf_counter() - start))
+        return sorted(flops)[len(flops) // 2]
+
     cfg = AutoConfig.from_pretrained(MODEL)
     h, i, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * i  # q, o, k, v, gate, up, down
     matmul_params = layers * per_layer + vocab * h  # + the (tied) output projection
-    weight_bytes = 4 * (matmul_params + layers * 2 * h + h)  # fp32, + norms; the embedding lookup reads one row
-    return {"read_gbs": sorted(reads)[len(reads) // 2] / 1e9, "matmul_gflops": sorted(flops)[len(flops) // 2] / 1e9,
-            "weight_mb": weight_bytes / 1e6, "mflop_per_token": 2 * matmul_params / 1e6}
+    norm_bytes = 4 * (layers * 2 * h + h)  # fp32 norms; the embedding lookup reads one row
+    limits = {"read_gbs": sorted(reads)[len(reads) // 2] / 1e9, "matmul_gflops": matmul_flops(torch.float32) / 1e9,
+              "weight_mb": (4 * matmul_params + norm_bytes) / 1e6, "mflop_per_token": 2 * matmul_params / 1e6}
+    # serve.linear_dtype=bfloat16: the linear layers read bf16 weights and multiply in bf16
+    bf16 = {**limits, "weight_mb": (2 * matmul_params + norm_bytes) / 1e6, "matmul_gflops": matmul_flops(torch.bfloat16) / 1e9}
+    return {**limits, "bf16": bf16}
+
+
+def linear_floor_tok_s(rows: int, threads: int, dtype: str) -> float:
+    """Tokens/s if a decode step of `rows` requests were only the model's linear layers, as the batched server runs them
+    (oneDNN prepacked, serve.linear_dtype) on `threads` threads, back to back with no Python between them: what these
+    kernels allow at best. Median of 7 steps."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from webdancer_models.batched_server import pack_linear_weights
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(rows, m.in_features) for m in layers]
+    pack_linear_weights(model, dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            steps = []
+            for _ in range(9):
+                start = time.perf_counter()
+                for layer, x in zip(layers, inputs):
+                    layer(x)
+                steps.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return rows / sorted(steps[2:])[3]
 
 
 def llama_server(binary: str, gguf: str, log_dir: Path):
@@ -136,6 +173,7 @@ def evaluate(base_url: str, model: str, concurrency: int, out: Path, web_port: i
 
 
 def main() -> None:
+    from webdancer_models.batched_server import bf16_supported
     from webdancer_models.config import ServeConfig
     from webdancer_models.serve import served_model_name, start_server
     from webdancer_web.server import LocalWebServer
@@ -149,31 +187,53 @@ def main() -> None:
         Row("tiny_model_limit", "limit @ concurrency 1", limit_tok_s(limits, 1), "tok/s", 1.0, "bandwidth-bound", "report", True),
         Row("tiny_model_limit", "limit @ concurrency 8", limit_tok_s(limits, 8), "tok/s", limit_tok_s(limits, 8) / limit_tok_s(limits, 1), "vs concurrency 1", "report", True),
     ]
+    for threads in (1, 2):
+        floor = linear_floor_tok_s(8, threads, "float32")
+        rows.append(Row("tiny_model_floor", f"fp32 linear layers alone, 8 rows, {threads} thread{'s' * (threads > 1)}", floor, "tok/s",
+                        floor / limit_tok_s(limits, 8), "of the limit @ 8", "report", True))
+    bf16 = bf16_supported()
+    if bf16:
+        rows.append(Row("tiny_model_limit", "matmul throughput (bf16)", limits["bf16"]["matmul_gflops"], "GFLOP/s", limits["bf16"]["weight_mb"],
+                        "MB read per decode step, bf16 linear", "report", True))
+        rows.append(Row("tiny_model_limit", "limit @ concurrency 8, bf16 linear", limit_tok_s(limits["bf16"], 8), "tok/s",
+                        limit_tok_s(limits["bf16"], 8) / limit_tok_s(limits, 8), "vs the fp32 limit", "report", True))
+        floor = linear_floor_tok_s(8, 1, "bfloat16")
+        rows.append(Row("tiny_model_floor", "bf16 linear layers alone, 8 rows, 1 thread", floor, "tok/s", floor / limit_tok_s(limits["bf16"], 8),
+                        "of the bf16 limit @ 8", "report", True))
     tuned = TUNED if (TUNED / "config.json").is_file() and QUESTIONS.is_file() else None
     base_port = int(json.loads((WEB / "manifest.json").read_text())["base_url"].rsplit(":", 1)[1])
     web = contextlib.nullcontext() if _busy(base_port) else LocalWebServer(WEB, "127.0.0.1", base_port)
     measured: dict[str, dict[int, float]] = {}
     evals: dict[str, tuple[float, dict]] = {}
+    # (label, backend, serve.linear_dtype, eval concurrency): the quickstart before batching, the default, bf16 linear layers
+    variants = [("transformers", "transformers", "float32", 2), ("batched", "batched", "float32", 8)] + ([("batched-bf16", "batched", "bfloat16", 8)] if bf16 else [])
     with tempfile.TemporaryDirectory() as tmp, web:
-        for backend, eval_concurrency in (("transformers", 2), ("batched", 8)):
+        for key, backend, linear_dtype, eval_concurrency in variants:
             for model_dir in [MODEL] + ([tuned] if tuned else []):
-                cfg = ServeConfig(backend=backend, model_path=str(model_dir), port=free_port(), health_timeout_s=300)
+                cfg = ServeConfig(backend=backend, model_path=str(model_dir), port=free_port(), health_timeout_s=300, linear_dtype=linear_dtype)
                 with start_server(cfg, Path(tmp) / "logs") as server:
                     name = served_model_name(cfg)
                     if model_dir == MODEL:
-                        measured[backend] = {c: asyncio.run(tokens_per_s(server.base_url, name, c)) for c in (1, 8, 16)}
+                        measured[key] = {c: asyncio.run(tokens_per_s(server.base_url, name, c)) for c in (1, 8, 16)}
                     if tuned and model_dir == tuned:
-                        evals[backend] = evaluate(server.base_url, name, eval_concurrency, Path(tmp) / "runs" / backend, base_port)
+                        evals[key] = evaluate(server.base_url, name, eval_concurrency, Path(tmp) / "runs" / key, base_port)
     native = os.environ.get("BENCH_LLAMA_SERVER"), os.environ.get("BENCH_GGUF")
     if all(native):
         with tempfile.TemporaryDirectory() as logs, llama_server(*native, Path(logs)) as server:
             measured["llama.cpp"] = {c: asyncio.run(tokens_per_s(server.base_url, "gguf", c)) for c in (1, 8, 16)}
-    for backend, label in (("transformers", "transformers serve"), ("batched", "batched server"), ("llama.cpp", "llama.cpp server (reference)")):
+    for backend, label in (("transformers", "transformers serve"), ("batched", "batched server"), ("batched-bf16", "batched server, bf16 linear"),
+                           ("llama.cpp", "llama.cpp server (reference)")):
+        limit = limits["bf16"] if backend == "batched-bf16" else limits
         for c, tok_s in measured.get(backend, {}).items():
-            rows.append(Row("tiny_model_cpu", f"{label} @ concurrency {c}", tok_s, "tok/s", tok_s / limit_tok_s(limits, c), "of the limit",
-                            ">= 0.5" if backend == "batched" and c == 8 else "report", tok_s / limit_tok_s(limits, c) >= 0.5 or backend != "batched" or c != 8))
+            rows.append(Row("tiny_model_cpu", f"{label} @ concurrency {c}", tok_s, "tok/s", tok_s / limit_tok_s(limit, c),
+                            "of the bf16 limit" if limit is not limits else "of the limit",
+                            ">= 0.5" if backend == "batched" and c == 8 else "report", tok_s / limit_tok_s(limit, c) >= 0.5 or backend != "batched" or c != 8))
     b8, t8 = measured["batched"][8], measured["transformers"][8]
     rows.append(Row("tiny_model_cpu", "batched @ 8 vs transformers serve @ 8", b8, "tok/s", b8 / t8, "vs transformers serve, same run", "report", True))
+    if "batched-bf16" in measured:
+        for c in (1, 8):
+            fast = measured["batched-bf16"][c]
+            rows.append(Row("tiny_model_cpu", f"bf16 linear @ {c} vs fp32 @ {c}", fast, "tok/s", fast / measured["batched"][c], "of fp32, same run", "report", True))
     if "llama.cpp" in measured:
         for c in (1, 8):
             ours, ref = measured["batched"][c], measured["llama.cpp"][c]
@@ -181,10 +241,15 @@ def main() -> None:
     rows.append(Row("tiny_model_cpu", "batched @ 8 vs the issue's 16.7 tok/s", b8, "tok/s", b8 / BEFORE_TOK_S, "vs 16.7 tok/s", ">= 5", b8 / BEFORE_TOK_S >= 5))
     if evals:
         t_old, t_new = evals["transformers"][0], evals["batched"][0]
-        for label, (secs, summary) in (("transformers serve, concurrency 2", evals["transformers"]), ("batched, concurrency 8", evals["batched"])):
+        labels = {"transformers": "transformers serve, concurrency 2", "batched": "batched, concurrency 8", "batched-bf16": "batched bf16 linear, concurrency 8"}
+        for key, (secs, summary) in evals.items():
+            label = labels[key]
             rows.append(Row("tiny_model_eval", f"12-question eval, {label}", secs, "s", summary["pass_at_1"], "Pass@1", "report", True))
             rows.append(Row("tiny_model_eval", f"valid tool-call turns, {label}", summary["valid_tool_call_turns"] * 100, "%", 1.0, "-", "report", True))
         rows.append(Row("tiny_model_eval", "eval speed-up (batched, 8)", t_old / t_new, "x", t_old / t_new, "old wall / new wall", ">= 2", t_old / t_new >= 2))
+        if "batched-bf16" in evals:
+            t_bf16 = evals["batched-bf16"][0]
+            rows.append(Row("tiny_model_eval", "eval speed-up (batched bf16 linear, 8)", t_old / t_bf16, "x", t_new / t_bf16, "vs batched fp32", "report", True))
     emit(rows)
 
 

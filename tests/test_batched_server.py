@@ -8,10 +8,12 @@ import asyncio
 import httpx
 import pytest
 import torch
+from conftest import free_port
 from webdancer_models.batched_server import (
     GREEDY_TEMPERATURE,
     BadRequest,
     Sampling,
+    bf16_supported,
     first_stop,
     install_fast_top_p,
     install_lean_sampling,
@@ -101,6 +103,30 @@ def test_packed_linear_layers_compute_what_the_stock_ones_do():
         assert torch.allclose(model(x[:, :1]), want[:, :1], rtol=1e-5, atol=1e-6)  # any number of rows
 
 
+def test_bf16_linear_layers_multiply_in_bf16_and_return_fp32():
+    """serve.linear_dtype=bfloat16: close to fp32 (bf16 rounding, not garbage), fp32 out, and really rounded."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.SiLU(), torch.nn.Linear(96, 32, bias=False))
+    x = torch.randn(1, 8, 64)
+    with torch.inference_mode():
+        want = model(x)
+        if not bf16_supported() or not pack_linear_weights(model, "bfloat16"):
+            pytest.skip("this CPU has no native bf16 matmuls")
+        got = model(x)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=0.05, atol=0.02) and not torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="'float16' is not one of float32, bfloat16"):
+        pack_linear_weights(torch.nn.Linear(2, 2), "float16")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_loading(monkeypatch, tmp_path):
+    from webdancer_models import batched_server
+
+    monkeypatch.setattr(batched_server, "bf16_supported", lambda: False)
+    with pytest.raises(SystemExit, match="no native bf16 matmuls .* serve.linear_dtype=float32"):
+        batched_server.BatchedGenerator(tmp_path, 512, 8, 64, None, linear_dtype="bfloat16")
+
+
 def test_decoding_steps_run_on_the_decode_threads_and_steps_with_prefill_on_all(monkeypatch):
     from transformers.generation.continuous_batching import model_runner
 
@@ -171,3 +197,26 @@ async def test_bad_requests_get_clear_http_errors_and_the_server_keeps_serving(t
             await client.chat([Message("user", "hi")])
     async with ChatClient(chat_config(serve_cfg, server, temperature=0.0, max_tokens=4)) as client:
         assert (await client.chat([Message("user", "hi")])).usage.completion_tokens > 0
+
+
+async def test_bf16_linear_layers_serve_the_fp32_servers_greedy_replies_mostly(tiny_server, tmp_path):
+    """serve.linear_dtype=bfloat16 through `webdancer serve`'s own start path: it says so in its log, and bf16 rounding
+    leaves most greedy replies as the fp32 server gives them (a broken cast would change all of them)."""
+    from dataclasses import replace
+
+    from webdancer_models.serve import start_server
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bf16 matmuls")
+    fp32_cfg, fp32_server = tiny_server
+    cfg = replace(fp32_cfg, linear_dtype="bfloat16", port=free_port())
+    prompts = [p for p in PROMPTS if p is not LONG]
+    with start_server(cfg, tmp_path) as server:
+        async with ChatClient(chat_config(cfg, server, temperature=0.0, max_tokens=16)) as client:
+            fast = await asyncio.gather(*(client.chat([Message("user", p)]) for p in prompts))
+        log = (tmp_path / f"batched-{cfg.port}.log").read_text()
+    async with ChatClient(chat_config(fp32_cfg, fp32_server, temperature=0.0, max_tokens=16)) as client:
+        exact = await asyncio.gather(*(client.chat([Message("user", p)]) for p in prompts))
+    assert "bfloat16 linear layers" in log
+    assert all(r.text.strip() for r in fast)
+    assert sum(a.text == b.text for a, b in zip(fast, exact)) >= len(prompts) // 2, [(a.text, b.text) for a, b in zip(fast, exact)]

@@ -122,6 +122,13 @@ def test_command_builders():
     assert server_command(b)[server_command(b).index("--kv-cache-tokens") + 1] == "4096"
     with pytest.raises(WebdancerError, match="'vllm' is not one of batched, transformers, sglang, external"):
         server_command(ServeConfig(backend="vllm"))
+    assert server_command(b)[server_command(b).index("--linear-dtype") + 1] == "float32"
+    fast = ServeConfig(model_path="/m/tiny", linear_dtype="bfloat16")
+    assert server_command(fast)[server_command(fast).index("--linear-dtype") + 1] == "bfloat16"
+    with pytest.raises(WebdancerError, match="serve.linear_dtype 'fp16' is not one of float32, bfloat16"):
+        server_command(ServeConfig(linear_dtype="fp16"))
+    with pytest.raises(WebdancerError, match="serve.linear_dtype=bfloat16 is for serve.backend=batched, not transformers"):
+        server_command(ServeConfig(backend="transformers", linear_dtype="bfloat16"))
 
 
 def test_server_that_dies_shows_its_log(tmp_path):

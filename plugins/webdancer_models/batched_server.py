@@ -265,24 +265,48 @@ def default_decode_threads() -> int:
     return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
 
 
-def pack_linear_weights(model: Any) -> int:
-    """Give every linear layer oneDNN's prepacked copy of its weight. torch's default fp32 GEMM (MKL) runs a
-    decode step's small matrices (8 rows) at a fraction of memory bandwidth on this kind of CPU; the prepacked
-    kernel reads the weights at close to it (lm head, 8 rows: 8.9 -> 2.5 ms). Same fp32 arithmetic, a
-    different summation order (last-bit differences). Costs a second copy of the weights (~540 MB for
-    SmolLM2-135M). Returns how many layers were packed; 0 when this torch has no oneDNN (the stock path stays)."""
+LINEAR_DTYPES = ("float32", "bfloat16")
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates them slowly."""
     import torch
 
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
+def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
+    """Give every linear layer oneDNN's prepacked copy of its weight. torch's default fp32 GEMM (MKL) runs a
+    decode step's small matrices (8 rows) at a fraction of memory bandwidth on this kind of CPU; the prepacked
+    kernel reads the weights at close to it (lm head, 8 rows: 8.9 -> 2.5 ms). Costs a second copy of the
+    weights (~540 MB fp32 for SmolLM2-135M).
+    dtype float32: same arithmetic, a different summation order (last-bit differences). bfloat16: the packed
+    weights and each layer's input are bf16 (accumulated in fp32, output back in fp32; norms, attention and
+    the residual stream stay fp32): half the bytes a decode step reads, which is what bounds it (1.25-1.45x the
+    tokens/s on two cores), at the cost of bf16 rounding (greedy replies can differ from fp32 after some tokens).
+    Returns how many layers were packed; 0 when this torch has no oneDNN (the stock path stays)."""
+    import torch
+
+    if dtype not in LINEAR_DTYPES:
+        raise ValueError(f"linear dtype {dtype!r} is not one of {', '.join(LINEAR_DTYPES)}")
     ops = getattr(torch.ops, "mkldnn", None)
     if not torch.backends.mkldnn.is_available() or ops is None or not hasattr(ops, "_linear_pointwise"):
         return 0
     packed = 0
     for layer in model.modules():
         if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.float32:
-            weight = ops._reorder_linear_weight(layer.weight.detach(), None)
+            if dtype == "bfloat16":
+                weight = ops._reorder_linear_weight(layer.weight.detach().to(torch.bfloat16), None)
+                bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
 
-            def forward(x: Any, weight: Any = weight, bias: Any = layer.bias) -> Any:
-                return ops._linear_pointwise(x, weight, bias, "none", [], "")
+                def forward(x: Any, weight: Any = weight, bias: Any = bias) -> Any:
+                    return ops._linear_pointwise(x.to(torch.bfloat16), weight, bias, "none", [], "").to(x.dtype)
+            else:
+                weight = ops._reorder_linear_weight(layer.weight.detach(), None)
+
+                def forward(x: Any, weight: Any = weight, bias: Any = layer.bias) -> Any:
+                    return ops._linear_pointwise(x, weight, bias, "none", [], "")
 
             layer.forward = forward
             packed += 1
@@ -293,13 +317,16 @@ class BatchedGenerator:
     """Owns the model and the continuous batching engine; `generate` is called from the event loop."""
 
     def __init__(self, model_dir: Path, max_batch_tokens: int, num_blocks: int, block_size: int, seed: Optional[int], threads: int = 0,
-                 decode_threads: int = 0):
+                 decode_threads: int = 0, linear_dtype: str = "float32"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         if threads:
             torch.set_num_threads(threads)
+        if linear_dtype == "bfloat16" and not bf16_supported():
+            raise SystemExit("--linear-dtype bfloat16: this CPU has no native bf16 matmuls (AVX512-BF16 or AMX) or this torch has no oneDNN, "
+                             "so bf16 would be slower than fp32; serve with serve.linear_dtype=float32")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
         if not hasattr(self.model, "init_continuous_batching"):
@@ -319,7 +346,9 @@ class BatchedGenerator:
             log.warning("this transformers has no per-request top-p hook to speed up; using its own (slower) top-p")
         if not install_lean_sampling():
             log.warning("this transformers lays out its batching step differently; using its own (slower) sampling")
-        if not pack_linear_weights(self.model):
+        if not pack_linear_weights(self.model, linear_dtype):
+            if linear_dtype != "float32":
+                raise SystemExit(f"--linear-dtype {linear_dtype}: this torch has no oneDNN prepacked linear layers; serve with serve.linear_dtype=float32")
             log.warning("this torch has no oneDNN prepacked linear layers; using its default GEMM (slower)")
         if not install_step_threads(min(decode_threads or default_decode_threads(), torch.get_num_threads())):
             log.warning("this transformers lays out its batching step differently; decoding on all threads")
@@ -469,6 +498,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--default-max-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--decode-threads", type=int, default=0, help="torch threads of steps that only decode (0: all cores but one)")
+    parser.add_argument("--linear-dtype", choices=LINEAR_DTYPES, default="float32",
+                        help="dtype of the linear layers' packed weights and inputs (bfloat16: half the bytes per step, on CPUs with native bf16)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the engine's sampler (the whole server, not one request)")
     args = parser.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
@@ -477,9 +508,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     generator = BatchedGenerator(args.model_dir, args.max_batch_tokens, -(-args.kv_cache_tokens // args.block_size), args.block_size, args.seed, args.threads,
-                                  args.decode_threads)
+                                  args.decode_threads, args.linear_dtype)
     names = {str(args.model_dir), args.served_model_name} - {""}
-    log.info("serving %s on http://%s:%d/v1 (continuous batching, KV cache %d tokens)", args.model_dir, args.host, args.port, generator.max_tokens_in_cache)
+    log.info("serving %s on http://%s:%d/v1 (continuous batching, KV cache %d tokens, %s linear layers)", args.model_dir, args.host, args.port,
+             generator.max_tokens_in_cache, args.linear_dtype)
     uvicorn.run(build_app(generator, names, args.default_max_tokens), host=args.host, port=args.port, log_level="warning")
 
 

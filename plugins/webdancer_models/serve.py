@@ -16,6 +16,7 @@ from typing import Optional
 import httpx
 
 from webdancer.errors import WebdancerError
+from webdancer_models.batched_server import LINEAR_DTYPES
 from webdancer_models.config import ServeConfig
 
 log = logging.getLogger("webdancer.serve")
@@ -33,11 +34,20 @@ def batched_command(cfg: ServeConfig) -> list[str]:
     """Our continuous-batching CPU server (webdancer_models.batched_server) on one model folder."""
     cmd = [
         sys.executable, "-m", "webdancer_models.batched_server", cfg.model_path, "--host", cfg.host, "--port", str(cfg.port),
-        "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--max-batch-tokens", str(cfg.max_batch_tokens),
+        "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--max-batch-tokens", str(cfg.max_batch_tokens), "--linear-dtype", cfg.linear_dtype,
     ]
     if cfg.served_model_name:
         cmd += ["--served-model-name", cfg.served_model_name]
     return cmd + list(cfg.extra_args)
+
+
+def check_linear_dtype(cfg: ServeConfig) -> None:
+    """serve.linear_dtype is one the batched server knows, and other backends are left at float32 (they would ignore it)."""
+    if cfg.linear_dtype not in LINEAR_DTYPES:
+        raise WebdancerError(f"serve.linear_dtype '{cfg.linear_dtype}' is not one of {', '.join(LINEAR_DTYPES)}")
+    if cfg.linear_dtype != "float32" and cfg.backend != "batched":
+        raise WebdancerError(f"serve.linear_dtype={cfg.linear_dtype} is for serve.backend=batched, not {cfg.backend}; set it back to float32 "
+                             "(sglang takes its own --dtype in serve.extra_args)")
 
 
 LOCAL_BACKENDS = {"batched": batched_command, "transformers": transformers_command}  # CPU servers of a model folder
@@ -45,6 +55,7 @@ LOCAL_BACKENDS = {"batched": batched_command, "transformers": transformers_comma
 
 def server_command(cfg: ServeConfig) -> list[str]:
     """The command that starts `cfg.backend` (not `external`, which webdancer does not start)."""
+    check_linear_dtype(cfg)
     if cfg.backend == "sglang":
         return sglang_command(cfg, sys.executable)
     if cfg.backend in LOCAL_BACKENDS:
@@ -174,6 +185,7 @@ def is_healthy(base_url: str) -> bool:
 def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
     """Start (or, for `external`, check) the configured server; errors say what to do."""
     base_url = f"http://{cfg.host}:{cfg.port}/v1"
+    check_linear_dtype(cfg)
     if cfg.backend == "external":
         if not cfg.external_url:
             raise WebdancerError("serve.backend=external needs serve.external_url (an OpenAI-compatible base URL)")

@@ -8,6 +8,9 @@ loop with verl (see verl_agent.py), so the tool YAML is all a worker needs to lo
 
 from __future__ import annotations
 
+import asyncio
+import json
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from verl.tools.base_tool import BaseTool
@@ -26,19 +29,48 @@ def openai_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": {"name": schema["name"], "description": schema["description"], "parameters": schema["parameters"]}}
 
 
+@dataclass
+class SharedToolSet:
+    """A tool set's toolbox shared by all its members in one worker process: verl builds one tool object per member,
+    and each used to open the set itself (an MCP server with five tools was five sessions, five server processes
+    over stdio, and a stateful server's tools did not see each other's state). Opened once, under the lock."""
+
+    box: ToolBox
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    opened: bool = False
+
+
+_TOOL_SETS: dict[str, SharedToolSet] = {}  # the set's config as JSON -> its shared toolbox
+
+
+async def close_tool_sets() -> None:
+    """Close every shared tool set of this process (their connections and tool stores), e.g. at the end of a test."""
+    sets = list(_TOOL_SETS.values())
+    _TOOL_SETS.clear()
+    for shared in sets:
+        await shared.box.aclose()
+
+
 class WebdancerTool(BaseTool):
     """config: {type: native, tool: NAME, options: {...}, timeout_s: 60, tool_store: {mode, dir, prices} (optional)}.
 
     A tool set's tool (one of an MCP server's) adds `member: <its name>` (`rl prepare` writes both): the set is
-    opened, in the worker's event loop, on the first call that needs it."""
+    opened, in the worker's event loop, on the first call that needs it, once for all its members (SharedToolSet)."""
 
     def __init__(self, config: dict[str, Any], tool_schema: Optional[OpenAIFunctionToolSchema] = None):
         name = config.get("tool")
         if not name:
             raise ValueError("WebdancerTool needs `config.tool`: the webdancer tool's name (see `webdancer plugins`)")
-        store = ToolStore(validate_options(ToolStoreConfig, config["tool_store"], "tool_store")) if config.get("tool_store") else None
-        self._box = ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)), store=store)
         self._member: Optional[str] = config.get("member")
+        self._set: Optional[SharedToolSet] = None
+        if self._member is not None:
+            key = json.dumps([name, config.get("options") or {}, config.get("timeout_s", 60.0), config.get("tool_store")], sort_keys=True, default=str)
+            if key not in _TOOL_SETS:
+                _TOOL_SETS[key] = SharedToolSet(self._build_box(name, config))
+            self._set = _TOOL_SETS[key]
+            self._box = self._set.box
+        else:
+            self._box = self._build_box(name, config)
         if self._member is None:
             self._tool = self._box.tools[name]
             # verl's schema model keeps only type/description/enum per parameter; validate against ours.
@@ -51,10 +83,19 @@ class WebdancerTool(BaseTool):
         self._opened = self._member is None
         self._instances: dict[str, dict[str, Any]] = {}
 
+    @staticmethod
+    def _build_box(name: str, config: dict[str, Any]) -> ToolBox:
+        store = ToolStore(validate_options(ToolStoreConfig, config["tool_store"], "tool_store")) if config.get("tool_store") else None
+        return ToolBox.from_config([name], {name: config.get("options") or {}}, float(config.get("timeout_s", 60.0)), store=store)
+
     async def _open(self) -> None:
         if self._opened:
             return
-        await self._box.__aenter__()
+        assert self._set is not None  # only a tool set's member starts unopened
+        async with self._set.lock:
+            if not self._set.opened:
+                await self._box.__aenter__()
+                self._set.opened = True
         if self._member not in self._box.tools:
             raise ValueError(f"the tool set {self.config.get('tool')!r} no longer offers {self._member!r} (it offers "
                              f"{', '.join(self._box.tools)}); rerun `webdancer rl prepare`")

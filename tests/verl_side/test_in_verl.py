@@ -6,6 +6,7 @@ agent loop on real tokens (masking), and our DAPO overrides composed with verl's
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,7 @@ async def test_an_mcp_servers_tool_runs_through_verls_tool_interface(local_web, 
 
     from verl.tools.tool_registry import initialize_tools_from_config
     from webdancer_rl.prepare import prepare
+    from webdancer_rl.verl_tool import close_tool_sets
 
     stub = Path(__file__).resolve().parents[1] / "fixtures" / "mcp" / "stub_server.py"
     web, _, _ = local_web
@@ -106,7 +108,26 @@ async def test_an_mcp_servers_tool_runs_through_verls_tool_interface(local_web, 
     bad, _, bad_metrics = await shout.execute(instance, {"txt": "x"})
     assert "invalid arguments" in bad.text and bad_metrics["error"] == 1  # checked against the server's own schema
     await shout.release(instance)
-    await shout._box.aclose()
+    nap = tools["stub__nap"]
+    instance, _ = await nap.create()
+    assert (await nap.execute(instance, {"seconds": 0}))[0].text == "rested"
+    servers = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).count(str(stub)) and _ppid(p) == os.getpid()]
+    assert nap._box is shout._box and len(servers) == 1, servers  # one session (one server process) for the whole set
+    await close_tool_sets()
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def rollout_text(tokenizer, answer):

@@ -186,6 +186,7 @@ def test_compare_shows_two_runs_side_by_side(plugins, tmp_path):
     # Paired by question: b loses the two a answered (-1, -1, 0); a resample of only the third question (1 in 27)
     # puts 0 inside the interval, so 3 questions cannot tell the runs apart.
     assert "Pass@1 -66.7 pts (95 % CI -100.0 to +0.0, 3 questions in both): indistinguishable" in text
+    assert text.count("- Pass@1 ") == 1  # one run per question: Pass@k is Pass@1, stated once
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     missing = CliRunner().invoke(cli, ["eval", "compare", str(base / "a"), str(tmp_path)])
     assert missing.exit_code != 0 and "no results.json there" in missing.output

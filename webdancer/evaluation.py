@@ -380,8 +380,10 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """B - A: Pass@1 and Pass@k paired by question with their intervals, then the other rates' differences."""
     lines = []
     if "per_question" in a and "per_question" in b:
-        same_as_pass1 = a["overall"]["k"] == b["overall"]["k"] == 1  # Pass@k is Pass@1: one line, not the same line twice
-        for label, index in (("Pass@1", 0),) + (() if same_as_pass1 else ((f"Pass@{b['overall']['k']}", 1),)):
+        rates = [("Pass@1", 0)]
+        if not a["overall"]["k"] == b["overall"]["k"] == 1:  # else Pass@k is Pass@1: one line, not the same line twice
+            rates.append((f"Pass@{b['overall']['k']}", 1))
+        for label, index in rates:
             per_a, per_b = (question_rates({q: (r["runs"], r["correct"]) for q, r in res["per_question"].items()},
                                            res["overall"]["k"])[index] for res in (a, b))
             d = paired_difference(per_a, per_b)

@@ -185,8 +185,8 @@ def is_healthy(base_url: str) -> bool:
 def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
     """Start (or, for `external`, check) the configured server; errors say what to do."""
     base_url = f"http://{cfg.host}:{cfg.port}/v1"
-    check_linear_dtype(cfg)
     if cfg.backend == "external":
+        check_linear_dtype(cfg)  # the other backends are checked by server_command
         if not cfg.external_url:
             raise WebdancerError("serve.backend=external needs serve.external_url (an OpenAI-compatible base URL)")
         server = ServerProcess([], cfg.external_url, log_dir / "external.log")

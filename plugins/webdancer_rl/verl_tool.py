@@ -63,22 +63,21 @@ class WebdancerTool(BaseTool):
             raise ValueError("WebdancerTool needs `config.tool`: the webdancer tool's name (see `webdancer plugins`)")
         self._member: Optional[str] = config.get("member")
         self._set: Optional[SharedToolSet] = None
-        if self._member is not None:
-            key = json.dumps([name, config.get("options") or {}, config.get("timeout_s", 60.0), config.get("tool_store")], sort_keys=True, default=str)
-            if key not in _TOOL_SETS:
-                _TOOL_SETS[key] = SharedToolSet(self._build_box(name, config))
-            self._set = _TOOL_SETS[key]
-            self._box = self._set.box
-        else:
-            self._box = self._build_box(name, config)
         if self._member is None:
+            self._box = self._build_box(name, config)
             self._tool = self._box.tools[name]
             # verl's schema model keeps only type/description/enum per parameter; validate against ours.
             self.webdancer_parameters = self._tool.parameters
             if tool_schema is None:
                 tool_schema = OpenAIFunctionToolSchema.model_validate(openai_schema(self._tool.schema()))
-        elif tool_schema is None:
-            raise ValueError(f"WebdancerTool {name}/{self._member}: a tool set's tool needs its `tool_schema` (rerun `webdancer rl prepare`)")
+        else:
+            if tool_schema is None:
+                raise ValueError(f"WebdancerTool {name}/{self._member}: a tool set's tool needs its `tool_schema` (rerun `webdancer rl prepare`)")
+            key = json.dumps([name, config.get("options") or {}, config.get("timeout_s", 60.0), config.get("tool_store")], sort_keys=True, default=str)
+            if key not in _TOOL_SETS:
+                _TOOL_SETS[key] = SharedToolSet(self._build_box(name, config))
+            self._set = _TOOL_SETS[key]
+            self._box = self._set.box
         super().__init__(config, tool_schema)
         self._opened = self._member is None
         self._instances: dict[str, dict[str, Any]] = {}

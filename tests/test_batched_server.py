@@ -12,8 +12,10 @@ from conftest import free_port
 from webdancer_models.batched_server import (
     GREEDY_TEMPERATURE,
     BadRequest,
+    DecodeThreads,
     Sampling,
     bf16_supported,
+    decode_thread_candidates,
     first_stop,
     install_fast_top_p,
     install_lean_sampling,
@@ -121,7 +123,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_loading(monkeypatch
         batched_server.BatchedGenerator(tmp_path, 512, 8, 64, None, linear_dtype="bfloat16")
 
 
-def test_decoding_steps_run_on_the_decode_threads_and_steps_with_prefill_on_all(monkeypatch):
+def test_decoding_steps_run_on_the_chosen_threads_and_steps_with_prefill_on_all(monkeypatch):
     from transformers.generation.continuous_batching import model_runner
 
     runner = model_runner.ModelRunner
@@ -129,13 +131,45 @@ def test_decoding_steps_run_on_the_decode_threads_and_steps_with_prefill_on_all(
     monkeypatch.setattr(runner, "webdancer_unthreaded_step", lambda self, model, batch, *a, **k: seen.append(torch.get_num_threads()), raising=False)
     monkeypatch.setattr(runner, "_forward_process_and_sample", runner._forward_process_and_sample)  # put back afterwards
     full = torch.get_num_threads()
+    threads = DecodeThreads([1])
     try:
-        assert install_step_threads(1)
+        assert install_step_threads(threads)
         for tokens in (8, 512, 8):  # 8 requests decoding; a prefill chunk; decoding again
             runner._forward_process_and_sample(None, None, {"input_ids": torch.zeros(1, tokens, dtype=torch.long)})
     finally:
         torch.set_num_threads(full)
     assert seen == [1, full, 1]
+    assert threads.steps_since_choice == 2  # the decode steps were timed, the prefill step not
+
+
+def test_decode_threads_alternate_keep_the_faster_and_try_again_later():
+    threads = DecodeThreads([2, 1], trial=3, settle=5)
+    step_s = {1: 0.050, 2: 0.030}
+    tried = []
+    for _ in range(6):  # the trial: both candidates alternate until each has 3 timed steps
+        n = threads.next()
+        tried.append(n)
+        threads.record(n, step_s[n])
+    assert sorted(tried) == [1, 1, 1, 2, 2, 2] and all(a != b for a, b in zip(tried, tried[1:]))
+    assert threads.chosen == 2 and [threads.next() for _ in range(3)] == [2, 2, 2]
+    step_s = {1: 0.020, 2: 0.030}  # the machine changed (a neighbour came)
+    for _ in range(5):
+        threads.record(threads.next(), step_s[2])
+    assert threads.chosen is None  # after `settle` decode steps the trial runs again ...
+    for _ in range(6):
+        n = threads.next()
+        threads.record(n, step_s[n] + (0.5 if len(threads.times[n]) == 0 else 0))  # one outlier step each: medians ignore it
+    assert threads.chosen == 1  # ... and follows the machine
+    pinned = DecodeThreads([1])
+    assert pinned.chosen == 1 and pinned.next() == 1
+    for _ in range(10):
+        pinned.record(1, 0.1)
+    assert pinned.chosen == 1  # a pinned count is never tried again
+
+
+@pytest.mark.parametrize("asked, full, want", [(0, 2, [1, 2]), (0, 1, [1]), (0, 16, [15, 16]), (1, 2, [1]), (4, 2, [2])])
+def test_decode_thread_candidates(asked, full, want):
+    assert decode_thread_candidates(asked, full) == want
 
 
 def chat_config(serve_cfg, server, **kw) -> ModelConfig:

@@ -229,13 +229,52 @@ def install_lean_sampling() -> bool:
 SMALL_STEP_TOKENS = 64  # a step with at most this many query tokens is decoding (no prefill chunk to speak of)
 
 
-def install_step_threads(decode_threads: int) -> bool:
-    """Run decoding steps on `decode_threads` torch threads and steps with prefill on all of them. A decode step of
-    a small model is memory-bound matmuls between many small Python-level ops; on two cores its second OpenMP
-    thread mostly spins between them, competing with the server's own thread (HTTP, stop strings): measured
-    1.3-1.4x the tokens/s at 1, 8 and 16 requests in flight with one decode thread (2026-11-28), while prefill
-    (compute-bound) needs both.
-    False when this transformers lays out its step differently."""
+class DecodeThreads:
+    """How many torch threads a decode step runs on, chosen by timing real decode steps.
+
+    Which is faster depends on the CPU: a decode step of a small model is memory-bound matmuls between many small
+    Python-level ops, and on a 2-core AMD EPYC its second OpenMP thread mostly spun between them, competing with the
+    server's own thread (one thread: 1.3-1.4x the tokens/s, 2026-11-28), while on a 2-core Xeon two threads gave up
+    to 1.4x (same day). So each candidate runs on alternate decode steps (similar batches) until each has `trial`
+    steps, the one with the lower median step time is kept, and after `settle` more decode steps the trial runs
+    again (a shared machine's neighbours come and go). One candidate (a pinned --decode-threads) is never tried."""
+
+    def __init__(self, candidates: list[int], trial: int = 16, settle: int = 2000):
+        self.candidates = sorted(set(candidates))
+        self.trial, self.settle = trial, settle
+        self.chosen: Optional[int] = self.candidates[0] if len(self.candidates) == 1 else None
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.steps_since_choice = 0
+
+    def next(self) -> int:
+        if self.chosen is not None:
+            return self.chosen
+        return min(self.candidates, key=lambda c: len(self.times[c]))  # the one with the fewest timed steps: they alternate
+
+    def record(self, threads: int, seconds: float) -> None:
+        if self.chosen is not None:
+            self.steps_since_choice += 1
+            if len(self.candidates) > 1 and self.steps_since_choice >= self.settle:
+                self.chosen, self.times = None, {c: [] for c in self.candidates}
+            return
+        self.times[threads].append(seconds)
+        if all(len(t) >= self.trial for t in self.times.values()):
+            medians = {c: sorted(t)[len(t) // 2] for c, t in self.times.items()}
+            self.chosen, self.steps_since_choice = min(medians, key=medians.__getitem__), 0
+            log.info("decode steps run on %d thread(s): median step %s", self.chosen,
+                     ", ".join(f"{1000 * m:.1f} ms on {c}" for c, m in sorted(medians.items())))
+
+
+def decode_thread_candidates(decode_threads: int, full: int) -> list[int]:
+    """A pinned count (`decode_threads` > 0, at most `full`), else all cores and all but one (the server's)."""
+    if decode_threads > 0:
+        return [min(decode_threads, full)]
+    return sorted({max(1, full - 1), full})
+
+
+def install_step_threads(threads: DecodeThreads) -> bool:
+    """Run decoding steps on the thread count `threads` picks (and time them for it), steps with prefill
+    (compute-bound) on all threads. False when this transformers lays out its step differently."""
     try:
         import torch
         from transformers.generation.continuous_batching import model_runner
@@ -249,20 +288,19 @@ def install_step_threads(decode_threads: int) -> bool:
 
     def step(self: Any, model: Any, batch_data: Any, *args: Any, **kwargs: Any) -> Any:
         tokens = batch_data["input_ids"].shape[-1] if "input_ids" in batch_data else SMALL_STEP_TOKENS + 1
-        want = decode_threads if tokens <= SMALL_STEP_TOKENS else full
+        decoding = tokens <= SMALL_STEP_TOKENS
+        want = threads.next() if decoding else full
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
-        return inner(self, model, batch_data, *args, **kwargs)
+        if not decoding:
+            return inner(self, model, batch_data, *args, **kwargs)
+        start = time.perf_counter()
+        result = inner(self, model, batch_data, *args, **kwargs)
+        threads.record(want, time.perf_counter() - start)
+        return result
 
     runner.webdancer_unthreaded_step, runner._forward_process_and_sample = inner, step
     return True
-
-
-def default_decode_threads() -> int:
-    """All cores but one (that one is the server's), at least one."""
-    import os
-
-    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
 
 
 LINEAR_DTYPES = ("float32", "bfloat16")
@@ -350,7 +388,8 @@ class BatchedGenerator:
             if linear_dtype != "float32":
                 raise SystemExit(f"--linear-dtype {linear_dtype}: this torch has no oneDNN prepacked linear layers; serve with serve.linear_dtype=float32")
             log.warning("this torch has no oneDNN prepacked linear layers; using its default GEMM (slower)")
-        if not install_step_threads(min(decode_threads or default_decode_threads(), torch.get_num_threads())):
+        self.decode_threads = DecodeThreads(decode_thread_candidates(decode_threads, torch.get_num_threads()))
+        if not install_step_threads(self.decode_threads):
             log.warning("this transformers lays out its batching step differently; decoding on all threads")
         # Every per-request processor must exist when the engine starts (values here are only defaults).
         gen = GenerationConfig(do_sample=True, temperature=0.5, top_k=None, top_p=0.99, max_new_tokens=256, eos_token_id=self.eos,
@@ -497,7 +536,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--block-size", type=int, default=64, help="tokens per KV cache block")
     parser.add_argument("--default-max-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--decode-threads", type=int, default=0, help="torch threads of steps that only decode (0: all cores but one)")
+    parser.add_argument("--decode-threads", type=int, default=0, help="torch threads of steps that only decode (0: chosen by timing decode steps on all cores and on all but one)")
     parser.add_argument("--linear-dtype", choices=LINEAR_DTYPES, default="float32",
                         help="dtype of the linear layers' packed weights and inputs (bfloat16: half the bytes per step, on CPUs with native bf16)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the engine's sampler (the whole server, not one request)")

@@ -8,6 +8,7 @@ may be left out.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,28 @@ class DatasetRows:
         return self.name
 
 
+# Fields whose keys differ from row to row (tool call arguments, tool schemas, provenance): `webdancer data export`
+# stores them as JSON text, since parquet would give every row the other rows' keys as nulls. Reading decodes them.
+FREE_FORM = ("arguments", "tools", "provenance")
+
+
+def decode_free_form(value: Any) -> Any:
+    """`value` with every FREE_FORM field, at any depth, that holds a JSON object or list as text, decoded."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in FREE_FORM and isinstance(v, str) and v[:1] in ("{", "["):
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    pass  # text that only looks like JSON stays text
+            out[k] = decode_free_form(v)
+        return out
+    if isinstance(value, list):
+        return [decode_free_form(v) for v in value]
+    return value
+
+
 def is_dataset_ref(source: str | Path) -> bool:
     return str(source).startswith("hf:") or Path(str(source).split("#")[0]).is_dir()
 
@@ -52,7 +75,7 @@ def open_dataset(source: str, split: Optional[str] = None) -> DatasetRows:
     with tempfile.TemporaryDirectory(prefix="webdancer-ds-") as private_cache:
         loaded = _load(datasets, source, target, hub, config, split, private_cache)
         name = f"{source}[{loaded[1]}]" if loaded[1] else str(source)
-        rows = [dict(row) for row in loaded[0]]
+        rows = [decode_free_form(dict(row)) for row in loaded[0]]
     return DatasetRows(name, rows, stem=Path(target).name or "dataset", parent=Path(target) if not hub else Path("."))
 
 
@@ -101,10 +124,11 @@ def read_qa(source: str | Path, split: Optional[str] = None) -> list["QAItem"]:
 def read_trajectories(source: str, split: Optional[str] = None) -> list["Trajectory"]:
     """Trajectories from a dataset folder or a Hub dataset (ours or the reference release's layout).
 
-    Parquet stores a list of objects as one struct type with every key any of them has, so a `visit`
-    call read back carries `query: None` beside its `url`: keys whose value is None are dropped again
-    (our records never hold an explicit null where a value is expected). JSON loading turns ISO times
-    (`started_at`) into timestamps; they are written back as the ISO strings they were."""
+    `webdancer data export` keeps a record's fields as they were (FREE_FORM ones as JSON text, decoded here).
+    Datasets made by other tools (or by webdancer before 2026-11-28) may store a list of objects as one struct
+    with every key any of them has, so a `visit` call reads back with `query: None` beside its `url`: keys whose
+    value is None are dropped (our records never hold an explicit null where a value is expected); and the JSON
+    loader of `datasets` turns ISO times (`started_at`) into timestamps, written back as the ISO strings they were."""
     from webdancer.reference import load_trajectory
 
     data = open_dataset(source, split)

@@ -19,6 +19,7 @@ from typing import Any
 from webdancer import __version__
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml
+from webdancer.datasources import FREE_FORM
 from webdancer.errors import WebdancerError
 
 
@@ -90,10 +91,14 @@ def export_dataset(source: str | Path, out: str | Path, cfg: WebdancerConfig) ->
     shutil.rmtree(tmp, ignore_errors=True)
     export = Export(out, parts)
     for part in parts:
-        kind = "parquet" if part.source.suffix == ".parquet" else "json"
         try:
-            ds = datasets.load_dataset(kind, data_files=str(part.source), split="train", cache_dir=str(tmp / ".cache"))
-        except Exception as exc:  # pyarrow and datasets raise many types for a file they cannot read
+            if part.source.suffix == ".parquet":
+                ds = datasets.load_dataset("parquet", data_files=str(part.source), split="train", cache_dir=str(tmp / ".cache"))
+            else:
+                ds = datasets.Dataset.from_list([encode_free_form(row) for row in read_rows(part.source)])
+        except ExportError:
+            raise
+        except Exception as exc:  # pyarrow and datasets raise many types for rows they cannot store
             raise ExportError(f"{part.source}: cannot be read as a dataset ({type(exc).__name__}: {str(exc)[:200]})") from None
         target = tmp / part.config / f"{part.split}-00000-of-00001.parquet"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +110,44 @@ def export_dataset(source: str | Path, out: str | Path, cfg: WebdancerConfig) ->
         out.rmdir()  # empty (checked above)
     tmp.replace(out)
     return export
+
+
+def encode_free_form(value: Any) -> Any:
+    """`value` with every FREE_FORM object or list, at any depth, as its JSON text (what is already text stays): their
+    keys differ from row to row, and parquet stores a list of objects as one struct with every key any of them has
+    (a visit call would read back with `query: None`). OpenAI's wire format does the same with `function.arguments`."""
+    if isinstance(value, dict):
+        return {k: json.dumps(v, ensure_ascii=False) if k in FREE_FORM and isinstance(v, (dict, list)) else encode_free_form(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [encode_free_form(v) for v in value]
+    return value
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file (or of a JSON array: the SFT file), as written: strings stay strings (the JSON
+    loader of `datasets` turned ISO times such as `started_at` into timestamps)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise ExportError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ExportError(f"{path}: expected a JSON array of objects")
+        return rows
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ExportError(f"{path}:{lineno}: not a JSON record ({exc}); repair or remove that line and export again") from None
+        if not isinstance(row, dict):
+            raise ExportError(f"{path}:{lineno}: a record must be a JSON object, not {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def drop_reasons(run_dir: Path) -> dict[str, Any]:
@@ -145,7 +188,12 @@ def dataset_card(export: Export, source: Path, cfg: WebdancerConfig) -> str:
     body += ["", "## Licence", "",
              "The questions, answers and page text derive from the pages of the source web above; they carry those pages' "
              f"licences ({', '.join(licences) or 'unknown'}). Load a config with "
-             "`datasets.load_dataset(PATH_OR_REPO, CONFIG)`.", ""]
+             "`datasets.load_dataset(PATH_OR_REPO, CONFIG)`.", "",
+             "## Format", "",
+             f"Records are the JSONL records webdancer writes, field for field, except that the fields {', '.join(f'`{k}`' for k in FREE_FORM)} "
+             "(tool call arguments, tool schemas, provenance) hold JSON text: their keys differ from row to row, and parquet "
+             "would give every row every other row's keys as nulls. `json.loads` gives the objects back; webdancer's "
+             "readers (`webdancer sample/eval --questions DATASET`, `webdancer sft export`, `webdancer rl prepare`) do.", ""]
     return "\n".join(header + body)
 
 

@@ -70,7 +70,7 @@ def test_one_file_exports_and_push_needs_a_token(tmp_path, monkeypatch):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1}\n{"a": "x", "b": [1, {"c": 2}]}\n{oops\n')
     broken = CliRunner().invoke(cli, ["data", "export", str(bad), str(tmp_path / "three")])
-    assert broken.exit_code == 2 and "bad.jsonl:3: not a JSON record" in broken.output and "repair or remove that line" in broken.output
+    assert broken.exit_code == 2 and "bad.jsonl:3: not valid JSON" in broken.output and "repair or remove that line" in broken.output
 
 
 def test_exported_and_hub_datasets_feed_sample_and_eval(plugins, tmp_path, monkeypatch):

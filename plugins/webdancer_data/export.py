@@ -20,7 +20,8 @@ from webdancer import __version__
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml
 from webdancer.datasources import FREE_FORM
-from webdancer.errors import WebdancerError
+from webdancer.errors import RecordError, WebdancerError
+from webdancer.jsonl import iter_json_lines
 
 
 class ExportError(WebdancerError):
@@ -91,13 +92,12 @@ def export_dataset(source: str | Path, out: str | Path, cfg: WebdancerConfig) ->
     shutil.rmtree(tmp, ignore_errors=True)
     export = Export(out, parts)
     for part in parts:
+        rows = None if part.source.suffix == ".parquet" else [encode_free_form(row) for row in read_rows(part.source)]
         try:
-            if part.source.suffix == ".parquet":
+            if rows is None:
                 ds = datasets.load_dataset("parquet", data_files=str(part.source), split="train", cache_dir=str(tmp / ".cache"))
             else:
-                ds = datasets.Dataset.from_list([encode_free_form(row) for row in read_rows(part.source)])
-        except ExportError:
-            raise
+                ds = datasets.Dataset.from_list(rows)
         except Exception as exc:  # pyarrow and datasets raise many types for rows they cannot store
             raise ExportError(f"{part.source}: cannot be read as a dataset ({type(exc).__name__}: {str(exc)[:200]})") from None
         target = tmp / part.config / f"{part.split}-00000-of-00001.parquet"
@@ -127,27 +127,18 @@ def encode_free_form(value: Any) -> Any:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file (or of a JSON array: the SFT file), as written: strings stay strings (the JSON
     loader of `datasets` turned ISO times such as `started_at` into timestamps)."""
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
-            rows = json.loads(text)
+            rows = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ExportError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ExportError(f"{path}: expected a JSON array of objects")
         return rows
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise ExportError(f"{path}:{lineno}: not a JSON record ({exc}); repair or remove that line and export again") from None
-        if not isinstance(row, dict):
-            raise ExportError(f"{path}:{lineno}: a record must be a JSON object, not {type(row).__name__}")
-        rows.append(row)
-    return rows
+    try:
+        return [row for _, row in iter_json_lines(path)]
+    except RecordError as exc:
+        raise ExportError(f"{exc}; repair or remove that line and export again") from None
 
 
 def drop_reasons(run_dir: Path) -> dict[str, Any]:

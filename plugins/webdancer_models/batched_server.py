@@ -388,8 +388,7 @@ class BatchedGenerator:
             if linear_dtype != "float32":
                 raise SystemExit(f"--linear-dtype {linear_dtype}: this torch has no oneDNN prepacked linear layers; serve with serve.linear_dtype=float32")
             log.warning("this torch has no oneDNN prepacked linear layers; using its default GEMM (slower)")
-        self.decode_threads = DecodeThreads(decode_thread_candidates(decode_threads, torch.get_num_threads()))
-        if not install_step_threads(self.decode_threads):
+        if not install_step_threads(DecodeThreads(decode_thread_candidates(decode_threads, torch.get_num_threads()))):
             log.warning("this transformers lays out its batching step differently; decoding on all threads")
         # Every per-request processor must exist when the engine starts (values here are only defaults).
         gen = GenerationConfig(do_sample=True, temperature=0.5, top_k=None, top_p=0.99, max_new_tokens=256, eos_token_id=self.eos,

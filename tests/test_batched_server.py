@@ -248,3 +248,115 @@ async def test_bf16_linear_layers_serve_the_fp32_servers_greedy_replies_mostly(t
     assert "bfloat16 linear layers" in log
     assert all(r.text.strip() for r in fast)
     assert sum(a.text == b.text for a, b in zip(fast, exact)) >= len(prompts) // 2, [(a.text, b.text) for a, b in zip(fast, exact)]
+
+
+def paged_batch(lengths: list[int], slots_total: int = 4096, seed: int = 0) -> tuple[torch.Tensor, list[list[int]]]:
+    """A shuffled page store and each request's slots in it (as the engine's read index lists them)."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(slots_total, generator=gen).tolist()
+    slots, at = [], 0
+    for n in lengths:
+        slots.append(order[at: at + n])
+        at += n
+    return order[at:], slots
+
+
+def step_inputs(slots: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    read = torch.tensor([s for request in slots for s in request])
+    cu = torch.tensor([0] + [len(r) for r in slots]).cumsum(0).to(torch.int32)
+    return read, cu
+
+
+def test_decode_kv_appends_while_the_batch_only_grows_and_regathers_when_it_changes():
+    """Against the truth (each request's keys gathered from the pages): exact at every step, and the pages are only
+    read again when a request leaves, a request's history changes, or the buffers are over budget."""
+    from webdancer_models.decode_kv import DecodeKV
+
+    heads, dim = 3, 4
+    k_cache, v_cache = torch.randn(4096, heads, dim), torch.randn(4096, heads, dim)
+    free, slots = paged_batch([5, 130, 17])
+    kv = DecodeKV(budget_tokens=10_000)
+
+    def step(slots: list[list[int]]) -> None:
+        new = [r[-1] for r in slots]  # each request's newest key, written to the pages before attention
+        new_k, new_v = torch.randn(len(slots), heads, dim), torch.randn(len(slots), heads, dim)
+        k_cache[new], v_cache[new] = new_k, new_v
+        read, cu = step_inputs(slots)
+        layout = kv.step_layout(read, cu)
+        assert kv.step_layout(read, cu) is layout  # every layer of the step shares it
+        for layer in range(2):
+            keys, values = kv.keys_values(layer, k_cache, v_cache, new_k, new_v, layout)
+            for b, request in enumerate(slots):
+                n = len(request)
+                assert torch.equal(keys[b, :, :n], k_cache[request].transpose(0, 1)) and torch.equal(values[b, :, :n], v_cache[request].transpose(0, 1))
+                assert bool((layout.mask[b, 0, 0, :n] == 0).all()) and bool(torch.isinf(layout.mask[b, 0, 0, n:]).all())
+
+    step(slots)
+    for _ in range(260):  # past the first capacity (130 + 128, rounded up to 384): one more gather on the way
+        slots = [r + [free.pop()] for r in slots]
+        step(slots)
+    assert (kv.appends, kv.regathers) == (259, 2)
+    slots = [r + [free.pop()] for r in slots[1:]]  # the first request finished
+    step(slots)
+    slots[0][3] = free.pop()  # a slot of one request's history is not what it was
+    slots = [r + [free.pop()] for r in slots]
+    step(slots)
+    assert kv.regathers == 4
+    kv.invalidate()  # a step with a prefill chunk ran: the buffers miss its tokens
+    slots = [r + [free.pop()] for r in slots]
+    step(slots)
+    assert kv.regathers == 5
+
+    small = DecodeKV(budget_tokens=100)  # 2 requests x (>= 128 capacity) is over it: gathered every step, nothing kept
+    kv = small
+    _, slots = paged_batch([5, 20], seed=1)
+    for _ in range(3):
+        step(slots)
+        slots = [r + [free.pop()] for r in slots]
+    assert (small.appends, small.regathers, small.buffers) == (0, 3, {})
+
+
+def test_batched_decode_attention_is_per_request_sdpa():
+    from webdancer_models.decode_kv import attend
+
+    torch.manual_seed(0)
+    lengths, kv_heads, group, dim = [7, 1, 30], 3, 3, 16
+    longest = max(lengths)
+    keys, values = torch.randn(len(lengths), kv_heads, longest, dim), torch.randn(len(lengths), kv_heads, longest, dim)
+    query = torch.randn(1, kv_heads * group, len(lengths), dim)
+    mask = torch.zeros(len(lengths), 1, 1, longest)
+    for b, n in enumerate(lengths):
+        mask[b, ..., n:] = float("-inf")
+        keys[b, :, n:] = 1e4  # garbage past a request's end must not leak in
+    got = attend(query, keys, values, mask, dim ** -0.5)
+    assert got.shape == (1, len(lengths), kv_heads * group, dim)
+    for b, n in enumerate(lengths):
+        want = torch.nn.functional.scaled_dot_product_attention(query[:, :, b:b + 1], keys[b:b + 1, :, :n], values[b:b + 1, :, :n], enable_gqa=True)
+        assert torch.allclose(got[0, b], want[0, :, 0], atol=1e-5)
+
+
+def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
+    """In the real engine (in this process): requests joining and leaving re-gather, the steps between only append,
+    and the greedy replies are still generate's."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+    from webdancer_models.batched_server import BatchedGenerator
+
+    generator = BatchedGenerator(Path(tiny_model), max_batch_tokens=256, num_blocks=64, block_size=64, seed=0)
+    try:
+        prompts = [[{"role": "user", "content": p}] for p in PROMPTS[:2] + PROMPTS[3:4]]
+        ids = [generator.prompt_ids(m, {}) for m in prompts]
+
+        async def run() -> list[tuple[str, list[int], str]]:
+            return await asyncio.gather(*(generator.generate(i, Sampling(20, 0.0, 1.0)) for i in ids))
+
+        replies = asyncio.run(run())
+        kept = generator.decode_kv()
+        assert kept is not None and kept.appends > 3 * kept.regathers, (kept.appends, kept.regathers)
+    finally:
+        generator.stop()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    for prompt, (_, tokens, _) in zip(ids, replies):
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)
+        assert tokens == out[0, len(prompt):].tolist()

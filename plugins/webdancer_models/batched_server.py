@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
+from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
+
 log = logging.getLogger("webdancer.batched_server")
 
 # Request fields this server honours; the other OpenAI fields clients commonly send are accepted and
@@ -167,6 +169,9 @@ def install_per_request_attention() -> bool:
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def per_request_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Optional[float] = None, **kwargs: Any) -> Any:
+        decoding = kwargs.get("webdancer_decode")  # a decode-only step whose keys DecodeKV holds (decode_kv.py)
+        if decoding is not None:
+            return attend(query, *decoding, query.shape[-1] ** -0.5 if scaling is None else scaling), None
         cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
         if isinstance(cu_k, dict) and len(cu_k) == 1:
             cu_k = next(iter(cu_k.values()))
@@ -304,6 +309,7 @@ def install_step_threads(threads: DecodeThreads) -> bool:
 
 
 LINEAR_DTYPES = ("float32", "bfloat16")
+PLAIN_GEMV_ROWS = 2  # fp32 inputs of at most this many rows go to torch's own GEMV (MKL), faster there than oneDNN's packed kernel
 
 
 def bf16_supported() -> bool:
@@ -343,7 +349,9 @@ def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
             else:
                 weight = ops._reorder_linear_weight(layer.weight.detach(), None)
 
-                def forward(x: Any, weight: Any = weight, bias: Any = layer.bias) -> Any:
+                def forward(x: Any, weight: Any = weight, bias: Any = layer.bias, plain: Any = layer.weight) -> Any:
+                    if x.numel() <= PLAIN_GEMV_ROWS * x.shape[-1]:
+                        return torch.nn.functional.linear(x, plain, bias)
                     return ops._linear_pointwise(x, weight, bias, "none", [], "")
 
             layer.forward = forward
@@ -380,6 +388,8 @@ class BatchedGenerator:
         self.eos = eos or [self.tokenizer.eos_token_id]
         if not install_per_request_attention():
             log.warning("this transformers has no SDPA attention to split per request; concurrent long prompts will be slow")
+        elif not install_decode_kv():
+            log.warning("this transformers lays out its paged cache differently; decode steps gather every request's keys at every layer (slower)")
         if not install_fast_top_p():
             log.warning("this transformers has no per-request top-p hook to speed up; using its own (slower) top-p")
         if not install_lean_sampling():
@@ -460,7 +470,14 @@ class BatchedGenerator:
         with router._lock:
             router.result_handlers.pop(request_id, None)
 
+    def decode_kv(self) -> Optional[DecodeKV]:
+        """The running engine's kept keys (their counters say how often decode steps appended or re-gathered)."""
+        cache = getattr(getattr(self.manager, "batch_processor", None), "cache", None)
+        return None if cache is None else decode_kv_of(cache)
+
     def stop(self) -> None:
+        if (kept := self.decode_kv()) is not None:
+            log.info("decode steps: %d appended to the kept keys, %d gathered them from the pages", kept.appends, kept.regathers)
         self.manager.stop(block=True, timeout=5)
 
 
@@ -531,7 +548,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", default="", help="the `model` clients send (the folder path is always accepted)")
     parser.add_argument("--max-batch-tokens", type=int, default=512, help="tokens in one forward pass (prefill chunks + one per decoding request)")
-    parser.add_argument("--kv-cache-tokens", type=int, default=32768, help="KV cache shared by all requests in flight, in tokens (46 KB each for SmolLM2-135M)")
+    parser.add_argument("--kv-cache-tokens", type=int, default=32768, help="KV cache shared by all requests in flight, in tokens (46 KB each for SmolLM2-135M; decode steps keep a copy of the batch's keys of up to this size)")
     parser.add_argument("--block-size", type=int, default=64, help="tokens per KV cache block")
     parser.add_argument("--default-max-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

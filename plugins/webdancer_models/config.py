@@ -25,7 +25,7 @@ class ServeConfig:
     context_length: int = 8192  # sglang --context-length
     mem_fraction_static: float = 0.85  # sglang --mem-fraction-static
     health_timeout_s: float = 300.0  # how long to wait for the server to become healthy
-    kv_cache_tokens: int = 32768  # batched: KV cache shared by the requests in flight (46 KB a token for the tiny model)
+    kv_cache_tokens: int = 32768  # batched: KV cache shared by the requests in flight (46 KB a token for the tiny model; decoding keeps up to as much again)
     max_batch_tokens: int = 512  # batched: tokens in one forward pass (prefill chunks + one per decoding request)
     # batched: dtype of the linear layers' weights and inputs. float32: exact (greedy replies are what in-process
     # generate gives); bfloat16: half the bytes a decode step reads (1.25-1.45x tokens/s on a CPU with native bf16

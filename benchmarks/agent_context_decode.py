@@ -36,6 +36,7 @@ def spread(seconds: list[float]) -> str:
 
 def main() -> None:
     from tiny_model_serving import machine_limits
+    from transformers.generation.continuous_batching import model_runner
     from transformers.generation.continuous_batching.cache import PagedAttentionCache
     from webdancer_models import batched_server as bs
 
@@ -44,8 +45,6 @@ def main() -> None:
     limits = machine_limits()
     steps: list[float] = []
     generator = bs.BatchedGenerator(MODEL, 512, 1024, 64, 0)
-    from transformers.generation.continuous_batching import model_runner
-
     runner = model_runner.ModelRunner
     stock_step = runner._forward_process_and_sample
 

@@ -16,11 +16,8 @@ checked against the previous step's read indices, so a moved or reused page can 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Optional
-
-log = logging.getLogger("webdancer.batched_server")
 
 CAPACITY_STEP = 128  # buffer lengths are rounded up to this, with at least this much room to append
 
@@ -37,7 +34,7 @@ class StepLayout:
     gather: Optional[Any]  # [requests * capacity] page slots to re-gather from, None when only appending
     capacity: int
     keep: bool  # whether the buffers are kept for the next step (within the memory budget)
-    head_rows: Optional[Any] = None  # `gather` per kv head, made by the first layer that re-gathers
+    head_rows: Optional[Any] = None  # `gather` per kv head, made by the step's first layer (all layers have the same heads)
 
 
 class DecodeKV:
@@ -109,7 +106,7 @@ class DecodeKV:
                 buffers = (torch.empty(shape, dtype=k_cache.dtype), torch.empty(shape, dtype=v_cache.dtype))
                 if layout.keep:
                     self.buffers[layer_idx] = buffers
-            if layout.head_rows is None or layout.head_rows.numel() != requests * heads * layout.capacity:
+            if layout.head_rows is None:
                 # row (slot * kv heads + head) of the pages seen as [slots * kv heads, head dim], in the buffers' order
                 slots = layout.gather.view(requests, 1, layout.capacity)
                 layout.head_rows = (slots * heads + torch.arange(heads).view(1, heads, 1)).reshape(-1)
@@ -165,22 +162,18 @@ def install_decode_kv() -> bool:
         decode_kv = decode_kv_of(self)
         cu_q = kwargs.get("cu_seq_lens_q")
         tokens = key_states.shape[2]
+        # one query token per request, as many key sequences as requests (padded batches are not used on a CPU)
         decoding = (kwargs.get("block_table") is None and type(allocator) is FullAttentionCacheAllocator and key_states.shape[0] == 1
                     and cu_q is not None and cu_q.numel() == tokens + 1 and hasattr(allocator, "_kv_token_views"))
         if decoding:
-            read_index = kwargs["read_index"][allocator.index]
-            decoding = read_index.numel() > 0
+            read_index, cu_k = kwargs["read_index"][allocator.index], kwargs["cu_seq_lens_k"][allocator.layer_type]
+            decoding = read_index.numel() > 0 and cu_k.numel() == tokens + 1
         if not decoding:
             decode_kv.invalidate()
             return stock(self, key_states, value_states, layer_idx, kwargs)
-        cu_k = kwargs["cu_seq_lens_k"][allocator.layer_type]
         kwargs["cu_seq_lens_k"] = cu_k.to(torch.int32)
         kwargs["max_length_k"] = kwargs["max_length_k"][allocator.layer_type]
         layout = decode_kv.step_layout(read_index, cu_k)
-        if layout.lengths.numel() != tokens:  # padded queries (not used on a CPU): leave it to the stock path
-            decode_kv.invalidate()
-            kwargs["cu_seq_lens_k"], kwargs["max_length_k"] = {allocator.layer_type: cu_k}, {allocator.layer_type: kwargs["max_length_k"]}
-            return stock(self, key_states, value_states, layer_idx, kwargs)
         k_cache, v_cache = allocator._kv_token_views[layer_idx]
         new_k, new_v = (x[0].transpose(0, 1) for x in (key_states, value_states))  # [requests, kv heads, head dim]
         write_index = kwargs["write_index"][allocator.index]

@@ -127,3 +127,21 @@ async def test_run_many_pulls_tasks_lazily_and_keeps_nothing_it_hands_to_on_done
         kept = await run_many(agent, tasks(), concurrency=4, on_done=finished.append)
     assert kept == [] and len(finished) == 40 and len(pulled) == 40
     assert all(t.termination == "answered" for t in finished)
+
+
+def test_rollout_gc_is_undone_by_the_last_of_overlapping_runs():
+    """Two run_many in one event loop overlap without nesting: the young-generation threshold stays raised until the
+    last one ends, and then the process's own settings and an unfrozen heap are back."""
+    import gc
+
+    from webdancer.agent import rollout_gc
+
+    before = gc.get_threshold()
+    first, second = rollout_gc(), rollout_gc()
+    first.__enter__()
+    assert gc.get_threshold()[0] >= 50_000 and gc.get_freeze_count() > 0
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold()[0] >= 50_000  # the second run is still going
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

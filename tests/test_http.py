@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from webdancer.http import KeepAlivePool
+from webdancer.http import KeepAlivePool, RawResponse
 
 
 class RawServer:
@@ -206,3 +206,57 @@ async def test_aio_run_from_code_an_event_loop_is_running_uses_a_thread_of_its_o
         return threading.current_thread().name
 
     assert run(where()).startswith("webdancer-run")  # asyncio.run would raise here: a loop is running
+
+
+async def test_bytes_sent_while_idle_retire_the_connection():
+    """A server that writes after its response (a second, unasked reply) is out of step: the next request must
+    not read those bytes as its answer."""
+    async with RawServer(lambda head, n: ok(f'{{"conn": {n}}}'.encode()) + ok(b'{"stray": true}')) as srv:
+        pool = KeepAlivePool(5, 5)
+        assert (await pool.request("POST", srv.url)).json() == {"conn": 1}
+        await asyncio.sleep(0.05)
+        assert (await pool.request("POST", srv.url)).json() == {"conn": 2}
+        await pool.aclose()
+
+
+async def test_https_verifies_the_server_and_keeps_the_connection(tmp_path, monkeypatch):
+    """TLS over loopback with a self-signed certificate: refused by the default trust store (naming the failure),
+    answered and kept alive once the certificate is trusted."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import webdancer.http as http
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    srv = RawServer(lambda head, n: ok())
+    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat"
+    try:
+        pool = KeepAlivePool(5, 5)
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await pool.request("POST", url)
+        trusting = ssl.create_default_context(cafile=str(cert))
+        monkeypatch.setattr(http, "shared_ssl_context", lambda: trusting)
+        for _ in range(2):
+            resp = await pool.request("POST", url, content=b"{}")
+            assert resp.status_code == 200 and resp.json() == {"ok": True}
+        await pool.aclose()
+    finally:
+        server.close()
+    assert srv.connections == 1  # the refused handshake never reached the handler; one kept-alive connection for both requests
+
+
+def test_json_bodies_orjson_refuses_are_read_as_json_reads_them():
+    assert RawResponse(200, {}, b'{"a": [1, "\xc3\xa9"]}').json() == {"a": [1, "é"]}
+    assert RawResponse(200, {}, b'{"x": NaN, "big": 123456789012345678901234567890}').json()["big"] == 123456789012345678901234567890
+    for bad in (b"<html>", b"\xff\xfe", b'{"a": 1} trailing'):
+        with pytest.raises(ValueError):
+            RawResponse(200, {}, bad).json()

@@ -167,3 +167,23 @@ def test_json_lines_are_valid_json_that_reads_back_as_written(tmp_path):
         sink.write(cases[0])
     # Lines end at \n only (str.splitlines() would also split at the raw U+2028 inside the text).
     assert [json.loads(line) for line in (tmp_path / "x.jsonl").read_bytes().splitlines()] == [cases[0], cases[1], cases[0]]
+
+
+def test_dataclass_records_are_written_as_to_dict_writes_them(tmp_path):
+    """Dataclasses go to orjson one shallow dict at a time: the same bytes as the whole `to_dict` tree, fields whose
+    name starts with "_" included (orjson's own dataclass output drops them), nested in dicts and lists too."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Private:
+        _hidden: int = 1
+        usage: Usage = dataclasses.field(default_factory=lambda: Usage(3, 4))
+
+    traj = make_traj()
+    traj.provenance = {"private": Private(), "list": [Private(), (1, 2)]}
+    assert json_line(traj) == json_line(to_dict(traj))
+    assert json.loads(json_line(traj))["provenance"]["private"] == {"_hidden": 1, "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    with JsonlAppender(tmp_path / "t.jsonl") as sink:
+        sink.write(traj)
+        assert traj.id in sink
+    assert next(read_records(tmp_path / "t.jsonl", Trajectory)).provenance["private"]["_hidden"] == 1

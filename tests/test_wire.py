@@ -118,6 +118,19 @@ def test_initial_messages_embed_tools_and_question():
     assert json.loads("[" + block + "]") == schemas
 
 
+def test_tools_block_is_rendered_once_per_distinct_schema_set():
+    """The block is cached by the schemas' content, not by the list: a schema changed in place renders anew."""
+    from webdancer.wire import _tools_block, render_tools_block
+
+    schemas = [{"name": n, "description": "d — é", "parameters": p} for n, p in TOOLS.items()]
+    plain = ",\n".join(json.dumps(s, ensure_ascii=False, indent=2) for s in schemas)
+    hits = _tools_block.cache_info().hits
+    assert render_tools_block(schemas) == plain and render_tools_block(list(schemas)) == plain
+    assert _tools_block.cache_info().hits == hits + 1
+    schemas[0]["description"] = "changed"
+    assert "changed" in render_tools_block(schemas) and render_tools_block(schemas) != plain
+
+
 def test_every_reference_assistant_turn_parses(reference_dir):
     """The reference release's own trajectories are ground truth for the parser."""
     tools = dict(TOOLS)

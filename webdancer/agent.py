@@ -157,24 +157,41 @@ async def run_many(
             else:
                 await _notify(on_done, traj)  # type: ignore[arg-type]
 
-    with frozen_heap():
+    with rollout_gc():
         await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     return results
 
 
 @contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Leave what is alive now (modules, config, plugins) out of the cyclic GC while rollouts run.
+def rollout_gc(young_threshold: int = 50_000) -> Iterator[None]:
+    """Fewer, shorter cyclic-GC pauses while rollouts run; both settings are undone at the end.
 
-    Every full collection otherwise scans the whole heap while all rollouts wait: measured at 256
-    concurrent rollouts, 52-65 ms pauses, 16-19 ms frozen. `gc.unfreeze` at the end hands those
-    objects back, so nothing that dies later in a cycle is kept for good.
+    What is alive now (modules, config, plugins) is frozen out of the collector: every full
+    collection otherwise scans the whole heap while all rollouts wait (measured at 256 concurrent
+    rollouts: 52-65 ms pauses, 16-19 ms frozen); `gc.unfreeze` hands those objects back, so nothing
+    that dies later in a cycle is kept for good. The young generation is collected after
+    `young_threshold` net allocations instead of 700: rollouts allocate message lists and dicts
+    that live for a whole trajectory, so a small threshold collects ~80 times a second for nothing
+    (10 % of the agent loop's time at 256 concurrent, against ~1 % at 50,000). Cyclic garbage waits
+    that much longer; reference counting frees everything else at once as before.
     """
-    gc.freeze()
+    global _rollout_runs, _threshold_before
+    if _rollout_runs == 0:  # overlapping runs (two run_many in one loop): the first sets, the last restores
+        _threshold_before = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(max(_threshold_before[0], young_threshold), *_threshold_before[1:])
+    _rollout_runs += 1
     try:
         yield
     finally:
-        gc.unfreeze()
+        _rollout_runs -= 1
+        if _rollout_runs == 0:
+            gc.set_threshold(*_threshold_before)
+            gc.unfreeze()
+
+
+_rollout_runs = 0
+_threshold_before = gc.get_threshold()
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ from webdancer.breaker import BREAKERS
 from webdancer.config import ModelConfig
 from webdancer.errors import ModelError, ModelUnavailable
 from webdancer.http import KeepAlivePool, RawResponse, RetriesExhausted, Retry, with_retries
+from webdancer.jsonl import json_bytes
 from webdancer.keys import read_secret
 from webdancer.records import Message, Usage
 
@@ -75,7 +76,7 @@ class ChatClient:
             body["stop"] = list(stops)
         start = time.perf_counter()
         attempts = 0
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload = json_bytes(body)
 
         async def attempt() -> ChatResult:
             nonlocal attempts

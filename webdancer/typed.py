@@ -115,7 +115,8 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _field_names(cls: type) -> tuple[str, ...]:
+def fields_of(cls: type) -> tuple[str, ...]:
+    """A dataclass's field names in order (cached: `dataclasses.fields` builds a tuple per call)."""
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
@@ -133,7 +134,7 @@ def to_dict(obj: Any) -> Any:
     if kind is list:
         return [to_dict(v) for v in obj]
     if hasattr(kind, "__dataclass_fields__"):
-        return {name: to_dict(getattr(obj, name)) for name in _field_names(kind)}
+        return {name: to_dict(getattr(obj, name)) for name in fields_of(kind)}
     if isinstance(obj, dict):  # Counter, OrderedDict, ...: their own type, as asdict keeps it
         return kind((k, to_dict(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):

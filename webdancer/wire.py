@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from webdancer.jsonl import json_bytes
 from webdancer.prompt_template import PromptTemplate
 from webdancer.records import Message, ToolCall
 
@@ -223,7 +224,14 @@ def _user_prompt() -> PromptTemplate:
 
 
 def render_tools_block(schemas: list[dict[str, Any]]) -> str:
-    return ",\n".join(json.dumps(s, ensure_ascii=False, indent=2) for s in schemas)
+    """The tool schemas as the user prompt lists them. Every trajectory of a run has the same tools, and
+    indenting them is json's slow path: rendered once per distinct set (keyed by their compact JSON)."""
+    return _tools_block(json_bytes(schemas))
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_block(schemas_json: bytes) -> str:
+    return ",\n".join(json.dumps(s, ensure_ascii=False, indent=2) for s in json.loads(schemas_json))
 
 
 def initial_messages(

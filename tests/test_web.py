@@ -71,6 +71,27 @@ def test_relative_links_resolve(local_web):
         assert ok.count(200) >= 8
 
 
+def test_links_resolve_as_urljoin_resolves_them_from_any_page():
+    """Links are resolved against the page's folder (cached per folder and href): the same absolute URLs, in the same
+    order, as urljoin against the page's own URL, for pages with queries, fragments, no path or no URL at all."""
+    from urllib.parse import urldefrag, urljoin, urlsplit
+
+    from webdancer_web.extract import extract
+
+    hrefs = ["c.html#f", "../d.html", "?q=1", "/abs", "//other/x", "http://e/f#g", "ftp://x/y", "#top", "mailto:a", "./", "..",
+             "sub/", "https://z", "c.html", "../../../up.html", "?q=1#h"]
+    html = "<html><head><title>T</title></head><body><p>some text here</p>" + "".join(f'<a href="{h}">x</a>' for h in hrefs) + "</body></html>"
+    for url in ["http://x/a/b.html?p=/q#frag", "http://x", "http://x/", "http://x/a/", "http://x/a/b", "https://h:8080/a/b/c.html", ""]:
+        expected: list[str] = []
+        for href in hrefs:
+            if href.startswith(("#", "mailto:")):
+                continue
+            absolute = urldefrag(urljoin(url, href))[0] if url else href
+            if urlsplit(absolute).scheme in ("http", "https") and absolute not in expected:
+                expected.append(absolute)
+        assert extract(html, url).links == expected, url
+
+
 async def test_local_search_finds_the_entry_and_formats_like_reference(local_web):
     web, _, _ = local_web
     tool = SearchTool(SearchConfig(web_root=web.root, top_k=5))

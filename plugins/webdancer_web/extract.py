@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from urllib.parse import urldefrag, urljoin, urlsplit
 
@@ -26,13 +27,23 @@ def extract(html: str, url: str = "", with_links: bool = True) -> Extracted:
     links: list[str] = []
     if with_links and tree.body is not None:
         seen = set()
+        base = urljoin(url, ".") if url else ""  # relative links resolve against the page's folder
         # .values() materialises the list once; iterating the NodeList is quadratic in resiliparse 2.0.
         for anchor in tree.body.query_selector_all("a[href]").values():
             href = anchor.getattr("href") or ""
             if not href or href.startswith(("#", "mailto:", "javascript:")):
                 continue
-            absolute = urldefrag(urljoin(url, href))[0] if url else href
-            if urlsplit(absolute).scheme in ("http", "https") and absolute not in seen:
+            absolute = _absolute_link(url if href.startswith("?") else base, href)
+            if absolute is not None and absolute not in seen:
                 seen.add(absolute)
                 links.append(absolute)
     return Extracted(title=title, text=text.strip(), links=links)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _absolute_link(base: str, href: str) -> str | None:
+    """`href` made absolute against `base` (a page's folder), without its fragment; None unless http(s).
+    Cached: a site's pages share folders and navigation links (Python docs: ~450 links a page, 7 in 8 seen
+    before), and urljoin costs ~30 us a link, three times the rest of extracting a page."""
+    absolute = urldefrag(urljoin(base, href))[0] if base else href
+    return absolute if urlsplit(absolute).scheme in ("http", "https") else None

@@ -118,12 +118,17 @@ class _Connection(asyncio.Protocol):
         if response is None:  # bytes nobody asked for: this connection is out of step with the server
             self.close()
             return
+        if response.complete:  # more bytes after the answer, before its request resumed: answered, never reused
+            response.extra = True
+            return
         self._received = True
         try:
             response.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._finish(httpx.RemoteProtocolError(f"{self._where} sent something that is not HTTP/1.1: {exc}"))
-            return
+            if not response.complete:
+                self._finish(httpx.RemoteProtocolError(f"{self._where} sent something that is not HTTP/1.1: {exc}"))
+                return
+            response.extra = True  # garbage after a complete answer in the same bytes
         if response.complete or (self._head_only and response.headers_done):
             self._finish(None)
 

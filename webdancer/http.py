@@ -172,8 +172,8 @@ class _Connection(asyncio.Protocol):
         self._finish(asyncio.TimeoutError())
 
     async def exchange(self, data: bytes, head_only: bool, reused: bool, timeout_s: float) -> _Response:
-        """Send one request and wait for its response; asyncio.TimeoutError after `timeout_s`. On any error or
-        cancellation the connection is closed: one with a half-read response is never used again."""
+        """Send one request and wait for its response; asyncio.TimeoutError after `timeout_s`. The caller
+        (`KeepAlivePool._send`) closes the connection on any error or cancellation."""
         assert self.transport is not None
         response = self._response = _Response()
         self._head_only, self._reused, self._received = head_only, reused, False
@@ -182,9 +182,6 @@ class _Connection(asyncio.Protocol):
         try:
             self.transport.write(data)
             await waiter
-        except BaseException:
-            self.close()
-            raise
         finally:
             timer.cancel()
             self._response = self._waiter = None

@@ -39,6 +39,32 @@ def test_top_k_has_bm25s_scores_in_order_with_ties_by_document(local_web):
     assert checked > 50
 
 
+def test_parts_tokenized_apart_merge_into_what_bm25s_tokenize_gives(local_web):
+    """`web build` tokenizes pages in worker processes, in batches handed out biggest first: merged, the vocabulary
+    (ids included) and every document's ids equal one bm25s.tokenize over all pages in order."""
+    import random
+
+    from webdancer_web.index import merge_parts, tokenize_part
+
+    web, _, _ = local_web
+    index = LocalIndex(Path(web.root))
+    texts = [f"{t}\n{x}" for t, x in zip(index.titles[::7], index.texts[::7])]
+    texts += ["", "a b c", "Ünïcödé wörds_and_snake_case x2 42 ÉCOLE école", "the of and", "don't re-use e-mail"]
+    expected = tokenize(texts)
+    rng = random.Random(3)
+    numbers = list(range(len(texts)))
+    rng.shuffle(numbers)
+    cuts = sorted(rng.sample(range(1, len(texts)), 30))
+    parts = [(sorted(numbers[a:b]), None) for a, b in zip([0, *cuts], [*cuts, len(texts)])]
+    parts = [(nums, tokenize_part([texts[n] for n in nums])) for nums, _ in parts]
+    rng.shuffle(parts)
+    merged = merge_parts(parts, len(texts))
+    assert list(merged.vocab.items()) == list(expected.vocab.items())
+    assert merged.ids == expected.ids
+    with pytest.raises(ValueError, match="in no part"):
+        merge_parts(parts[1:], len(texts))
+
+
 async def test_worker_processes_answer_what_this_process_answers(local_web):
     web, _, _ = local_web
     inline = LocalSearch(SearchConfig(web_root=web.root))

@@ -51,11 +51,54 @@ def test_server_status_codes_types_redirects(local_web):
         assert client.get(base + "/python/../../../../etc/passwd").status_code == 404
         folder = client.get(base + "/python/library")
         assert folder.status_code == 301 and folder.headers["location"] == "/python/library/"
-        redirects = json.loads(open(f"{web.root}/sites/foldoc/_redirects.json").read())
+        redirects = json.loads(open(f"{web.root}/sites/foldoc.json").read())["redirects"]
         alias, target = next(iter(redirects.items()))
         moved = client.get(f"{base}/foldoc/{alias}")
         assert moved.status_code == 301 and moved.headers["location"] == f"/foldoc/{target}"
         assert client.get(f"{base}/foldoc/{alias}", follow_redirects=True).status_code == 200
+        index = client.get(base + "/foldoc/")  # the site's index, not the FOLDOC entry "index"
+        assert index.status_code == 200 and "Free On-line Dictionary of Computing</h1>" in index.text
+        assert client.get(base + "/foldoc/index-2.html").text.count("<h1>index</h1>") == 1
+        one, two = client.get(base + "/foldoc/actor.html"), client.get(base + "/foldoc/actor-2.html")
+        assert "<h1>Actor</h1>" in one.text and "concurrent process" in two.text  # two entries, two pages
+        assert one.headers["last-modified"] and int(one.headers["content-length"]) == len(one.content)
+
+
+def test_foldoc_pages_have_unique_paths_and_aliases_hide_no_page(local_web):
+    """FOLDOC has 193 headwords that two entries share: each entry is a page of its own (one URL in the page store,
+    one page served), and no redirect alias takes a page's path."""
+    web, _, _ = local_web
+    pages = [obj for _, obj in iter_json_lines(f"{web.root}/pages.jsonl") if obj["site"] == "foldoc"]
+    urls = [p["url"] for p in pages]
+    assert len(urls) == len(set(urls)) > 12_000
+    table = json.loads(open(f"{web.root}/sites/foldoc.json").read())
+    assert set(table["pages"]) == {p["path"] for p in pages}
+    assert not set(table["redirects"]) & set(table["pages"])
+    assert set(table["redirects"].values()) <= set(table["pages"])
+
+
+def test_a_rebuild_swaps_the_pack_and_the_running_server_keeps_its_own(tmp_path):
+    """A generated site is a pack: a rebuild writes a new data file and switches the table to it, removing the old
+    data (and a folder of pages from builds before packs); a server started before the rebuild still serves."""
+    from conftest import FOLDOC, free_port
+    from webdancer_web.build import build_web
+    from webdancer_web.config import SiteConfig
+    from webdancer_web.server import LocalWebServer
+
+    sites = [SiteConfig("foldoc", "foldoc", str(FOLDOC.parent), max_pages=50)]
+    (tmp_path / "sites" / "foldoc").mkdir(parents=True)
+    (tmp_path / "sites" / "foldoc" / "old.html").write_text("old")
+    build_web(sites, tmp_path, "http://127.0.0.1:1")
+    assert not (tmp_path / "sites" / "foldoc").exists()
+    first = sorted(p.name for p in (tmp_path / "sites").glob("foldoc.*.pages"))
+    with LocalWebServer(tmp_path, "127.0.0.1", free_port()) as server:
+        before = httpx.get(server.url + "/foldoc/index.html")
+        build_web(sites, tmp_path, "http://127.0.0.1:1")
+        after = httpx.get(server.url + "/foldoc/index.html")
+    second = sorted(p.name for p in (tmp_path / "sites").glob("foldoc.*.pages"))
+    assert len(first) == len(second) == 1 and first != second
+    assert before.status_code == after.status_code == 200 and before.content == after.content
+    assert not list((tmp_path / "sites").glob("*.tmp"))
 
 
 def test_relative_links_resolve(local_web):
@@ -86,10 +129,29 @@ def test_links_resolve_as_urljoin_resolves_them_from_any_page():
         for href in hrefs:
             if href.startswith(("#", "mailto:")):
                 continue
-            absolute = urldefrag(urljoin(url, href))[0] if url else href
+            absolute = urldefrag(urljoin(url, href) if url else href)[0]
             if urlsplit(absolute).scheme in ("http", "https") and absolute not in expected:
                 expected.append(absolute)
         assert extract(html, url).links == expected, url
+
+
+def test_link_resolution_equals_urljoin_on_random_hrefs():
+    """The appended-path shortcut and the fragment-free cache key give what urljoin + urldefrag give, over 20,000
+    random hrefs (dots, slashes, colons, queries, fragments, spaces, tabs, percent escapes, non-ASCII) and folders."""
+    import random
+    from urllib.parse import urldefrag, urljoin, urlsplit
+
+    from webdancer_web.extract import _absolute_link
+
+    rng = random.Random(7)
+    pieces = ["a", "b.html", ".", "..", "/", "//", ":", "?", "#", "%2F", " ", "\t", "\n", "~", "x=1", "&", "@", "é", "http:", "A", "-_"]
+    bases = ["http://x/", "http://x/a/b/", "https://h:8080/a/", "http://x/a//b/", "HTTP://x/a/", "ftp://x/a/", "http://x/a/b.html", ""]
+    for _ in range(20_000):
+        href = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        base = rng.choice(bases)
+        absolute = urldefrag(urljoin(base, href))[0]
+        expected = absolute if urlsplit(absolute).scheme in ("http", "https") else None
+        assert _absolute_link(base, href) == expected, (base, href)
 
 
 async def test_local_search_finds_the_entry_and_formats_like_reference(local_web):

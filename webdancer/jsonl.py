@@ -188,6 +188,11 @@ class JsonlAppender:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a whole file so that readers see the old or the new content, never half of it."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes already encoded (a large JSON file from `json_bytes`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +200,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except OSError as exc:
         raise storage_error(path, exc) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""`webdancer web build`: local sites -> served folders, page store, search index, manifest."""
+"""`webdancer web build`: local sites -> served sites (a generated site as a pack), page store, search index, manifest."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from webdancer.errors import WebdancerError
-from webdancer.jsonl import atomic_write_json
+from webdancer.jsonl import atomic_write_bytes, atomic_write_json, json_bytes
 from webdancer_web.config import SiteConfig
 from webdancer_web.extract import extract
-from webdancer_web.index import build_index
+from webdancer_web.index import TokenPart, index_tokens, merge_parts, tokenize_part
+from webdancer_web.pack import PackWriter
 from webdancer_web.pages import Page
-from webdancer_web.sites import SourcePage, site_pages
+from webdancer_web.sites import html_dir_files, read_html, site_pages
 
 
 @dataclass
@@ -35,22 +36,82 @@ def site_base(base_url: str, site: str) -> str:
     return f"{base_url.rstrip('/')}/{site}/"
 
 
-def _extract_batch(args: tuple[str, Optional[str], list[tuple[str, str]]]) -> list[tuple[str, str, list[str]]]:
-    """Extract a batch of pages (in a worker process); generated sites are also written out here."""
-    base, write_to, items = args
+_BATCH_BYTES = 1 << 20  # HTML per worker task: enough to amortize the hand-over, small enough to balance two cores
+
+
+@dataclass
+class _Batch:
+    """Pages of one site for one worker to extract and tokenize for the index."""
+
+    base: str
+    read_from: Optional[str]  # a real HTML tree: the worker reads each page's file from here
+    numbers: list[int]  # the pages' places in the page store (ascending)
+    paths: list[str]
+    htmls: Optional[list[str]] = None
+    size: int = 0  # bytes of HTML, to hand out the biggest batches first
+
+
+def _extract_batch(batch: _Batch) -> tuple[list[tuple[str, str, list[str]]], TokenPart]:
+    """(title, text, links) of each page and the pages' tokens (in a worker process)."""
     out = []
-    for path, html in items:
-        if write_to is not None:
-            with open(os.path.join(write_to, path), "w", encoding="utf-8") as fh:
-                fh.write(html)
-        ex = extract(html, base + path)
-        out.append((ex.title, ex.text, ex.links))
-    return out
+    for k, path in enumerate(batch.paths):
+        html = batch.htmls[k] if batch.htmls is not None else read_html(batch.read_from or "", path)
+        ex = extract(html, batch.base + path)
+        out.append((ex.title or path, ex.text, ex.links))
+    return out, tokenize_part([f"{title}\n{text}" for title, text, _ in out])
 
 
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _batches(pages: Iterable[tuple[str, Optional[str], int]], first: int, make: Callable[..., _Batch]) -> Iterator[_Batch]:
+    """Consecutive (path, html, size) pages grouped into batches of about _BATCH_BYTES, numbered from `first`."""
+    numbers, paths, htmls, size = [], [], [], 0
+    for n, (path, html, nbytes) in enumerate(pages, first):
+        numbers.append(n)
+        paths.append(path)
+        htmls.append(html)
+        size += nbytes
+        if size >= _BATCH_BYTES:
+            yield make(numbers, paths, htmls, size)
+            numbers, paths, htmls, size = [], [], [], 0
+    if numbers:
+        yield make(numbers, paths, htmls, size)
+
+
+class _Runner:
+    """Runs batches in a pool of worker processes once a site is big enough to pay for one, else in this process."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool: Optional[ProcessPoolExecutor] = None
+
+    def submit(self, batch: _Batch, site_pages: int) -> Future:
+        if self.pool is None and self.workers > 1 and site_pages > 400:
+            self.pool = ProcessPoolExecutor(self.workers)
+        if self.pool is not None:
+            return self.pool.submit(_extract_batch, batch)
+        done: Future = Future()
+        done.set_result(_extract_batch(batch))
+        return done
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=cancel)
+
+
+def _store(root: Path, pages: list[Page], packs: list[tuple[PackWriter, dict[str, str], Path]]) -> None:
+    """The generated sites' packs, the page store, and the documents the index's hits point to."""
+    for pack, redirects, old_folder in packs:
+        pack.commit(redirects)
+        shutil.rmtree(old_folder, ignore_errors=True)  # builds before packs wrote a folder of pages
+    store = root / "pages.jsonl"
+    tmp_store = store.with_suffix(".jsonl.tmp")
+    with tmp_store.open("wb") as fh:
+        for page in pages:
+            fh.write(json_bytes(page, newline=True))
+    os.replace(tmp_store, store)
+    atomic_write_bytes(
+        root / "index_docs.json",
+        json_bytes({"urls": [p.url for p in pages], "titles": [p.title for p in pages], "texts": [p.text for p in pages]}),
+    )
 
 
 def build_web(
@@ -60,7 +121,11 @@ def build_web(
     workers: int = 0,
     progress: Optional[Callable[[str, int], None]] = None,
 ) -> BuildStats:
-    """Build everything into `root` (replacing an earlier build atomically, file by file)."""
+    """Build everything into `root` (replacing an earlier build atomically, file by file).
+
+    Every site's pages go to one pool of worker processes as they are listed or generated (a real HTML tree's
+    biggest batches first), so generating FOLDOC, extracting the Python docs and tokenizing both overlap; the
+    index's words are numbered as one pass over the pages in order would number them."""
     if not sites:
         raise WebdancerError("web.sites is empty: configure at least one site to build")
     names = [s.name for s in sites]
@@ -68,55 +133,69 @@ def build_web(
         raise WebdancerError(f"web.sites need unique, non-empty names, got {names}")
     start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(2, os.cpu_count() or 1)
-    pages: list[Page] = []
+    runner = _Runner(workers or min(2, os.cpu_count() or 1))
+    paths: list[tuple[str, str]] = []  # (site, path) of every page, in page-store order
+    jobs: list[tuple[_Batch, Future]] = []
     served: dict[str, str] = {}
     per_site: dict[str, int] = {}
-    for site in sites:
-        source_pages: list[SourcePage] = list(site_pages(site))
-        base = site_base(base_url, site.name)
-        folder = root / "sites" / site.name
-        tmp = folder.with_name(folder.name + ".tmp")
-        write_to: Optional[str] = None
-        if site.kind == "html_dir":  # a real HTML tree is served where its package put it
-            served[site.name] = str(Path(site.source).resolve())
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            write_to = str(tmp)
-            redirects = {alias: sp.path for sp in source_pages for alias in sp.redirects_from}
-            (tmp / "_redirects.json").write_text(json.dumps(redirects, indent=0, sort_keys=True), encoding="utf-8")
-        items = [(sp.path, sp.html) for sp in source_pages]
-        jobs = [(base, write_to, batch) for batch in _chunks(items, max(25, len(items) // (workers * 4)))]
-        if workers > 1 and len(items) > 400:
-            with ProcessPoolExecutor(workers) as pool:
-                results = [r for batch in pool.map(_extract_batch, jobs) for r in batch]
-        else:
-            results = [r for job in jobs for r in _extract_batch(job)]
-        if write_to is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
-            served[site.name] = str(folder.resolve())
-        for (path, _), (title, text, links) in zip(items, results):
-            pages.append(Page(url=base + path, site=site.name, path=path, title=title or path, text=text, links=links))
-        per_site[site.name] = len(items)
-        if progress:
-            progress(site.name, len(items))
-    store = root / "pages.jsonl"
-    tmp_store = store.with_suffix(".jsonl.tmp")
-    with tmp_store.open("w", encoding="utf-8") as fh:
-        for page in pages:
-            fh.write(json.dumps(page.__dict__, ensure_ascii=False) + "\n")
-    os.replace(tmp_store, store)
-    index_tmp = root / "index.tmp"
-    shutil.rmtree(index_tmp, ignore_errors=True)
-    build_index([f"{p.title}\n{p.text}" for p in pages], index_tmp)
-    shutil.rmtree(root / "index", ignore_errors=True)
-    index_tmp.rename(root / "index")
-    atomic_write_json(
-        root / "index_docs.json",
-        {"urls": [p.url for p in pages], "titles": [p.title for p in pages], "texts": [p.text for p in pages]},
-    )
+    packs: list[PackWriter] = []  # generated sites' packs, written as their pages are generated
+    finished: list[tuple[PackWriter, dict[str, str], Path]] = []  # (pack, redirects, an earlier build's folder)
+    try:
+        for site in sites:
+            base = site_base(base_url, site.name)
+            if site.kind == "html_dir":  # a real HTML tree is served where its package put it
+                source = Path(site.source).resolve()
+                files = html_dir_files(source, site.max_pages)
+                served[site.name] = str(source)
+                listed = [(path, None, (source / path).stat().st_size) for path in files]
+                batches = list(_batches(listed, len(paths), lambda n, p, _h, b: _Batch(base, str(source), n, p, size=b)))
+                for batch in sorted(batches, key=lambda b: -b.size):
+                    jobs.append((batch, runner.submit(batch, len(files))))
+            else:  # a generated site is written as a pack, which the server reads
+                (root / "sites").mkdir(exist_ok=True)
+                pack = PackWriter(root / "sites" / f"{site.name}.json")
+                packs.append(pack)
+                served[site.name] = str(pack.table.resolve())
+                redirects: dict[str, str] = {}
+                files = []
+
+                def listed_pages() -> Iterator[tuple[str, Optional[str], int]]:
+                    for sp in site_pages(site):
+                        pack.add(sp.path, sp.html)
+                        redirects.update((alias, sp.path) for alias in sp.redirects_from)
+                        files.append(sp.path)
+                        yield sp.path, sp.html, len(sp.html)
+
+                for batch in _batches(listed_pages(), len(paths), lambda n, p, h, b: _Batch(base, None, n, p, h, b)):
+                    jobs.append((batch, runner.submit(batch, site.max_pages or 401)))  # a generated site's size shows late
+                finished.append((pack, dict(sorted(redirects.items())), root / "sites" / site.name))
+            paths += [(site.name, path) for path in files]
+            per_site[site.name] = len(files)
+        results: list[Optional[tuple[str, str, list[str]]]] = [None] * len(paths)
+        parts: list[tuple[list[int], TokenPart]] = []
+        for batch, future in jobs:
+            extracted, part = future.result()
+            for number, page in zip(batch.numbers, extracted):
+                results[number] = page
+            parts.append((batch.numbers, part))
+        runner.close()
+        for site in sites:
+            if progress:
+                progress(site.name, per_site[site.name])
+        pages = [Page(site_base(base_url, site) + path, site, path, *page) for (site, path), page in zip(paths, results)]  # type: ignore[misc]
+        with ThreadPoolExecutor(1) as writer:  # the files' writes and fsyncs wait on the disk while the index is built
+            stored = writer.submit(_store, root, pages, finished)
+            index_tmp = root / "index.tmp"
+            shutil.rmtree(index_tmp, ignore_errors=True)
+            index_tokens(merge_parts(parts, len(pages)), index_tmp)
+            shutil.rmtree(root / "index", ignore_errors=True)
+            index_tmp.rename(root / "index")
+            stored.result()
+    except BaseException:
+        runner.close(cancel=True)
+        for pack in packs:  # a committed pack has nothing left to remove
+            pack.abort()
+        raise
     seconds = time.perf_counter() - start
     atomic_write_json(
         root / "manifest.json",

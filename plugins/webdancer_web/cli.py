@@ -19,7 +19,7 @@ def web() -> None:
 @config_options
 @click.argument("overrides", nargs=-1)
 def build_cmd(config_path: Optional[str], overrides: tuple[str, ...]) -> None:
-    """Build the sites of `web.sites` into `web.root`: served folders, page store, BM25 index."""
+    """Build the sites of `web.sites` into `web.root`: served sites, page store, BM25 index."""
     from webdancer_web.build import build_web
 
     cfg = resolve_config(config_path, overrides).web

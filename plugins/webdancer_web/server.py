@@ -1,4 +1,4 @@
-"""Serves the built local web over real HTTP on loopback: one folder per site under /<site>/."""
+"""Serves the built local web over real HTTP on loopback: each site (a folder, or a generated site's pack) under /<site>/."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import socket
 import threading
 from email.utils import formatdate
 from pathlib import Path
+from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 from webdancer import aio
 from webdancer.aio import within
 from webdancer.errors import WebdancerError
 from webdancer_web.build import load_manifest
+from webdancer_web.pack import Pack
 
 _LOG = bool(os.environ.get("WEBDANCER_WEB_LOG"))
 
@@ -52,8 +54,8 @@ def error_response(status: int, message: str) -> Response:
 class _Site:
     """What answers a request: the sites' folders and redirects (no I/O beyond reading the served files)."""
 
-    def __init__(self, roots: dict[str, str], redirects: dict[str, dict[str, str]]):
-        self.roots, self.redirects = roots, redirects
+    def __init__(self, roots: dict[str, str], redirects: dict[str, dict[str, str]], packs: Optional[dict[str, Pack]] = None):
+        self.roots, self.redirects, self.packs = roots, redirects, packs or {}
 
     def respond(self, target: str) -> Response:
         """(status, headers, body) for GET/HEAD `target`: the same answers as the stdlib static handler gave."""
@@ -64,7 +66,7 @@ class _Site:
         site, rest = parts[0], (parts[1] if len(parts) > 1 else "")
         if site == "robots.txt":
             return text_response(200, "User-agent: *\nAllow: /\n", "text/plain; charset=utf-8")
-        if site not in self.roots:
+        if site not in self.roots and site not in self.packs:
             return error_response(404, "No such site")
         if len(parts) == 1:  # /python -> /python/
             return redirect_response(f"/{site}/")
@@ -72,6 +74,8 @@ class _Site:
         if target_page:
             return redirect_response(f"/{site}/{target_page}")
         words = [w for w in posixpath.normpath(rest).split("/") if w and w not in (".", "..")]
+        if site in self.packs:
+            return self._packed(self.packs[site], "/".join(words) or "index.html")
         full = os.path.join(self.roots[site], *words)
         if os.path.isdir(full):
             if rest and not rest.endswith("/"):
@@ -89,8 +93,16 @@ class _Site:
         headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Last-Modified", formatdate(modified, usegmt=True))]
         return 200, headers, body
 
+    @staticmethod
+    def _packed(pack: Pack, path: str) -> Response:
+        body = pack.page(path)
+        if body is None:
+            return error_response(404, "File not found")
+        ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return 200, [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Last-Modified", formatdate(pack.modified, usegmt=True))], body
+
     def _home(self) -> str:
-        items = "".join(f'<li><a href="/{html.escape(s)}/">{html.escape(s)}</a></li>' for s in sorted(self.roots))
+        items = "".join(f'<li><a href="/{html.escape(s)}/">{html.escape(s)}</a></li>' for s in sorted({*self.roots, *self.packs}))
         return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>webdancer local web</title></head><body><h1>Local web</h1><ul>{items}</ul></body></html>"
 
 
@@ -146,16 +158,20 @@ class LocalWebServer:
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 8765):
         manifest = load_manifest(root)
-        roots, redirects = {}, {}
+        roots, redirects, packs = {}, {}, {}
         for site in manifest["sites"]:
-            folder = Path(site["served_from"])
-            if not folder.is_dir():
-                raise WebdancerError(f"site '{site['name']}' folder {folder} is missing: run `webdancer web build` again")
-            roots[site["name"]] = str(folder)
-            redirect_file = folder / "_redirects.json"
+            served = Path(site["served_from"])
+            if served.suffix == ".json" and served.is_file():  # a generated site, packed
+                packs[site["name"]] = pack = Pack(served)
+                redirects[site["name"]] = pack.redirects
+                continue
+            if not served.is_dir():
+                raise WebdancerError(f"site '{site['name']}' at {served} is missing: run `webdancer web build` again")
+            roots[site["name"]] = str(served)
+            redirect_file = served / "_redirects.json"  # generated sites of earlier builds were folders
             if redirect_file.is_file():
                 redirects[site["name"]] = json.loads(redirect_file.read_text(encoding="utf-8"))
-        self.site = _Site(roots, redirects)
+        self.site = _Site(roots, redirects, packs)
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -163,6 +179,8 @@ class LocalWebServer:
             self.sock.listen(1024)  # 256 clients connecting at once are all accepted
         except OSError as exc:
             self.sock.close()
+            for pack in packs.values():
+                pack.close()
             raise WebdancerError(f"cannot serve the local web on {host}:{port}: {exc.strerror} (is another server on that port? set web.port)") from None
         self.manifest = manifest
         self.server_address = self.sock.getsockname()
@@ -193,6 +211,9 @@ class LocalWebServer:
         if self.thread.is_alive():
             self.thread.join(5)
         self.sock.close()
+        for pack in self.site.packs.values():
+            pack.close()
+        self.site.packs.clear()
 
     def __enter__(self) -> "LocalWebServer":
         self.thread.start()

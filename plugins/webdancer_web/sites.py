@@ -22,17 +22,24 @@ class SourcePage:
     redirects_from: list[str] = field(default_factory=list)
 
 
-def html_dir_pages(source: Path, max_pages: int = 0) -> Iterator[SourcePage]:
-    """Every .html file of a real HTML tree, in sorted (stable) order."""
+def html_dir_files(source: Path, max_pages: int = 0) -> list[str]:
+    """The paths of a real HTML tree's .html files inside it, in sorted (stable) order."""
     if not source.is_dir():
         raise WebdancerError(f"site source {source} is not a folder; install the package that ships it (see scripts/setup.sh)")
     files = sorted(p for p in source.rglob("*.html") if "_sources" not in p.parts)
     if not files:
         raise WebdancerError(f"site source {source} has no .html files")
-    for n, path in enumerate(files):
-        if max_pages and n >= max_pages:
-            return
-        yield SourcePage(path.relative_to(source).as_posix(), path.read_text(encoding="utf-8", errors="replace"))
+    return [p.relative_to(source).as_posix() for p in files[: max_pages or None]]
+
+
+def read_html(source: Path | str, path: str) -> str:
+    return Path(source, path).read_text(encoding="utf-8", errors="replace")
+
+
+def html_dir_pages(source: Path, max_pages: int = 0) -> Iterator[SourcePage]:
+    """Every .html file of a real HTML tree, in sorted (stable) order."""
+    for path in html_dir_files(source, max_pages):
+        yield SourcePage(path, read_html(source, path))
 
 
 # --- FOLDOC (dictd format: an index of headword / base64 offset / base64 length, and a gzip body) ---
@@ -111,27 +118,44 @@ def foldoc_pages(source: Path, max_pages: int = 0) -> Iterator[SourcePage]:
     entries = sorted(by_span.items())
     if max_pages:
         entries = entries[:max_pages]
+    slugs = _unique_slugs([words[0] for _, words in entries])
     known: dict[str, str] = {}
-    for _, words in entries:
-        canonical = foldoc_slug(words[0])
+    for (_, words), slug in zip(entries, slugs):
         for word in words:
-            known.setdefault(word.lower(), canonical)
+            known.setdefault(word.lower(), slug)  # a word two entries share links to the first
     items = []
-    for (offset, length), words in entries:
+    for ((offset, length), words), slug in zip(entries, slugs):
         body = data[offset : offset + length].decode("utf-8", errors="replace")
         first, _, rest = body.partition("\n")
-        items.append((words, first.strip() or words[0], rest))
-    links = sorted(known.items())
-    index_html = "".join(f'<li><a href="{slug}">{html.escape(word)}</a></li>' for word, slug in links if slug == foldoc_slug(word))
+        items.append((words, slug, first.strip() or words[0], rest))
+    listed = sorted((words[0].lower(), title, slug) for words, slug, title, _ in items)
+    index_html = "".join(f'<li><a href="{slug}">{html.escape(title)}</a></li>' for _, title, slug in listed)
     yield SourcePage(
         "index.html",
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>FOLDOC - Free On-line Dictionary of Computing</title></head>"
         f"<body><main><h1>Free On-line Dictionary of Computing</h1><ul>{index_html}</ul></main></body></html>\n",
     )
-    for words, title, body in items:
-        canonical = foldoc_slug(words[0])
-        aliases = sorted({foldoc_slug(w) for w in words[1:]} - {canonical})
-        yield SourcePage(canonical, _render_foldoc(title, body, known), aliases)
+    taken = {"index.html", *slugs}
+    aliased: set[str] = set()
+    for words, slug, title, body in items:
+        aliases = sorted({foldoc_slug(w) for w in words[1:]} - taken - aliased)  # never shadows a page or another alias
+        aliased.update(aliases)
+        yield SourcePage(slug, _render_foldoc(title, body, known), aliases)
+
+
+def _unique_slugs(headwords: list[str]) -> list[str]:
+    """One page name per entry: FOLDOC has entries that share a headword (193 of them: "actor" the language and
+    "actor" the object; one is even "index"), so the later ones get "-2", "-3"; index.html stays the site's index."""
+    taken = {"index.html"}
+    slugs = []
+    for word in headwords:
+        slug = foldoc_slug(word)
+        stem, n = slug[: -len(".html")], 2
+        while slug in taken:
+            slug, n = f"{stem}-{n}.html", n + 1
+        taken.add(slug)
+        slugs.append(slug)
+    return slugs
 
 
 def site_pages(site: SiteConfig) -> Iterator[SourcePage]:

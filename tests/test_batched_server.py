@@ -4,6 +4,7 @@ request keeps its own temperature, top_p, max_tokens and stop strings, as any Op
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -354,6 +355,12 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
         replies = asyncio.run(run())
         kept = generator.decode_kv()
         assert kept is not None and kept.appends > 3 * kept.regathers, (kept.appends, kept.regathers)
+        deadline = time.monotonic() + 5  # idle: the engine frees the kept keys on its own thread
+        while (kept.buffers or not kept.releases) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not kept.buffers and kept.releases >= 1
+        again = asyncio.run(run())  # and keeps them again for the next batch
+        assert [r[1] for r in again] == [r[1] for r in replies]
     finally:
         generator.stop()
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()

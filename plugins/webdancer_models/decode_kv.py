@@ -49,10 +49,17 @@ class DecodeKV:
         self.buffers: dict[int, tuple[Any, Any]] = {}
         self.regathers = 0
         self.appends = 0
+        self.releases = 0
 
     def invalidate(self) -> None:
         """A step that was not decode-only ran: the buffers miss its tokens."""
         self.layout = None
+
+    def release(self) -> None:
+        """The engine has no request left: free the buffers (up to a paged cache's worth of memory) until it has."""
+        self.layout = None
+        self.buffers.clear()
+        self.releases += 1
 
     def step_layout(self, read_index: Any, cu_seq_lens_k: Any) -> StepLayout:
         import torch
@@ -184,4 +191,27 @@ def install_decode_kv() -> bool:
         return key_states, value_states
 
     paged.webdancer_stock_update, paged.webdancer_kept_update, paged.update = stock, update, update
+    _release_when_idle()  # where this transformers has no such hook, the buffers wait for the next batch
+    return True
+
+
+def _release_when_idle() -> bool:
+    """Free the kept keys when the engine finds no request to run. Its thread asks for the next batch between steps
+    and about every 0.1 s while idle, so the buffers are freed on the thread that uses them, with no lock."""
+    try:
+        from transformers.generation.continuous_batching.continuous_api import ContinuousBatchProcessor
+    except ImportError:
+        return False
+    if not hasattr(ContinuousBatchProcessor, "prepare_next_batch"):
+        return False
+    stock = getattr(ContinuousBatchProcessor, "webdancer_stock_prepare", ContinuousBatchProcessor.prepare_next_batch)
+
+    def prepare_next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        found = stock(self, *args, **kwargs)
+        kept = getattr(getattr(self, "cache", None), "webdancer_decode_kv", None)
+        if not found and kept is not None and kept.buffers:
+            kept.release()
+        return found
+
+    ContinuousBatchProcessor.webdancer_stock_prepare, ContinuousBatchProcessor.prepare_next_batch = stock, prepare_next_batch
     return True

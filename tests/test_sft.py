@@ -33,6 +33,34 @@ def test_reference_release_exports(reference_dir, tmp_path):
     assert stats.exported == 150 and not stats.skipped
 
 
+def test_export_streams_records_in_constant_memory_and_keeps_the_old_file_on_failure(reference_dir, tmp_path):
+    """A 3,000-trajectory file (~40x the reference sample) exports with the Python heap's peak far below the file's
+    size (one record at a time, not a list of all and one string of all); a failed export leaves the last one."""
+    import tracemalloc
+
+    lines = (reference_dir / "sample_traj.jsonl").read_text().splitlines()
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as fh:
+        for n in range(3000):
+            obj = json.loads(lines[n % len(lines)])
+            obj["id"] = f"copy-{n}"
+            fh.write(json.dumps(obj) + "\n")
+    tracemalloc.start()
+    try:
+        stats = export_sft(big, tmp_path / "out")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats.exported == 3000 and peak < big.stat().st_size / 10, (peak, big.stat().st_size)
+    records = json.loads((tmp_path / "out" / "webdancer_sft.json").read_text())
+    assert len(records) == 3000 and all(r["conversations"] == records[n % len(lines)]["conversations"] for n, r in enumerate(records))
+    (tmp_path / "none.jsonl").write_text("")
+    with pytest.raises(WebdancerError, match="no trajectory could be exported"):
+        export_sft(tmp_path / "none.jsonl", tmp_path / "out")
+    assert len(json.loads((tmp_path / "out" / "webdancer_sft.json").read_text())) == 3000
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dataset_info.json", "webdancer_sft.json"]  # no temporary left
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Optional, TypeVar
 
 import orjson
 
@@ -193,6 +194,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """`atomic_write_text` for bytes already encoded (a large JSON file from `json_bytes`)."""
+    with atomic_file(path) as fh:
+        try:
+            fh.write(data)
+        except OSError as exc:
+            raise storage_error(Path(path), exc) from None
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A file to write in pieces (a dataset too big to hold in memory) that readers see whole or not at all:
+    written beside `path`, synced, and moved over it when the block ends; removed if the block raises (its
+    exceptions pass unchanged: the block may read other files)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,14 +214,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise storage_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
+            yield fh
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                raise storage_error(path, exc) from None
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
             raise storage_error(path, exc) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

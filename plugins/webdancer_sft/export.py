@@ -11,13 +11,14 @@ append its own tool instructions to the system prompt, which the agent never see
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from webdancer.errors import WebdancerError
-from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines
+from webdancer.jsonl import atomic_file, atomic_write_json, iter_json_lines, json_bytes
 from webdancer.records import Trajectory
 from webdancer.reference import load_trajectory
 from webdancer.wire import unwrap_tool_response
@@ -63,23 +64,31 @@ def load_trajectories(path: Path) -> Iterable[Trajectory]:
 
 def export_sft(src: Path | str, out_dir: Path, split: Optional[str] = None) -> ExportStats:
     """Write `<out_dir>/webdancer_sft.json` and `dataset_info.json` (both atomically) from a trajectory JSONL,
-    a dataset folder or a Hub dataset `hf:OWNER/NAME` (`split` picks its split)."""
+    a dataset folder or a Hub dataset `hf:OWNER/NAME` (`split` picks its split). Records are written as they are
+    read (a JSON array, one record at a time), so a file of any size exports in constant memory."""
     from webdancer.datasources import is_dataset_ref, read_trajectories
 
     stats = ExportStats()
-    records = []
-    for traj in read_trajectories(str(src), split) if is_dataset_ref(src) else load_trajectories(Path(src)):
-        rec = to_sharegpt(traj)
-        if isinstance(rec, str):
-            stats.skip(rec)
-            continue
-        records.append(rec)
-    if not records:
+    with contextlib.suppress(_NothingExported), atomic_file(out_dir / f"{DATASET}.json") as fh:
+        for traj in read_trajectories(str(src), split) if is_dataset_ref(src) else load_trajectories(Path(src)):
+            rec = to_sharegpt(traj)
+            if isinstance(rec, str):
+                stats.skip(rec)
+                continue
+            fh.write(b",\n" if stats.exported else b"[\n")
+            fh.write(json_bytes(rec))
+            stats.exported += 1
+        if not stats.exported:
+            raise _NothingExported  # leaves no file behind
+        fh.write(b"\n]\n")
+    if not stats.exported:
         raise WebdancerError(f"{src}: no trajectory could be exported (skipped: {stats.skipped or 'the file is empty'})")
-    stats.exported = len(records)
-    atomic_write_text(out_dir / f"{DATASET}.json", json.dumps(records, ensure_ascii=False, indent=1))
     atomic_write_json(out_dir / "dataset_info.json", {DATASET: dataset_info_entry()})
     return stats
+
+
+class _NothingExported(Exception):
+    pass
 
 
 def dataset_info_entry() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
 from webdancer.agent import Agent
 from webdancer.config import AgentConfig, ModelConfig
 from webdancer.config_loader import load_config
-from webdancer.errors import ConfigError, OutageError
+from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.jsonl import iter_json_lines
 from webdancer.policies import build_policy
 from webdancer.records import ToolCall
@@ -99,6 +99,9 @@ def test_a_rebuild_swaps_the_pack_and_the_running_server_keeps_its_own(tmp_path)
     assert len(first) == len(second) == 1 and first != second
     assert before.status_code == after.status_code == 200 and before.content == after.content
     assert not list((tmp_path / "sites").glob("*.tmp"))
+    (tmp_path / "sites" / second[0]).unlink()  # a pack that lost its data: named, with what to do
+    with pytest.raises(WebdancerError, match=r"packed site .*foldoc.json cannot be read .*run `webdancer web build` again"):
+        LocalWebServer(tmp_path, "127.0.0.1", free_port())
 
 
 def test_relative_links_resolve(local_web):

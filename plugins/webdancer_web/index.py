@@ -78,7 +78,9 @@ def merge_parts(parts: Sequence[tuple[Sequence[int], TokenPart]], n_docs: int) -
     vocab = {word: i for i, word in enumerate(dict.fromkeys(arrivals))}  # a word's id: its first appearance
     docs: list[list[int]] = [[]] * n_docs
     for numbers, part in parts:
-        global_ids = np.array(list(map(vocab.__getitem__, part.vocab)), np.int64)[part.ids].tolist() if part.vocab else []
+        mapping = np.array(list(map(vocab.__getitem__, part.vocab)), np.int64)
+        identity = bool((mapping == np.arange(len(mapping))).all())  # one part over all documents (a user's corpus)
+        global_ids = (part.ids if identity else mapping[part.ids]).tolist()
         ends = np.cumsum(part.lengths).tolist()
         for number, start, end in zip(numbers, [0] + ends, ends):
             docs[number] = global_ids[start:end]

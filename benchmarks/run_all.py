@@ -39,9 +39,21 @@ def main() -> int:
     for f in failed:
         print(f"FAILED {f}")
     if "--write" in sys.argv[1:]:
-        (HERE / "README.md").write_text(readme([Row(**r) for r in rows], failed), encoding="utf-8")
-        print(f"wrote {HERE / 'README.md'}")
+        path = HERE / "README.md"
+        kept = kept_notes(path.read_text(encoding="utf-8") if path.is_file() else "")
+        path.write_text(readme([Row(**r) for r in rows], failed) + kept, encoding="utf-8")
+        print(f"wrote {path}")
     return 1 if failed else 0
+
+
+NOTES = "<!-- notes below: kept by run_all.py --write -->"
+
+
+def kept_notes(old_readme: str) -> str:
+    """What follows the NOTES marker in the README (spreads of runs made alone, explanations): a new table replaces
+    the old one, the notes stay."""
+    at = old_readme.find(NOTES)
+    return "" if at < 0 else "\n" + old_readme[at:]
 
 
 def readme(rows: list[Row], failed: list[str]) -> str:

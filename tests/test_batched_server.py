@@ -355,7 +355,8 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
         replies = asyncio.run(run())
         kept = generator.decode_kv()
         assert kept is not None and kept.appends > 3 * kept.regathers, (kept.appends, kept.regathers)
-        deadline = time.monotonic() + 5  # idle: the engine frees the kept keys on its own thread
+        assert kept.buffers  # a pause shorter than RELEASE_AFTER_IDLE_S keeps them
+        deadline = time.monotonic() + 10  # idle longer: the engine frees the kept keys on its own thread
         while (kept.buffers or not kept.releases) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not kept.buffers and kept.releases >= 1

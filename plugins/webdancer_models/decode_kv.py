@@ -16,6 +16,7 @@ checked against the previous step's read indices, so a moved or reused page can 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -50,6 +51,7 @@ class DecodeKV:
         self.regathers = 0
         self.appends = 0
         self.releases = 0
+        self.idle_since: Optional[float] = None  # when the engine last found no request (None: it has some)
 
     def invalidate(self) -> None:
         """A step that was not decode-only ran: the buffers miss its tokens."""
@@ -195,9 +197,13 @@ def install_decode_kv() -> bool:
     return True
 
 
+RELEASE_AFTER_IDLE_S = 2.0  # a pause between an agent's turns (tool calls) keeps the buffers; an idle server frees them
+
+
 def _release_when_idle() -> bool:
-    """Free the kept keys when the engine finds no request to run. Its thread asks for the next batch between steps
-    and about every 0.1 s while idle, so the buffers are freed on the thread that uses them, with no lock."""
+    """Free the kept keys when the engine has found no request to run for RELEASE_AFTER_IDLE_S. Its thread asks for
+    the next batch between steps and about every 0.1 s while idle, so the buffers are freed on the thread that uses
+    them, with no lock."""
     try:
         from transformers.generation.continuous_batching.continuous_api import ContinuousBatchProcessor
     except ImportError:
@@ -209,8 +215,14 @@ def _release_when_idle() -> bool:
     def prepare_next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
         found = stock(self, *args, **kwargs)
         kept = getattr(getattr(self, "cache", None), "webdancer_decode_kv", None)
-        if not found and kept is not None and kept.buffers:
-            kept.release()
+        if kept is not None:
+            now = time.monotonic()
+            if found:
+                kept.idle_since = None
+            elif kept.idle_since is None:
+                kept.idle_since = now
+            elif kept.buffers and now - kept.idle_since >= RELEASE_AFTER_IDLE_S:
+                kept.release()
         return found
 
     ContinuousBatchProcessor.webdancer_stock_prepare, ContinuousBatchProcessor.prepare_next_batch = stock, prepare_next_batch

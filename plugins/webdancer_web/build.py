@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from webdancer.errors import WebdancerError
-from webdancer.jsonl import atomic_write_bytes, atomic_write_json, json_bytes
+from webdancer.jsonl import atomic_file, atomic_write_bytes, atomic_write_json, json_bytes
 from webdancer_web.config import SiteConfig
 from webdancer_web.extract import extract
 from webdancer_web.index import TokenPart, index_tokens, merge_parts, tokenize_part
@@ -97,17 +97,14 @@ class _Runner:
             self.pool.shutdown(cancel_futures=cancel)
 
 
-def _store(root: Path, pages: list[Page], packs: list[tuple[PackWriter, dict[str, str], Path]]) -> None:
+def _store(root: Path, pages: list[Page], packs: list[PackWriter]) -> None:
     """The generated sites' packs, the page store, and the documents the index's hits point to."""
-    for pack, redirects, old_folder in packs:
-        pack.commit(redirects)
-        shutil.rmtree(old_folder, ignore_errors=True)  # builds before packs wrote a folder of pages
-    store = root / "pages.jsonl"
-    tmp_store = store.with_suffix(".jsonl.tmp")
-    with tmp_store.open("wb") as fh:
+    for pack in packs:
+        pack.commit()
+        shutil.rmtree(pack.table.with_suffix(""), ignore_errors=True)  # builds before packs wrote a folder of pages
+    with atomic_file(root / "pages.jsonl") as fh:
         for page in pages:
             fh.write(json_bytes(page, newline=True))
-    os.replace(tmp_store, store)
     atomic_write_bytes(
         root / "index_docs.json",
         json_bytes({"urls": [p.url for p in pages], "titles": [p.title for p in pages], "texts": [p.text for p in pages]}),
@@ -139,7 +136,6 @@ def build_web(
     served: dict[str, str] = {}
     per_site: dict[str, int] = {}
     packs: list[PackWriter] = []  # generated sites' packs, written as their pages are generated
-    finished: list[tuple[PackWriter, dict[str, str], Path]] = []  # (pack, redirects, an earlier build's folder)
     try:
         for site in sites:
             base = site_base(base_url, site.name)
@@ -156,19 +152,16 @@ def build_web(
                 pack = PackWriter(root / "sites" / f"{site.name}.json")
                 packs.append(pack)
                 served[site.name] = str(pack.table.resolve())
-                redirects: dict[str, str] = {}
                 files = []
 
                 def listed_pages() -> Iterator[tuple[str, Optional[str], int]]:
                     for sp in site_pages(site):
-                        pack.add(sp.path, sp.html)
-                        redirects.update((alias, sp.path) for alias in sp.redirects_from)
+                        pack.add(sp.path, sp.html, sp.redirects_from)
                         files.append(sp.path)
                         yield sp.path, sp.html, len(sp.html)
 
                 for batch in _batches(listed_pages(), len(paths), lambda n, p, h, b: _Batch(base, None, n, p, h, b)):
                     jobs.append((batch, runner.submit(batch, site.max_pages or 401)))  # a generated site's size shows late
-                finished.append((pack, dict(sorted(redirects.items())), root / "sites" / site.name))
             paths += [(site.name, path) for path in files]
             per_site[site.name] = len(files)
         results: list[Optional[tuple[str, str, list[str]]]] = [None] * len(paths)
@@ -184,7 +177,7 @@ def build_web(
                 progress(site.name, per_site[site.name])
         pages = [Page(site_base(base_url, site) + path, site, path, *page) for (site, path), page in zip(paths, results)]  # type: ignore[misc]
         with ThreadPoolExecutor(1) as writer:  # the files' writes and fsyncs wait on the disk while the index is built
-            stored = writer.submit(_store, root, pages, finished)
+            stored = writer.submit(_store, root, pages, packs)
             index_tmp = root / "index.tmp"
             shutil.rmtree(index_tmp, ignore_errors=True)
             index_tokens(merge_parts(parts, len(pages)), index_tmp)

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_json
@@ -24,23 +24,25 @@ class PackWriter:
         self.data = table.with_name(f"{table.stem}.{time.time_ns():x}.pages")
         self.partial = self.data.with_name(self.data.name + ".tmp")
         self.index: dict[str, list[int]] = {}
+        self.redirects: dict[str, str] = {}  # alias -> page path
         self.offset = 0
         self.fh = self.partial.open("wb")
 
-    def add(self, path: str, html: str) -> None:
+    def add(self, path: str, html: str, redirects_from: Sequence[str] = ()) -> None:
         if path in self.index:
             raise WebdancerError(f"{self.table.stem}: two pages at {path!r}; a site's page paths must be unique")
+        self.redirects.update((alias, path) for alias in redirects_from)
         data = html.encode("utf-8")
         self.index[path] = [self.offset, len(data)]
         self.fh.write(data)
         self.offset += len(data)
 
-    def commit(self, redirects: dict[str, str]) -> None:
+    def commit(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())  # on disk before the table names it
         self.fh.close()
         os.replace(self.partial, self.data)
-        atomic_write_json(self.table, {"data": self.data.name, "pages": self.index, "redirects": redirects})
+        atomic_write_json(self.table, {"data": self.data.name, "pages": self.index, "redirects": dict(sorted(self.redirects.items()))})
         for old in self.table.parent.glob(f"{self.table.stem}.*.pages"):  # earlier builds' data
             if old != self.data:
                 old.unlink(missing_ok=True)

@@ -44,6 +44,12 @@ def redirect_response(location: str) -> Response:
     return 301, [("Location", location), ("Content-Length", "0")], b""
 
 
+def file_response(name: str, body: bytes, modified: float) -> Response:
+    """200 with a served file's body, its type guessed from `name`, and when it was written."""
+    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return 200, [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Last-Modified", formatdate(modified, usegmt=True))], body
+
+
 def error_response(status: int, message: str) -> Response:
     """The error page http.server sends, so readers see what the standard library's server gave."""
     page = (f"<!DOCTYPE HTML>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Error response</title></head>"
@@ -89,17 +95,12 @@ class _Site:
                 modified = os.fstat(fh.fileno()).st_mtime
         except OSError:
             return error_response(404, "File not found")
-        ctype = mimetypes.guess_type(full)[0] or "application/octet-stream"
-        headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Last-Modified", formatdate(modified, usegmt=True))]
-        return 200, headers, body
+        return file_response(full, body, modified)
 
     @staticmethod
     def _packed(pack: Pack, path: str) -> Response:
         body = pack.page(path)
-        if body is None:
-            return error_response(404, "File not found")
-        ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return 200, [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Last-Modified", formatdate(pack.modified, usegmt=True))], body
+        return error_response(404, "File not found") if body is None else file_response(path, body, pack.modified)
 
     def _home(self) -> str:
         items = "".join(f'<li><a href="/{html.escape(s)}/">{html.escape(s)}</a></li>' for s in sorted({*self.roots, *self.packs}))

@@ -355,6 +355,7 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
         replies = asyncio.run(run())
         kept = generator.decode_kv()
         assert kept is not None and kept.appends > 3 * kept.regathers, (kept.appends, kept.regathers)
+        assert generator.model.webdancer_lean_decode.steps >= kept.appends  # decode steps ran the lean loop
         assert kept.buffers  # a pause shorter than RELEASE_AFTER_IDLE_S keeps them
         deadline = time.monotonic() + 10  # idle longer: the engine frees the kept keys on its own thread
         while (kept.buffers or not kept.releases) and time.monotonic() < deadline:
@@ -368,3 +369,15 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
     for prompt, (_, tokens, _) in zip(ids, replies):
         out = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)
         assert tokens == out[0, len(prompt):].tolist()
+
+
+def test_only_a_plain_llama_takes_the_lean_decode_path():
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from webdancer_models.lean_decode import why_not_lean
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    assert why_not_lean(LlamaForCausalLM(LlamaConfig(**small))) is None
+    assert "biases" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small, attention_bias=True)))
+    assert "activation" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")))
+    assert "not LlamaForCausalLM" in why_not_lean(Qwen2ForCausalLM(Qwen2Config(**small)))
+    assert "float32" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small)).to(torch.bfloat16))

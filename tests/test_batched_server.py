@@ -381,3 +381,24 @@ def test_only_a_plain_llama_takes_the_lean_decode_path():
     assert "activation" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")))
     assert "not LlamaForCausalLM" in why_not_lean(Qwen2ForCausalLM(Qwen2Config(**small)))
     assert "float32" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small)).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_stacked_projections_give_the_separate_layers_outputs_bitwise(monkeypatch, onednn):
+    from webdancer_models import lean_decode
+
+    monkeypatch.setattr(lean_decode, "_onednn", lambda: onednn and torch.backends.mkldnn.is_available())
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(64, n, bias=False) for n in (64, 16, 16)]
+    fused = lean_decode._fuse(layers, "float32", gemv_rows=2)
+    for rows in (1, 2, 8, 37):
+        x = torch.randn(1, rows, 64)
+        with torch.no_grad():
+            want = torch.cat([torch.nn.functional.linear(x, layer.weight) for layer in layers], dim=-1)
+            got = fused(x)
+        if rows <= 2 or not onednn:
+            assert torch.equal(got, want)
+        else:  # oneDNN's packed kernel: the same sums in another order
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # in fp32 with a packed stacked copy, the layers get no packed copy of their own
+    assert all(getattr(layer, "webdancer_fused", False) == onednn for layer in layers)

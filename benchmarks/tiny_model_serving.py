@@ -6,14 +6,15 @@ does to a held-out evaluation.
    concurrency c the limit is min(c x batch-1 limit, compute limit).
 2. Tokens/s of `transformers serve` (serve.backend=transformers: one request at a time) and of our batched
    server (serve.backend=batched, the default) at 1, 8 and 16 concurrent clients, each against the limit;
-   and the batched server with its decode steps run through transformers' modules (WEBDANCER_LEAN_DECODE=0)
-   instead of `lean_decode`'s loop, against which the default's gain is measured in the same run.
+   and the batched server with its steps run through transformers' modules (WEBDANCER_LEAN_LLAMA=0)
+   instead of `lean_llama`'s loop, against which the default's gain is measured in the same run.
    Each client sends its requests one after another, so exactly c are in flight (before 2026-11-28 all
    of a run's requests went at once: "8 clients" had 16 in flight, and the batched server's figures were
    flattered by ~1.5x at 8 and ~2x at 1).
    With BENCH_LLAMA_SERVER (a llama.cpp `llama-server` binary) and BENCH_GGUF (the same model converted to
    an F32 GGUF by llama.cpp's convert_hf_to_gguf.py) set, the same clients also measure that native
-   server: a reference for what C++ kernels without Python reach on this machine. Neither ships here.
+   server: a reference for what C++ kernels without Python reach on this machine. Neither ships here:
+   `bash benchmarks/build_llama_server.sh` builds both (~6 min) and prints the two variables.
    Floor: the model's linear layers alone at 8 rows as the batched server runs them (oneDNN prepacked), back to
    back with no Python between them, on 1 and 2 threads: what these kernels allow at best, against the limit.
    bf16 (serve.linear_dtype=bfloat16, on a CPU with native bf16 matmuls): the same clients, against the limit
@@ -213,14 +214,14 @@ def main() -> None:
     measured: dict[str, dict[int, float]] = {}
     evals: dict[str, tuple[float, dict]] = {}
     # (label, backend, serve.linear_dtype, eval concurrency): the quickstart before batching, the default, bf16 linear layers
-    # and the batched server with its decode steps through transformers' modules (WEBDANCER_LEAN_DECODE=0), tokens/s only
+    # and the batched server with its steps through transformers' modules (WEBDANCER_LEAN_LLAMA=0), tokens/s only
     variants = [("transformers", "transformers", "float32", 2), ("batched", "batched", "float32", 8)] + ([("batched-bf16", "batched", "bfloat16", 8)] if bf16 else [])
     variants.append(("batched-modules", "batched", "float32", 0))
     with tempfile.TemporaryDirectory() as tmp, web:
         for key, backend, linear_dtype, eval_concurrency in variants:
             for model_dir in [MODEL] + ([tuned] if tuned and eval_concurrency else []):
                 cfg = ServeConfig(backend=backend, model_path=str(model_dir), port=free_port(), health_timeout_s=300, linear_dtype=linear_dtype)
-                os.environ["WEBDANCER_LEAN_DECODE"] = "0" if key == "batched-modules" else "1"
+                os.environ["WEBDANCER_LEAN_LLAMA"] = "0" if key == "batched-modules" else "1"
                 with start_server(cfg, Path(tmp) / "logs") as server:
                     name = served_model_name(cfg)
                     if model_dir == MODEL:
@@ -246,7 +247,7 @@ def main() -> None:
             rows.append(Row("tiny_model_cpu", f"bf16 linear @ {c} vs fp32 @ {c}", fast, "tok/s", fast / measured["batched"][c], "of fp32, same run", "report", True))
     for c in (1, 8):
         lean, modules = measured["batched"][c], measured["batched-modules"][c]
-        rows.append(Row("tiny_model_cpu", f"lean decode @ {c} vs transformers' modules @ {c}", lean, "tok/s", lean / modules, "of the modules' path, same run", "report", True))
+        rows.append(Row("tiny_model_cpu", f"lean loop @ {c} vs transformers' modules @ {c}", lean, "tok/s", lean / modules, "of the modules' path, same run", "report", True))
     if "llama.cpp" in measured:
         for c in (1, 8):
             ours, ref = measured["batched"][c], measured["llama.cpp"][c]

@@ -355,7 +355,7 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
         replies = asyncio.run(run())
         kept = generator.decode_kv()
         assert kept is not None and kept.appends > 3 * kept.regathers, (kept.appends, kept.regathers)
-        assert generator.model.webdancer_lean_decode.steps >= kept.appends  # decode steps ran the lean loop
+        assert generator.model.webdancer_lean.steps >= kept.appends + kept.regathers  # every step ran the lean loop
         assert kept.buffers  # a pause shorter than RELEASE_AFTER_IDLE_S keeps them
         deadline = time.monotonic() + 10  # idle longer: the engine frees the kept keys on its own thread
         while (kept.buffers or not kept.releases) and time.monotonic() < deadline:
@@ -371,26 +371,26 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
         assert tokens == out[0, len(prompt):].tolist()
 
 
-def test_only_a_plain_llama_takes_the_lean_decode_path():
+def test_only_a_plain_llama_on_the_cpu_takes_the_lean_loop():
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    from webdancer_models.lean_decode import why_not_lean
+    from webdancer_models.lean_llama import why_not_lean
 
     small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     assert why_not_lean(LlamaForCausalLM(LlamaConfig(**small))) is None
     assert "biases" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small, attention_bias=True)))
     assert "activation" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")))
     assert "not LlamaForCausalLM" in why_not_lean(Qwen2ForCausalLM(Qwen2Config(**small)))
-    assert "float32" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small)).to(torch.bfloat16))
+    assert "float32 on the CPU" in why_not_lean(LlamaForCausalLM(LlamaConfig(**small)).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("onednn", [True, False])
 def test_stacked_projections_give_the_separate_layers_outputs_bitwise(monkeypatch, onednn):
-    from webdancer_models import lean_decode
+    from webdancer_models import lean_llama
 
-    monkeypatch.setattr(lean_decode, "_onednn", lambda: onednn and torch.backends.mkldnn.is_available())
+    monkeypatch.setattr(lean_llama, "_onednn", lambda: onednn and torch.backends.mkldnn.is_available())
     torch.manual_seed(0)
     layers = [torch.nn.Linear(64, n, bias=False) for n in (64, 16, 16)]
-    fused = lean_decode._fuse(layers, "float32", gemv_rows=2)
+    fused = lean_llama._fuse(layers, "float32", gemv_rows=2)
     for rows in (1, 2, 8, 37):
         x = torch.randn(1, rows, 64)
         with torch.no_grad():
@@ -400,5 +400,5 @@ def test_stacked_projections_give_the_separate_layers_outputs_bitwise(monkeypatc
             assert torch.equal(got, want)
         else:  # oneDNN's packed kernel: the same sums in another order
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    # in fp32 with a packed stacked copy, the layers get no packed copy of their own
+    # with a packed stacked copy, the layers get no packed copy of their own
     assert all(getattr(layer, "webdancer_fused", False) == onednn for layer in layers)

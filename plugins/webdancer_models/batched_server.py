@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
-from webdancer_models.lean_decode import install_lean_decode
+from webdancer_models.lean_llama import install_lean_llama
 
 log = logging.getLogger("webdancer.batched_server")
 
@@ -331,7 +331,7 @@ def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
     weights and each layer's input are bf16 (accumulated in fp32, output back in fp32; norms, attention and
     the residual stream stay fp32): half the bytes a decode step reads, which is what bounds it (1.25-1.45x the
     tokens/s on two cores), at the cost of bf16 rounding (greedy replies can differ from fp32 after some tokens).
-    Layers marked `webdancer_fused` (fp32 q/k/v and gate/up, packed stacked by `lean_decode`) keep torch's GEMM.
+    Layers marked `webdancer_fused` (q/k/v and gate/up, packed stacked by `lean_llama`) are left to it.
     Returns how many layers were packed; 0 when this torch has no oneDNN (the stock path stays)."""
     import torch
 
@@ -397,8 +397,8 @@ class BatchedGenerator:
             log.warning("this transformers has no per-request top-p hook to speed up; using its own (slower) top-p")
         if not install_lean_sampling():
             log.warning("this transformers lays out its batching step differently; using its own (slower) sampling")
-        if os.environ.get("WEBDANCER_LEAN_DECODE", "1") == "1":
-            install_lean_decode(self.model, linear_dtype, PLAIN_GEMV_ROWS)
+        if os.environ.get("WEBDANCER_LEAN_LLAMA", "1") == "1":
+            install_lean_llama(self.model, linear_dtype, PLAIN_GEMV_ROWS)
         if not pack_linear_weights(self.model, linear_dtype):
             if linear_dtype != "float32":
                 raise SystemExit(f"--linear-dtype {linear_dtype}: this torch has no oneDNN prepacked linear layers; serve with serve.linear_dtype=float32")

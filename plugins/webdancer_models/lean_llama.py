@@ -1,21 +1,19 @@
-"""Decode steps of a Llama-architecture model as one plain loop of tensor operations.
+"""The steps of a plain Llama model (SmolLM2 included) in the batched server as one loop of tensor operations.
 
 A decode step of a 135M model on two cores is ~30 small layers of a few matmuls each, and in transformers'
 modules every layer goes through a dozen `nn.Module` calls, keyword plumbing, decorators, the rotary helper and
 an eight-operation RMSNorm: with one request in flight that Python cost is as large as the matmuls themselves
-(the batched server decoded one stream slower than `generate`). Here a decode-only step runs the same
-arithmetic directly: q/k/v and gate/up each as one matmul over concatenated weights (bitwise the same outputs
-as the separate ones), `rms_norm` as one operation, and the keys and values through the cache's own update
-and the kept-keys attention of `decode_kv`. Steps with prefill, and models that are not plain Llama, keep the
-stock forward.
+(the batched server decoded one stream slower than `generate`). Here every step of the continuous batching
+engine runs the same arithmetic directly: q/k/v and gate/up each as one matmul over stacked weights (bitwise
+the outputs of the separate ones), `rms_norm` as one operation, queries and keys rotated together, and the keys
+and values through the cache's own update and the attention function the model would call (for decode steps,
+the kept keys of `decode_kv`). Models that are not plain Llama keep the stock forward.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Optional
-
-from webdancer_models.decode_kv import attend, decode_only
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +54,7 @@ class _Layer:
         self.qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], dtype, gemv_rows)
         self.gate_up = _fuse([mlp.gate_proj, mlp.up_proj], dtype, gemv_rows)
         self.out, self.down = attn.o_proj, mlp.down_proj  # called through .forward: packed (or not) as the server packs them
+        self.attn = attn  # what the attention function reads (heads, groups, causal)
         self.norm_in, self.norm_post = layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach()
         self.eps = layer.input_layernorm.variance_epsilon
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
@@ -65,12 +64,10 @@ class _Layer:
 
 
 def _fuse(linears: list[Any], dtype: str, gemv_rows: int) -> _Linear:
-    """One `_Linear` over the weights of `linears` (same input). In fp32 the layers are marked `webdancer_fused`, so
-    `pack_linear_weights` gives them no packed copy of their own (their prefill runs torch's GEMM): the stacked
-    packed copy replaces theirs instead of adding to it. In bf16 they keep their own bf16 copies (prefill stays
-    bf16)."""
+    """One `_Linear` over the weights of `linears` (same input). With a packed stacked copy the layers are marked
+    `webdancer_fused`, so `pack_linear_weights` gives them none of their own: every step runs through the stack."""
     fused = _Linear([linear.weight.detach() for linear in linears], dtype, gemv_rows)
-    if dtype == "float32" and fused.packed is not None:
+    if fused.packed is not None:
         for linear in linears:
             linear.webdancer_fused = True
     return fused
@@ -87,19 +84,26 @@ def why_not_lean(model: Any) -> Optional[str]:
         return "the model's activation or tensor-parallel split is not the plain Llama one"
     if any(type(layer).__name__ != "LlamaDecoderLayer" for layer in model.model.layers):
         return "the model's decoder layers are not LlamaDecoderLayer"
-    if str(next(model.parameters()).dtype) != "torch.float32":
-        return "the model is not float32"
+    weight = next(model.parameters())
+    if str(weight.dtype) != "torch.float32" or weight.device.type != "cpu":
+        return "the model is not float32 on the CPU"
     return None
 
 
+_MODEL_ARGUMENTS = frozenset({"input_ids", "position_ids", "attention_mask", "cache", "use_cache", "logits_to_keep", "inputs_embeds", "labels"})
+
+
 class LeanLlama:
-    """`LeanLlama(model)(**batch_data)` is `model(**batch_data)` for a decode-only step of the continuous batching
-    engine (one new token per request, keys read through `decode_kv`); its `.logits` are the kept rows'."""
+    """`LeanLlama(model)(**batch_data)` is `model(**batch_data)` for a step of the continuous batching engine (paged
+    cache, requests packed in one sequence); its `.logits` are the kept rows' (`logits_to_keep`) or all rows'."""
 
     def __init__(self, model: Any, dtype: str, gemv_rows: int):
         import torch
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         self.torch = torch
+        self.attention_functions = ALL_ATTENTION_FUNCTIONS
+        self.attention_kind = model.config._attn_implementation
         self.embed = model.model.embed_tokens.weight.detach()
         self.rotary = model.model.rotary_emb
         self.final_norm = model.model.norm.weight.detach()
@@ -111,24 +115,26 @@ class LeanLlama:
 
     def __call__(self, **batch: Any) -> Any:
         torch = self.torch
-        self.steps += 1
         F = torch.nn.functional
-        cache = batch["cache"]
+        self.steps += 1
+        cache, mask = batch["cache"], batch.get("attention_mask")
+        if not (torch.is_tensor(mask) and mask.dim() == 4):  # as transformers' create_causal_mask passes it for a paged cache
+            mask = None
         ids, positions = batch["input_ids"], batch["position_ids"]
         tokens = ids.shape[-1]
+        attention = self.attention_functions[self.attention_kind]  # looked up per step: the server installs its own
         h = F.embedding(ids, self.embed)  # [1, tokens, hidden], a new tensor: the residual adds go in place
         cos, sin = self.rotary(h, position_ids=positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [1, 1, tokens, head dim]
-        base = {key: batch[key] for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_k", "read_index", "write_index", "block_table")}
+        base = {key: value for key, value in batch.items() if key not in _MODEL_ARGUMENTS}  # what the layers get as **kwargs
         for index, layer in enumerate(self.layers):
             x = F.rms_norm(h, (self.hidden,), layer.norm_in, layer.eps)
             qkv = layer.qkv(x).view(1, tokens, -1, layer.head_dim).transpose(1, 2)  # [1, q + k + v heads, tokens, head dim]
             qk = qkv[:, : layer.rotated_heads]
             qk = qk * cos + _rotate_half(qk) * sin  # queries and keys rotated together (elementwise: the same values)
-            k = qk[:, layer.q_heads:]
-            kwargs = dict(base)
-            cache.update(k, qkv[:, layer.rotated_heads:], index, kwargs)
-            attended = attend(qk[:, : layer.q_heads], *kwargs["webdancer_decode"], layer.scaling)  # [1, tokens, heads, head dim]
+            kwargs = dict(base)  # the cache's update rewrites some for the attention function, per layer
+            keys, values = cache.update(qk[:, layer.q_heads:], qkv[:, layer.rotated_heads:], index, kwargs)
+            attended, _ = attention(layer.attn, qk[:, : layer.q_heads], keys, values, mask, dropout=0.0, scaling=layer.scaling, **kwargs)
             h += layer.out.forward(attended.reshape(1, tokens, -1))
             x = F.rms_norm(h, (self.hidden,), layer.norm_post, layer.eps)
             gate_up = layer.gate_up(x)
@@ -138,11 +144,6 @@ class LeanLlama:
             h = h[:, keep]
         h = F.rms_norm(h, (self.hidden,), self.final_norm, self.final_eps)
         return _Output(self.head.forward(h))
-
-    def runs(self, batch: dict[str, Any]) -> bool:
-        """Whether this step is one this path computes: decode-only, keys kept by `decode_kv`."""
-        tokens = batch["input_ids"].shape[-1]
-        return decode_only(batch["cache"], 0, tokens, batch)
 
 
 class _Output:
@@ -159,29 +160,29 @@ def _rotate_half(x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def install_lean_decode(model: Any, dtype: str, gemv_rows: int) -> bool:
-    """Run the engine's decode-only steps of `model` through `LeanLlama`; call it before `pack_linear_weights`. False
-    (stock forward everywhere, reason logged) when the model is not a plain Llama or this transformers lays out
-    its step differently."""
+def install_lean_llama(model: Any, dtype: str, gemv_rows: int) -> bool:
+    """Run the engine's steps of `model` through `LeanLlama`; call it before `pack_linear_weights`. False (stock
+    forward, reason logged) when the model is not a plain Llama on the CPU or this transformers lays out its step
+    differently."""
     reason = why_not_lean(model)
     if reason is not None:
-        log.info("decode steps use the stock forward: %s", reason)
+        log.info("steps run through transformers' modules: %s", reason)
         return False
     try:
         from transformers.generation.continuous_batching import model_runner
+        from transformers.generation.continuous_batching.cache import PagedAttentionCache
     except ImportError:
         return False
     runner = getattr(model_runner, "ModelRunner", None)
     if runner is None or not hasattr(runner, "_forward_process_and_sample"):
         return False
-    lean = LeanLlama(model, dtype, gemv_rows)
-    model.webdancer_lean_decode = lean
+    model.webdancer_lean = LeanLlama(model, dtype, gemv_rows)
     inner = getattr(runner, "webdancer_stock_forward_step", runner._forward_process_and_sample)
 
     def step(self: Any, stepped: Any, batch_data: Any, *args: Any, **kwargs: Any) -> Any:
-        lean_model = getattr(stepped, "webdancer_lean_decode", None)
-        if lean_model is not None and lean_model.runs(batch_data):
-            return inner(self, lean_model, batch_data, *args, **kwargs)
+        lean = getattr(stepped, "webdancer_lean", None)
+        if lean is not None and isinstance(batch_data.get("cache"), PagedAttentionCache):
+            return inner(self, lean, batch_data, *args, **kwargs)
         return inner(self, stepped, batch_data, *args, **kwargs)
 
     runner.webdancer_stock_forward_step, runner._forward_process_and_sample = inner, step

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-OUT=${OUT:-.cache/llama-server}
+OUT=$(realpath -m "${OUT:-.cache/llama-server}")
 VERSION=0.3.36
 MODEL=.webdancer/models/smollm2-135m
 [ -f "$MODEL/config.json" ] || { echo "export the model first: .venv/bin/webdancer model export smollm2-135m $MODEL" >&2; exit 1; }
@@ -20,8 +20,8 @@ if [ ! -d "$src" ]; then
 fi
 if [ ! -x "$OUT/build/bin/llama-server" ]; then
   cmake -S "$src" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF > "$OUT/cmake.log"
-  cmake --build "$OUT/build" --target llama-server -j "$(nproc)" > "$OUT/build.log"
+    -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF > "$OUT/cmake.log" 2>&1
+  cmake --build "$OUT/build" --target llama-server -j "$(nproc)" > "$OUT/build.log" 2>&1
 fi
 if [ ! -f "$OUT/smollm2-135m-f32.gguf" ]; then
   # the converter reads a Llama tokenizer through sentencepiece first; it goes beside the build, not into .venv
@@ -30,4 +30,4 @@ if [ ! -f "$OUT/smollm2-135m-f32.gguf" ]; then
     --outfile "$OUT/smollm2-135m-f32.gguf.tmp" > "$OUT/convert.log" 2>&1
   mv "$OUT/smollm2-135m-f32.gguf.tmp" "$OUT/smollm2-135m-f32.gguf"
 fi
-echo "export BENCH_LLAMA_SERVER=$PWD/$OUT/build/bin/llama-server BENCH_GGUF=$PWD/$OUT/smollm2-135m-f32.gguf"
+echo "export BENCH_LLAMA_SERVER=$OUT/build/bin/llama-server BENCH_GGUF=$OUT/smollm2-135m-f32.gguf"

@@ -100,10 +100,12 @@ class LeanLlama:
     def __init__(self, model: Any, dtype: str, gemv_rows: int):
         import torch
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.llama.modeling_llama import eager_attention_forward
 
         self.torch = torch
-        self.attention_functions = ALL_ATTENTION_FUNCTIONS
-        self.attention_kind = model.config._attn_implementation
+        # looked up per step, as the modules do: the server installs its own attention function after loading
+        config = model.config
+        self.attention = lambda: ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
         self.embed = model.model.embed_tokens.weight.detach()
         self.rotary = model.model.rotary_emb
         self.final_norm = model.model.norm.weight.detach()
@@ -122,7 +124,7 @@ class LeanLlama:
             mask = None
         ids, positions = batch["input_ids"], batch["position_ids"]
         tokens = ids.shape[-1]
-        attention = self.attention_functions[self.attention_kind]  # looked up per step: the server installs its own
+        attention = self.attention()
         h = F.embedding(ids, self.embed)  # [1, tokens, hidden], a new tensor: the residual adds go in place
         cos, sin = self.rotary(h, position_ids=positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [1, 1, tokens, head dim]

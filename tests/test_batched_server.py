@@ -355,7 +355,7 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
         replies = asyncio.run(run())
         kept = generator.decode_kv()
         assert kept is not None and kept.appends > 3 * kept.regathers, (kept.appends, kept.regathers)
-        assert generator.model.webdancer_lean.steps >= kept.appends + kept.regathers  # every step ran the lean loop
+        assert generator.model.webdancer_lean_llama.steps >= kept.appends + kept.regathers  # every step ran the lean loop
         assert kept.buffers  # a pause shorter than RELEASE_AFTER_IDLE_S keeps them
         deadline = time.monotonic() + 10  # idle longer: the engine frees the kept keys on its own thread
         while (kept.buffers or not kept.releases) and time.monotonic() < deadline:

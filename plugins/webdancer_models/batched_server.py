@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
+from webdancer_models.engine_step import step_runner
 from webdancer_models.lean_llama import install_lean_llama
 
 log = logging.getLogger("webdancer.batched_server")
@@ -202,13 +203,10 @@ def install_lean_sampling() -> bool:
       a decode step's attention); inverse-CDF sampling (one uniform per row, a binary search in the cumulative
       probabilities) draws from exactly the same distribution, from the same seeded generator.
     False when this transformers lays the engine out differently (the stock step stays)."""
-    try:
-        import torch
-        from transformers.generation.continuous_batching import model_runner
-    except ImportError:
-        return False
-    runner = getattr(model_runner, "ModelRunner", None)
-    if runner is None or not hasattr(runner, "_sample") or not hasattr(runner, "_forward_process_and_sample"):
+    import torch
+
+    runner = step_runner()
+    if runner is None or not hasattr(runner, "_sample"):
         return False
     if getattr(runner, "webdancer_lean", False):
         return True
@@ -282,13 +280,10 @@ def decode_thread_candidates(decode_threads: int, full: int) -> list[int]:
 def install_step_threads(threads: DecodeThreads) -> bool:
     """Run decoding steps on the thread count `threads` picks (and time them for it), steps with prefill
     (compute-bound) on all threads. False when this transformers lays out its step differently."""
-    try:
-        import torch
-        from transformers.generation.continuous_batching import model_runner
-    except ImportError:
-        return False
-    runner = getattr(model_runner, "ModelRunner", None)
-    if runner is None or not hasattr(runner, "_forward_process_and_sample"):
+    import torch
+
+    runner = step_runner()
+    if runner is None:
         return False
     inner = getattr(runner, "webdancer_unthreaded_step", runner._forward_process_and_sample)
     full = torch.get_num_threads()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+from webdancer_models.engine_step import step_runner
+
 log = logging.getLogger(__name__)
 
 
@@ -170,19 +172,19 @@ def install_lean_llama(model: Any, dtype: str, gemv_rows: int) -> bool:
     if reason is not None:
         log.info("steps run through transformers' modules: %s", reason)
         return False
+    runner = step_runner()
     try:
-        from transformers.generation.continuous_batching import model_runner
         from transformers.generation.continuous_batching.cache import PagedAttentionCache
     except ImportError:
         return False
-    runner = getattr(model_runner, "ModelRunner", None)
-    if runner is None or not hasattr(runner, "_forward_process_and_sample"):
+    if runner is None:
         return False
-    model.webdancer_lean = LeanLlama(model, dtype, gemv_rows)
+
+    model.webdancer_lean_llama = LeanLlama(model, dtype, gemv_rows)
     inner = getattr(runner, "webdancer_stock_forward_step", runner._forward_process_and_sample)
 
     def step(self: Any, stepped: Any, batch_data: Any, *args: Any, **kwargs: Any) -> Any:
-        lean = getattr(stepped, "webdancer_lean", None)
+        lean = getattr(stepped, "webdancer_lean_llama", None)
         if lean is not None and isinstance(batch_data.get("cache"), PagedAttentionCache):
             return inner(self, lean, batch_data, *args, **kwargs)
         return inner(self, stepped, batch_data, *args, **kwargs)

@@ -151,20 +151,6 @@ def decode_kv_of(cache: Any) -> DecodeKV:
     return state
 
 
-def decode_only(cache: Any, layer_idx: int, tokens: int, kwargs: dict[str, Any]) -> bool:
-    """Whether a step of `tokens` query tokens is one new token per request with keys to read, in a full-attention
-    layer whose pages `DecodeKV` can read (padded batches and block tables are not used on a CPU)."""
-    from transformers.generation.continuous_batching.cache_allocators.full_attention import FullAttentionCacheAllocator
-
-    allocator = cache.layer_to_allocator[layer_idx]
-    cu_q = kwargs.get("cu_seq_lens_q")
-    if (kwargs.get("block_table") is not None or type(allocator) is not FullAttentionCacheAllocator or cu_q is None
-            or cu_q.numel() != tokens + 1 or not hasattr(allocator, "_kv_token_views")):
-        return False
-    read_index, cu_k = kwargs["read_index"][allocator.index], kwargs["cu_seq_lens_k"][allocator.layer_type]
-    return read_index.numel() > 0 and cu_k.numel() == tokens + 1
-
-
 def install_decode_kv() -> bool:
     """Route decode-only steps' cache reads through each cache's DecodeKV (the attention function set by
     `install_per_request_attention` picks them up). False when this transformers lays out its paged cache
@@ -172,7 +158,7 @@ def install_decode_kv() -> bool:
     try:
         import torch
         from transformers.generation.continuous_batching import cache as cb_cache
-        from transformers.generation.continuous_batching.cache_allocators import full_attention  # noqa: F401 - decode_only reads it
+        from transformers.generation.continuous_batching.cache_allocators.full_attention import FullAttentionCacheAllocator
     except ImportError:
         return False
     paged = getattr(cb_cache, "PagedAttentionCache", None)
@@ -181,12 +167,19 @@ def install_decode_kv() -> bool:
     stock = getattr(paged, "webdancer_stock_update", paged.update)
 
     def update(self: Any, key_states: Any, value_states: Any, layer_idx: int, kwargs: dict[str, Any]) -> Any:
+        allocator = self.layer_to_allocator[layer_idx]
         decode_kv = decode_kv_of(self)
-        if key_states.shape[0] != 1 or not decode_only(self, layer_idx, key_states.shape[2], kwargs):
+        cu_q = kwargs.get("cu_seq_lens_q")
+        tokens = key_states.shape[2]
+        # one query token per request, as many key sequences as requests (padded batches are not used on a CPU)
+        decoding = (kwargs.get("block_table") is None and type(allocator) is FullAttentionCacheAllocator and key_states.shape[0] == 1
+                    and cu_q is not None and cu_q.numel() == tokens + 1 and hasattr(allocator, "_kv_token_views"))
+        if decoding:
+            read_index, cu_k = kwargs["read_index"][allocator.index], kwargs["cu_seq_lens_k"][allocator.layer_type]
+            decoding = read_index.numel() > 0 and cu_k.numel() == tokens + 1
+        if not decoding:
             decode_kv.invalidate()
             return stock(self, key_states, value_states, layer_idx, kwargs)
-        allocator = self.layer_to_allocator[layer_idx]
-        read_index, cu_k = kwargs["read_index"][allocator.index], kwargs["cu_seq_lens_k"][allocator.layer_type]
         kwargs["cu_seq_lens_k"] = cu_k.to(torch.int32)
         kwargs["max_length_k"] = kwargs["max_length_k"][allocator.layer_type]
         layout = decode_kv.step_layout(read_index, cu_k)

@@ -44,7 +44,7 @@ def main() -> None:
         sys.exit("run scripts/quickstart.sh first (it exports the model)")
     limits = machine_limits()
     steps: list[float] = []
-    generator = bs.BatchedGenerator(MODEL, 512, 1024, 64, 0)
+    generator = bs.BatchedGenerator.from_dir(MODEL, 512, 1024, 64, 0)
     runner = model_runner.ModelRunner
     stock_step = runner._forward_process_and_sample
 

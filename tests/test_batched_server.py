@@ -121,7 +121,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_before_loading(monkeypatch
 
     monkeypatch.setattr(batched_server, "bf16_supported", lambda: False)
     with pytest.raises(SystemExit, match="no native bf16 matmuls .* serve.linear_dtype=float32"):
-        batched_server.BatchedGenerator(tmp_path, 512, 8, 64, None, linear_dtype="bfloat16")
+        batched_server.BatchedGenerator.from_dir(tmp_path, 512, 8, 64, None, linear_dtype="bfloat16")
 
 
 def test_decoding_steps_run_on_the_chosen_threads_and_steps_with_prefill_on_all(monkeypatch):
@@ -344,7 +344,7 @@ def test_the_engine_appends_decode_steps_to_the_kept_keys(tiny_model):
     from transformers import AutoModelForCausalLM
     from webdancer_models.batched_server import BatchedGenerator
 
-    generator = BatchedGenerator(Path(tiny_model), max_batch_tokens=256, num_blocks=64, block_size=64, seed=0)
+    generator = BatchedGenerator.from_dir(Path(tiny_model), max_batch_tokens=256, num_blocks=64, block_size=64, seed=0)
     try:
         prompts = [[{"role": "user", "content": p}] for p in PROMPTS[:2] + PROMPTS[3:4]]
         ids = [generator.prompt_ids(m, {}) for m in prompts]

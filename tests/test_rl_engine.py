@@ -38,7 +38,7 @@ class ScriptedModel:
     def __init__(self, tokenizer, turns, end=END):
         self.tokenizer, self.turns, self.end, self.calls = tokenizer, [list(t) for t in turns], end, []
 
-    def __call__(self, sequences, budgets):
+    async def __call__(self, sequences, budgets):
         self.calls.append((len(sequences), list(budgets)))
         out = []
         for seq, budget in zip(sequences, budgets):
@@ -141,6 +141,49 @@ def test_grpo_settings_map_dapo_onto_trl(tmp_path):
         grpo_settings(load_config(None, ["rl.micro_batch_size=5"]), tmp_path)
 
 
+def test_rollout_turns_follow_the_machine_and_refuse_sampling_the_engine_cannot_do(tmp_path):
+    from webdancer_rl.trl_engine import grpo_settings, rollout_generation
+
+    def mode(*overrides, gpu=False):
+        cfg = load_config(None, list(overrides))
+        return rollout_generation(cfg, grpo_settings(cfg, tmp_path), gpu=gpu)
+
+    assert mode() == "batched" and mode(gpu=True) == "generate"  # auto
+    assert mode("rl.trl_rollouts=generate") == "generate" and mode("rl.trl_rollouts=batched") == "batched"
+    with pytest.raises(ConfigError, match="runs on the CPU only.*rl.trl_rollouts=generate"):
+        mode("rl.trl_rollouts=batched", gpu=True)
+    with pytest.raises(ConfigError, match=r"rl.trl.top_k=20: .*temperature and rl.top_p only.*rl.trl_rollouts=generate"):
+        mode("rl.trl={top_k: 20}")
+    with pytest.raises(ConfigError, match=r"rl.trl.repetition_penalty=1.1"):
+        mode("rl.trl={repetition_penalty: 1.1}")
+    assert mode("rl.trl={top_k: 20}", "rl.trl_rollouts=generate") == "generate"
+    assert mode("rl.trl={top_k: 0, repetition_penalty: 1.0}") == "batched"  # the values that mean off
+
+
+def test_batched_turns_are_the_policys_own_greedy_tokens_and_leave_the_policy_alone(tiny_model, tokenizer):
+    """The batched engine on a copy of the policy: several turns at once, each with its own budget, give the tokens
+    the policy's `generate` gives (the end-of-turn token included); the policy keeps its own modules and gradients."""
+    from transformers import AutoModelForCausalLM
+    from webdancer_models.batched_server import end_of_turn_ids
+    from webdancer_rl.batched_turns import EngineSettings, batched_turns
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    eos = end_of_turn_ids(policy, tokenizer)
+    chat = [[{"role": "user", "content": q}] for q in ("What is 2+2?", "Name a color.", "Who wrote Hamlet? Answer briefly.")]
+    prompts = [list(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for m in chat]
+    budgets = [40, 40, 5]
+    with batched_turns(policy, tokenizer, eos, EngineSettings(4096, 256, 0.0, 1.0, seed=1)) as generate:
+        turns = asyncio.run(generate(prompts, budgets))
+    assert policy.training and all(p.requires_grad for p in policy.parameters())
+    assert not any("forward" in vars(m) or getattr(m, "webdancer_fused", False) for m in policy.modules())  # no packed copies on it
+    assert all(torch.equal(p, before[name]) for name, p in policy.named_parameters())
+    policy.eval()
+    for prompt, turn, budget in zip(prompts, turns, budgets):
+        assert turn == policy.generate(torch.tensor([prompt]), max_new_tokens=budget, do_sample=False, eos_token_id=eos)[0, len(prompt):].tolist()
+    assert turns[0][-1] in eos and len(turns[2]) == 5 and turns[2][-1] not in eos  # ended its turn / cut at its budget
+
+
 def test_dynamic_sampling_drops_groups_without_spread(tmp_path):
     from webdancer_rl.trl_engine import WebdancerRollouts
 
@@ -180,7 +223,9 @@ def test_one_real_grpo_step_updates_the_policy(plugins, local_web, tiny_model, t
     assert cfg.rewards == {"vowels": {"weight": 1.0}}  # in place of the default weights, not merged into them
     data, out = tmp_path / "data", tmp_path / "rl"
     prepare(QA, cfg, data)
-    model = train(cfg, data, out, str(tiny_model), echo=lambda line: None)
+    lines = []
+    model = train(cfg, data, out, str(tiny_model), echo=lines.append)
+    assert "rollout turns: the batched engine on a copy of the policy (rl.trl_rollouts=auto)" in lines  # the CPU's default
     before, after = load_file(tiny_model / "model.safetensors"), load_file(model / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy was updated
     [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -199,6 +244,7 @@ def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_
     result = CliRunner().invoke(cli, ["rl", "train", *run])
     assert result.exit_code == 0, result.output
     assert "step 1/1  reward" in result.output  # progress streamed
+    assert "rollout turns: the batched engine on a copy of the policy" in result.output
     out = tmp_path / "r" / "rl"
     assert "accelerate.commands.launch" in (out / "command.sh").read_text() and "webdancer_rl.trl_engine" in (out / "command.sh").read_text()
     [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -217,8 +263,10 @@ def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_
     again = CliRunner().invoke(cli, ["rl", "train", *run])
     assert again.exit_code == 0 and "already trained" in again.output
     (out / "model").rename(out / "model-step1")
-    more = CliRunner().invoke(cli, ["rl", "train", *run, "rl.total_training_steps=2"])
+    # (the other turn generator, the policy's own generate, for the step it adds)
+    more = CliRunner().invoke(cli, ["rl", "train", *run, "rl.total_training_steps=2", "rl.trl_rollouts=generate"])
     assert more.exit_code == 0, more.output
+    assert "rollout turns: model.generate (rl.trl_rollouts=generate)" in more.output
     assert "resuming from" in more.output and "checkpoint-1" in more.output
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (out / "model" / "model.safetensors").is_file()
@@ -238,6 +286,8 @@ def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
     assert bad.exit_code == 2 and "rl.trl.num_generationz" in bad.output and "num_generations" in bad.output
     bad = train("rl.trl={use_vllm: true}")
     assert bad.exit_code == 2 and "use_vllm" in bad.output
+    bad = train("rl.trl={top_k: 20}")
+    assert bad.exit_code == 2 and "rl.trl.top_k=20" in bad.output and "rl.trl_rollouts=generate" in bad.output
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")

@@ -317,6 +317,22 @@ def bf16_supported() -> bool:
     return bool(torch.backends.mkldnn.is_available() and check is not None and check())
 
 
+def check_linear_dtype(linear_dtype: str) -> None:
+    if linear_dtype == "bfloat16" and not bf16_supported():
+        raise SystemExit("--linear-dtype bfloat16: this CPU has no native bf16 matmuls (AVX512-BF16 or AMX) or this torch has no oneDNN, "
+                         "so bf16 would be slower than fp32; serve with serve.linear_dtype=float32")
+
+
+def end_of_turn_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The model's EOS ids plus the chat template's end of turn (`<|im_end|>`) where the tokenizer has it."""
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(end, int) and end != tokenizer.unk_token_id and end not in eos:
+        eos.append(end)
+    return eos or [tokenizer.eos_token_id]
+
+
 def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
     """Give every linear layer oneDNN's prepacked copy of its weight. torch's default fp32 GEMM (MKL) runs a
     decode step's small matrices (8 rows) at a fraction of memory bandwidth on this kind of CPU; the prepacked
@@ -358,32 +374,27 @@ def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
 
 
 class BatchedGenerator:
-    """Owns the model and the continuous batching engine; `generate` is called from the event loop."""
+    """Owns a model and the continuous batching engine on it; `generate` is called from an event loop (the server's,
+    or the TRL engine's rollout loop, which runs it on a copy of the policy: `webdancer_rl.batched_turns`).
+    The engine changes the model it is given (packed and stacked weight copies, its attention implementation), so
+    a model that is also trained must not be handed over itself."""
 
-    def __init__(self, model_dir: Path, max_batch_tokens: int, num_blocks: int, block_size: int, seed: Optional[int], threads: int = 0,
-                 decode_threads: int = 0, linear_dtype: str = "float32"):
+    def __init__(self, model: Any, tokenizer: Any, max_batch_tokens: int, num_blocks: int, block_size: int, seed: Optional[int],
+                 threads: int = 0, decode_threads: int = 0, linear_dtype: str = "float32", eos: Optional[list[int]] = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+        check_linear_dtype(linear_dtype)
         if threads:
             torch.set_num_threads(threads)
-        if linear_dtype == "bfloat16" and not bf16_supported():
-            raise SystemExit("--linear-dtype bfloat16: this CPU has no native bf16 matmuls (AVX512-BF16 or AMX) or this torch has no oneDNN, "
-                             "so bf16 would be slower than fp32; serve with serve.linear_dtype=float32")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
+        self.tokenizer, self.model = tokenizer, model.eval()
         if not hasattr(self.model, "init_continuous_batching"):
             import transformers
 
             raise SystemExit(f"transformers {transformers.__version__} has no continuous batching: pip install 'transformers>=5.0', "
                              "or set serve.backend=transformers (one request at a time)")
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(end, int) and end != self.tokenizer.unk_token_id and end not in eos:
-            eos.append(end)
-        self.eos = eos or [self.tokenizer.eos_token_id]
+        self.eos = list(eos) if eos else end_of_turn_ids(model, tokenizer)
         if not install_per_request_attention():
             log.warning("this transformers has no SDPA attention to split per request; concurrent long prompts will be slow")
         elif not install_decode_kv():
@@ -408,6 +419,17 @@ class BatchedGenerator:
         self.max_tokens_in_cache = num_blocks * block_size
         self.manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
         self.manager.start()
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, *args: Any, linear_dtype: str = "float32", **kwargs: Any) -> "BatchedGenerator":
+        """The engine on the model and tokenizer of a Hugging Face folder (float32; what the server serves)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        check_linear_dtype(linear_dtype)  # before minutes of loading
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+        return cls(model, tokenizer, *args, linear_dtype=linear_dtype, **kwargs)
 
     def prompt_ids(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> list[int]:
         try:
@@ -562,8 +584,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    generator = BatchedGenerator(args.model_dir, args.max_batch_tokens, -(-args.kv_cache_tokens // args.block_size), args.block_size, args.seed, args.threads,
-                                  args.decode_threads, args.linear_dtype)
+    generator = BatchedGenerator.from_dir(args.model_dir, args.max_batch_tokens, -(-args.kv_cache_tokens // args.block_size), args.block_size, args.seed, args.threads,
+                                           args.decode_threads, linear_dtype=args.linear_dtype)
     names = {str(args.model_dir), args.served_model_name} - {""}
     log.info("serving %s on http://%s:%d/v1 (continuous batching, KV cache %d tokens, %s linear layers)", args.model_dir, args.host, args.port,
              generator.max_tokens_in_cache, args.linear_dtype)

@@ -67,6 +67,11 @@ class RlConfig:
     extra: list[str] = field(default_factory=list)
     # TRL GRPOConfig fields set last, by name (checked against the installed TRL): anything TRL has that is not above.
     trl: dict[str, Any] = field(default_factory=dict)
+    # TRL: what generates the rollouts' turns. batched: the continuous batching engine `webdancer serve` runs (its
+    # serve.kv_cache_tokens and serve.max_batch_tokens), in the trainer's process on a copy of the policy made for
+    # each batch of rollouts, CPU only, sampling with temperature and top_p; generate: the policy's own
+    # `model.generate`, one padded batch per turn; auto: batched on the CPU, generate on a GPU.
+    trl_rollouts: str = one_of("auto", "batched", "generate")
     # Warnings while training (both engines' metrics): the valid-turn rate falling this far below its first
     # step's, the mean response length growing past this multiple of its first step's.
     warn_valid_turn_drop: float = 0.3

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from webdancer.records import ToolCall
 from webdancer.tools import ToolBox
@@ -161,8 +161,9 @@ class TokenRollout:
         return sum(self.env_mask)
 
 
-# sequences (token ids), new-token budget of each -> the new tokens of each (ending in EOS when the model ended its turn)
-Generate = Callable[[list[list[int]], list[int]], list[list[int]]]
+# sequences (token ids), new-token budget of each -> the new tokens of each (ending in EOS when the model ended its turn);
+# a coroutine, so a generator that serves requests concurrently (the batched engine) can run them side by side
+Generate = Callable[[list[list[int]], list[int]], Awaitable[list[list[int]]]]
 
 
 @dataclass
@@ -189,7 +190,7 @@ async def run_rollouts(
         if not active:
             break
         t0 = time.perf_counter()
-        outs = generate([rollouts[i].prompt_ids + rollouts[i].completion_ids for i in active], budgets)
+        outs = await generate([rollouts[i].prompt_ids + rollouts[i].completion_ids for i in active], budgets)
         times.generate_s += time.perf_counter() - t0
         times.generated_tokens += sum(len(o) for o in outs)
         pending: list[tuple[int, Turn]] = []

@@ -212,15 +212,17 @@ def trl_command(config_file: Path, gpu: bool) -> list[str]:
 def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None], dry_run: bool) -> list[str]:
     from webdancer_models.export import clean_model_folder
 
-    from webdancer_rl.trl_engine import check_trl_options, grpo_settings, model_folder_problem
+    from webdancer_rl.trl_engine import check_trl_options, grpo_settings, model_folder_problem, rollout_generation
 
     model_path = default_model_path(cfg)
     resolved = replace(cfg, rl=replace(cfg.rl, data_dir=str(data_dir), output_dir=str(output_dir), model_path=model_path))
     check_trl_options(cfg.rl.trl)
-    grpo_settings(resolved, output_dir)  # the batch/loss settings map onto TRL, or a ConfigError says why not
+    settings = grpo_settings(resolved, output_dir)  # the batch/loss settings map onto TRL, or a ConfigError says why not
+    gpu = gpu_visible()
+    rollout_generation(resolved, settings, gpu=gpu and not settings.get("use_cpu"))  # the turn generator fits this machine and the sampling
     config_file = output_dir / "config.yaml"
     atomic_write_text(config_file, config_to_yaml(resolved))
-    command = trl_command(config_file, gpu_visible())
+    command = trl_command(config_file, gpu)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
            **Reporting.of(cfg).env}
     write_command_script(output_dir / "command.sh", command, "GRPO/DAPO with TRL on this machine; rerun to resume from the last checkpoint.", env)

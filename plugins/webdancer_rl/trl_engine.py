@@ -11,6 +11,7 @@ engines. `webdancer rl train` launches this module with `accelerate launch` (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import json
@@ -20,7 +21,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import load_config
@@ -115,6 +116,26 @@ def check_trl_options(options: dict[str, Any]) -> None:
         raise ConfigError("rl.trl.use_vllm: the webdancer rollout generates with the trained model itself; vLLM generation is not wired to it yet")
 
 
+# GRPOConfig sampling fields the batched engine does not apply, with the values that mean "off".
+SAMPLING_OFF = {"top_k": (None, 0), "min_p": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0), "generation_kwargs": (None, {})}
+
+
+def rollout_generation(cfg: WebdancerConfig, settings: dict[str, Any], gpu: bool) -> str:
+    """`rl.trl_rollouts` for this machine (batched or generate); a ConfigError for what the batched engine cannot do."""
+    mode = cfg.rl.trl_rollouts
+    if mode == "auto":
+        mode = "generate" if gpu else "batched"
+    if mode != "batched":
+        return mode
+    if gpu:
+        raise ConfigError("rl.trl_rollouts=batched: the batched engine runs on the CPU only; on a GPU set rl.trl_rollouts=generate (or auto)")
+    for key, off in SAMPLING_OFF.items():
+        if settings.get(key) not in off:
+            raise ConfigError(f"rl.trl.{key}={settings[key]!r}: the batched rollout engine samples with rl.temperature and rl.top_p "
+                              f"only; drop rl.trl.{key} or set rl.trl_rollouts=generate")
+    return mode
+
+
 def prompt_key(messages: list[dict[str, Any]]) -> str:
     return json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
 
@@ -143,7 +164,7 @@ def model_generate(trainer: Any) -> Generate:
     tokenizer = trainer.processing_class
     eos = set(trainer.eos_token_ids)
 
-    def generate(sequences: list[list[int]], budgets: list[int]) -> list[list[int]]:
+    async def generate(sequences: list[list[int]], budgets: list[int]) -> list[list[int]]:
         width = max(len(s) for s in sequences)
         pad = tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=trainer.accelerator.device)
@@ -165,8 +186,8 @@ def model_generate(trainer: Any) -> Generate:
 class WebdancerRollouts:
     """TRL's `rollout_func`: our multi-turn rollouts, scored and group-filtered before TRL computes advantages."""
 
-    def __init__(self, cfg: WebdancerConfig, tokenizer: Any, rows: list[dict[str, Any]], loop: BackgroundLoop):
-        self.cfg, self.rl, self.loop = cfg, cfg.rl, loop
+    def __init__(self, cfg: WebdancerConfig, tokenizer: Any, rows: list[dict[str, Any]], loop: BackgroundLoop, generation: str = "generate"):
+        self.cfg, self.rl, self.loop, self.generation = cfg, cfg.rl, loop, generation
         self.chat = ChatTokens(tokenizer)
         self.limits = RolloutLimits.from_config(cfg.rl)
         self.rows = {prompt_key(r["prompt"]): r for r in rows}
@@ -174,17 +195,15 @@ class WebdancerRollouts:
         self.reward_options = configured_options(cfg)
         self.toolbox = ToolBox.for_run(cfg)
         self.loop.run(self.toolbox.__aenter__())  # tool sets (MCP servers) open in the loop the rollouts run in
-        self.generate: Optional[Generate] = None
         self.last: dict[str, float] = {}
         self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch
 
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: Any) -> dict[str, Any]:
-        if self.generate is None:
-            self.generate = model_generate(trainer)
         rows = [self.rows[prompt_key(p)] for p in prompts]
         times = RolloutTimes()
         started = time.perf_counter()
-        rollouts = self.loop.run(run_rollouts([self.chat.prompt(p) for p in prompts], self.generate, self.toolbox, self.chat, self.limits, times))
+        with self._turns(trainer, times) as generate:
+            rollouts = self.loop.run(run_rollouts([self.chat.prompt(p) for p in prompts], generate, self.toolbox, self.chat, self.limits, times))
         t0 = time.perf_counter()
         scores = self.loop.run(self._score(rollouts, rows))
         reward_s = time.perf_counter() - t0
@@ -209,6 +228,27 @@ class WebdancerRollouts:
             "env_mask": [r.env_mask if keep else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
             "webdancer_scores": scores,
         }
+
+    @contextlib.contextmanager
+    def _turns(self, trainer: Any, times: RolloutTimes) -> Iterator[Generate]:
+        """This batch's turn generator (`rl.trl_rollouts`); the batched engine's start and stop count as generation time."""
+        if self.generation != "batched":
+            yield model_generate(trainer)
+            return
+        from trl.models import unwrap_model_for_generation
+
+        from webdancer_rl.batched_turns import EngineSettings, batched_turns
+
+        longest = self.limits.max_prompt_length + self.limits.max_response_length  # one rollout always fits the cache
+        settings = EngineSettings(max(self.cfg.serve.kv_cache_tokens, longest), self.cfg.serve.max_batch_tokens, self.rl.temperature,
+                                  self.rl.top_p, seed=self.rl.seed * 1_000_003 + trainer.state.global_step)  # a new draw per batch, the same on a resume
+        started = time.perf_counter()
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as policy, \
+                batched_turns(policy, trainer.processing_class, list(trainer.eos_token_ids), settings) as generate:
+            times.generate_s += time.perf_counter() - started
+            yield generate
+            started = time.perf_counter()
+        times.generate_s += time.perf_counter() - started
 
     def _store_metrics(self) -> dict[str, float]:
         """The tool store's counts so far in this run, per tool (tool_store/<tool>/hits, ...), when one is on."""
@@ -304,8 +344,10 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    generation = rollout_generation(cfg, settings, gpu=not settings.get("use_cpu"))
     loop = BackgroundLoop()
-    rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop)
+    rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop, generation)
+    echo(f"rollout turns: {'the batched engine on a copy of the policy' if generation == 'batched' else 'model.generate'} (rl.trl_rollouts={rl.trl_rollouts})")
     names = list(trl_reward_weights(cfg))
     for aside in set_aside_unfinished(out_dir / "checkpoints"):
         echo(f"an unfinished checkpoint was moved to {aside}")

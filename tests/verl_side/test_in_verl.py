@@ -290,7 +290,7 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer):
     script = list(turns)
     chat = ChatTokens(tokenizer)
 
-    def generate(sequences, budgets):
+    async def generate(sequences, budgets):
         return [tokenizer(script.pop(0) + "<|im_end|>")["input_ids"][:b] for b in budgets]
 
     limits = RolloutLimits(max_turns=4, max_prompt_length=4096, max_response_length=2048, max_tool_response_length=300)

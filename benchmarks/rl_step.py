@@ -1,10 +1,12 @@
 """One-machine RL (TRL engine) on the tiny model: seconds per GRPO step, where they go, and generation speed.
 
 Runs `webdancer rl train` with rl.engine=trl for a few steps (the quickstart's SFT checkpoint when it
-exists, else the base model) against the offline web, then reads metrics.jsonl. Ratios: the share of
-a step in generation, tools, reward and the update; and the engine's generation tokens/s against the
-CPU server's (`transformers serve`, one client, as benchmarks/tiny_model_serving.py measures it), in
-the same run on the same model (target >= 0.8). Needs what scripts/quickstart.sh leaves behind.
+exists, else the base model) against the offline web, once with each turn generator (rl.trl_rollouts:
+`batched`, the continuous batching engine on a copy of the policy, and `generate`, the policy's own
+`model.generate`), then reads metrics.jsonl. Ratios: the share of a step in generation, tools, reward
+and the update; the engine's generation tokens/s against the CPU server's (`transformers serve`, one
+client, as benchmarks/tiny_model_serving.py measures it; target >= 0.8) and against `model.generate`,
+all in the same run on the same model. Needs what scripts/quickstart.sh leaves behind.
 """
 
 from __future__ import annotations
@@ -37,15 +39,14 @@ def server_tokens_per_s(model: Path) -> float:
         return asyncio.run(tokens_per_s(server.base_url, served_model_name(cfg), 1))
 
 
-def main() -> None:
-    if not (BASE / "config.json").is_file() or not QA.is_file():
-        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
-    model = SFT if (SFT / "config.json").is_file() else BASE
+def train_steps(model: Path, rollouts: str) -> list[dict]:
+    """The metrics of STEPS steps of `webdancer rl train` (rl.engine=trl) with turns from `rollouts`."""
     webdancer = str(Path(sys.executable).parent / "webdancer")
     with tempfile.TemporaryDirectory() as tmp:
         run = ["-c", str(ROOT / "configs/quickstart.yaml"), f"run.root={tmp}", "run.name=bench", "rl.engine=trl", f"rl.model_path={model}",
                "rl.val_fraction=0", f"rl.total_training_steps={STEPS}", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2",
-               "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=256", "rl.filter_groups=false"]
+               "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=256", "rl.filter_groups=false",
+               f"rl.trl_rollouts={rollouts}"]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         subprocess.run([webdancer, "rl", "prepare", str(QA), *run], check=True, cwd=ROOT, env=env, capture_output=True)
         web = subprocess.Popen([webdancer, "web", "serve", "-c", str(ROOT / "configs/quickstart.yaml")], cwd=ROOT, env=env,
@@ -56,18 +57,30 @@ def main() -> None:
             web.terminate()
         if proc.returncode != 0:
             sys.exit(proc.stdout[-2000:] + proc.stderr[-2000:])
-        steps = [json.loads(line) for line in (Path(tmp) / "bench/rl/metrics.jsonl").read_text().splitlines()]
+        return [json.loads(line) for line in (Path(tmp) / "bench/rl/metrics.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    if not (BASE / "config.json").is_file() or not QA.is_file():
+        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
+    model = SFT if (SFT / "config.json").is_file() else BASE
+    plain = train_steps(model, "generate")
+    steps = train_steps(model, "batched")
     seconds = [s["seconds_per_step"] for s in steps]
     mean = statistics.fmean(seconds)
-    rows = [Row("rl_trl_step", f"seconds per step (min {min(seconds):.0f}, max {max(seconds):.0f})", mean, "s", 1.0,
-                f"{len(steps)} steps, 2 q x 4 rollouts", "report", True)]
+    plain_mean = statistics.fmean(s["seconds_per_step"] for s in plain)
+    rows = [Row("rl_trl_step", f"seconds per step, batched turns (min {min(seconds):.0f}, max {max(seconds):.0f})", mean, "s", plain_mean / mean,
+                f"model.generate's {plain_mean:.0f} s / this; {len(steps)} steps each, 2 q x 4 rollouts", "report", True)]
     for part in ("generate", "tools", "reward", "update"):
         share = statistics.fmean(s[f"time/{part}_s"] / s["seconds_per_step"] for s in steps)
         rows.append(Row("rl_trl_step", f"share of a step in {part}", share, "", share, "of the step", "report", True))
-    engine = statistics.fmean(s["generate_tokens_per_s"] for s in steps)
+    engine = sum(s["generate_tokens_per_s"] * s["time/generate_s"] for s in steps) / sum(s["time/generate_s"] for s in steps)
+    plain_engine = sum(s["generate_tokens_per_s"] * s["time/generate_s"] for s in plain) / sum(s["time/generate_s"] for s in plain)
     server = server_tokens_per_s(model)
-    rows.append(Row("rl_trl_step", "engine generation (batched)", engine, "tok/s", engine / server,
+    rows.append(Row("rl_trl_step", "engine generation (batched turns)", engine, "tok/s", engine / server,
                     f"vs transformers serve {server:.1f} tok/s", ">= 0.8", engine / server >= 0.8))
+    rows.append(Row("rl_trl_step", "engine generation (model.generate turns)", plain_engine, "tok/s", engine / plain_engine,
+                    "batched / this, same run", "report", True))
     emit(rows)
 
 

@@ -385,12 +385,12 @@ def test_only_a_plain_llama_on_the_cpu_takes_the_lean_loop():
 
 @pytest.mark.parametrize("onednn", [True, False])
 def test_stacked_projections_give_the_separate_layers_outputs_bitwise(monkeypatch, onednn):
-    from webdancer_models import lean_llama
+    from webdancer_models import cpu_linear, lean_llama
 
-    monkeypatch.setattr(lean_llama, "_onednn", lambda: onednn and torch.backends.mkldnn.is_available())
+    monkeypatch.setattr(cpu_linear, "onednn", lambda: onednn and torch.backends.mkldnn.is_available())
     torch.manual_seed(0)
     layers = [torch.nn.Linear(64, n, bias=False) for n in (64, 16, 16)]
-    fused = lean_llama._fuse(layers, "float32", gemv_rows=2)
+    fused = lean_llama._fuse(layers, "float32")
     for rows in (1, 2, 8, 37):
         x = torch.randn(1, rows, 64)
         with torch.no_grad():
@@ -402,3 +402,9 @@ def test_stacked_projections_give_the_separate_layers_outputs_bitwise(monkeypatc
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # with a packed stacked copy, the layers get no packed copy of their own
     assert all(getattr(layer, "webdancer_fused", False) == onednn for layer in layers)
+    with pytest.raises(ValueError, match="a bias goes with one weight"):
+        cpu_linear.CpuLinear([layer.weight for layer in layers], torch.zeros(96))
+    single = torch.nn.Linear(64, 16)  # one layer with its bias, as pack_linear_weights runs it: torch's linear at 1-2 rows
+    with torch.no_grad():
+        x = torch.randn(1, 2, 64)
+        assert torch.equal(cpu_linear.CpuLinear([single.weight], single.bias)(x), single(x))

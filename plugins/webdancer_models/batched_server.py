@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
+from webdancer_models.cpu_linear import LINEAR_DTYPES, CpuLinear, onednn
 from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
 from webdancer_models.engine_step import step_runner
 from webdancer_models.lean_llama import install_lean_llama
@@ -305,10 +306,6 @@ def install_step_threads(threads: DecodeThreads) -> bool:
     return True
 
 
-LINEAR_DTYPES = ("float32", "bfloat16")
-PLAIN_GEMV_ROWS = 2  # fp32 inputs of at most this many rows go to torch's own GEMV (MKL), faster there than oneDNN's packed kernel
-
-
 def bf16_supported() -> bool:
     """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates them slowly."""
     import torch
@@ -348,27 +345,12 @@ def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
 
     if dtype not in LINEAR_DTYPES:
         raise ValueError(f"linear dtype {dtype!r} is not one of {', '.join(LINEAR_DTYPES)}")
-    ops = getattr(torch.ops, "mkldnn", None)
-    if not torch.backends.mkldnn.is_available() or ops is None or not hasattr(ops, "_linear_pointwise"):
+    if not onednn():
         return 0
     packed = 0
     for layer in model.modules():
         if isinstance(layer, torch.nn.Linear) and layer.weight.dtype == torch.float32 and not getattr(layer, "webdancer_fused", False):
-            if dtype == "bfloat16":
-                weight = ops._reorder_linear_weight(layer.weight.detach().to(torch.bfloat16), None)
-                bias = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
-
-                def forward(x: Any, weight: Any = weight, bias: Any = bias) -> Any:
-                    return ops._linear_pointwise(x.to(torch.bfloat16), weight, bias, "none", [], "").to(x.dtype)
-            else:
-                weight = ops._reorder_linear_weight(layer.weight.detach(), None)
-
-                def forward(x: Any, weight: Any = weight, bias: Any = layer.bias, plain: Any = layer.weight) -> Any:
-                    if x.numel() <= PLAIN_GEMV_ROWS * x.shape[-1]:
-                        return torch.nn.functional.linear(x, plain, bias)
-                    return ops._linear_pointwise(x, weight, bias, "none", [], "")
-
-            layer.forward = forward
+            layer.forward = CpuLinear([layer.weight.detach()], None if layer.bias is None else layer.bias.detach(), dtype)
             packed += 1
     return packed
 
@@ -404,7 +386,7 @@ class BatchedGenerator:
         if not install_lean_sampling():
             log.warning("this transformers lays out its batching step differently; using its own (slower) sampling")
         if os.environ.get("WEBDANCER_LEAN_LLAMA", "1") == "1":
-            install_lean_llama(self.model, linear_dtype, PLAIN_GEMV_ROWS)
+            install_lean_llama(self.model, linear_dtype)
         if not pack_linear_weights(self.model, linear_dtype):
             if linear_dtype != "float32":
                 raise SystemExit(f"--linear-dtype {linear_dtype}: this torch has no oneDNN prepacked linear layers; serve with serve.linear_dtype=float32")

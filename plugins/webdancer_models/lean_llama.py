@@ -15,46 +15,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+from webdancer_models.cpu_linear import CpuLinear
 from webdancer_models.engine_step import step_runner
 
 log = logging.getLogger(__name__)
 
 
-class _Linear:
-    """Linear maps with the same input as one, run as `batched_server.pack_linear_weights` runs each layer: fp32 in
-    torch's GEMV for one or two rows (each weight as it is) and oneDNN's prepacked kernel above (one stacked
-    copy); bf16 always prepacked (fp32 out); torch's own GEMM everywhere when this torch has no oneDNN."""
-
-    def __init__(self, weights: list[Any], dtype: str, gemv_rows: int):
-        import torch
-
-        self.bf16 = dtype == "bfloat16"
-        self.plain = weights
-        stacked = torch.cat(weights)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(stacked.to(torch.bfloat16) if self.bf16 else stacked, None) if _onednn() else None
-        self.gemv_rows = 0 if self.bf16 else gemv_rows if self.packed is not None else 1 << 62
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-
-        if x.numel() <= self.gemv_rows * x.shape[-1]:
-            return torch.cat([torch.nn.functional.linear(x, weight) for weight in self.plain], dim=-1)
-        if self.bf16:
-            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, None, "none", [], "").to(x.dtype)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-
-
-def _onednn() -> bool:
-    import torch
-
-    return torch.backends.mkldnn.is_available() and hasattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise")
-
-
 class _Layer:
-    def __init__(self, layer: Any, dtype: str, gemv_rows: int):
+    def __init__(self, layer: Any, dtype: str):
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], dtype, gemv_rows)
-        self.gate_up = _fuse([mlp.gate_proj, mlp.up_proj], dtype, gemv_rows)
+        self.qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], dtype)
+        self.gate_up = _fuse([mlp.gate_proj, mlp.up_proj], dtype)
         self.out, self.down = attn.o_proj, mlp.down_proj  # called through .forward: packed (or not) as the server packs them
         self.attn = attn  # what the attention function reads (heads, groups, causal)
         self.norm_in, self.norm_post = layer.input_layernorm.weight.detach(), layer.post_attention_layernorm.weight.detach()
@@ -65,10 +36,10 @@ class _Layer:
         self.intermediate = mlp.gate_proj.weight.shape[0]
 
 
-def _fuse(linears: list[Any], dtype: str, gemv_rows: int) -> _Linear:
-    """One `_Linear` over the weights of `linears` (same input). With a packed stacked copy the layers are marked
+def _fuse(linears: list[Any], dtype: str) -> CpuLinear:
+    """One `CpuLinear` over the weights of `linears` (same input). With a packed stacked copy the layers are marked
     `webdancer_fused`, so `pack_linear_weights` gives them none of their own: every step runs through the stack."""
-    fused = _Linear([linear.weight.detach() for linear in linears], dtype, gemv_rows)
+    fused = CpuLinear([linear.weight.detach() for linear in linears], dtype=dtype)
     if fused.packed is not None:
         for linear in linears:
             linear.webdancer_fused = True
@@ -99,7 +70,7 @@ class LeanLlama:
     """`LeanLlama(model)(**batch_data)` is `model(**batch_data)` for a step of the continuous batching engine (paged
     cache, requests packed in one sequence); its `.logits` are the kept rows' (`logits_to_keep`) or all rows'."""
 
-    def __init__(self, model: Any, dtype: str, gemv_rows: int):
+    def __init__(self, model: Any, dtype: str):
         import torch
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
         from transformers.models.llama.modeling_llama import eager_attention_forward
@@ -113,7 +84,7 @@ class LeanLlama:
         self.final_norm = model.model.norm.weight.detach()
         self.final_eps = model.model.norm.variance_epsilon
         self.head = model.lm_head  # called through .forward: packed (or not) as the server packs it
-        self.layers = [_Layer(layer, dtype, gemv_rows) for layer in model.model.layers]
+        self.layers = [_Layer(layer, dtype) for layer in model.model.layers]
         self.hidden = model.config.hidden_size
         self.steps = 0
 
@@ -164,7 +135,7 @@ def _rotate_half(x: Any) -> Any:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def install_lean_llama(model: Any, dtype: str, gemv_rows: int) -> bool:
+def install_lean_llama(model: Any, dtype: str) -> bool:
     """Run the engine's steps of `model` through `LeanLlama`; call it before `pack_linear_weights`. False (stock
     forward, reason logged) when the model is not a plain Llama on the CPU or this transformers lays out its step
     differently."""
@@ -180,7 +151,7 @@ def install_lean_llama(model: Any, dtype: str, gemv_rows: int) -> bool:
     if runner is None:
         return False
 
-    model.webdancer_lean_llama = LeanLlama(model, dtype, gemv_rows)
+    model.webdancer_lean_llama = LeanLlama(model, dtype)
     inner = getattr(runner, "webdancer_stock_forward_step", runner._forward_process_and_sample)
 
     def step(self: Any, stepped: Any, batch_data: Any, *args: Any, **kwargs: Any) -> Any:

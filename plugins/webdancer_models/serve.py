@@ -16,8 +16,8 @@ from typing import Optional
 import httpx
 
 from webdancer.errors import WebdancerError
-from webdancer_models.batched_server import LINEAR_DTYPES
 from webdancer_models.config import ServeConfig
+from webdancer_models.cpu_linear import LINEAR_DTYPES
 
 log = logging.getLogger("webdancer.serve")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
-from webdancer_models.cpu_linear import LINEAR_DTYPES, CpuLinear, onednn
+from webdancer_models.cpu_linear import LINEAR_DTYPES, CpuLinear, check_dtype, onednn
 from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
 from webdancer_models.engine_step import step_runner
 from webdancer_models.lean_llama import install_lean_llama
@@ -343,8 +343,7 @@ def pack_linear_weights(model: Any, dtype: str = "float32") -> int:
     Returns how many layers were packed; 0 when this torch has no oneDNN (the stock path stays)."""
     import torch
 
-    if dtype not in LINEAR_DTYPES:
-        raise ValueError(f"linear dtype {dtype!r} is not one of {', '.join(LINEAR_DTYPES)}")
+    check_dtype(dtype)  # also where there is no oneDNN to pack with
     if not onednn():
         return 0
     packed = 0

@@ -9,6 +9,11 @@ LINEAR_DTYPES = ("float32", "bfloat16")
 PLAIN_GEMV_ROWS = 2  # fp32 inputs of at most this many rows go to torch's own GEMV (MKL), faster there than oneDNN's packed kernel
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in LINEAR_DTYPES:
+        raise ValueError(f"linear dtype {dtype!r} is not one of {', '.join(LINEAR_DTYPES)}")
+
+
 def onednn() -> bool:
     """Whether this torch has oneDNN's prepacked linear kernel."""
     import torch
@@ -27,8 +32,7 @@ class CpuLinear:
     def __init__(self, weights: list[Any], bias: Optional[Any] = None, dtype: str = "float32"):
         import torch
 
-        if dtype not in LINEAR_DTYPES:
-            raise ValueError(f"linear dtype {dtype!r} is not one of {', '.join(LINEAR_DTYPES)}")
+        check_dtype(dtype)
         if bias is not None and len(weights) != 1:
             raise ValueError("a bias goes with one weight, not a stack")
         self.plain, self.bias, self.bf16 = weights, bias, dtype == "bfloat16"

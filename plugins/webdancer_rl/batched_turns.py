@@ -41,8 +41,7 @@ def batched_turns(policy: Any, tokenizer: Any, eos: list[int], settings: EngineS
     import torch
     from webdancer_models.batched_server import BatchedGenerator, Sampling
 
-    with torch.no_grad():
-        model = copy.deepcopy(policy).requires_grad_(False)
+    model = copy.deepcopy(policy).requires_grad_(False)
     for parameter in model.parameters():
         parameter.grad = None
     # One thread count for every step: the server's timed choice between counts sets torch's thread count from

@@ -341,10 +341,10 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     settings = grpo_settings(cfg, out_dir)
     if not torch.cuda.is_available():
         settings.setdefault("use_cpu", True)
+    generation = rollout_generation(cfg, settings, gpu=not settings.get("use_cpu"))  # before loading the model
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    generation = rollout_generation(cfg, settings, gpu=not settings.get("use_cpu"))
     loop = BackgroundLoop()
     rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop, generation)
     echo(f"rollout turns: {'the batched engine on a copy of the policy' if generation == 'batched' else 'model.generate'} (rl.trl_rollouts={rl.trl_rollouts})")

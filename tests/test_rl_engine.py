@@ -53,15 +53,15 @@ def limits(**kw):
     return RolloutLimits(**{"max_turns": 4, "max_prompt_length": 4096, "max_response_length": 4096, **kw})
 
 
-def rollout(plugins, tokenizer, questions, turns, **kw):
+def rollout(plugins, tokenizer, questions, turns, model_class=ScriptedModel, lockstep=True, times=None, tools=("lookup",), **kw):
     from webdancer_rl.rollout import ChatTokens, run_rollouts
 
     chat = ChatTokens(tokenizer)
-    toolbox = ToolBox.from_config(["lookup"], {}, 5, plugins)
+    toolbox = ToolBox.from_config(list(tools), {}, 5, plugins)
     messages = [[{"role": m.role, "content": m.content} for m in initial_messages(q, toolbox.schemas(), "2026-11-24")] for q in questions]
-    model = ScriptedModel(tokenizer, turns)
+    model = model_class(tokenizer, turns)
     model.prompts = [chat.prompt(m) for m in messages]
-    return asyncio.run(run_rollouts(model.prompts, model, toolbox, chat, limits(**kw))), model, messages
+    return asyncio.run(run_rollouts(model.prompts, model, toolbox, chat, limits(**kw), times, lockstep)), model, messages
 
 
 def test_rollout_text_is_the_agents_conversation_as_the_chat_template_renders_it(plugins, tokenizer):
@@ -102,6 +102,61 @@ def test_rollout_limits_end_rollouts_as_verl_does(plugins, tokenizer):
     faked = call + "\n<tool_response>\nmade up\n</tool_response>"
     [fake], _, _ = rollout(plugins, tokenizer, ["q?"], [[faked, call]])
     assert fake.end == "wrote_tool_response" and fake.turns == 1 and fake.tool_calls == 0
+
+
+class SlowScriptedModel(ScriptedModel):
+    """Serves each request on its own, as the batched engine does, taking 0.02 s per 10 characters of the reply,
+    and logs when each reply is done."""
+
+    async def __call__(self, sequences, budgets):
+        self.done = getattr(self, "done", [])
+        [seq], [budget] = sequences, budgets
+        index = next(i for i, t in enumerate(self.turns) if seq[: len(self.prompts[i])] == self.prompts[i])
+        self.calls.append((index, len(self.turns[index])))
+        text = self.turns[index].pop(0)
+        await asyncio.sleep(0.02 * len(text) / 10)
+        self.done.append(index)
+        return [self.tokenizer(text + self.end)["input_ids"][:budget]]
+
+
+def test_rollouts_go_on_their_own_unless_the_generator_needs_them_together(plugins, tokenizer):
+    """Off lockstep (the batched engine), a rollout asks for its next turn as soon as its tool returns: a rollout of
+    short turns finishes while another's long first turn still decodes. The tokens are the same either way, and in
+    lockstep a rollout that ends leaves the next batch to the others."""
+    from webdancer_rl.rollout import RolloutTimes
+
+    call = render_assistant("look", tool_call=ToolCall("lookup", {"query": ["x"]}))
+    long_call = render_assistant("think " * 120, tool_call=ToolCall("lookup", {"query": ["y"]}))
+    answer = render_assistant("done", answer="42")
+    script = [[call, call, answer], [long_call, answer], [answer]]
+    together, model, _ = rollout(plugins, tokenizer, ["q1?", "q2?", "q3?"], script)
+    assert [n for n, _ in model.calls] == [3, 2, 1]  # the third rollout answered first, the second on its second turn
+    times = RolloutTimes()
+    alone, slow, _ = rollout(plugins, tokenizer, ["q1?", "q2?", "q3?"], script, model_class=SlowScriptedModel, lockstep=False, times=times)
+    assert [(r.prompt_ids, r.completion_ids, r.env_mask, r.end, r.turns) for r in alone] == \
+        [(r.prompt_ids, r.completion_ids, r.env_mask, r.end, r.turns) for r in together]
+    assert slow.done == [2, 0, 0, 0, 1, 1]  # all of rollout 0's turns ended before rollout 1's first
+    assert 0 < times.generate_s and times.generated_tokens == sum(sum(r.env_mask) for r in alone)
+    # In lockstep, a rollout's wait for the others' tools is not generation time.
+    naps = [[render_assistant("nap", tool_call=ToolCall("slow", {"seconds": s})), answer] for s in (0.1, 0.6)]
+    times = RolloutTimes()
+    rollout(plugins, tokenizer, ["q1?", "q2?"], naps, times=times, tools=("slow",))
+    assert times.tools_s >= 0.55 and times.generate_s < 0.4
+
+
+def test_a_failing_generation_fails_every_rollout_with_its_own_error(plugins, tokenizer):
+    """An infrastructure failure is never a result: the generator's error reaches the caller, in lockstep or not."""
+
+    class Down(ScriptedModel):
+        async def __call__(self, sequences, budgets):
+            if self.calls:
+                raise ConnectionError("engine stopped")
+            return await super().__call__(sequences, budgets)
+
+    call = render_assistant("look", tool_call=ToolCall("lookup", {"query": ["x"]}))
+    for lockstep in (True, False):
+        with pytest.raises(ConnectionError, match="engine stopped"):
+            rollout(plugins, tokenizer, ["q1?", "q2?"], [[call, call], [call, call]], model_class=Down, lockstep=lockstep)
 
 
 def test_turn_budget_and_observation_truncation_follow_verl():

@@ -4,7 +4,8 @@
 longest reply ends, and prefills every rollout's whole context again at each turn. The continuous batching engine
 that `webdancer serve` runs on the CPU (`webdancer_models.batched_server`) runs each request to its own end,
 splits attention per request, and keeps the KV blocks of finished turns, so the next turn's prompt (the same
-tokens and the new ones) prefills only what is new.
+tokens and the new ones) prefills only what is new. Rollouts do not wait for each other: one whose tool has
+returned joins the running batch with its next turn while the others decode (`run_rollouts(lockstep=False)`).
 
 It runs on a copy of the policy made for one batch of rollouts and dropped after it: the engine packs and stacks
 the weights it is given and keeps KV blocks, all of which an optimizer step would make stale, and nothing of it

@@ -13,9 +13,10 @@ end-of-turn token, and carry no loss (mask 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from webdancer.records import ToolCall
 from webdancer.tools import ToolBox
@@ -168,34 +169,101 @@ Generate = Callable[[list[list[int]], list[int]], Awaitable[list[list[int]]]]
 
 @dataclass
 class RolloutTimes:
+    """Wall time with at least one turn generating, with at least one tool running (the two overlap when rollouts run
+    on their own), and the tokens generated."""
+
     generate_s: float = 0.0
     tools_s: float = 0.0
     generated_tokens: int = 0
 
 
+class _Busy:
+    """Wall time during which at least one of several overlapping activities runs."""
+
+    def __init__(self) -> None:
+        self.running, self.since, self.seconds = 0, 0.0, 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.running == 0:
+            self.since = time.perf_counter()
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            if self.running == 0:
+                self.seconds += time.perf_counter() - self.since
+
+
+class _Lockstep:
+    """Collects the next turn of every live rollout, then generates them as one batch (in rollout order).
+
+    For a generator that pads one batch and decodes it to its longest reply (`model.generate`): asking it for one
+    turn at a time would run it at batch size one. The rollout whose request (or whose end) completes the batch
+    runs the generation; the others wait for their share.
+    """
+
+    def __init__(self, generate: Generate, live: int):
+        self.generate, self.live = generate, live
+        self.waiting: list[tuple[int, list[int], int, asyncio.Future]] = []
+
+    async def ask(self, index: int, ids: list[int], budget: int) -> list[int]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((index, ids, budget, future))
+        await self._generate_if_all_asked()
+        return await future
+
+    async def leave(self) -> None:
+        self.live -= 1
+        await self._generate_if_all_asked()
+
+    async def _generate_if_all_asked(self) -> None:
+        if not self.waiting or len(self.waiting) < self.live:
+            return
+        batch, self.waiting = sorted(self.waiting, key=lambda w: w[0]), []
+        try:
+            outs = await self.generate([ids for _, ids, _, _ in batch], [budget for _, _, budget, _ in batch])
+        except Exception as exc:  # every rollout of the batch fails with it
+            for *_, future in batch:
+                future.set_exception(exc)
+            return
+        for (*_, future), out in zip(batch, outs):
+            future.set_result(out)
+
+
 async def run_rollouts(
     prompts: list[list[int]], generate: Generate, toolbox: ToolBox, chat: ChatTokens, limits: RolloutLimits,
-    times: Optional[RolloutTimes] = None,
+    times: Optional[RolloutTimes] = None, lockstep: bool = True,
 ) -> list[TokenRollout]:
-    """Roll out every prompt in lock-step: one batched generation per turn, then all tool calls at once."""
+    """Roll out every prompt, each in its own coroutine.
+
+    `lockstep`: the rollouts take turns together, one batched generation per turn (what a generator that pads a
+    batch needs, `model.generate`). Off, for a generator that runs concurrent requests each to its own end (the
+    batched engine): a rollout asks for its next turn as soon as its tool returns, while others still decode, so
+    the engine does not idle while the slowest tool call of a turn finishes, nor wait for the longest reply.
+    """
     times = times if times is not None else RolloutTimes()
     params = {s["name"]: s["parameters"] for s in toolbox.schemas()}
     rollouts = [TokenRollout(list(p)) for p in prompts]
-    active = list(range(len(rollouts)))
-    while active:
-        budgets = [turn_budget(limits, len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids)) for i in active]
-        for i in [i for i, b in zip(active, budgets) if b <= 0]:
-            rollouts[i].end = "length"
-        active, budgets = [i for i, b in zip(active, budgets) if b > 0], [b for b in budgets if b > 0]
-        if not active:
-            break
-        t0 = time.perf_counter()
-        outs = await generate([rollouts[i].prompt_ids + rollouts[i].completion_ids for i in active], budgets)
-        times.generate_s += time.perf_counter() - t0
-        times.generated_tokens += sum(len(o) for o in outs)
-        pending: list[tuple[int, Turn]] = []
-        for i, out in zip(active, outs):
-            r = rollouts[i]
+    generating, tooling = _Busy(), _Busy()
+
+    async def timed(sequences: list[list[int]], budgets: list[int]) -> list[list[int]]:
+        with generating():  # the model's time, not a rollout's wait for the others of its batch
+            return await generate(sequences, budgets)
+
+    together = _Lockstep(timed, len(rollouts)) if lockstep else None
+
+    async def next_turn(index: int, ids: list[int], budget: int) -> list[int]:
+        if together is not None:
+            return await together.ask(index, ids, budget)
+        return (await timed([ids], [budget]))[0]
+
+    async def roll(index: int) -> None:
+        r = rollouts[index]
+        while (budget := turn_budget(limits, len(r.prompt_ids) + len(r.completion_ids))) > 0:
+            out = await next_turn(index, r.prompt_ids + r.completion_ids, budget)
+            times.generated_tokens += len(out)
             r.completion_ids += out
             r.env_mask += [1] * len(out)
             r.turns += 1
@@ -207,24 +275,36 @@ async def run_rollouts(
                 r.end = "max_turns" if turn.continues else turn.kind
             elif not turn.continues:
                 r.end = turn.kind
-            else:
-                pending.append((i, turn))
-        t0 = time.perf_counter()
-        observed = await asyncio.gather(*(observation_text(turn, toolbox, limits) for _, turn in pending))
-        times.tools_s += time.perf_counter() - t0
-        active = []
-        for (i, turn), (text, failed) in zip(pending, observed):
-            r = rollouts[i]
+            if r.end:
+                return
+            with tooling():
+                text, failed = await observation_text(turn, toolbox, limits)
             r.format_errors += turn.kind == "format_error"
             r.tool_calls += turn.kind == "call"
             r.tool_errors += failed
             obs = chat.observation(text)
             if len(r.env_mask) + len(obs) >= limits.max_response_length:
                 r.end = "length"
-                continue
+                return
             r.completion_ids += obs
             r.env_mask += [0] * len(obs)
-            active.append(i)
+        r.end = "length"
+
+    async def one(index: int) -> None:
+        await roll(index)
+        if together is not None:
+            await together.leave()
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(len(rollouts))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    times.generate_s += generating.seconds
+    times.tools_s += tooling.seconds
     for r in rollouts:
         del r.completion_ids[limits.max_response_length :], r.env_mask[limits.max_response_length :]
     return rollouts

@@ -203,7 +203,9 @@ class WebdancerRollouts:
         times = RolloutTimes()
         started = time.perf_counter()
         with self._turns(trainer, times) as generate:
-            rollouts = self.loop.run(run_rollouts([self.chat.prompt(p) for p in prompts], generate, self.toolbox, self.chat, self.limits, times))
+            # The engine runs each request to its own end: rollouts go on their own. model.generate pads a batch: together.
+            rollouts = self.loop.run(run_rollouts([self.chat.prompt(p) for p in prompts], generate, self.toolbox, self.chat, self.limits, times,
+                                                  lockstep=self.generation != "batched"))
         t0 = time.perf_counter()
         scores = self.loop.run(self._score(rollouts, rows))
         reward_s = time.perf_counter() - t0
@@ -241,7 +243,7 @@ class WebdancerRollouts:
 
         longest = self.limits.max_prompt_length + self.limits.max_response_length  # one rollout always fits the cache
         settings = EngineSettings(max(self.cfg.serve.kv_cache_tokens, longest), self.cfg.serve.max_batch_tokens, self.rl.temperature,
-                                  self.rl.top_p, seed=self.rl.seed * 1_000_003 + trainer.state.global_step)  # a new draw per batch, the same on a resume
+                                  self.rl.top_p, seed=self.rl.seed * 1_000_003 + trainer.state.global_step)  # a new seed per batch (the draw also follows the order requests arrive in)
         started = time.perf_counter()
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as policy, \
                 batched_turns(policy, trainer.processing_class, list(trainer.eos_token_ids), settings) as generate:

@@ -116,3 +116,53 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(local_w
     assert any(alive for _, alive in kills), f"seed {seed}: no kill landed while the pipeline ran {kills}"
     assert final.returncode == 0, f"seed {seed}, kills {kills}: " + final.stdout[-3000:] + final.stderr[-2000:]
     assert outcome(tmp_path / "killed" / "p") == outcome(tmp_path / "clean" / "p"), f"seed {seed}, kills {kills}"
+
+
+def test_served_models_stop_before_training_and_before_the_next_model_is_served(local_web, tmp_path, monkeypatch):
+    """An idle batched server keeps its weights, packed copies and KV cache (~3.5 GB for the tiny model): the
+    pipeline stops the served models before SFT and RL and before it serves the next model to evaluate. The real
+    start_server runs (serve.backend=external, the fake model); a wrapper only records which servers are up."""
+    import contextlib
+
+    import webdancer_models.serve as serve
+    from webdancer_pipeline.pipeline import Pipeline
+
+    from webdancer.config_loader import load_config
+
+    real, live, started, seen = serve.start_server, set(), [], {}
+
+    @contextlib.contextmanager
+    def watched(cfg, log_dir):
+        with real(cfg, log_dir) as server:
+            started.append(cfg.model_path)
+            live.add(cfg.model_path)
+            try:
+                yield server
+            finally:
+                live.discard(cfg.model_path)
+
+    monkeypatch.setattr(serve, "start_server", watched)
+
+    class Watched(Pipeline):  # the stages' work is tested elsewhere; here only what is served while they run
+        def _eval(self, cfg, name):
+            seen[name] = sorted(live)
+            return {}
+
+        def stage_sft(self):
+            seen["sft"] = sorted(live)
+
+        def stage_rl(self):
+            seen["rl"] = sorted(live)
+            (self.rl_dir / "model").mkdir(parents=True)
+            (self.rl_dir / "model" / "config.json").write_text("{}")
+
+    web, _, _ = local_web
+    with FakeOpenAIServer(default=student) as srv:
+        cfg = load_config(None, [f"run.root={tmp_path}", "run.name=p", f"web.root={web.root}", f"web.port={web.port}",
+                                 "serve.backend=external", f"serve.external_url={srv.base_url}",
+                                 "pipeline.stages=[eval_before,sft,eval_after,rl,eval_rl]"])
+        pipeline = Watched(cfg, echo=lambda line: None)
+        pipeline.run()
+    base, sft, rl = cfg.serve.model_path, str(pipeline.sft_dir), str(pipeline.rl_dir / "model")
+    assert started == [base, sft, rl] and not live
+    assert seen == {"before": [base], "sft": [], "after": [sft], "rl": [], "after_rl": [rl]}

@@ -29,6 +29,7 @@ from webdancer_pipeline.config import PIPELINE_STAGES
 
 DEFAULT_MODEL = "smollm2-135m"
 EVALS = ("before", "after", "after_rl")  # eval/<name>: the base model, after SFT, after RL
+TRAINING_STAGES = ("sft", "rl")  # they use no served model, and the memory of an idle one is theirs
 
 
 class Pipeline:
@@ -42,7 +43,8 @@ class Pipeline:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.dir / "pipeline.json"
         self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
-        self.services = contextlib.ExitStack()
+        self.services = contextlib.ExitStack()  # the offline web, for the whole run
+        self.model_servers = contextlib.ExitStack()  # served models, until a stage no longer needs them
         self._web = self._model = None
 
     # --- files ---------------------------------------------------------------------------
@@ -63,6 +65,8 @@ class Pipeline:
                     self.echo(f"== {stage}: done already ({done['seconds']:.0f} s, {done['finished']})")
                     continue
                 self.echo(f"== {stage}")
+                if stage in TRAINING_STAGES:
+                    self.stop_models()
                 t0 = time.perf_counter()
                 summary = getattr(self, f"stage_{stage}")() or {}
                 self.state["stages"][stage] = {
@@ -74,6 +78,7 @@ class Pipeline:
                 track(self.cfg, f"pipeline/{stage}", {"seconds": self.state["stages"][stage]["seconds"]})
                 self.echo(f"   {stage}: {json.dumps(summary, default=str)[:300]}")
         finally:
+            self.stop_models()
             self.services.close()
         self.echo(f"pipeline finished in {time.perf_counter() - started:.0f} s; report: {self.path('report.md')}")
         return self.state
@@ -100,7 +105,13 @@ class Pipeline:
     def _serve(self, serve_cfg, log_name: str):
         from webdancer_models.serve import start_server
 
-        return self.services.enter_context(start_server(serve_cfg, self.path("logs") / log_name))
+        return self.model_servers.enter_context(start_server(serve_cfg, self.path("logs") / log_name))
+
+    def stop_models(self) -> None:
+        """Stop every model server started so far: a batched server holds its weights, packed copies and KV cache
+        (~3.5 GB for the tiny model) while idle. A later stage that needs the base model starts it again."""
+        self.model_servers.close()
+        self._model = None
 
     def need_model(self) -> None:
         if self._model is None and self.cfg.agent.policy == "openai":
@@ -255,6 +266,7 @@ class Pipeline:
         self.need_web()
         cfg = self.served_config(model_dir, port)
         if cfg.agent.policy == "openai":
+            self.stop_models()  # the models evaluated before this one are done with
             self._serve(cfg.serve, f"serve_{name}")
         summary = self._eval(cfg, name)
         runs = {n: load_results(self.dir / "eval" / n) for n in EVALS if (self.dir / "eval" / n / "results.json").exists()}

@@ -1,16 +1,57 @@
-"""Shared helpers for benchmark scripts: a result table row and a server in a child process."""
+"""Shared helpers for benchmark scripts: a result table row, servers in child processes, the quickstart's outputs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART_CONFIG = ROOT / "configs/quickstart.yaml"
+OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+
+def rl_model_and_questions() -> tuple[Path, Path]:
+    """What the RL benchmarks train: the quickstart's SFT checkpoint (else the base model) and its training questions."""
+    base, sft, questions = ROOT / ".webdancer/models/smollm2-135m", ROOT / "runs/quickstart/sft", ROOT / "runs/quickstart/qa_train.jsonl"
+    if not (base / "config.json").is_file() or not questions.is_file():
+        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
+    return (sft if (sft / "config.json").is_file() else base), questions
+
+
+@contextlib.contextmanager
+def offline_web() -> Iterator[None]:
+    """`webdancer web serve` on the quickstart's config in a child process, up (its root page answers) until the block ends."""
+    import httpx
+
+    from webdancer.config_loader import load_config
+
+    base_url = load_config(QUICKSTART_CONFIG).web.base_url
+    web = subprocess.Popen([str(Path(sys.executable).parent / "webdancer"), "web", "serve", "-c", str(QUICKSTART_CONFIG)], cwd=ROOT,
+                           env=OFFLINE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base_url}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if web.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the offline web did not come up at {base_url}")
+            time.sleep(0.2)
+        yield
+    finally:
+        web.terminate()
 
 
 @dataclass

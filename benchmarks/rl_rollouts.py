@@ -17,18 +17,10 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from _common import Row, emit
+from _common import QUICKSTART_CONFIG, ROOT, Row, emit, offline_web, rl_model_and_questions
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs/quickstart.yaml"
-BASE = ROOT / ".webdancer/models/smollm2-135m"
-SFT = ROOT / "runs/quickstart/sft"
-QA = ROOT / "runs/quickstart/qa_train.jsonl"
 ROUNDS = int(os.environ.get("RL_ROLLOUT_ROUNDS", "3"))
 TOOL_LATENCY_S = float(os.environ.get("RL_TOOL_LATENCY_S", "2"))
 QUESTIONS, ROLLOUTS = 2, 4
@@ -68,8 +60,7 @@ async def rollout_phase(policy, tokenizer, eos, prompts, cfg, seed: int, lockste
 
 
 def main() -> None:
-    if not (BASE / "config.json").is_file() or not QA.is_file():
-        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
+    model, questions = rl_model_and_questions()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from webdancer_models.batched_server import end_of_turn_ids
@@ -79,19 +70,14 @@ def main() -> None:
     from webdancer.datasources import read_qa
 
     os.chdir(ROOT)  # the config's paths (the web's index) are relative to the project
-    model = SFT if (SFT / "config.json").is_file() else BASE
-    cfg = load_config(CONFIG, ["rl.max_turns=3", "rl.max_turn_tokens=256"])
+    cfg = load_config(QUICKSTART_CONFIG, ["rl.max_turns=3", "rl.max_turn_tokens=256"])
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).train()
     tokenizer = AutoTokenizer.from_pretrained(model)
     eos = end_of_turn_ids(policy, tokenizer)
     schemas = [schema for _, schema in offered_tools(cfg)]
-    prompts = [rl_row(item, i, schemas, cfg, "train")["prompt"] for i, item in enumerate(read_qa(QA)[:QUESTIONS]) for _ in range(ROLLOUTS)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    web = subprocess.Popen([str(Path(sys.executable).parent / "webdancer"), "web", "serve", "-c", str(CONFIG)], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prompts = [rl_row(item, i, schemas, cfg, "train")["prompt"] for i, item in enumerate(read_qa(questions)[:QUESTIONS]) for _ in range(ROLLOUTS)]
     results: dict[tuple[float, bool], list[tuple[float, int, float]]] = {}
-    try:
-        time.sleep(5)
+    with offline_web():
         for latency in (0.0, TOOL_LATENCY_S):
             for round_ in range(ROUNDS):
                 for lockstep in ((True, False) if round_ % 2 == 0 else (False, True)):
@@ -100,8 +86,6 @@ def main() -> None:
                     wall, tokens, gen = run
                     print(f"tool latency {latency:.1f} s, round {round_} {'lockstep' if lockstep else 'alone':<8} {wall:6.1f} s  {tokens:5d} tokens"
                           f"  {tokens / wall:5.1f} tok/s  (generating {gen:5.1f} s)", flush=True)
-    finally:
-        web.terminate()
     rows = []
     for latency in (0.0, TOOL_LATENCY_S):
         rate = {lockstep: [tokens / wall for wall, tokens, _ in results[(latency, lockstep)]] for lockstep in (True, False)}

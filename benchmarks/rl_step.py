@@ -20,13 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Row, emit
+from _common import OFFLINE, QUICKSTART_CONFIG, ROOT, Row, emit, offline_web, rl_model_and_questions
 from tiny_model_serving import free_port, tokens_per_s
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / ".webdancer/models/smollm2-135m"
-SFT = ROOT / "runs/quickstart/sft"
-QA = ROOT / "runs/quickstart/qa_train.jsonl"
 STEPS = int(os.environ.get("RL_BENCH_STEPS", "3"))
 
 
@@ -39,33 +35,31 @@ def server_tokens_per_s(model: Path) -> float:
         return asyncio.run(tokens_per_s(server.base_url, served_model_name(cfg), 1))
 
 
-def train_steps(model: Path, rollouts: str) -> list[dict]:
+def train_steps(model: Path, questions: Path, rollouts: str) -> list[dict]:
     """The metrics of STEPS steps of `webdancer rl train` (rl.engine=trl) with turns from `rollouts`."""
     webdancer = str(Path(sys.executable).parent / "webdancer")
     with tempfile.TemporaryDirectory() as tmp:
-        run = ["-c", str(ROOT / "configs/quickstart.yaml"), f"run.root={tmp}", "run.name=bench", "rl.engine=trl", f"rl.model_path={model}",
+        run = ["-c", str(QUICKSTART_CONFIG), f"run.root={tmp}", "run.name=bench", "rl.engine=trl", f"rl.model_path={model}",
                "rl.val_fraction=0", f"rl.total_training_steps={STEPS}", "rl.train_batch_size=2", "rl.ppo_mini_batch_size=2",
                "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=256", "rl.filter_groups=false",
                f"rl.trl_rollouts={rollouts}"]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        subprocess.run([webdancer, "rl", "prepare", str(QA), *run], check=True, cwd=ROOT, env=env, capture_output=True)
-        web = subprocess.Popen([webdancer, "web", "serve", "-c", str(ROOT / "configs/quickstart.yaml")], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc = subprocess.run([webdancer, "rl", "train", *run], cwd=ROOT, env=env, capture_output=True, text=True)
-        finally:
-            web.terminate()
+        subprocess.run([webdancer, "rl", "prepare", str(questions), *run], check=True, cwd=ROOT, env=OFFLINE, capture_output=True)
+        with offline_web():
+            proc = subprocess.run([webdancer, "rl", "train", *run], cwd=ROOT, env=OFFLINE, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(proc.stdout[-2000:] + proc.stderr[-2000:])
         return [json.loads(line) for line in (Path(tmp) / "bench/rl/metrics.jsonl").read_text().splitlines()]
 
 
+def generation_rate(steps: list[dict]) -> float:
+    """Tokens per second of generation over all `steps` (each step's rate weighted by its generation time)."""
+    return sum(s["generate_tokens_per_s"] * s["time/generate_s"] for s in steps) / sum(s["time/generate_s"] for s in steps)
+
+
 def main() -> None:
-    if not (BASE / "config.json").is_file() or not QA.is_file():
-        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
-    model = SFT if (SFT / "config.json").is_file() else BASE
-    plain = train_steps(model, "generate")
-    steps = train_steps(model, "batched")
+    model, questions = rl_model_and_questions()
+    plain = train_steps(model, questions, "generate")
+    steps = train_steps(model, questions, "batched")
     seconds = [s["seconds_per_step"] for s in steps]
     mean = statistics.fmean(seconds)
     plain_mean = statistics.fmean(s["seconds_per_step"] for s in plain)
@@ -74,8 +68,7 @@ def main() -> None:
     for part in ("generate", "tools", "reward", "update"):
         share = statistics.fmean(s[f"time/{part}_s"] / s["seconds_per_step"] for s in steps)
         rows.append(Row("rl_trl_step", f"share of a step in {part}", share, "", share, "of the step", "report", True))
-    engine = sum(s["generate_tokens_per_s"] * s["time/generate_s"] for s in steps) / sum(s["time/generate_s"] for s in steps)
-    plain_engine = sum(s["generate_tokens_per_s"] * s["time/generate_s"] for s in plain) / sum(s["time/generate_s"] for s in plain)
+    engine, plain_engine = generation_rate(steps), generation_rate(plain)
     server = server_tokens_per_s(model)
     rows.append(Row("rl_trl_step", "engine generation (batched turns)", engine, "tok/s", engine / server,
                     f"vs transformers serve {server:.1f} tok/s", ">= 0.8", engine / server >= 0.8))

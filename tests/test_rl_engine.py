@@ -40,11 +40,14 @@ class ScriptedModel:
 
     async def __call__(self, sequences, budgets):
         self.calls.append((len(sequences), list(budgets)))
-        out = []
-        for seq, budget in zip(sequences, budgets):
-            index = next(i for i, t in enumerate(self.turns) if t and seq[: len(self.prompts[i])] == self.prompts[i])
-            out.append(self.tokenizer(self.turns[index].pop(0) + self.end)["input_ids"][:budget])
-        return out
+        return [self.tokens(self.turns[self.rollout_of(seq)].pop(0), budget) for seq, budget in zip(sequences, budgets)]
+
+    def rollout_of(self, sequence):
+        """The rollout whose prompt `sequence` starts with (and which has turns left)."""
+        return next(i for i, t in enumerate(self.turns) if t and sequence[: len(self.prompts[i])] == self.prompts[i])
+
+    def tokens(self, text, budget):
+        return self.tokenizer(text + self.end)["input_ids"][:budget]
 
 
 def limits(**kw):
@@ -108,15 +111,17 @@ class SlowScriptedModel(ScriptedModel):
     """Serves each request on its own, as the batched engine does, taking 0.02 s per 10 characters of the reply,
     and logs when each reply is done."""
 
+    def __init__(self, tokenizer, turns):
+        super().__init__(tokenizer, turns)
+        self.done = []
+
     async def __call__(self, sequences, budgets):
-        self.done = getattr(self, "done", [])
         [seq], [budget] = sequences, budgets
-        index = next(i for i, t in enumerate(self.turns) if seq[: len(self.prompts[i])] == self.prompts[i])
-        self.calls.append((index, len(self.turns[index])))
+        index = self.rollout_of(seq)
         text = self.turns[index].pop(0)
         await asyncio.sleep(0.02 * len(text) / 10)
         self.done.append(index)
-        return [self.tokenizer(text + self.end)["input_ids"][:budget]]
+        return [self.tokens(text, budget)]
 
 
 def test_rollouts_go_on_their_own_unless_the_generator_needs_them_together(plugins, tokenizer):

@@ -166,3 +166,70 @@ def test_served_models_stop_before_training_and_before_the_next_model_is_served(
     base, sft, rl = cfg.serve.model_path, str(pipeline.sft_dir), str(pipeline.rl_dir / "model")
     assert started == [base, sft, rl] and not live
     assert seen == {"before": [base], "sft": [], "after": [sft], "rl": [], "after_rl": [rl]}
+
+
+def test_a_judge_on_the_base_model_keeps_it_served_for_every_stage_that_scores(local_web, tmp_path, monkeypatch):
+    """`judge.model.base_url` at serve.host:serve.port (its default) is the base model this pipeline serves: it
+    stays up while filter, the evals and RL score, and is stopped only for SFT. The real start_server runs, on the
+    fake model as an external backend; the pipeline itself is configured to serve a batched model."""
+    import contextlib
+    from dataclasses import replace
+
+    import pytest
+    import webdancer_models.serve as serve
+    from webdancer_pipeline.pipeline import Pipeline
+
+    from webdancer.config_loader import load_config
+    from webdancer.errors import ConfigError
+
+    real, live, started, seen = serve.start_server, set(), [], {}
+    web, _, _ = local_web
+
+    with FakeOpenAIServer(default=student) as srv:
+        @contextlib.contextmanager
+        def watched(cfg, log_dir):
+            with real(replace(cfg, backend="external", external_url=srv.base_url), log_dir) as server:
+                started.append(cfg.model_path)
+                live.add(cfg.model_path)
+                try:
+                    yield server
+                finally:
+                    live.discard(cfg.model_path)
+
+        monkeypatch.setattr(serve, "start_server", watched)
+
+        class Watched(Pipeline):
+            def _eval(self, cfg, name):
+                seen[name] = sorted(live)
+                return {}
+
+            def stage_filter(self):
+                seen["filter"] = sorted(live)
+
+            def stage_sft(self):
+                seen["sft"] = sorted(live)
+
+            def stage_rl(self):
+                seen["rl"] = sorted(live)
+                (self.rl_dir / "model").mkdir(parents=True)
+                (self.rl_dir / "model" / "config.json").write_text("{}")
+
+        def config(judge_url, stages="[filter,eval_before,sft,eval_after,rl,eval_rl]"):
+            return load_config(None, [f"run.root={tmp_path}", "run.name=p", f"web.root={web.root}", f"web.port={web.port}",
+                                      "serve.backend=batched", "serve.port=8000", f"pipeline.stages={stages}",
+                                      f"judge.model={{base_url: '{judge_url}', model: m}}"])
+
+        cfg = config("http://localhost:8000/v1")
+        pipeline = Watched(cfg, echo=lambda line: None)
+        assert pipeline.judge_on_base
+        pipeline.run()
+        base, sft, rl = cfg.serve.model_path, str(pipeline.sft_dir), str(pipeline.rl_dir / "model")
+        assert not live
+        assert started == [base, base, sft, rl]  # once for the filter, again after SFT
+        assert seen == {"filter": [base], "before": [base], "sft": [], "after": sorted([base, sft]), "rl": [base],
+                        "after_rl": sorted([base, rl])}
+
+        assert not Pipeline(config("http://10.1.2.3:8000/v1"), echo=lambda line: None).judge_on_base  # another machine
+        with pytest.raises(ConfigError, match=r"judge.model.base_url=http://127.0.0.1:8001/v1 .*eval_after.*sft_port=8001"):
+            Pipeline(config("http://127.0.0.1:8001/v1"), echo=lambda line: None)
+        Pipeline(config("http://127.0.0.1:8001/v1", "[eval_before,rl]"), echo=lambda line: None)  # nothing served there

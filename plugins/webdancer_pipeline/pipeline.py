@@ -30,6 +30,22 @@ from webdancer_pipeline.config import PIPELINE_STAGES
 DEFAULT_MODEL = "smollm2-135m"
 EVALS = ("before", "after", "after_rl")  # eval/<name>: the base model, after SFT, after RL
 TRAINING_STAGES = ("sft", "rl")  # they use no served model, and the memory of an idle one is theirs
+SCORING_STAGES = ("filter", "eval_before", "eval_after", "rl", "eval_rl")  # they score with the configured rewards
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
+
+
+def _serves(url: str, host: str, port: int) -> bool:
+    """Whether an OpenAI base URL reaches a server this machine runs on host:port (loopback names are one)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        url_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    url_host = (parts.hostname or "").lower()
+    same_host = url_host == host.lower() or (url_host in _LOOPBACK and host.lower() in _LOOPBACK)
+    return same_host and url_port == port
 
 
 class Pipeline:
@@ -44,8 +60,10 @@ class Pipeline:
         self.state_file = self.dir / "pipeline.json"
         self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stages": {}}
         self.services = contextlib.ExitStack()  # the offline web, for the whole run
-        self.model_servers = contextlib.ExitStack()  # served models, until a stage no longer needs them
+        self.base_server = contextlib.ExitStack()  # the base model, until a stage no longer needs it
+        self.eval_server = contextlib.ExitStack()  # a trained model, while its eval runs
         self._web = self._model = None
+        self.judge_on_base = self._check_judge()
 
     # --- files ---------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -66,7 +84,9 @@ class Pipeline:
                     continue
                 self.echo(f"== {stage}")
                 if stage in TRAINING_STAGES:
-                    self.stop_models()
+                    self.stop_models(keep_judge=stage in SCORING_STAGES)
+                if stage in SCORING_STAGES:
+                    self.need_judge()
                 t0 = time.perf_counter()
                 summary = getattr(self, f"stage_{stage}")() or {}
                 self.state["stages"][stage] = {
@@ -102,20 +122,46 @@ class Pipeline:
                 return
             self._web = self.services.enter_context(LocalWebServer(Path(web.root), web.host, web.port))
 
-    def _serve(self, serve_cfg, log_name: str):
-        from webdancer_models.serve import start_server
-
-        return self.model_servers.enter_context(start_server(serve_cfg, self.path("logs") / log_name))
-
-    def stop_models(self) -> None:
-        """Stop every model server started so far: a batched server holds its weights, packed copies and KV cache
-        (~3.5 GB for the tiny model) while idle. A later stage that needs the base model starts it again."""
-        self.model_servers.close()
-        self._model = None
+    def stop_models(self, keep_judge: bool = False) -> None:
+        """Stop the served models: a batched server holds its weights, packed copies and KV cache (~3.5 GB for the
+        tiny model) while idle. A later stage that needs the base model starts it again; `keep_judge` keeps it up
+        when it is the judge (see `_check_judge`)."""
+        self.eval_server.close()
+        if not (keep_judge and self.judge_on_base):
+            self.base_server.close()
+            self._model = None
 
     def need_model(self) -> None:
-        if self._model is None and self.cfg.agent.policy == "openai":
-            self._model = self._serve(self.cfg.serve, "serve_base")
+        if self.cfg.agent.policy == "openai":
+            self._serve_base()
+
+    def _serve_base(self) -> None:
+        from webdancer_models.serve import start_server
+
+        if self._model is None:
+            self._model = self.base_server.enter_context(start_server(self.cfg.serve, self.path("logs") / "serve_base"))
+
+    def _check_judge(self) -> bool:
+        """Whether the judge is the base model this pipeline serves (`judge.model.base_url` at serve.host:serve.port,
+        its default): then the base model is served for every stage that scores, RL included. A judge at the port
+        the fine-tuned or RL model is served on would find it stopped: refused here, before any stage runs."""
+        from webdancer.config import ModelConfig
+        from webdancer.options import validate_options
+
+        cfg = self.cfg
+        if not cfg.judge.model or cfg.serve.backend == "external":
+            return False
+        url = validate_options(ModelConfig, cfg.judge.model, "judge.model").base_url
+        for port, stage in ((cfg.pipeline.sft_port, "eval_after"), (cfg.pipeline.rl_port, "eval_rl")):
+            if stage in cfg.pipeline.stages and _serves(url, cfg.serve.host, port):
+                raise ConfigError(f"judge.model.base_url={url} is where the pipeline serves the model {stage} evaluates "
+                                  f"(pipeline.{'sft' if stage == 'eval_after' else 'rl'}_port={port}), which runs only for that "
+                                  "stage; point the judge at a server that stays up (the base model's, serve.port, or another)")
+        return _serves(url, cfg.serve.host, cfg.serve.port)
+
+    def need_judge(self) -> None:
+        if self.judge_on_base:
+            self._serve_base()
 
     @property
     def rl_dir(self) -> Path:
@@ -261,13 +307,15 @@ class Pipeline:
 
     def _eval_served(self, model_dir: Path, port: int, name: str) -> dict[str, Any]:
         """Serve `model_dir`, evaluate it as `name`, and compare every evaluation of this run so far."""
+        from webdancer_models.serve import start_server
+
         from webdancer.evaluation import load_results, plot_results, render_comparison
 
         self.need_web()
         cfg = self.served_config(model_dir, port)
         if cfg.agent.policy == "openai":
-            self.stop_models()  # the models evaluated before this one are done with
-            self._serve(cfg.serve, f"serve_{name}")
+            self.stop_models(keep_judge=True)  # the models evaluated before this one are done with
+            self.eval_server.enter_context(start_server(cfg.serve, self.path("logs") / f"serve_{name}"))
         summary = self._eval(cfg, name)
         runs = {n: load_results(self.dir / "eval" / n) for n in EVALS if (self.dir / "eval" / n / "results.json").exists()}
         if len(runs) >= 2:

@@ -20,12 +20,30 @@ QUICKSTART_CONFIG = ROOT / "configs/quickstart.yaml"
 OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 
+BASE_MODEL = ROOT / ".webdancer/models/smollm2-135m"  # what the quickstart's `model` stage exports
+QUICKSTART_RUN = ROOT / "runs/quickstart"
+WEB_ROOT = ROOT / ".webdancer/web"  # the quickstart's built offline web
+
+
+def need_quickstart(*paths: Path) -> None:
+    """Exit with what to run when a quickstart output a benchmark reads is missing."""
+    missing = [str(p.relative_to(ROOT)) for p in paths if not p.exists()]
+    if missing:
+        sys.exit(f"run scripts/quickstart.sh first: this benchmark reads what it leaves ({', '.join(missing)} missing)")
+
+
+def tuned_or_base_model() -> Path:
+    """The quickstart's SFT checkpoint when it has one, else the exported base model."""
+    need_quickstart(BASE_MODEL / "config.json")
+    sft = QUICKSTART_RUN / "sft"
+    return sft if (sft / "config.json").is_file() else BASE_MODEL
+
+
 def rl_model_and_questions() -> tuple[Path, Path]:
     """What the RL benchmarks train: the quickstart's SFT checkpoint (else the base model) and its training questions."""
-    base, sft, questions = ROOT / ".webdancer/models/smollm2-135m", ROOT / "runs/quickstart/sft", ROOT / "runs/quickstart/qa_train.jsonl"
-    if not (base / "config.json").is_file() or not questions.is_file():
-        sys.exit("run scripts/quickstart.sh first (it exports the model, builds the web and writes runs/quickstart)")
-    return (sft if (sft / "config.json").is_file() else base), questions
+    questions = QUICKSTART_RUN / "qa_train.jsonl"
+    need_quickstart(BASE_MODEL / "config.json", questions)
+    return tuned_or_base_model(), questions
 
 
 @contextlib.contextmanager

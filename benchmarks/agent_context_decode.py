@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from _common import Row, emit
+from _common import BASE_MODEL as MODEL
+from _common import ROOT, Row, emit, need_quickstart
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODEL = ROOT / ".webdancer/models/smollm2-135m"
 REQUESTS, NEW_TOKENS = 8, 48
 CONTEXT_WORDS = 600  # ~2,300 tokens of prompt each
 
@@ -40,8 +39,7 @@ def main() -> None:
     from transformers.generation.continuous_batching.cache import PagedAttentionCache
     from webdancer_models import batched_server as bs
 
-    if not (MODEL / "config.json").is_file():
-        sys.exit("run scripts/quickstart.sh first (it exports the model)")
+    need_quickstart(MODEL / "config.json")
     limits = machine_limits()
     steps: list[float] = []
     generator = bs.BatchedGenerator.from_dir(MODEL, 512, 1024, 64, 0)

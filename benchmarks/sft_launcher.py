@@ -10,19 +10,17 @@ Needs .venvs/sft (scripts/setup_sft.sh), the exported tiny model and runs/quicks
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import Row, emit
+from _common import BASE_MODEL as MODEL
+from _common import OFFLINE, QUICKSTART_RUN, ROOT, Row, emit, need_quickstart
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
-KEPT = ROOT / "runs/quickstart/kept_expert.jsonl"
-MODEL = ROOT / ".webdancer/models/smollm2-135m"
+KEPT = QUICKSTART_RUN / "kept_expert.jsonl"
 
 
 def main() -> None:
@@ -30,8 +28,7 @@ def main() -> None:
     from webdancer_sft.export import export_sft, load_trajectories, to_sharegpt
     from webdancer_sft.train import cli_path, inspect_dataset, llamafactory_yaml, run_training
 
-    if not KEPT.is_file() or not (MODEL / "config.json").is_file():
-        sys.exit("run scripts/quickstart.sh first")
+    need_quickstart(KEPT, MODEL / "config.json")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -52,7 +49,7 @@ def main() -> None:
         check_s = time.perf_counter() - start
         import yaml
 
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+        env = {**OFFLINE, "DISABLE_VERSION_CHECK": "1"}
         ours_runs, direct_runs = [], []
         for i in range(2):  # alternate, keep the best of each: one-step runs are noisy
             start = time.perf_counter()

@@ -41,15 +41,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Row, emit
+from _common import BASE_MODEL as MODEL
+from _common import OFFLINE, QUICKSTART_CONFIG, QUICKSTART_RUN, ROOT, Row, emit, need_quickstart, tuned_or_base_model
+from _common import WEB_ROOT as WEB
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
-MODEL = ROOT / ".webdancer/models/smollm2-135m"
-TUNED = ROOT / "runs/quickstart/sft"
-QUESTIONS = ROOT / "runs/quickstart/qa_eval.jsonl"
-WEB = ROOT / ".webdancer/web"
+QUESTIONS = QUICKSTART_RUN / "qa_eval.jsonl"
 BEFORE_TOK_S = 16.7  # the issue's figure for transformers serve, any concurrency
 
 
@@ -167,11 +165,11 @@ async def tokens_per_s(base_url: str, model: str, concurrency: int, rounds: int 
 
 def evaluate(base_url: str, model: str, concurrency: int, out: Path, web_port: int) -> tuple[float, dict]:
     """`webdancer eval run` on the quickstart's held-out questions, as its pipeline does; (seconds, summary)."""
-    cmd = [str(Path(sys.executable).parent / "webdancer"), "eval", "run", "-c", str(ROOT / "configs/quickstart.yaml"), str(QUESTIONS), "--name", out.name,
+    cmd = [str(Path(sys.executable).parent / "webdancer"), "eval", "run", "-c", str(QUICKSTART_CONFIG), str(QUESTIONS), "--name", out.name,
            f"run.root={out.parent.parent}", f"run.name={out.parent.name}", f"model.base_url={base_url}", f"model.model={model}", f"agent.concurrency={concurrency}",
            f"web.root={WEB}", f"web.port={web_port}", "tracking.backend=none"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=OFFLINE)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"eval failed: {proc.stderr[-2000:]}")
@@ -185,8 +183,7 @@ def main() -> None:
     from webdancer_models.serve import served_model_name, start_server
     from webdancer_web.server import LocalWebServer
 
-    if not (MODEL / "config.json").is_file() or not (WEB / "manifest.json").is_file():
-        sys.exit("run scripts/quickstart.sh first (it exports the model and builds the web)")
+    need_quickstart(MODEL / "config.json", WEB / "manifest.json")
     limits = machine_limits()
     rows = [
         Row("tiny_model_limit", "read bandwidth", limits["read_gbs"], "GB/s", limits["weight_mb"], "MB of weights read per decode step", "report", True),
@@ -208,7 +205,7 @@ def main() -> None:
         floor = floors[("bfloat16", 1)]
         rows.append(Row("tiny_model_floor", "bf16 linear layers alone, 8 rows, 1 thread", floor, "tok/s", floor / limit_tok_s(limits["bf16"], 8),
                         "of the bf16 limit @ 8", "report", True))
-    tuned = TUNED if (TUNED / "config.json").is_file() and QUESTIONS.is_file() else None
+    evaluated = tuned_or_base_model() if QUESTIONS.is_file() else None  # the held-out eval's model
     base_port = int(json.loads((WEB / "manifest.json").read_text())["base_url"].rsplit(":", 1)[1])
     web = contextlib.nullcontext() if _busy(base_port) else LocalWebServer(WEB, "127.0.0.1", base_port)
     measured: dict[str, dict[int, float]] = {}
@@ -219,14 +216,14 @@ def main() -> None:
     variants.append(("batched-modules", "batched", "float32", 0))
     with tempfile.TemporaryDirectory() as tmp, web:
         for key, backend, linear_dtype, eval_concurrency in variants:
-            for model_dir in [MODEL] + ([tuned] if tuned and eval_concurrency else []):
+            for model_dir in dict.fromkeys([MODEL] + ([evaluated] if evaluated and eval_concurrency else [])):
                 cfg = ServeConfig(backend=backend, model_path=str(model_dir), port=free_port(), health_timeout_s=300, linear_dtype=linear_dtype)
                 os.environ["WEBDANCER_LEAN_LLAMA"] = "0" if key == "batched-modules" else "1"
                 with start_server(cfg, Path(tmp) / "logs") as server:
                     name = served_model_name(cfg)
                     if model_dir == MODEL:
                         measured[key] = {c: asyncio.run(tokens_per_s(server.base_url, name, c)) for c in (1, 8, 16)}
-                    if tuned and model_dir == tuned:
+                    if model_dir == evaluated:
                         evals[key] = evaluate(server.base_url, name, eval_concurrency, Path(tmp) / "runs" / key, base_port)
     native = os.environ.get("BENCH_LLAMA_SERVER"), os.environ.get("BENCH_GGUF")
     if all(native):

@@ -149,8 +149,10 @@ def test_rollouts_go_on_their_own_unless_the_generator_needs_them_together(plugi
     assert times.tools_s >= 0.55 and times.generate_s < 0.4
 
 
-def test_a_failing_generation_fails_every_rollout_with_its_own_error(plugins, tokenizer):
-    """An infrastructure failure is never a result: the generator's error reaches the caller, in lockstep or not."""
+def test_a_failing_generation_fails_every_rollout_with_its_own_error(plugins, tokenizer, caplog):
+    """An infrastructure failure is never a result: the generator's error reaches the caller, in lockstep or not,
+    and only there (no rollout cancelled before it read its share leaves asyncio's "never retrieved" behind)."""
+    import gc
 
     class Down(ScriptedModel):
         async def __call__(self, sequences, budgets):
@@ -161,7 +163,9 @@ def test_a_failing_generation_fails_every_rollout_with_its_own_error(plugins, to
     call = render_assistant("look", tool_call=ToolCall("lookup", {"query": ["x"]}))
     for lockstep in (True, False):
         with pytest.raises(ConnectionError, match="engine stopped"):
-            rollout(plugins, tokenizer, ["q1?", "q2?"], [[call, call], [call, call]], model_class=Down, lockstep=lockstep)
+            rollout(plugins, tokenizer, ["q1?", "q2?", "q3?", "q4?"], [[call, call]] * 4, model_class=Down, lockstep=lockstep)
+        gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 def test_turn_budget_and_observation_truncation_follow_verl():

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import yaml
+from webdancer_models.cpu_linear import bf16_supported
 from webdancer_sft.config import SftConfig
 from webdancer_sft.export import export_sft
 from webdancer_sft.train import inspect_dataset, run_training
@@ -107,6 +109,10 @@ def test_cpu_sft_run_writes_a_loadable_checkpoint(expert_trajectories, tiny_mode
     assert any("are trained on" in line for line in lines)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.model_type == "llama"
+    # On a CPU with native bf16 (this one, when it has AVX512-BF16 or AMX) the run used bf16 autocast; the checkpoint
+    # is fp32 either way, as the fp32 servers and the next training expect.
+    assert yaml.safe_load((out / "llamafactory_train.yaml").read_text()).get("bf16", False) == bf16_supported()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     assert AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tiny_model).chat_template
     with pytest.raises(WebdancerError, match="already holds a finished training"):
         run_training(cfg, data, out)
@@ -116,3 +122,19 @@ def test_missing_environment_is_named(tmp_path, expert_trajectories):
     export_sft(expert_trajectories, tmp_path)
     with pytest.raises(WebdancerError, match="setup_sft.sh"):
         inspect_dataset(SftConfig(venv=str(tmp_path / "no-venv")), tmp_path)
+
+
+def test_cpu_training_uses_bf16_autocast_where_the_cpu_has_it(monkeypatch, tmp_path):
+    """sft.cpu_autocast: auto turns LLaMA-Factory's bf16 on for a CPU run only where bf16 matmuls are native (1.5x a
+    step measured); an explicit extra.bf16/fp16 decides instead; a GPU run (use_cpu false) is left to extra."""
+    import webdancer_models.cpu_linear as cpu_linear
+    from webdancer_sft.train import llamafactory_yaml
+
+    def bf16(native, **fields):
+        monkeypatch.setattr(cpu_linear, "bf16_supported", lambda: native)
+        return llamafactory_yaml(SftConfig(**fields), tmp_path / "data", tmp_path / "out").get("bf16")
+
+    assert bf16(True) is True and bf16(False) is None
+    assert bf16(True, cpu_autocast="off") is None and bf16(False, cpu_autocast="bf16") is True
+    assert bf16(True, extra={"bf16": False}) is False and bf16(True, extra={"fp16": True}) is None
+    assert bf16(True, use_cpu=False) is None and bf16(True, use_cpu=False, extra={"bf16": True}) is True

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
-from webdancer_models.cpu_linear import LINEAR_DTYPES, CpuLinear, check_dtype, onednn
+from webdancer_models.cpu_linear import LINEAR_DTYPES, CpuLinear, bf16_supported, check_dtype, onednn
 from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
 from webdancer_models.engine_step import step_runner
 from webdancer_models.lean_llama import install_lean_llama
@@ -304,14 +304,6 @@ def install_step_threads(threads: DecodeThreads) -> bool:
 
     runner.webdancer_unthreaded_step, runner._forward_process_and_sample = inner, step
     return True
-
-
-def bf16_supported() -> bool:
-    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates them slowly."""
-    import torch
-
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
 
 
 def check_linear_dtype(linear_dtype: str) -> None:

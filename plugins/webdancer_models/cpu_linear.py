@@ -21,6 +21,17 @@ def onednn() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise")
 
 
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates them slowly.
+    False without torch (nothing here would run bf16 then)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())
+
+
 class CpuLinear:
     """`x` times the stacked `weights` (output features concatenated in order), plus `bias` (one weight only).
 

@@ -49,8 +49,17 @@ def llamafactory_yaml(cfg: SftConfig, dataset_dir: Path, output_dir: Path, repor
         doc.update({"lora_rank": cfg.lora_rank, "lora_target": "all"})
     if cfg.use_cpu:
         doc["use_cpu"] = True
+        if cpu_bf16_autocast(cfg) and not {"bf16", "fp16"} & set(cfg.extra):
+            doc["bf16"] = True
     doc.update(cfg.extra)
     return doc
+
+
+def cpu_bf16_autocast(cfg: SftConfig) -> bool:
+    """Whether a CPU training runs under bf16 autocast (`sft.cpu_autocast`)."""
+    from webdancer_models.cpu_linear import bf16_supported
+
+    return cfg.cpu_autocast == "bf16" or (cfg.cpu_autocast == "auto" and bf16_supported())
 
 
 def cli_path(venv: str) -> Path:

@@ -205,6 +205,22 @@ def test_grpo_settings_map_dapo_onto_trl(tmp_path):
         grpo_settings(load_config(None, ["rl.micro_batch_size=5"]), tmp_path)
 
 
+def test_cpu_training_keeps_trls_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch):
+    """TRL turns bf16 autocast on by default; on a CPU that emulates bf16 the update would be slower than in fp32."""
+    import webdancer_models.cpu_linear as cpu_linear
+    from webdancer_rl.trl_engine import cpu_autocast
+
+    def bf16(native, settings, options=None):
+        monkeypatch.setattr(cpu_linear, "bf16_supported", lambda: native)
+        cpu_autocast(settings, options or {})
+        return settings.get("bf16")
+
+    assert bf16(True, {"use_cpu": True}) is True and bf16(False, {"use_cpu": True}) is False
+    assert bf16(False, {"use_cpu": True, "bf16": True}, {"bf16": True}) is True  # rl.trl.bf16 decides
+    assert bf16(True, {"use_cpu": True}, {"fp16": False}) is None
+    assert bf16(False, {}) is None  # a GPU: TRL's own default
+
+
 def test_rollout_turns_follow_the_machine_and_refuse_sampling_the_engine_cannot_do(tmp_path):
     from webdancer_rl.trl_engine import grpo_settings, rollout_generation
 

@@ -88,6 +88,16 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
     return settings
 
 
+def cpu_autocast(settings: dict[str, Any], options: dict[str, Any]) -> None:
+    """On the CPU, TRL's default bf16 autocast only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX; a
+    forward + backward of 2 x 2,000 tokens took 15-16 s with it, 28-34 s in fp32, on such a CPU); elsewhere oneDNN
+    emulates bf16 and fp32 is the faster choice. `rl.trl.bf16` / `rl.trl.fp16` decide instead when set."""
+    from webdancer_models.cpu_linear import bf16_supported
+
+    if settings.get("use_cpu") and not {"bf16", "fp16"} & set(options):
+        settings["bf16"] = bf16_supported()
+
+
 def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
     """One TRL reward function per reward plugin (so each is logged) plus DAPO's overlong penalty, weight 1."""
     weights = configured_weights(cfg)
@@ -343,6 +353,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     settings = grpo_settings(cfg, out_dir)
     if not torch.cuda.is_available():
         settings.setdefault("use_cpu", True)
+    cpu_autocast(settings, rl.trl or {})
     generation = rollout_generation(cfg, settings, gpu=not settings.get("use_cpu"))  # before loading the model
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "left"

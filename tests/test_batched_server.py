@@ -408,3 +408,15 @@ def test_stacked_projections_give_the_separate_layers_outputs_bitwise(monkeypatc
     with torch.no_grad():
         x = torch.randn(1, 2, 64)
         assert torch.equal(cpu_linear.CpuLinear([single.weight], single.bias)(x), single(x))
+
+
+def test_bf16_counts_as_native_only_with_avx512_bf16_or_amx():
+    """oneDNN's own bf16 check says yes on any AVX512 CPU, where bf16 is emulated and slower than fp32 (SFT and the
+    RL update would turn autocast on there): ours follows the CPU's flags."""
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(cpuinfo.read_text().split())
+    assert bf16_supported() == bool({"avx512_bf16", "amx_bf16"} & flags)

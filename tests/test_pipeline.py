@@ -118,22 +118,22 @@ def test_kill_9_at_random_points_then_rerun_loses_and_duplicates_nothing(local_w
     assert outcome(tmp_path / "killed" / "p") == outcome(tmp_path / "clean" / "p"), f"seed {seed}, kills {kills}"
 
 
-def test_served_models_stop_before_training_and_before_the_next_model_is_served(local_web, tmp_path, monkeypatch):
-    """An idle batched server keeps its weights, packed copies and KV cache (~3.5 GB for the tiny model): the
-    pipeline stops the served models before SFT and RL and before it serves the next model to evaluate. The real
-    start_server runs (serve.backend=external, the fake model); a wrapper only records which servers are up."""
+def watched_pipeline(monkeypatch, external_url=None):
+    """A Pipeline whose stages only record which models are up while they run (their work is tested elsewhere), over
+    the real start_server wrapped to record what it serves; with `external_url`, every model is the fake there, as an
+    external backend, whatever the config's serve.backend. Returns (the class, models started in order, models up
+    now, what each stage saw)."""
     import contextlib
+    from dataclasses import replace
 
     import webdancer_models.serve as serve
     from webdancer_pipeline.pipeline import Pipeline
-
-    from webdancer.config_loader import load_config
 
     real, live, started, seen = serve.start_server, set(), [], {}
 
     @contextlib.contextmanager
     def watched(cfg, log_dir):
-        with real(cfg, log_dir) as server:
+        with real(replace(cfg, backend="external", external_url=external_url) if external_url else cfg, log_dir) as server:
             started.append(cfg.model_path)
             live.add(cfg.model_path)
             try:
@@ -143,10 +143,13 @@ def test_served_models_stop_before_training_and_before_the_next_model_is_served(
 
     monkeypatch.setattr(serve, "start_server", watched)
 
-    class Watched(Pipeline):  # the stages' work is tested elsewhere; here only what is served while they run
+    class Watched(Pipeline):
         def _eval(self, cfg, name):
             seen[name] = sorted(live)
             return {}
+
+        def stage_filter(self):
+            seen["filter"] = sorted(live)
 
         def stage_sft(self):
             seen["sft"] = sorted(live)
@@ -156,6 +159,16 @@ def test_served_models_stop_before_training_and_before_the_next_model_is_served(
             (self.rl_dir / "model").mkdir(parents=True)
             (self.rl_dir / "model" / "config.json").write_text("{}")
 
+    return Watched, started, live, seen
+
+
+def test_served_models_stop_before_training_and_before_the_next_model_is_served(local_web, tmp_path, monkeypatch):
+    """An idle batched server keeps its weights, packed copies and KV cache (~3.5 GB for the tiny model): the
+    pipeline stops the served models before SFT and RL and before it serves the next model to evaluate. The real
+    start_server runs (serve.backend=external, the fake model); a wrapper only records which servers are up."""
+    from webdancer.config_loader import load_config
+
+    Watched, started, live, seen = watched_pipeline(monkeypatch)
     web, _, _ = local_web
     with FakeOpenAIServer(default=student) as srv:
         cfg = load_config(None, [f"run.root={tmp_path}", "run.name=p", f"web.root={web.root}", f"web.port={web.port}",
@@ -172,47 +185,15 @@ def test_a_judge_on_the_base_model_keeps_it_served_for_every_stage_that_scores(l
     """`judge.model.base_url` at serve.host:serve.port (its default) is the base model this pipeline serves: it
     stays up while filter, the evals and RL score, and is stopped only for SFT. The real start_server runs, on the
     fake model as an external backend; the pipeline itself is configured to serve a batched model."""
-    import contextlib
-    from dataclasses import replace
-
     import pytest
-    import webdancer_models.serve as serve
     from webdancer_pipeline.pipeline import Pipeline
 
     from webdancer.config_loader import load_config
     from webdancer.errors import ConfigError
 
-    real, live, started, seen = serve.start_server, set(), [], {}
     web, _, _ = local_web
-
     with FakeOpenAIServer(default=student) as srv:
-        @contextlib.contextmanager
-        def watched(cfg, log_dir):
-            with real(replace(cfg, backend="external", external_url=srv.base_url), log_dir) as server:
-                started.append(cfg.model_path)
-                live.add(cfg.model_path)
-                try:
-                    yield server
-                finally:
-                    live.discard(cfg.model_path)
-
-        monkeypatch.setattr(serve, "start_server", watched)
-
-        class Watched(Pipeline):
-            def _eval(self, cfg, name):
-                seen[name] = sorted(live)
-                return {}
-
-            def stage_filter(self):
-                seen["filter"] = sorted(live)
-
-            def stage_sft(self):
-                seen["sft"] = sorted(live)
-
-            def stage_rl(self):
-                seen["rl"] = sorted(live)
-                (self.rl_dir / "model").mkdir(parents=True)
-                (self.rl_dir / "model" / "config.json").write_text("{}")
+        Watched, started, live, seen = watched_pipeline(monkeypatch, external_url=srv.base_url)
 
         def config(judge_url, stages="[filter,eval_before,sft,eval_after,rl,eval_rl]"):
             return load_config(None, [f"run.root={tmp_path}", "run.name=p", f"web.root={web.root}", f"web.port={web.port}",

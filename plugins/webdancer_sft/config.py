@@ -32,7 +32,7 @@ class SftConfig:
     use_cpu: bool = True
     # With use_cpu: bf16 autocast (LLaMA-Factory's `bf16: true` on the CPU; weights, gradients and optimizer state stay
     # fp32, the matmuls run in bf16). auto: where the CPU multiplies bf16 natively (AVX512-BF16 or AMX; elsewhere
-    # emulated, slower than fp32), measured 1.5x a step for the tiny model with the same losses within ~3 %; off: fp32.
+    # emulated, slower than fp32), measured 1.3-1.6x a step for the tiny model, the losses within ~3 %; off: fp32.
     # An explicit extra.bf16 or extra.fp16 decides instead.
     cpu_autocast: str = one_of("auto", "bf16", "off")
     venv: str = ".venvs/sft"  # the environment `scripts/setup_sft.sh` makes

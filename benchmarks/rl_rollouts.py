@@ -45,8 +45,7 @@ async def rollout_phase(policy, tokenizer, eos, prompts, cfg, seed: int, lockste
     from webdancer.tools import ToolBox
 
     limits = RolloutLimits.from_config(cfg.rl)
-    settings = EngineSettings(max(cfg.serve.kv_cache_tokens, limits.max_prompt_length + limits.max_response_length),
-                              cfg.serve.max_batch_tokens, cfg.rl.temperature, cfg.rl.top_p, seed)
+    settings = EngineSettings.of(cfg, limits, seed)  # as the TRL engine makes it
     times = RolloutTimes()
     async with ToolBox.for_run(cfg) as toolbox:
         if latency_s:

@@ -36,16 +36,14 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 def _serves(url: str, host: str, port: int) -> bool:
     """Whether an OpenAI base URL reaches a server this machine runs on host:port (loopback names are one)."""
-    from urllib.parse import urlsplit
+    from webdancer_web.guard import host_key
 
     try:
-        parts = urlsplit(url)
-        url_port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
+        url_host, url_port = host_key(url).rsplit(":", 1)
+    except ValueError:  # a port that is not a number
         return False
-    url_host = (parts.hostname or "").lower()
     same_host = url_host == host.lower() or (url_host in _LOOPBACK and host.lower() in _LOOPBACK)
-    return same_host and url_port == port
+    return same_host and int(url_port) == port
 
 
 class Pipeline:

@@ -35,6 +35,13 @@ class EngineSettings:
     top_p: float
     seed: int
 
+    @classmethod
+    def of(cls, cfg: Any, limits: Any, seed: int) -> "EngineSettings":
+        """The engine for `cfg`'s rollouts (a WebdancerConfig and its RolloutLimits): serve.*'s cache, grown so that
+        one rollout always fits, and rl.*'s sampling."""
+        longest = limits.max_prompt_length + limits.max_response_length
+        return cls(max(cfg.serve.kv_cache_tokens, longest), cfg.serve.max_batch_tokens, cfg.rl.temperature, cfg.rl.top_p, seed)
+
 
 @contextlib.contextmanager
 def batched_turns(policy: Any, tokenizer: Any, eos: list[int], settings: EngineSettings) -> Iterator[Generate]:

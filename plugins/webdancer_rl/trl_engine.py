@@ -251,9 +251,8 @@ class WebdancerRollouts:
 
         from webdancer_rl.batched_turns import EngineSettings, batched_turns
 
-        longest = self.limits.max_prompt_length + self.limits.max_response_length  # one rollout always fits the cache
-        settings = EngineSettings(max(self.cfg.serve.kv_cache_tokens, longest), self.cfg.serve.max_batch_tokens, self.rl.temperature,
-                                  self.rl.top_p, seed=self.rl.seed * 1_000_003 + trainer.state.global_step)  # a new seed per batch (the draw also follows the order requests arrive in)
+        # A new seed per batch (the draw also follows the order requests arrive in).
+        settings = EngineSettings.of(self.cfg, self.limits, seed=self.rl.seed * 1_000_003 + trainer.state.global_step)
         started = time.perf_counter()
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as policy, \
                 batched_turns(policy, trainer.processing_class, list(trainer.eos_token_ids), settings) as generate:

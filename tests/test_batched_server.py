@@ -420,3 +420,75 @@ def test_bf16_counts_as_native_only_with_avx512_bf16_or_amx():
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
     flags = set(cpuinfo.read_text().split())
     assert bf16_supported() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+RELEASE_CHECK = """
+import os, threading, torch
+from webdancer_models.openmp import loaded_libgomp, release_thread_pool
+torch.set_num_threads(2)
+x = torch.randn(1500, 1500)
+want = x @ x  # the main thread runs parallel regions: libgomp gives it a pool of one worker
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+print("libgomp", loaded_libgomp() is not None)
+print("released", release_thread_pool())
+print("threads freed", before - threads())
+got = {}
+worker = threading.Thread(target=lambda: got.update(y=x @ x))  # another thread's regions, as the engine's
+worker.start(); worker.join()
+print("same on another thread", torch.equal(got["y"], want))
+print("same here again", torch.equal(x @ x, want))  # and this thread makes a new pool when it needs one
+"""
+
+
+def test_the_loading_threads_openmp_pool_is_freed_for_the_engines_thread():
+    """libgomp puts a pool's workers to sleep after every parallel region while the process holds more of its threads
+    than CPUs, so the engine's thread paid a wake-up per region while the loader's pool lived: releasing it ends that
+    worker thread, and torch computes the same on any thread afterwards."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if (os.cpu_count() or 1) < 2 or not Path("/proc/self/task").is_dir():
+        pytest.skip("needs two CPUs and /proc to count threads")
+    plugins = str(Path(__file__).resolve().parent.parent / "plugins")
+    out = subprocess.run([sys.executable, "-c", RELEASE_CHECK], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": plugins, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines())
+    if lines["libgomp"] != "True":
+        pytest.skip("this torch does not run on libgomp")
+    assert lines == {"libgomp": "True", "released": "True", "threads freed": "1", "same on another thread": "True", "same here again": "True"}
+
+
+def test_one_row_inputs_go_to_the_kernel_that_times_faster(monkeypatch):
+    """torch's GEMV is the faster kernel for one row on some CPUs and half the speed of oneDNN's packed one on others:
+    the choice is timed on the layers themselves, applies to every fp32 layer, and either way computes the same map."""
+    from webdancer_models import cpu_linear
+
+    if not cpu_linear.onednn():
+        pytest.skip("this torch has no oneDNN packed kernel to choose")
+    torch.manual_seed(0)
+    weights = [torch.randn(n, 64) for n in (64, 96)]
+    fp32 = [cpu_linear.CpuLinear([w]) for w in weights]
+    bf16 = cpu_linear.CpuLinear([weights[0]], dtype="bfloat16") if cpu_linear.bf16_supported() else None
+    x = torch.randn(1, 1, 64)
+    assert all(linear.plain_rows == cpu_linear.PLAIN_GEMV_ROWS for linear in fp32)  # until timed: GEMV, bitwise torch's own
+    assert torch.equal(fp32[0](x), torch.nn.functional.linear(x, weights[0]))
+    stock_linear = torch.nn.functional.linear
+
+    def slow_gemv(*args, **kwargs):  # a CPU where torch's GEMV is far slower than the packed kernel
+        time.sleep(0.005)
+        return stock_linear(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", slow_gemv)
+    kernel, gemv_ms, packed_ms = cpu_linear.choose_small_input_kernel(fp32 + ([bf16] if bf16 else []), trials=3)
+    monkeypatch.setattr(torch.nn.functional, "linear", stock_linear)
+    assert kernel == "oneDNN's packed kernel" and gemv_ms > packed_ms
+    assert all(linear.plain_rows == 0 for linear in fp32)
+    if bf16 is not None:
+        assert bf16.plain_rows == cpu_linear.PLAIN_GEMV_ROWS  # bf16 layers always run packed: nothing to choose
+    for linear, weight in zip(fp32, weights):
+        torch.testing.assert_close(linear(x), stock_linear(x, weight), rtol=1e-5, atol=1e-6)
+    assert cpu_linear.choose_small_input_kernel([bf16] if bf16 else []) is None

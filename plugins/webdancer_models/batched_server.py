@@ -25,10 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
-from webdancer_models.cpu_linear import LINEAR_DTYPES, CpuLinear, bf16_supported, check_dtype, onednn
+from webdancer_models.cpu_linear import (
+    LINEAR_DTYPES,
+    CpuLinear,
+    bf16_supported,
+    check_dtype,
+    choose_small_input_kernel,
+    model_linears,
+    onednn,
+)
 from webdancer_models.decode_kv import DecodeKV, attend, decode_kv_of, install_decode_kv
 from webdancer_models.engine_step import step_runner
 from webdancer_models.lean_llama import install_lean_llama
+from webdancer_models.openmp import release_thread_pool
 
 log = logging.getLogger("webdancer.batched_server")
 
@@ -382,6 +391,8 @@ class BatchedGenerator:
             if linear_dtype != "float32":
                 raise SystemExit(f"--linear-dtype {linear_dtype}: this torch has no oneDNN prepacked linear layers; serve with serve.linear_dtype=float32")
             log.warning("this torch has no oneDNN prepacked linear layers; using its default GEMM (slower)")
+        elif (small := choose_small_input_kernel(model_linears(self.model))) is not None:
+            log.info("a request decoding alone runs through %s (the model's linear layers at one row: GEMV %.1f ms, packed %.1f ms)", *small)
         if not install_step_threads(DecodeThreads(decode_thread_candidates(decode_threads, torch.get_num_threads()))):
             log.warning("this transformers lays out its batching step differently; decoding on all threads")
         # Every per-request processor must exist when the engine starts (values here are only defaults).
@@ -392,6 +403,9 @@ class BatchedGenerator:
         self.max_tokens_in_cache = num_blocks * block_size
         self.manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
         self.manager.start()
+        # Every step runs on the engine's thread from here on; this thread's OpenMP pool (left by loading and packing)
+        # would make libgomp put the engine's workers to sleep after each of a step's hundreds of regions (openmp.py).
+        release_thread_pool()
 
     @classmethod
     def from_dir(cls, model_dir: Path, *args: Any, linear_dtype: str = "float32", **kwargs: Any) -> "BatchedGenerator":

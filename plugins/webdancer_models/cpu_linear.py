@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 LINEAR_DTYPES = ("float32", "bfloat16")
-PLAIN_GEMV_ROWS = 2  # fp32 inputs of at most this many rows go to torch's own GEMV (MKL), faster there than oneDNN's packed kernel
+PLAIN_GEMV_ROWS = 2  # fp32 inputs of at most this many rows go to torch's own GEMV (MKL) where that is faster (choose_small_input_kernel)
 
 
 def check_dtype(dtype: str) -> None:
@@ -37,10 +37,11 @@ def bf16_supported() -> bool:
 class CpuLinear:
     """`x` times the stacked `weights` (output features concatenated in order), plus `bias` (one weight only).
 
-    float32: inputs of at most PLAIN_GEMV_ROWS rows through torch's GEMV with each weight as it is (bitwise torch's
-    own linear), larger ones through oneDNN's prepacked kernel over one stacked copy (the same sums in another
-    order). bfloat16: always the prepacked kernel, with bf16 weights and inputs and fp32 out. Without oneDNN,
-    torch's own linear at every size. The prepacked copy costs as much memory again as the weights (fp32)."""
+    float32: inputs of at most `plain_rows` rows (PLAIN_GEMV_ROWS, or 0 where `choose_small_input_kernel` timed
+    oneDNN faster) through torch's GEMV with each weight as it is (bitwise torch's own linear), larger ones through
+    oneDNN's prepacked kernel over one stacked copy (the same sums in another order). bfloat16: always the
+    prepacked kernel, with bf16 weights and inputs and fp32 out. Without oneDNN, torch's own linear at every size.
+    The prepacked copy costs as much memory again as the weights (fp32)."""
 
     def __init__(self, weights: list[Any], bias: Optional[Any] = None, dtype: str = "float32"):
         import torch
@@ -49,6 +50,7 @@ class CpuLinear:
         if bias is not None and len(weights) != 1:
             raise ValueError("a bias goes with one weight, not a stack")
         self.plain, self.bias, self.bf16 = weights, bias, dtype == "bfloat16"
+        self.plain_rows = PLAIN_GEMV_ROWS
         self.packed = self.packed_bias = None
         if onednn():
             stacked = weights[0] if len(weights) == 1 else torch.cat(weights)
@@ -58,10 +60,52 @@ class CpuLinear:
     def __call__(self, x: Any) -> Any:
         import torch
 
-        if self.packed is None or (not self.bf16 and x.numel() <= PLAIN_GEMV_ROWS * x.shape[-1]):
+        if self.packed is None or (not self.bf16 and x.numel() <= self.plain_rows * x.shape[-1]):
             if len(self.plain) == 1:
                 return torch.nn.functional.linear(x, self.plain[0], self.bias)
             return torch.cat([torch.nn.functional.linear(x, weight) for weight in self.plain], dim=-1)
         if self.bf16:
             return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.packed_bias, "none", [], "").to(x.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.packed_bias, "none", [], "")
+
+
+def model_linears(model: Any) -> list[CpuLinear]:
+    """The `CpuLinear`s the batched server runs `model` through: its packed layers' and the lean loop's stacked ones."""
+    linears = [m.forward for m in model.modules() if isinstance(getattr(m, "forward", None), CpuLinear)]
+    lean = getattr(model, "webdancer_lean_llama", None)
+    for layer in getattr(lean, "layers", []):
+        linears += [layer.qkv, layer.gate_up]
+    return linears
+
+
+def choose_small_input_kernel(linears: list[CpuLinear], trials: int = 5) -> Optional[tuple[str, float, float]]:
+    """Send the fp32 inputs of one or two rows (a request decoding alone) to whichever kernel runs them faster on
+    this CPU: torch's GEMV, or oneDNN's packed kernel as for larger batches. It differs by CPU: the model's linear
+    layers at one row on two threads took 29.6 ms by GEMV against 38.6 ms packed on a 2-core Xeon, 48 against
+    26 ms on a 2-core AMD EPYC (2026-11-29), where a lone request decoded at 16.5 tokens/s against 36 with bf16's
+    packed layers. Times both on the layers themselves (one row, alternated `trials` times: ~0.4 s for a 135M
+    model), sets every layer's `plain_rows`, and returns (kernel chosen, GEMV ms, packed ms); None when there
+    is nothing to choose (no packed fp32 layer)."""
+    import time
+
+    import torch
+
+    fp32 = [linear for linear in linears if linear.packed is not None and not linear.bf16]
+    if not fp32:
+        return None
+    inputs = [torch.randn(1, 1, linear.plain[0].shape[1]) for linear in fp32]
+    timings: dict[int, list[float]] = {PLAIN_GEMV_ROWS: [], 0: []}
+    with torch.inference_mode():
+        for _ in range(trials):
+            for rows in timings:
+                for linear in fp32:
+                    linear.plain_rows = rows
+                start = time.perf_counter()
+                for linear, x in zip(fp32, inputs):
+                    linear(x)
+                timings[rows].append(time.perf_counter() - start)
+    gemv, packed = (sorted(timings[rows])[trials // 2] for rows in (PLAIN_GEMV_ROWS, 0))
+    rows = PLAIN_GEMV_ROWS if gemv <= packed else 0
+    for linear in fp32:
+        linear.plain_rows = rows
+    return ("torch's GEMV" if rows else "oneDNN's packed kernel"), 1000 * gemv, 1000 * packed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up the environments and run the test suite: the core suite in .venv/, then the tests that
-# need verl in its own environment .venvs/rl (tests/verl_side). Extra arguments go to both pytest runs.
+# Set up the environments and run the test suite: the core suite in .venv/ (tests/gpu_contract drives the other
+# environments through their own tools), then the tests that need verl in its own environment .venvs/rl (tests/verl_side). Extra arguments go to both pytest runs.
 # pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ fi
 bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 bash scripts/setup_sft.sh || { echo "SFT environment setup failed" >&2; exit 1; }
 bash scripts/setup_rl.sh || { echo "RL environment setup failed" >&2; exit 1; }
+bash scripts/setup_serve.sh || { echo "serving environment setup failed" >&2; exit 1; }  # SGLang's parser, for the GPU recipes' checks
 PYTHON=.venv/bin/python bash scripts/fetch_chat_templates.sh || { echo "fetching the published chat templates failed" >&2; exit 1; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 reports=$(mktemp -d)

@@ -110,8 +110,8 @@ def test_chat_template_renders_openai_tool_messages_as_the_wire_format(tiny_mode
 def test_command_builders():
     cfg = ServeConfig(backend="sglang", model_path="/m/WebDancer-32B", port=8004, tensor_parallel=4, served_model_name="wd",
                       context_length=32768, mem_fraction_static=0.8, host="0.0.0.0")
-    assert sglang_command(cfg) == [
-        "python", "-m", "sglang.launch_server", "--model-path", "/m/WebDancer-32B", "--host", "0.0.0.0", "--port", "8004",
+    assert sglang_command(cfg) == [  # from the serving environment, which has SGLang (the core one does not)
+        str(Path(".venvs/serve").absolute() / "bin" / "python"), "-m", "sglang.launch_server", "--model-path", "/m/WebDancer-32B", "--host", "0.0.0.0", "--port", "8004",
         "--tp", "4", "--context-length", "32768", "--mem-fraction-static", "0.8", "--served-model-name", "wd",
     ]
     t = ServeConfig(backend="transformers", model_path="/m/tiny", port=9000)

@@ -58,8 +58,8 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
     assert result.exit_code == 0, result.output
     script = (tmp_path / "r" / "rl" / "command.sh").read_text()
     assert "-m verl.trainer.main_ppo" in script and "actor_rollout_ref.rollout.n=4" in script and script.rstrip().endswith("trainer.device=cpu")
-    for key in ("actor_rollout_ref.actor.clip_ratio_high=0.28", "algorithm.filter_groups.enable=True", "actor_rollout_ref.actor.loss_agg_mode=token-mean",
-                "+reward.reward_kwargs.overlong_buffer_cfg.enable=True", "actor_rollout_ref.rollout.name=sglang",
+    for key in ("actor_rollout_ref.actor.clip_ratio_high=0.28", "algorithm.filter_groups.enable=true", "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+                "+reward.reward_kwargs.overlong_buffer_cfg.enable=true", "actor_rollout_ref.rollout.name=vllm",
                 "actor_rollout_ref.rollout.agent.default_agent_loop=webdancer_agent", "+reward.custom_reward_function.reward_kwargs.weights.answer=0.9"):
         assert key in script
     missing = CliRunner().invoke(cli, ["rl", "train", "run.root=" + str(tmp_path), "run.name=nothing", "rl.venv=" + str(tmp_path / "none")])
@@ -129,7 +129,7 @@ def test_rl_overrides_are_all_plain_key_value(tmp_path):
     cfg = load_config(None, ["rl.filter_groups=false", "rl.overlong_buffer=0"])
     overrides = verl_overrides(cfg, Path("d"), Path("o"))
     assert all("=" in o and " " not in o.split("=", 1)[0] for o in overrides)
-    assert "algorithm.filter_groups.enable=False" in overrides and "+reward.reward_kwargs.overlong_buffer_cfg.enable=False" in overrides
+    assert "algorithm.filter_groups.enable=false" in overrides and "+reward.reward_kwargs.overlong_buffer_cfg.enable=false" in overrides
 
 
 def test_verl_metrics_land_in_metrics_jsonl_under_our_names(tmp_path):

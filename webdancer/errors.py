@@ -36,6 +36,9 @@ class OutageError(WebdancerError):
     of every score, filter and RL batch, and retried by a rerun.
     """
 
+    # A trainer that carries on past failed rollouts must stop on this one instead (read by our verl patch).
+    stops_training = True
+
 
 class ModelUnavailable(ModelError, OutageError):
     """The model endpoint did not answer (connection refused, timeouts, 5xx/429) after all retries."""

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from webdancer.jsonl import atomic_write_text
 
 
-def write_command_script(path: Path, command: list[str], note: str, env: Optional[dict[str, str]] = None) -> None:
-    """`command.sh` beside the outputs, so a person can rerun exactly this by hand or on a cluster."""
+def write_command_script(path: Path, command: list[str], note: str, env: Optional[dict[str, str]] = None,
+                         venv: Optional[Path] = None, lines: Sequence[str] = ()) -> None:
+    """`command.sh` beside the outputs, so a person can rerun exactly this by hand or on a cluster: `env` exported,
+    `venv`'s bin first on PATH (as `venv_env` gives the launched process), then `lines` (raw shell) and the command."""
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in (env or {}).items())
-    atomic_write_text(path, f"#!/usr/bin/env bash\n# {note}\n{exports}{shlex.join(command)}\n")
+    if venv is not None:
+        exports += f'export PATH={shlex.quote(str(venv_bin(venv)))}:"$PATH"\n'
+    raw = "".join(f"{line}\n" for line in lines)
+    atomic_write_text(path, f"#!/usr/bin/env bash\n# {note}\n{exports}{raw}{shlex.join(command)}\n")
     path.chmod(0o755)
+
+
+def venv_bin(venv: Path) -> Path:
+    return Path(venv).absolute() / "bin"
+
+
+def venv_env(venv: Path, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """PATH and VIRTUAL_ENV for a process of the environment `venv`: whatever it starts by name (LLaMA-Factory's
+    `torchrun`, Ray's workers and CLIs) comes from that environment, not from whichever is first on this PATH."""
+    environ = os.environ if environ is None else environ
+    return {"PATH": os.pathsep.join([str(venv_bin(venv)), environ.get("PATH", os.defpath)]), "VIRTUAL_ENV": str(Path(venv).absolute())}
 
 
 def run_logged(command: list[str], log_path: Path, env: dict[str, str], echo: Callable[[str], None] = print, cwd: Optional[str] = None) -> int:

@@ -63,14 +63,20 @@ def template_cmd(folder: str, install: bool) -> None:
 @config_options
 @click.argument("overrides", nargs=-1)
 @click.option("--print-command", is_flag=True, help="Print the server command and exit (e.g. to run it on a GPU host).")
-def serve(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool) -> None:
+@click.option("--check", is_flag=True, help="sglang: run SGLang's own argument parser on the command (no GPU needed) and exit.")
+def serve(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool, check: bool) -> None:
     """Start the model server of `serve.*` and keep it running until interrupted."""
-    from webdancer_models.serve import served_model_name, server_command, sglang_command, start_server
+    from webdancer_models.serve import served_model_name, server_command, sglang_check, start_server
 
     cfg = resolve_config(config_path, overrides)
+    if check:
+        if cfg.serve.backend != "sglang":
+            raise click.UsageError(f"--check runs SGLang's parser; serve.backend is {cfg.serve.backend}")
+        report = sglang_check(cfg.serve)
+        click.echo(f"SGLang accepts the command (model {report['model_path']}, tp {report['tp_size']}; ServerArgs: {report['server_args']})")
+        return
     if print_command:
-        cmd = sglang_command(cfg.serve) if cfg.serve.backend == "sglang" else server_command(cfg.serve)  # `python` of the GPU host
-        click.echo(shlex.join(cmd))
+        click.echo(shlex.join(server_command(cfg.serve)))
         return
     server = start_server(cfg.serve, cfg.run.dir / "logs")
     click.echo(f"ready: {server.base_url}  model: {served_model_name(cfg.serve)}  log: {server.log_file}", err=True)

@@ -32,3 +32,5 @@ class ServeConfig:
     # matmuls, AVX512-BF16 or AMX), with bf16 rounding (greedy replies can part from fp32 after some tokens).
     linear_dtype: str = "float32"
     extra_args: list[str] = field(default_factory=list)  # appended to the server command
+    # sglang: the environment SGLang runs from (scripts/setup_serve.sh; WEBDANCER_SERVE_GPU=1 on a GPU node, from its lock).
+    venv: str = ".venvs/serve"

@@ -15,7 +15,8 @@ from typing import Optional
 
 import httpx
 
-from webdancer.errors import WebdancerError
+from webdancer.errors import ConfigError, WebdancerError
+from webdancer.launch import venv_bin, venv_env
 from webdancer_models.config import ServeConfig
 from webdancer_models.cpu_linear import LINEAR_DTYPES
 
@@ -57,16 +58,17 @@ def server_command(cfg: ServeConfig) -> list[str]:
     """The command that starts `cfg.backend` (not `external`, which webdancer does not start)."""
     check_linear_dtype(cfg)
     if cfg.backend == "sglang":
-        return sglang_command(cfg, sys.executable)
+        return sglang_command(cfg)
     if cfg.backend in LOCAL_BACKENDS:
         return LOCAL_BACKENDS[cfg.backend](cfg)
     raise WebdancerError(f"serve.backend '{cfg.backend}' is not one of {', '.join([*LOCAL_BACKENDS, 'sglang', 'external'])}")
 
 
-def sglang_command(cfg: ServeConfig, python: str = "python") -> list[str]:
-    """What the reference deploy script runs: `python -m sglang.launch_server` with TP, port, name, length, memory."""
+def sglang_command(cfg: ServeConfig) -> list[str]:
+    """What the reference deploy script runs: `python -m sglang.launch_server` with TP, port, name, length, memory, from
+    the serving environment (serve.venv), which has SGLang; the core environment does not."""
     cmd = [
-        python, "-m", "sglang.launch_server",
+        str(venv_bin(Path(cfg.venv)) / "python"), "-m", "sglang.launch_server",
         "--model-path", cfg.model_path,
         "--host", cfg.host,
         "--port", str(cfg.port),
@@ -77,6 +79,22 @@ def sglang_command(cfg: ServeConfig, python: str = "python") -> list[str]:
     if cfg.served_model_name:
         cmd += ["--served-model-name", cfg.served_model_name]
     return cmd + list(cfg.extra_args)
+
+
+def sglang_check(cfg: ServeConfig) -> dict:
+    """SGLang's own parser on the sglang command (webdancer_models/sglang_preflight.py, in serve.venv); a refusal is an error."""
+    import json
+
+    command = sglang_command(cfg)
+    if not Path(command[0]).is_file():
+        raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_serve.sh` (WEBDANCER_SERVE_GPU=1 on a GPU node) or set serve.venv")
+    proc = subprocess.run([command[0], str(Path(__file__).with_name("sglang_preflight.py")), *command[3:]], capture_output=True, text=True,
+                          env={**os.environ, **venv_env(Path(cfg.venv))})
+    for line in proc.stdout.splitlines():
+        if line.startswith("WEBDANCER_PREFLIGHT "):
+            return json.loads(line[len("WEBDANCER_PREFLIGHT "):])
+    said = [line for line in proc.stderr.splitlines() if line.startswith("SGLang refuses")] or proc.stderr.splitlines()[-15:]
+    raise ConfigError("\n".join(said) + " (serve.extra_args or the serve section)")
 
 
 def served_model_name(cfg: ServeConfig) -> str:
@@ -196,6 +214,11 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
     if port_in_use(cfg.host, cfg.port):
         raise WebdancerError(f"port {cfg.port} on {cfg.host} is already in use; stop that server or set serve.port")
     command = server_command(cfg)
+    env = None
+    if cfg.backend == "sglang":
+        if not Path(command[0]).is_file():
+            raise WebdancerError(f"{command[0]} not found: run `WEBDANCER_SERVE_GPU=1 bash scripts/setup_serve.sh` on this GPU node or set serve.venv")
+        env = venv_env(Path(cfg.venv))
     if cfg.backend in LOCAL_BACKENDS and not (Path(cfg.model_path) / "config.json").is_file():
         raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
     if cfg.backend == "transformers":
@@ -203,4 +226,4 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
 
         if sample_when_asked(Path(cfg.model_path)):
             log.info("%s/generation_config.json: do_sample=true so that request temperatures apply (0 stays greedy)", cfg.model_path)
-    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log").start(cfg.health_timeout_s)
+    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log", env).start(cfg.health_timeout_s)

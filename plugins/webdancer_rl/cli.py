@@ -37,14 +37,15 @@ def prepare_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, 
 @config_options
 @click.argument("overrides", nargs=-1)
 @click.option("--print-command", is_flag=True, help="Write command.sh and print the engine's command without running it.")
-def train_cmd(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool) -> None:
+@click.option("--check", is_flag=True, help="Run the engine's own checks of the command on this machine (verl: no GPU needed) and exit.")
+def train_cmd(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool, check: bool) -> None:
     """Train with DAPO settings from `rl.*` on the prepared data: verl (`main_ppo`) or TRL (`rl.engine=trl`)."""
     import shlex
 
     from webdancer_rl.train import data_dir, output_dir, run_rl
 
     cfg = resolve_config(config_path, overrides)
-    command = run_rl(cfg, data_dir(cfg), output_dir(cfg), echo=click.echo, dry_run=print_command)
+    command = run_rl(cfg, data_dir(cfg), output_dir(cfg), echo=click.echo, dry_run=print_command, check_only=check)
     if print_command:
         click.echo(shlex.join(command))
     click.echo(f"command: {output_dir(cfg) / 'command.sh'}")

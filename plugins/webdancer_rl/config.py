@@ -17,7 +17,9 @@ class RlConfig:
     # verl: `python -m verl.trainer.main_ppo` (Ray, SGLang rollouts, GPUs); trl: TRL's GRPOTrainer on
     # this machine (CPU or one GPU). Both read the same data and train with the same rollout rules and rewards.
     engine: str = one_of("verl", "trl")
-    venv: str = ".venvs/rl"  # verl's environment, made by `scripts/setup_rl.sh` (verl + webdancer)
+    # verl's environment, made by `scripts/setup_rl.sh` (verl + webdancer; on GPUs from the lock of rl.rollout_engine).
+    # On a cluster every node needs it at this path: Ray starts every worker with its Python.
+    venv: str = ".venvs/rl"
     model_path: str = ""  # default: the SFT checkpoint runs/<run>/sft if it exists, else sft.model_path
     data_dir: str = ""  # default runs/<run>/rl_data (train.parquet, val.parquet, tool_config.yaml, agent_loops.yaml)
     output_dir: str = ""  # default runs/<run>/rl (checkpoints, train.log, command.sh)
@@ -43,7 +45,10 @@ class RlConfig:
     kl_loss_coef: float = 0.001  # when use_kl_loss (TRL: beta)
     train_batch_size: int = 32  # questions per step (each rolled out n_rollouts times)
     ppo_mini_batch_size: int = 16  # questions per optimizer update (train_batch_size / this = updates per step)
-    micro_batch_size: int = 0  # rollouts per forward/backward pass, gradients accumulated (0: a whole mini-batch at once)
+    # Rollouts per forward/backward pass (a GPU's, for verl: the update's and both log-prob passes'), gradients
+    # accumulated. 0: TRL takes a whole mini-batch at once; verl packs micro-batches by tokens (dynamic batch size,
+    # up to one whole rollout a GPU: max_prompt_length + max_response_length).
+    micro_batch_size: int = 0
     learning_rate: float = 1e-6
     max_prompt_length: int = 4096  # tokens of the first prompt (system + question + tool list)
     max_response_length: int = 8192  # tokens of a whole rollout after the prompt, observations included
@@ -53,7 +58,9 @@ class RlConfig:
     tool_response_truncate_side: str = one_of("middle", "left", "right")
     temperature: float = 1.0  # rollout sampling
     top_p: float = 1.0
-    rollout_engine: str = "sglang"  # verl's rollout server (sglang, vllm)
+    # verl's rollout server, each in its own locked environment (scripts/setup_rl.sh): vllm (verl's own [vllm] pins:
+    # vLLM 0.24) or sglang (0.5.14, the nearest release that installs beside verl 0.9.1; its [sglang] extra does not).
+    rollout_engine: str = one_of("vllm", "sglang")
     tensor_parallel: int = 1  # verl rollout tensor parallelism
     gpu_memory_utilization: float = 0.6  # verl rollout server's share of GPU memory
     n_gpus_per_node: int = 1

@@ -7,32 +7,29 @@ TRL: `accelerate launch -m webdancer_rl.trl_engine rl/config.yaml` (the resolved
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import sys
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
-from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer.launch import log_tail, run_logged, venv_env, write_command_script
 from webdancer.rewards import check_weights, configured_options, configured_weights
 from webdancer.tracking import Reporting
+from webdancer_rl.hydra_overrides import override
 from webdancer_rl.metrics import add_verl_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
+from webdancer_rl.ray_job import RAY_JOB_ENV, job_config
+from webdancer_rl.verl_preflight import MARK as PREFLIGHT_MARK
 
-REWARD_MODULE = Path(__file__).with_name("reward.py")
+REWARD_MODULE = Path(__file__).resolve().with_name("reward.py")
 VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger, in verl's names; metrics.jsonl has ours
-
-
-def _value(v) -> str:
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_value(x) for x in v) + "]"
-    return str(v)
 
 
 def default_model_path(cfg: WebdancerConfig) -> str:
@@ -51,8 +48,12 @@ def output_dir(cfg: WebdancerConfig) -> Path:
 
 
 def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list[str]:
-    """verl config overrides for a DAPO run with our data, tools, agent loop and reward."""
+    """verl config overrides for a DAPO run with our data, tools, agent loop and reward.
+
+    Every path is absolute (Ray workers do not start in this folder), and the run's environment variables reach
+    every worker through `ray_kwargs.ray_init.runtime_env` (API keys too, but not here: see `webdancer_rl.ray_job`)."""
     rl = cfg.rl
+    data_dir, output_dir = data_dir.resolve(), output_dir.resolve()
     pairs: list[tuple[str, object]] = [
         ("data.train_files", data_dir / "train.parquet"),
         ("data.val_files", data_dir / "val.parquet"),
@@ -63,7 +64,8 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("data.return_raw_chat", True),
         ("data.filter_overlong_prompts", True),
         ("data.truncation", "error"),
-        ("actor_rollout_ref.model.path", default_model_path(cfg)),
+        ("data.seed", rl.seed),
+        ("actor_rollout_ref.model.path", local_path(default_model_path(cfg))),
         ("actor_rollout_ref.actor.optim.lr", rl.learning_rate),
         ("actor_rollout_ref.actor.ppo_mini_batch_size", rl.ppo_mini_batch_size),
         ("actor_rollout_ref.actor.clip_ratio_low", rl.clip_ratio_low),
@@ -71,6 +73,8 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("actor_rollout_ref.actor.loss_agg_mode", rl.loss_agg_mode),
         ("actor_rollout_ref.actor.use_kl_loss", rl.use_kl_loss),
         ("actor_rollout_ref.actor.kl_loss_coef", rl.kl_loss_coef),
+        # Hugging Face weights beside verl's sharded checkpoint: what the pipeline serves and evaluates after RL.
+        ("actor_rollout_ref.actor.checkpoint.save_contents", ["model", "optimizer", "extra", "hf_model"]),
         ("actor_rollout_ref.rollout.name", rl.rollout_engine),
         ("actor_rollout_ref.rollout.mode", "async"),
         ("actor_rollout_ref.rollout.n", rl.n_rollouts),
@@ -86,6 +90,7 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("actor_rollout_ref.rollout.multi_turn.tool_config_path", data_dir / "tool_config.yaml"),
         ("actor_rollout_ref.rollout.agent.default_agent_loop", "webdancer_agent"),
         ("actor_rollout_ref.rollout.agent.agent_loop_config_path", data_dir / "agent_loops.yaml"),
+        *micro_batches(rl),
         ("algorithm.adv_estimator", rl.adv_estimator),
         ("algorithm.use_kl_in_reward", False),
         ("algorithm.filter_groups.enable", rl.filter_groups),
@@ -97,7 +102,8 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("trainer.n_gpus_per_node", rl.n_gpus_per_node),
         ("trainer.nnodes", rl.nnodes),
         ("trainer.total_training_steps", rl.total_training_steps),
-        ("trainer.save_freq", rl.save_freq),
+        # verl saves (Hugging Face weights included) every save_freq steps and at the last step; never with 0 or -1.
+        ("trainer.save_freq", rl.save_freq if rl.save_freq > 0 else rl.total_training_steps),
         ("trainer.test_freq", rl.test_freq),
         ("trainer.val_before_train", False),
         # file: metrics.jsonl (VERL_FILE_LOGGER_PATH); a tracker other than trackio by verl's own name for it (trackio is fed from metrics.jsonl)
@@ -105,24 +111,74 @@ def verl_overrides(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> li
         ("trainer.project_name", cfg.tracking.project),
         ("trainer.experiment_name", cfg.run.name),
         ("trainer.default_local_dir", output_dir / "checkpoints"),
+        # Every Ray worker, on every node, runs the RL environment's Python (the same path on each node).
+        ("ray_kwargs.ray_init.runtime_env.py_executable", verl_python(cfg)),
         ("hydra.run.dir", output_dir / "hydra"),  # not ./outputs/<date> in whatever folder verl was started from
     ]
-    if rl.micro_batch_size > 0:
-        pairs.append(("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", rl.micro_batch_size))
-    out = [f"{k}={_value(v)}" for k, v in pairs]
+    out = [o for key, v in pairs for o in override(key, str(v) if isinstance(v, Path) else v)]
+    out += override("ray_kwargs.ray_init.runtime_env.env_vars", worker_env(cfg, output_dir), add=True)
     # Keys verl reads but does not declare: added with hydra's `+`.
-    weights = configured_weights(cfg)
-    out += [f"+reward.custom_reward_function.reward_kwargs.weights.{name}={w}" for name, w in weights.items()]
-    for name, options in configured_options(cfg).items():
-        out += [f"+reward.custom_reward_function.reward_kwargs.options.{name}.{k}={_value(v)}" for k, v in options.items()]
-    out += [
-        f"+reward.reward_kwargs.overlong_buffer_cfg.enable={rl.overlong_buffer > 0}",
-        f"+reward.reward_kwargs.overlong_buffer_cfg.len={max(rl.overlong_buffer, 1)}",
-        f"+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor={rl.overlong_penalty}",
-        "+reward.reward_kwargs.overlong_buffer_cfg.log=True",
-        f"+reward.reward_kwargs.max_resp_len={rl.max_response_length}",
-    ]
+    out += override("reward.custom_reward_function.reward_kwargs.weights", configured_weights(cfg), add=True)
+    out += override("reward.custom_reward_function.reward_kwargs.options", configured_options(cfg), add=True)
+    out += override("reward.reward_kwargs", {
+        "overlong_buffer_cfg": {"enable": rl.overlong_buffer > 0, "len": max(rl.overlong_buffer, 1), "penalty_factor": rl.overlong_penalty,
+                                "log": True},
+        "max_resp_len": rl.max_response_length}, add=True)
     return out + list(rl.extra)
+
+
+def micro_batches(rl) -> list[tuple[str, object]]:
+    """verl refuses a run without micro-batch sizes for the update and both log-prob passes. rl.micro_batch_size
+    sets all three; 0 lets verl pack micro-batches by tokens (dynamic batch size), at most one whole rollout's
+    worth a GPU unless raised in rl.extra (the log-prob passes follow the actor's setting)."""
+    if rl.micro_batch_size > 0:
+        return [("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", rl.micro_batch_size),
+                ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", rl.micro_batch_size),
+                ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", rl.micro_batch_size)]
+    return [("actor_rollout_ref.actor.use_dynamic_bsz", True),
+            ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", rl.max_prompt_length + rl.max_response_length)]
+
+
+def local_path(path: str) -> str:
+    """A folder on this machine as an absolute path (Ray workers start elsewhere); anything else as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def verl_python(cfg: WebdancerConfig) -> str:
+    return str(Path(cfg.rl.venv).absolute() / "bin" / "python")
+
+
+def worker_env(cfg: WebdancerConfig, output_dir: Path) -> dict[str, str]:
+    """The variables every Ray worker needs (not secrets): offline hub, verl's metrics file, the tracker's. Workers import
+    webdancer from the RL environment (scripts/setup_rl.sh installs this checkout there)."""
+    return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "VERL_FILE_LOGGER_PATH": str(output_dir.resolve() / VERL_METRICS), **Reporting.of(cfg).env}
+
+
+def api_key_names(cfg: WebdancerConfig) -> list[str]:
+    """The environment variables holding the API keys the rollouts' tools and the rewards read (any `*api_key_env` option)."""
+    from webdancer.plugins import get_plugins
+
+    found: list[str] = []
+
+    def walk(obj: Any) -> None:
+        if is_dataclass(obj):
+            obj = {f.name: getattr(obj, f.name) for f in fields(obj)}
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if str(k).endswith("api_key_env") and v:
+                    found.extend([v] if isinstance(v, str) else v)
+                else:
+                    walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    plugins = get_plugins()
+    for name in cfg.agent.tools:
+        walk(plugins.options("tools", name, cfg.tools.get(name), f"tools.{name}"))
+    walk(configured_options(cfg))
+    return list(dict.fromkeys(found))
 
 
 def gpu_visible() -> bool:
@@ -148,8 +204,7 @@ def check_rewards(cfg: WebdancerConfig) -> None:
 
 
 def verl_command(cfg: WebdancerConfig, data_dir: Path, output_dir: Path) -> list[str]:
-    python = Path(cfg.rl.venv) / "bin" / "python"
-    return [str(python), "-m", "verl.trainer.main_ppo", *verl_overrides(cfg, data_dir, output_dir)]
+    return [verl_python(cfg), "-m", "verl.trainer.main_ppo", *verl_overrides(cfg, data_dir, output_dir)]
 
 
 def check_chat_template(model_path: str) -> None:
@@ -167,39 +222,104 @@ def check_chat_template(model_path: str) -> None:
                           f"train` first, or give it the wire template with `webdancer model template {folder} --install`")
 
 
-def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None] = print, dry_run: bool = False) -> list[str]:
-    """Check everything, record the command (always), then run it unless `dry_run`; returns the command."""
+def run_rl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None] = print, dry_run: bool = False,
+           check_only: bool = False) -> list[str]:
+    """Check everything, record the command (always), then run it unless `dry_run` (only record) or `check_only`
+    (verl: also run verl's own checks of the command, here); returns the command."""
     if not dry_run:
         check_prepared(cfg, data_dir)
         check_chat_template(default_model_path(cfg))
     check_rewards(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.rl.engine == "trl":
-        return run_trl(cfg, data_dir, output_dir, echo, dry_run)
+        return run_trl(cfg, data_dir, output_dir, echo, dry_run or check_only)
+    return run_verl(cfg, data_dir, output_dir, echo, dry_run, check_only)
+
+
+def verl_env(cfg: WebdancerConfig, output_dir: Path) -> dict[str, str]:
+    """The verl driver's environment: the RL environment first on PATH, and what the workers get (for a Ray it starts)."""
+    return {**worker_env(cfg, output_dir), **venv_env(Path(cfg.rl.venv))}
+
+
+def run_verl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None], dry_run: bool, check_only: bool) -> list[str]:
     command = verl_command(cfg, data_dir, output_dir)
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "VERL_FILE_LOGGER_PATH": str(output_dir / VERL_METRICS), **Reporting.of(cfg).env}
-    write_command_script(output_dir / "command.sh", command, "DAPO with verl; on a cluster: start Ray, then run this from the repository root.", env)
+    keys = api_key_names(cfg)
+    key_line = [f'export {RAY_JOB_ENV}="$({shlex.quote(command[0])} -m webdancer_rl.ray_job {" ".join(keys)})"  # API keys for every Ray worker'] if keys else []
+    write_command_script(output_dir / "command.sh", command, "DAPO with verl; on a cluster: start Ray on every node from the RL environment, "
+                         "then run this on the head node (RAY_ADDRESS set).", worker_env(cfg, output_dir), Path(cfg.rl.venv), key_line)
     if dry_run:
         return command
-    if not gpu_visible() and not os.environ.get("RAY_ADDRESS"):
+    if not Path(command[0]).is_file():
+        raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_rl.sh` (WEBDANCER_RL_GPU=1 on a GPU machine) or set rl.venv")
+    if not check_only and not gpu_visible() and not os.environ.get("RAY_ADDRESS"):
         # Seen with verl 0.9.1 on a CPU machine: its ResourcePoolManager refuses ("Total available
         # GPUs 0 is less than total desired GPUs 1") even with trainer.device=cpu, and on a 2-CPU
         # Ray node it first waits forever for TransferQueue's storage actors.
         raise WebdancerError(
             "verl's trainer needs a GPU and none is visible here (nvidia-smi) nor is RAY_ADDRESS set: "
-            f"run on a GPU machine, point RAY_ADDRESS at a Ray cluster with GPUs, or run {output_dir / 'command.sh'} there; "
-            "or train on this machine with rl.engine=trl"
+            f"run on a GPU machine, point RAY_ADDRESS at a Ray cluster with GPUs, or run {output_dir / 'command.sh'} there "
+            "(`webdancer rl train --check` runs verl's own checks of it on this machine); or train on this machine with rl.engine=trl"
         )
-    if not Path(command[0]).is_file():
-        raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_rl.sh` (WEBDANCER_RL_GPU=1 on a GPU machine) or set rl.venv")
+    env = {**os.environ, **verl_env(cfg, output_dir)}
+    env[RAY_JOB_ENV] = job_config(keys, os.environ)
+    report = verl_preflight(command, env)
+    echo(f"verl accepts the command: {len(report['checked'])} checks ({report['train_rows']} train and {report['val_rows']} val prompts, "
+         f"tools {', '.join(report['tools'])})")
+    if check_only:
+        return command
     Reporting.of(cfg).check(command[0], f"verl's environment {cfg.rl.venv}")
-    code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
+    code = run_logged(command, output_dir / "train.log", env, echo)
     add_verl_metrics(output_dir / VERL_METRICS, output_dir / "metrics.jsonl")
     Reporting.of(cfg).relay("rl", output_dir / "metrics.jsonl")
     if code != 0:
         raise WebdancerError(f"verl exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))
+    model = publish_verl_model(output_dir)
+    echo(f"trained model: {model} -> {model.resolve()}")
     return command
+
+
+def verl_preflight(command: list[str], env: dict[str, str], model: Optional[str] = None) -> dict[str, Any]:
+    """verl's own checks of `command` (webdancer_rl.verl_preflight) in the RL environment; a refusal is an error."""
+    import subprocess
+
+    substitute = ["--model", model] if model else []
+    proc = subprocess.run([command[0], "-m", "webdancer_rl.verl_preflight", *substitute, "--", *command[3:]],
+                          capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(PREFLIGHT_MARK):
+            return json.loads(line[len(PREFLIGHT_MARK):])
+    said = [line for line in proc.stderr.splitlines() if line.startswith("verl refuses")] or proc.stderr.splitlines()[-15:]
+    raise ConfigError("\n".join(said) + f"\n(the command: {command[0]} -m verl.trainer.main_ppo ...; rerun with --print-command to see it)")
+
+
+TRACKER = "latest_checkpointed_iteration.txt"  # verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename
+
+
+def verl_hf_model(checkpoints: Path) -> Path:
+    """The Hugging Face folder of verl's latest checkpoint (global_step_N/actor/huggingface), weights included."""
+    tracker = checkpoints / TRACKER
+    if not tracker.is_file():
+        raise WebdancerError(f"verl left no checkpoint in {checkpoints} ({TRACKER} is missing): trainer.save_freq and the "
+                             "checkpoint folder are set by `webdancer rl train`; see train.log")
+    folder = checkpoints / f"global_step_{int(tracker.read_text().strip())}" / "actor" / "huggingface"
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise WebdancerError(f"{folder} has no Hugging Face weights (verl saves them only with hf_model in "
+                             f"actor.checkpoint.save_contents): merge its sharded checkpoint with `python -m verl.model_merger merge "
+                             f"--backend fsdp --local_dir {folder.parent} --target_dir {folder}`")
+    return folder
+
+
+def publish_verl_model(output_dir: Path) -> Path:
+    """`rl/model`, where both engines leave the trained model for serving and evaluation: for verl, a link to the Hugging
+    Face weights of its latest checkpoint."""
+    target = verl_hf_model(output_dir / "checkpoints")
+    link = output_dir / "model"
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise WebdancerError(f"{link} exists and is not verl's: move it away (nothing is overwritten)")
+    link.symlink_to(os.path.relpath(target, output_dir))
+    return link
 
 
 def trl_command(config_file: Path, gpu: bool) -> list[str]:

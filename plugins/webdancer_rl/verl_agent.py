@@ -9,7 +9,10 @@ TRL engine train the same thing (webdancer_rl.rollout holds the rules both follo
 - the chat template gets no `tools=`: our prompt carries the tool descriptions, as at inference;
 - ChatML tokenizers get verl's ChatML token builder whatever their model type (SmolLM2 is `llama`),
   so the newline after `<|im_end|>` is there, as the chat template renders it;
-- `max_turn_tokens` (from agent_loops.yaml) caps each turn's generation.
+- `max_turn_tokens` (from agent_loops.yaml) caps each turn's generation;
+- a tool whose backend is down (OutageError, after the circuit breaker's pause) is never an observation: verl turns
+  every exception of a tool into its answer, so the loop re-raises it, and the rollout fails; with our verl patch
+  (third_party_patches/verl) the trainer then stops, as TRL's engine does, instead of training on without it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ PARSER = "webdancer"
 AGENT_LOOP = "webdancer_agent"
 # A malformed turn becomes a call of this pseudo-tool, whose observation is the format error.
 FORMAT_ERROR_CALL = "__webdancer_format_error__"
+# Where WebdancerTool leaves an outage for the loop to re-raise (verl's AgentData.extra_fields: the tools' scratch space).
+OUTAGE_FIELD = "webdancer_outage"
 
 
 def tool_parameters(tools: Any) -> dict[str, dict[str, Any]]:
@@ -88,4 +93,8 @@ class WebdancerAgentLoop(ToolAgentLoop):
     async def _call_tool(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data) -> tuple[ToolResponse, float, dict]:
         if tool_call.name == FORMAT_ERROR_CALL:
             return ToolResponse(text=format_error_observation(json.loads(tool_call.arguments)["error"])), 0.0, {"format_error": 1}
-        return await super()._call_tool(tool_call, tools_kwargs, agent_data)
+        answer = await super()._call_tool(tool_call, tools_kwargs, agent_data)
+        outage = agent_data.extra_fields.pop(OUTAGE_FIELD, None)
+        if outage is not None:
+            raise outage
+        return answer

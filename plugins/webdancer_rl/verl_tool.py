@@ -16,13 +16,14 @@ from typing import Any, Optional
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-import webdancer_rl.verl_agent  # noqa: F401  (registers the parser and agent loop)
 from webdancer.config import ToolStoreConfig
+from webdancer.errors import OutageError
 from webdancer.options import validate_options
 from webdancer.records import ToolCall
 from webdancer.tools import ToolBox
 from webdancer.toolstore import ToolStore
 from webdancer.wire import validate_arguments
+from webdancer_rl.verl_agent import OUTAGE_FIELD  # importing it registers the parser and agent loop
 
 
 def openai_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,13 @@ class WebdancerTool(BaseTool):
         if problem:
             state["errors"] += 1
             return ToolResponse(text=f"[{self.name}] invalid arguments: {problem}"), 0.0, {"error": 1}
-        result = await self._box.run(ToolCall(self.name, parameters))
+        try:
+            result = await self._box.run(ToolCall(self.name, parameters))
+        except OutageError as exc:  # verl's agent loop would show it to the model as the tool's answer: ours re-raises it
+            agent_data = kwargs.get("agent_data")
+            if agent_data is not None:
+                agent_data.extra_fields[OUTAGE_FIELD] = exc
+            raise
         state["errors"] += int(result.error)
         return ToolResponse(text=result.content), 0.0, {"error": int(result.error), "elapsed_s": result.elapsed_s}
 

@@ -36,14 +36,28 @@ def export_cmd(traj_file: str, out_dir: str, split: Optional[str]) -> None:
 @sft.command("train")
 @config_options
 @click.argument("overrides", nargs=-1)
-def train_cmd(config_path: Optional[str], overrides: tuple[str, ...]) -> None:
+@click.option("--print-command", is_flag=True, help="Write the YAML and command.sh and print the command without running it.")
+@click.option("--check", is_flag=True, help="Run LLaMA-Factory's own checks of the YAML on this machine (no GPU needed) and exit.")
+def train_cmd(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool, check: bool) -> None:
     """Write the LLaMA-Factory YAML from `sft.*` and run `llamafactory-cli train` on it, streaming its log."""
+    import shlex
+
     from webdancer.tracking import Reporting
-    from webdancer_sft.train import run_training
+    from webdancer_sft.train import preflight, run_training, write_launch
 
     cfg = resolve_config(config_path, overrides)
     dataset_dir = Path(cfg.sft.dataset_dir or cfg.run.dir / "sft_data")
     output_dir = Path(cfg.sft.output_dir or cfg.run.dir / "sft")
+    if print_command or check:
+        command = write_launch(cfg.sft, dataset_dir, output_dir, Reporting.of(cfg), must_exist=check)
+        if check:
+            report = preflight(cfg.sft, command)
+            click.echo(f"LLaMA-Factory accepts {command[-1]}: {report['examples']} examples, {report['distributed']}, "
+                       f"deepspeed {report['deepspeed'] or 'off'}" + (f"; substituted {report['substituted']}" if report["substituted"] else ""))
+        else:
+            click.echo(shlex.join(command))
+        click.echo(f"command: {output_dir / 'command.sh'}")
+        return
     result = run_training(cfg.sft, dataset_dir, output_dir, echo=click.echo, reporting=Reporting.of(cfg))
     losses = result["losses"]
     if losses:

@@ -11,9 +11,9 @@ from typing import Any, Callable, Optional
 import yaml
 from webdancer_models.export import install_wire_template
 
-from webdancer.errors import WebdancerError
+from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
-from webdancer.launch import log_tail, run_logged, write_command_script
+from webdancer.launch import log_tail, run_logged, venv_bin, venv_env, write_command_script
 from webdancer.tracking import Reporting
 from webdancer_sft.config import SftConfig
 from webdancer_sft.export import DATASET
@@ -52,7 +52,34 @@ def llamafactory_yaml(cfg: SftConfig, dataset_dir: Path, output_dir: Path, repor
         if cpu_bf16_autocast(cfg) and not {"bf16", "fp16"} & set(cfg.extra):
             doc["bf16"] = True
     doc.update(cfg.extra)
+    for key in FILE_KEYS:
+        if doc.get(key):
+            doc[key] = str(named_file(doc[key], f"sft.extra.{key}"))
     return doc
+
+
+# LLaMA-Factory keys whose value is a file this machine must have (the trainer reads it at start).
+FILE_KEYS = ("deepspeed",)
+
+
+def named_file(value: str, key: str) -> Path:
+    """A file a config names, absolute (the trainer may start elsewhere), or an error naming the key and the fix."""
+    path = Path(value)
+    if not path.is_file():
+        shipped = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "configs" / "deepspeed").glob("*.json"))
+        raise ConfigError(f"{key}={value}: no such file (relative paths start from {Path.cwd()}); the DeepSpeed configs this "
+                          f"project ships are configs/deepspeed/{{{','.join(shipped)}}}")
+    return path.resolve()
+
+
+def launch_env(cfg: SftConfig, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """`llamafactory-cli train`'s environment: its own environment first on PATH (it starts `torchrun` by name on a
+    node with several GPUs), offline hub, and FORCE_TORCHRUN with DeepSpeed (LLaMA-Factory refuses DeepSpeed outside
+    torchrun, which it uses by itself only with several GPUs)."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", **venv_env(Path(cfg.venv), environ)}
+    if cfg.extra.get("deepspeed"):
+        env["FORCE_TORCHRUN"] = "1"
+    return env
 
 
 def cpu_bf16_autocast(cfg: SftConfig) -> bool:
@@ -62,11 +89,48 @@ def cpu_bf16_autocast(cfg: SftConfig) -> bool:
     return cfg.cpu_autocast == "bf16" or (cfg.cpu_autocast == "auto" and bf16_supported())
 
 
-def cli_path(venv: str) -> Path:
-    path = Path(venv) / "bin" / "llamafactory-cli"
-    if not path.is_file():
-        raise WebdancerError(f"{path} not found: run `bash scripts/setup_sft.sh` (or set sft.venv to an environment with llamafactory)")
+def cli_path(venv: str, must_exist: bool = True) -> Path:
+    path = venv_bin(Path(venv)) / "llamafactory-cli"
+    if must_exist and not path.is_file():
+        raise WebdancerError(f"{path} not found: run `bash scripts/setup_sft.sh` (WEBDANCER_SFT_GPU=1 on a GPU machine) or set sft.venv "
+                             "to an environment with llamafactory")
     return path
+
+
+def write_launch(cfg: SftConfig, dataset_dir: Path, output_dir: Path, reporting: Reporting, must_exist: bool = True) -> list[str]:
+    """The LLaMA-Factory YAML and `command.sh` in `output_dir`; returns the command."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "llamafactory_train.yaml"
+    atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir, reporting), sort_keys=False))
+    command = [str(cli_path(cfg.venv, must_exist)), "train", str(config_file.resolve())]
+    env = {k: v for k, v in launch_env(cfg).items() if k not in ("PATH", "VIRTUAL_ENV")}
+    write_command_script(output_dir / "command.sh", command, "SFT with LLaMA-Factory; on a multi-node cluster set NNODES, NODE_RANK, "
+                         "MASTER_ADDR and MASTER_PORT on each node.", {**env, **reporting.env}, Path(cfg.venv))
+    return command
+
+
+def preflight(cfg: SftConfig, command: list[str], model: Optional[str] = None) -> dict[str, Any]:
+    """LLaMA-Factory's own checks of the written YAML (webdancer_sft/preflight.py) in its environment, launched as its
+    launcher would launch training (torchrun when launch_env sets FORCE_TORCHRUN); a refusal is an error."""
+    python = str(venv_bin(Path(cfg.venv)) / "python")
+    env = {**os.environ, **launch_env(cfg)}
+    script = [str(Path(__file__).with_name("preflight.py")), command[-1], *(["--model", model] if model else [])]
+    torchrun = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"] if env.get("FORCE_TORCHRUN") == "1" else [python]
+    proc = subprocess.run([*torchrun, *script], capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(PREFLIGHT_MARK):
+            return json.loads(line[len(PREFLIGHT_MARK):])
+    said = [line for line in proc.stderr.splitlines() if line.startswith("LLaMA-Factory refuses")] or proc.stderr.splitlines()[-15:]
+    raise ConfigError("\n".join(said))
+
+
+PREFLIGHT_MARK = "WEBDANCER_PREFLIGHT "
+
+
+def check_model_folder(cfg: SftConfig) -> None:
+    if not (Path(cfg.model_path) / "config.json").is_file():
+        raise ConfigError(f"sft.model_path={cfg.model_path} is not a Hugging Face model folder on this machine (no config.json); "
+                          "nothing is downloaded from a hub at run time")
 
 
 def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Callable[[str], None] = print,
@@ -74,6 +138,7 @@ def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Call
     """Write the YAML and the exact command beside the outputs, run it, return the loss log."""
     reporting = reporting or Reporting()
     reporting.check(str(Path(cfg.venv) / "bin" / "python"), f"the SFT environment {cfg.venv}")  # before anything runs
+    check_model_folder(cfg)
     if not (dataset_dir / "dataset_info.json").is_file():
         raise WebdancerError(f"{dataset_dir} has no dataset_info.json: run `webdancer sft export TRAJ_FILE {dataset_dir}` first")
     if (output_dir / "trainer_state.json").exists():
@@ -86,12 +151,8 @@ def run_training(cfg: SftConfig, dataset_dir: Path, output_dir: Path, echo: Call
         )
     echo(f"LLaMA-Factory accepts all {report['kept']} examples; {sum(e['trained_tokens'] for e in report['examples'])} "
          f"of {sum(e['tokens'] for e in report['examples'])} tokens are trained on (observations, prompts masked)")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_file = output_dir / "llamafactory_train.yaml"
-    atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir, reporting), sort_keys=False))
-    command = [str(cli_path(cfg.venv)), "train", str(config_file)]
-    write_command_script(output_dir / "command.sh", command, "Rerun by hand or on a cluster install of LLaMA-Factory:")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", **reporting.env}
+    command = write_launch(cfg, dataset_dir, output_dir, reporting)
+    env = {**os.environ, **launch_env(cfg), **reporting.env}
     with reporting.live("sft", output_dir / "trainer_log.jsonl", step_key="current_steps"):  # LLaMA-Factory's per-step log
         code = run_logged(command, output_dir / "train.log", env, echo)
     if code != 0:

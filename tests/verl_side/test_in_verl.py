@@ -363,7 +363,7 @@ def test_dapo_overrides_compose_with_verls_own_config(prepared, tmp_path):
     actor, rollout = c.actor_rollout_ref.actor, c.actor_rollout_ref.rollout
     assert (actor.clip_ratio_low, actor.clip_ratio_high, actor.loss_agg_mode, actor.use_kl_loss) == (0.2, 0.28, "token-mean", False)
     assert c.algorithm.adv_estimator == "grpo" and c.algorithm.filter_groups.enable and c.algorithm.filter_groups.metric == "score"
-    assert rollout.name == "sglang" and rollout.n == 8 and rollout.multi_turn.enable and rollout.multi_turn.format == "webdancer"
+    assert rollout.name == "vllm" and rollout.n == 8 and rollout.multi_turn.enable and rollout.multi_turn.format == "webdancer"
     assert rollout.agent.default_agent_loop == "webdancer_agent" and Path(rollout.multi_turn.tool_config_path) == data.tool_config
     assert c.reward.reward_manager.name == "dapo" and c.reward.custom_reward_function.reward_kwargs.weights.answer == 0.9
     assert c.reward.reward_kwargs.overlong_buffer_cfg.enable and c.reward.reward_kwargs.max_resp_len == 8192

@@ -137,3 +137,33 @@ def sft_venv():
     if not (venv / "bin" / "llamafactory-cli").is_file():
         pytest.fail("the SFT environment is missing: bash scripts/setup_sft.sh (scripts/test.sh runs it)")
     return venv
+
+
+@pytest.fixture(scope="session")
+def cpu_sft_run(expert_trajectories, tiny_model, sft_venv, tmp_path_factory):
+    """One real LLaMA-Factory run of the tiny model on the CPU (2 steps), shared by the tests that read it (its checkpoint
+    and launch: test_sft; its losses in the run's tracker: test_tracking). Launched as on a node with several GPUs or with
+    DeepSpeed (FORCE_TORCHRUN: LLaMA-Factory's launcher starts `torchrun` by name), with another environment's `torchrun`
+    first on the caller's PATH (one that fails and leaves a mark), which must not be the one that runs."""
+    from webdancer_sft.export import export_sft
+    from webdancer_sft.train import run_training
+
+    from webdancer.config_loader import load_config
+    from webdancer.tracking import Reporting
+
+    tmp = tmp_path_factory.mktemp("cpu_sft")
+    other = tmp / "other-env-bin"
+    other.mkdir()
+    (other / "torchrun").write_text(f"#!/bin/sh\ntouch {tmp / 'wrong-torchrun'}\nexit 97\n")
+    (other / "torchrun").chmod(0o755)
+    cfg = load_config(None, [f"run.root={tmp}", "run.name=tracked-sft", f"sft.model_path={tiny_model}", f"sft.venv={sft_venv}",
+                             "sft.max_steps=2", "sft.per_device_train_batch_size=1", "sft.cutoff_len=2048", "sft.learning_rate=5e-5",
+                             "sft.save_steps=2"])
+    export_sft(expert_trajectories, tmp / "data")
+    lines: list = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{other}:{os.environ['PATH']}")
+        mp.setenv("FORCE_TORCHRUN", "1")
+        mp.setenv("NPROC_PER_NODE", "1")
+        result = run_training(cfg.sft, tmp / "data", tmp / "sft", echo=lines.append, reporting=Reporting.of(cfg))
+    return {"cfg": cfg, "result": result, "lines": lines, "data": tmp / "data", "out": tmp / "sft", "wrong_torchrun": tmp / "wrong-torchrun"}

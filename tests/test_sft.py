@@ -1,7 +1,6 @@
 """Stage 3: trajectories -> LLaMA-Factory dataset, checked with LLaMA-Factory's own loader, and a real CPU SFT run."""
 
 import json
-import os
 
 import pytest
 import yaml
@@ -95,28 +94,15 @@ def test_llamafactory_loader_masks_observations_and_renders_the_inference_text(e
         assert 0 < example["trained_tokens"] < example["tokens"]
 
 
-def test_cpu_sft_run_under_torchrun_writes_a_loadable_checkpoint(expert_trajectories, tiny_model, sft_venv, tmp_path, monkeypatch):
-    """A real LLaMA-Factory run, launched as on a node with several GPUs or with DeepSpeed (FORCE_TORCHRUN: its launcher
-    starts `torchrun` by name). Another environment's `torchrun` first on the caller's PATH (here one that fails) must not
-    be the one: the SFT environment's bin comes first for the trainer."""
+def test_cpu_sft_run_under_torchrun_writes_a_loadable_checkpoint(cpu_sft_run, tiny_model, sft_venv):
+    """A real LLaMA-Factory run (conftest.cpu_sft_run), launched under torchrun as on a node with several GPUs or with
+    DeepSpeed, with another environment's `torchrun` first on the caller's PATH: the SFT environment's runs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    other = tmp_path / "other-env-bin"
-    other.mkdir()
-    (other / "torchrun").write_text(f"#!/bin/sh\ntouch {tmp_path / 'wrong-torchrun'}\nexit 97\n")
-    (other / "torchrun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{other}:{os.environ['PATH']}")
-    monkeypatch.setenv("FORCE_TORCHRUN", "1")
-    monkeypatch.setenv("NPROC_PER_NODE", "1")
-    data = tmp_path / "data"
-    export_sft(expert_trajectories, data)
-    cfg = SftConfig(model_path=str(tiny_model), venv=str(sft_venv), max_steps=2, per_device_train_batch_size=1, cutoff_len=2048,
-                    learning_rate=5e-5, save_steps=2)
-    lines = []
-    result = run_training(cfg, data, tmp_path / "sft", echo=lines.append)
-    out = tmp_path / "sft"
+    result, lines, out = cpu_sft_run["result"], cpu_sft_run["lines"], cpu_sft_run["out"]
+    cfg, data = cpu_sft_run["cfg"].sft, cpu_sft_run["data"]
     assert len(result["losses"]) == 2 and all(loss > 0 for loss in result["losses"])
-    assert not (tmp_path / "wrong-torchrun").exists() and any("Initializing 1 distributed tasks" in line for line in lines)
+    assert not cpu_sft_run["wrong_torchrun"].exists() and any("Initializing 1 distributed tasks" in line for line in lines)
     script = (out / "command.sh").read_text()
     assert script.strip().endswith(f"train {out / 'llamafactory_train.yaml'}") and f'export PATH={sft_venv.absolute() / "bin"}:"$PATH"' in script
     assert any("are trained on" in line for line in lines)

@@ -33,17 +33,12 @@ def test_an_eval_run_logs_its_scores_to_the_run(plugins, tmp_path):
     assert row["eval/before/complete"] == 1.0 and "eval/before/pass_at_1_ci_low" in row
 
 
-def test_a_real_sft_run_feeds_its_losses_to_the_same_run(expert_trajectories, tiny_model, sft_venv, tmp_path):
-    from webdancer_sft.export import export_sft
-    from webdancer_sft.train import run_training
-
-    cfg = load_config(None, [f"run.root={tmp_path}", "run.name=tracked-sft", f"sft.model_path={tiny_model}", f"sft.venv={sft_venv}",
-                             "sft.max_steps=2", "sft.per_device_train_batch_size=1", "sft.save_steps=2"])
-    export_sft(expert_trajectories, tmp_path / "data")
-    result = run_training(cfg.sft, tmp_path / "data", tmp_path / "sft", echo=lambda line: None, reporting=Reporting.of(cfg))
+def test_a_real_sft_run_feeds_its_losses_to_the_same_run(cpu_sft_run):
+    """The real LLaMA-Factory run of conftest.cpu_sft_run reported to trackio run `tracked-sft`, step by step, once."""
+    cfg, result = cpu_sft_run["cfg"], cpu_sft_run["result"]
     rows = [r for r in trackio_logs("tracked-sft") if "sft/loss" in r]
     assert [(r["step"], r["sft/loss"]) for r in rows] == [(i + 1, pytest.approx(loss)) for i, loss in enumerate(result["losses"])]
-    assert Reporting.of(cfg).relay("sft", tmp_path / "sft" / "trainer_log.jsonl", step_key="current_steps") == 0  # not twice
+    assert Reporting.of(cfg).relay("sft", cpu_sft_run["out"] / "trainer_log.jsonl", step_key="current_steps") == 0  # not twice
 
 
 def test_a_trainers_log_reaches_the_run_while_it_trains_not_only_at_the_end(tmp_path):

@@ -10,6 +10,7 @@ A refusal fails the test with the trainer's own message.
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,17 +50,11 @@ def test_every_shipped_gpu_config_is_a_recipe_here():
     assert all(any(roles(name).values()) for name in RECIPES)
 
 
-@pytest.fixture
-def run_cli(local_web, tmp_path, monkeypatch):
-    """`webdancer ...` on a recipe, from another folder (paths must come out absolute), with this run's folder, the
-    offline web, the environments of this checkout and API keys in the environment."""
+def cli_runner(tmp_path, web):
+    """`webdancer ...` on a recipe, with this run's folder, the offline web and the environments of this checkout."""
     from webdancer.plugins import get_plugins
 
     get_plugins().add_commands(cli)  # what `webdancer` (webdancer.cli:main) does first
-    for key, value in KEYS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    web, _, _ = local_web
 
     def run(name, *args):
         overrides = [f"run.root={tmp_path / 'runs'}", f"web.root={web.root}", f"web.port={web.port}", "agent.current_date=2026-12-06",
@@ -71,23 +66,52 @@ def run_cli(local_web, tmp_path, monkeypatch):
     return run
 
 
-@pytest.mark.parametrize("name", recipes("rl"))
-def test_verl_accepts_the_rl_command(name, run_cli, tmp_path, tiny_model):
-    from webdancer_rl.train import output_dir, verl_env, verl_preflight
+@pytest.fixture
+def run_cli(local_web, tmp_path, monkeypatch):
+    """cli_runner from another folder (paths must come out absolute), with API keys in the environment."""
+    for key, value in KEYS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return cli_runner(tmp_path, local_web[0])
 
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    run_cli(name, "rl", "prepare", str(qa), "rl.val_fraction=0.34")
-    printed, cfg = run_cli(name, "rl", "train", "--print-command", "rl.val_fraction=0.34")
-    command = shlex.split(printed.splitlines()[0])
-    script = (output_dir(cfg) / "command.sh").read_text()
+
+@pytest.fixture(scope="module")
+def verl_checked(local_web, tmp_path_factory, tiny_model):
+    """Every RL recipe's command as `rl prepare` + `rl train --print-command` write it (from another folder, API keys in
+    the environment), then verl's checks of all of them in one process of the RL environment (verl imported once)."""
+    from webdancer_rl.train import output_dir
+
+    printed = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in KEYS.items():
+            mp.setenv(key, value)
+        for name in recipes("rl"):
+            tmp = tmp_path_factory.mktemp("recipe")
+            mp.chdir(tmp)
+            run = cli_runner(tmp, local_web[0])
+            qa = tmp / "qa.jsonl"
+            qa.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+            run(name, "rl", "prepare", str(qa), "rl.val_fraction=0.34")
+            out, cfg = run(name, "rl", "train", "--print-command", "rl.val_fraction=0.34")
+            printed[name] = {"command": shlex.split(out.splitlines()[0]), "script": (output_dir(cfg) / "command.sh").read_text(), "cfg": cfg}
+        batch = [{"name": name, "command": p["command"], "model": str(tiny_model)} for name, p in printed.items()]
+        proc = subprocess.run([str(ROOT / ".venvs" / "rl" / "bin" / "python"), str(Path(__file__).with_name("verl_checks.py"))],
+                              input=json.dumps(batch), capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: {**p, "report": reports[name]} for name, p in printed.items()}
+
+
+@pytest.mark.parametrize("name", recipes("rl"))
+def test_verl_accepts_the_rl_command(name, verl_checked):
+    checked = verl_checked[name]
+    command, script, cfg, report = checked["command"], checked["script"], checked["cfg"], checked["report"]
+    assert "refused" not in report, report.get("refused")  # verl's own words
     assert command[1:3] == ["-m", "verl.trainer.main_ppo"] and shlex.join(command) in script
-    assert not any(secret in printed + script for secret in KEYS.values())  # keys travel in Ray's job env, named only
+    assert not any(secret in shlex.join(command) + script for secret in KEYS.values())  # keys travel in Ray's job env, named only
     assert "RAY_JOB_CONFIG_JSON_ENV_VAR" in script and "-m webdancer_rl.ray_job" in script
     paths = [o.split("=", 1)[1] for o in command if o.split("=", 1)[0].endswith(("_files", "_path", "default_local_dir", "py_executable"))]
     assert paths and all(p.startswith("/") for p in paths if p not in ("null", "")), paths  # Ray workers start elsewhere
-
-    report = verl_preflight(command, {**__import__("os").environ, **verl_env(cfg, output_dir(cfg))}, model=str(tiny_model))
     assert {"validate_config", "agent loop instantiated", "reward function and manager", "RLHFDataset on data.train_files",
             "Ray runtime env"} <= set(report["checked"])
     assert report["train_rows"] + report["val_rows"] == 3 and report["train_rows"] > 0 and report["tools"] == list(cfg.agent.tools)
@@ -117,10 +141,35 @@ def test_llamafactory_accepts_the_sft_run(name, run_cli, tmp_path, tiny_model, e
     assert report["substituted"]["use_cpu"]["now"] is True  # bf16 and the GPU half of DeepSpeed stay unchecked here
 
 
+_SGLANG_CHECKED: dict = {}  # command -> `serve --check`'s output: recipes that share a serve section are checked once
+
+
 @pytest.mark.parametrize("name", recipes("serve"))
 def test_sglang_accepts_the_serve_command(name, run_cli):
     printed, cfg = run_cli(name, "serve", "--print-command")
     command = shlex.split(printed.splitlines()[0])
     assert command[0] == str(ROOT / ".venvs" / "serve" / "bin" / "python") and command[1:3] == ["-m", "sglang.launch_server"]
-    checked, _ = run_cli(name, "serve", "--check")
-    assert "SGLang accepts the command" in checked and f"tp {cfg.serve.tensor_parallel}" in checked
+    if printed not in _SGLANG_CHECKED:
+        _SGLANG_CHECKED[printed] = run_cli(name, "serve", "--check")[0]
+    assert "SGLang accepts the command" in _SGLANG_CHECKED[printed] and f"tp {cfg.serve.tensor_parallel}" in _SGLANG_CHECKED[printed]
+
+
+def test_the_check_flags_run_the_trainers_checks_from_the_cli(run_cli, tmp_path, tiny_model, expert_trajectories, sft_venv, monkeypatch):
+    """`rl train --check` and `sft train --check` (what a user runs on a cluster's head node before submitting), with
+    the model folder on this machine: the trainer's own checks, no GPU; a refusal comes back as the trainer's message."""
+    from webdancer_sft.export import export_sft
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    run_cli("rl/tiny.yaml", "rl", "prepare", str(qa), "rl.val_fraction=0.34")
+    out, _ = run_cli("rl/tiny.yaml", "rl", "train", "--check", "rl.val_fraction=0.34", f"rl.model_path={tiny_model}")
+    assert "verl accepts the command" in out and "tools search, visit" in out
+    refused = CliRunner().invoke(cli, ["rl", "train", "-c", str(ROOT / "configs" / "rl" / "tiny.yaml"), "--check", f"rl.model_path={tiny_model}",
+                                       f"run.root={tmp_path / 'runs'}", f"rl.venv={ROOT / '.venvs' / 'rl'}", "rl.val_fraction=0.34",
+                                       "rl.extra=[actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1000]", "rl.micro_batch_size=0"])
+    assert refused.exit_code == 2 and "verl refuses this command: actor_rollout_ref.actor.ppo_max_token_len_per_gpu=1000 is below one whole" in refused.output
+
+    monkeypatch.chdir(ROOT)
+    export_sft(expert_trajectories, tmp_path / "runs" / "qwen7b" / "sft_data")
+    out, _ = run_cli("gpu-qwen2.5-7b.yaml", "sft", "train", "--check", f"sft.model_path={tiny_model}")
+    assert "LLaMA-Factory accepts" in out and "ParallelMode.DISTRIBUTED" in out and "ds_z3_config.json" in out

@@ -5,7 +5,7 @@ for configs/gpu-qwen2.5-7b.yaml, launched by `llamafactory-cli train` under torc
 A lent machine has torch (2.11, CUDA), transformers, accelerate and peft, but no LLaMA-Factory, DeepSpeed or network,
 and takes at most 64 MiB of files; the tiny model's weights are bigger than that. So the check comes in two halves:
 
-    here:   python scripts/device_check_sft.py prepare .devcheck-sft
+    here:   .venv/bin/python scripts/device_check_sft.py prepare .devcheck-sft
             (the SFT lock's wheels LLaMA-Factory needs, without torch and CUDA, which the machine has, and with the
             torchaudio of the machine's torch; DeepSpeed built into a wheel here; SmolLM2-135M's config and tokenizer
             without weights; the reference trajectories exported as the SFT dataset; the recipe's YAML)
@@ -14,8 +14,11 @@ and takes at most 64 MiB of files; the tiny model's weights are bigger than that
             architecture randomly initialised; `llamafactory-cli train` for a few steps; asserts and a summary.json)
 
 `prepare --torch VERSION` carries the torchaudio of another torch. On a CPU `run` trains with `use_cpu` and without
-DeepSpeed (its engine needs an accelerator): that is how the script is rehearsed before device time is spent, in an
-environment holding only what the lent machine holds. What it cannot cover: several GPUs or nodes (ZeRO-3 shards over
+DeepSpeed (its engine needs an accelerator): that is how the script is rehearsed before device time is spent.
+Rehearsed 2026-12-06: `prepare --torch 2.9.1` (55 MiB, 74 wheels), `run` with .venvs/sft's Python (3 steps, 187 s on 2
+cores, a loadable checkpoint); and LLaMA-Factory's training modules import from the bundle over an environment
+holding only torch (2.13, CPU), transformers 5.17, accelerate, peft and pyarrow (torchaudio stood in: PyPI has none
+for a CPU torch). What it cannot cover: several GPUs or nodes (ZeRO-3 shards over
 one GPU here), the recipes' 7B/32B models and 32k-token sequences (memory), the lock's torch 2.9.1 (the machine's is
 used), and a machine whose Python is not 3.11 (the carried wheels are cp311).
 """
@@ -37,7 +40,7 @@ NOT_CARRIED = ("torch", "torchvision", "torchaudio", "triton", "numpy", "sympy",
                "setuptools", "gradio", "gradio-client", "av", "matplotlib", "scipy", "modelscope",
                "fonttools", "kiwisolver", "contourpy", "pillow", "uvicorn", "fastapi", "starlette", "sse-starlette",
                "websockets", "orjson", "ruff", "pydub", "python-multipart", "groovy", "semantic-version", "ffmpy",
-               "safehttpx", "tomlkit", "brotli", "pyarrow")
+               "safehttpx", "tomlkit", "brotli", "pyarrow", "hf-transfer", "hf-xet", "cryptography", "cffi", "pycparser", "modelscope-hub")
 DEVICE_TORCH = "2.11.0"  # the lent machine's torch (TRAINERS.md): its torchaudio is carried (LLaMA-Factory imports it)
 STEPS = 3
 

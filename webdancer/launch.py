@@ -50,3 +50,21 @@ def run_logged(command: list[str], log_path: Path, env: dict[str, str], echo: Ca
 
 def log_tail(log_path: Path, lines: int = 15) -> str:
     return "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+PREFLIGHT_MARK = "WEBDANCER_PREFLIGHT "  # the line a trainer's check script prints its report on (its own copy: it runs without webdancer)
+
+
+def run_preflight(command: list[str], env: dict[str, str], refusal: str, fix: str = "") -> dict:
+    """Run a trainer's or server's check script in its own environment (`*_preflight.py`) and return its report; a
+    refusal is a ConfigError with the lines that start with `refusal` (the trainer's own words), else its last lines."""
+    import json
+
+    from webdancer.errors import ConfigError
+
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith(PREFLIGHT_MARK):
+            return json.loads(line[len(PREFLIGHT_MARK):])
+    said = [line for line in proc.stderr.splitlines() if line.startswith(refusal)] or proc.stderr.splitlines()[-15:]
+    raise ConfigError("\n".join(said) + (f"\n{fix}" if fix else ""))

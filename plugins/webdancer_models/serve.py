@@ -15,8 +15,8 @@ from typing import Optional
 
 import httpx
 
-from webdancer.errors import ConfigError, WebdancerError
-from webdancer.launch import venv_bin, venv_env
+from webdancer.errors import WebdancerError
+from webdancer.launch import run_preflight, venv_bin, venv_env
 from webdancer_models.config import ServeConfig
 from webdancer_models.cpu_linear import LINEAR_DTYPES
 
@@ -83,18 +83,11 @@ def sglang_command(cfg: ServeConfig) -> list[str]:
 
 def sglang_check(cfg: ServeConfig) -> dict:
     """SGLang's own parser on the sglang command (webdancer_models/sglang_preflight.py, in serve.venv); a refusal is an error."""
-    import json
-
     command = sglang_command(cfg)
     if not Path(command[0]).is_file():
         raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_serve.sh` (WEBDANCER_SERVE_GPU=1 on a GPU node) or set serve.venv")
-    proc = subprocess.run([command[0], str(Path(__file__).with_name("sglang_preflight.py")), *command[3:]], capture_output=True, text=True,
-                          env={**os.environ, **venv_env(Path(cfg.venv))})
-    for line in proc.stdout.splitlines():
-        if line.startswith("WEBDANCER_PREFLIGHT "):
-            return json.loads(line[len("WEBDANCER_PREFLIGHT "):])
-    said = [line for line in proc.stderr.splitlines() if line.startswith("SGLang refuses")] or proc.stderr.splitlines()[-15:]
-    raise ConfigError("\n".join(said) + " (serve.extra_args or the serve section)")
+    return run_preflight([command[0], str(Path(__file__).with_name("sglang_preflight.py")), *command[3:]],
+                         {**os.environ, **venv_env(Path(cfg.venv))}, "SGLang refuses", "(serve.extra_args or the serve section)")
 
 
 def served_model_name(cfg: ServeConfig) -> str:

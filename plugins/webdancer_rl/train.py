@@ -7,7 +7,6 @@ TRL: `accelerate launch -m webdancer_rl.trl_engine rl/config.yaml` (the resolved
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -19,14 +18,13 @@ from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
-from webdancer.launch import log_tail, run_logged, venv_env, write_command_script
+from webdancer.launch import log_tail, run_logged, run_preflight, venv_env, write_command_script
 from webdancer.rewards import check_weights, configured_options, configured_weights
 from webdancer.tracking import Reporting
 from webdancer_rl.hydra_overrides import override
 from webdancer_rl.metrics import add_verl_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
 from webdancer_rl.ray_job import RAY_JOB_ENV, job_config
-from webdancer_rl.verl_preflight import MARK as PREFLIGHT_MARK
 
 REWARD_MODULE = Path(__file__).resolve().with_name("reward.py")
 VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger, in verl's names; metrics.jsonl has ours
@@ -260,8 +258,7 @@ def run_verl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Calla
             f"run on a GPU machine, point RAY_ADDRESS at a Ray cluster with GPUs, or run {output_dir / 'command.sh'} there "
             "(`webdancer rl train --check` runs verl's own checks of it on this machine); or train on this machine with rl.engine=trl"
         )
-    env = {**os.environ, **verl_env(cfg, output_dir)}
-    env[RAY_JOB_ENV] = job_config(keys, os.environ)
+    env = {**os.environ, **verl_env(cfg, output_dir), **({RAY_JOB_ENV: job_config(keys, os.environ)} if keys else {})}
     report = verl_preflight(command, env)
     echo(f"verl accepts the command: {len(report['checked'])} checks ({report['train_rows']} train and {report['val_rows']} val prompts, "
          f"tools {', '.join(report['tools'])})")
@@ -280,16 +277,9 @@ def run_verl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Calla
 
 def verl_preflight(command: list[str], env: dict[str, str], model: Optional[str] = None) -> dict[str, Any]:
     """verl's own checks of `command` (webdancer_rl.verl_preflight) in the RL environment; a refusal is an error."""
-    import subprocess
-
     substitute = ["--model", model] if model else []
-    proc = subprocess.run([command[0], "-m", "webdancer_rl.verl_preflight", *substitute, "--", *command[3:]],
-                          capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith(PREFLIGHT_MARK):
-            return json.loads(line[len(PREFLIGHT_MARK):])
-    said = [line for line in proc.stderr.splitlines() if line.startswith("verl refuses")] or proc.stderr.splitlines()[-15:]
-    raise ConfigError("\n".join(said) + f"\n(the command: {command[0]} -m verl.trainer.main_ppo ...; rerun with --print-command to see it)")
+    return run_preflight([command[0], "-m", "webdancer_rl.verl_preflight", *substitute, "--", *command[3:]], env, "verl refuses",
+                         f"(the command: {command[0]} -m verl.trainer.main_ppo ...; rerun with --print-command to see it)")
 
 
 TRACKER = "latest_checkpointed_iteration.txt"  # verl.utils.checkpoint.checkpoint_manager.get_checkpoint_tracker_filename

@@ -13,7 +13,7 @@ from webdancer_models.export import install_wire_template
 
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
-from webdancer.launch import log_tail, run_logged, venv_bin, venv_env, write_command_script
+from webdancer.launch import log_tail, run_logged, run_preflight, venv_bin, venv_env, write_command_script
 from webdancer.tracking import Reporting
 from webdancer_sft.config import SftConfig
 from webdancer_sft.export import DATASET
@@ -116,15 +116,7 @@ def preflight(cfg: SftConfig, command: list[str], model: Optional[str] = None) -
     env = {**os.environ, **launch_env(cfg)}
     script = [str(Path(__file__).with_name("preflight.py")), command[-1], *(["--model", model] if model else [])]
     torchrun = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"] if env.get("FORCE_TORCHRUN") == "1" else [python]
-    proc = subprocess.run([*torchrun, *script], capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith(PREFLIGHT_MARK):
-            return json.loads(line[len(PREFLIGHT_MARK):])
-    said = [line for line in proc.stderr.splitlines() if line.startswith("LLaMA-Factory refuses")] or proc.stderr.splitlines()[-15:]
-    raise ConfigError("\n".join(said))
-
-
-PREFLIGHT_MARK = "WEBDANCER_PREFLIGHT "
+    return run_preflight([*torchrun, *script], env, "LLaMA-Factory refuses")
 
 
 def check_model_folder(cfg: SftConfig) -> None:

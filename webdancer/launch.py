@@ -28,11 +28,10 @@ def venv_bin(venv: Path) -> Path:
     return Path(venv).absolute() / "bin"
 
 
-def venv_env(venv: Path, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+def venv_env(venv: Path) -> dict[str, str]:
     """PATH and VIRTUAL_ENV for a process of the environment `venv`: whatever it starts by name (LLaMA-Factory's
     `torchrun`, Ray's workers and CLIs) comes from that environment, not from whichever is first on this PATH."""
-    environ = os.environ if environ is None else environ
-    return {"PATH": os.pathsep.join([str(venv_bin(venv)), environ.get("PATH", os.defpath)]), "VIRTUAL_ENV": str(Path(venv).absolute())}
+    return {"PATH": os.pathsep.join([str(venv_bin(venv)), os.environ.get("PATH", os.defpath)]), "VIRTUAL_ENV": str(Path(venv).absolute())}
 
 
 def run_logged(command: list[str], log_path: Path, env: dict[str, str], echo: Callable[[str], None] = print, cwd: Optional[str] = None) -> int:

@@ -81,13 +81,19 @@ def sglang_command(cfg: ServeConfig) -> list[str]:
     return cmd + list(cfg.extra_args)
 
 
+def sglang_env(cfg: ServeConfig) -> dict[str, str]:
+    """The serving environment (serve.venv) first on PATH, once it is there: else an error saying how to make it."""
+    python = venv_bin(Path(cfg.venv)) / "python"
+    if not python.is_file():
+        raise WebdancerError(f"{python} not found: run `bash scripts/setup_serve.sh` (WEBDANCER_SERVE_GPU=1 on a GPU node) or set serve.venv")
+    return venv_env(Path(cfg.venv))
+
+
 def sglang_check(cfg: ServeConfig) -> dict:
     """SGLang's own parser on the sglang command (webdancer_models/sglang_preflight.py, in serve.venv); a refusal is an error."""
-    command = sglang_command(cfg)
-    if not Path(command[0]).is_file():
-        raise WebdancerError(f"{command[0]} not found: run `bash scripts/setup_serve.sh` (WEBDANCER_SERVE_GPU=1 on a GPU node) or set serve.venv")
+    command, env = sglang_command(cfg), sglang_env(cfg)
     return run_preflight([command[0], str(Path(__file__).with_name("sglang_preflight.py")), *command[3:]],
-                         {**os.environ, **venv_env(Path(cfg.venv))}, "SGLang refuses", "(serve.extra_args or the serve section)")
+                         {**os.environ, **env}, "SGLang refuses", "(serve.extra_args or the serve section)")
 
 
 def served_model_name(cfg: ServeConfig) -> str:
@@ -207,11 +213,7 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
     if port_in_use(cfg.host, cfg.port):
         raise WebdancerError(f"port {cfg.port} on {cfg.host} is already in use; stop that server or set serve.port")
     command = server_command(cfg)
-    env = None
-    if cfg.backend == "sglang":
-        if not Path(command[0]).is_file():
-            raise WebdancerError(f"{command[0]} not found: run `WEBDANCER_SERVE_GPU=1 bash scripts/setup_serve.sh` on this GPU node or set serve.venv")
-        env = venv_env(Path(cfg.venv))
+    env = sglang_env(cfg) if cfg.backend == "sglang" else None
     if cfg.backend in LOCAL_BACKENDS and not (Path(cfg.model_path) / "config.json").is_file():
         raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
     if cfg.backend == "transformers":

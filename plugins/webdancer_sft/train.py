@@ -72,14 +72,19 @@ def named_file(value: str, key: str) -> Path:
     return path.resolve()
 
 
-def launch_env(cfg: SftConfig, environ: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """`llamafactory-cli train`'s environment: its own environment first on PATH (it starts `torchrun` by name on a
-    node with several GPUs), offline hub, and FORCE_TORCHRUN with DeepSpeed (LLaMA-Factory refuses DeepSpeed outside
-    torchrun, which it uses by itself only with several GPUs)."""
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", **venv_env(Path(cfg.venv), environ)}
+def launch_vars(cfg: SftConfig) -> dict[str, str]:
+    """What `llamafactory-cli train` is launched with, besides its environment's PATH: offline hub, and FORCE_TORCHRUN
+    with DeepSpeed (LLaMA-Factory refuses DeepSpeed outside torchrun, which it uses by itself only with several GPUs)."""
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
     if cfg.extra.get("deepspeed"):
         env["FORCE_TORCHRUN"] = "1"
     return env
+
+
+def launch_env(cfg: SftConfig) -> dict[str, str]:
+    """launch_vars, with the SFT environment first on PATH (LLaMA-Factory starts `torchrun` by name on a node with
+    several GPUs)."""
+    return {**launch_vars(cfg), **venv_env(Path(cfg.venv))}
 
 
 def cpu_bf16_autocast(cfg: SftConfig) -> bool:
@@ -103,7 +108,7 @@ def write_launch(cfg: SftConfig, dataset_dir: Path, output_dir: Path, reporting:
     config_file = output_dir / "llamafactory_train.yaml"
     atomic_write_text(config_file, yaml.safe_dump(llamafactory_yaml(cfg, dataset_dir, output_dir, reporting), sort_keys=False))
     command = [str(cli_path(cfg.venv, must_exist)), "train", str(config_file.resolve())]
-    env = {k: v for k, v in launch_env(cfg).items() if k not in ("PATH", "VIRTUAL_ENV")}
+    env = launch_vars(cfg)
     write_command_script(output_dir / "command.sh", command, "SFT with LLaMA-Factory; on a multi-node cluster set NNODES, NODE_RANK, "
                          "MASTER_ADDR and MASTER_PORT on each node.", {**env, **reporting.env}, Path(cfg.venv))
     return command

@@ -1,6 +1,7 @@
 from dataclasses import dataclass
 
 import pytest
+from conftest import ROOT
 
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import load_config
@@ -97,3 +98,11 @@ def test_missing_secret_names_env_var(monkeypatch):
         read_secret("WD_TEST_KEY", "the test endpoint")
     monkeypatch.setenv("WD_TEST_KEY", "s3cret")
     assert read_secret(["OTHER_UNSET", "WD_TEST_KEY"], "x") == "s3cret"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_shipped_config_loads_and_names_known_stages(path):
+    from webdancer_pipeline.config import OPTIONAL_STAGES, PIPELINE_STAGES
+
+    cfg = load_config(ROOT / path)
+    assert set(cfg.pipeline.stages) <= set(PIPELINE_STAGES + OPTIONAL_STAGES)

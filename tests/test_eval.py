@@ -190,6 +190,12 @@ def test_compare_shows_two_runs_side_by_side(plugins, tmp_path):
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 1000
     missing = CliRunner().invoke(cli, ["eval", "compare", str(base / "a"), str(tmp_path)])
     assert missing.exit_code != 0 and "no results.json there" in missing.output
+    # LABEL=PATH names a run in the comparison (seeds of one experiment all have the eval name after_rl).
+    labelled = run_cli("eval", "compare", f"sft={base / 'a'}", f"rl_seed2={base / 'b'}", "--out", str(tmp_path / "named"))
+    assert labelled.exit_code == 0, labelled.output
+    assert "**rl_seed2 vs sft**" in (tmp_path / "named" / "compare.md").read_text()
+    gone = CliRunner().invoke(cli, ["eval", "compare", str(base / "a"), f"x={tmp_path / 'nowhere'}"])
+    assert gone.exit_code == 2 and "nowhere does not exist" in gone.output
 
 
 def test_eval_of_a_corrupted_file_is_one_clear_line(plugins, tmp_path):

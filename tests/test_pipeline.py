@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 from webdancer.records import ToolCall
@@ -214,3 +215,45 @@ def test_a_judge_on_the_base_model_keeps_it_served_for_every_stage_that_scores(l
         with pytest.raises(ConfigError, match=r"judge.model.base_url=http://127.0.0.1:8001/v1 .*eval_after.*sft_port=8001"):
             Pipeline(config("http://127.0.0.1:8001/v1"), echo=lambda line: None)
         Pipeline(config("http://127.0.0.1:8001/v1", "[eval_before,rl]"), echo=lambda line: None)  # nothing served there
+
+
+def test_held_out_questions_that_training_sees_are_refused_before_any_step(tmp_path):
+    """The same question under another id (two pages, one fact) counts: the refusal names the ids."""
+    run_dir = tmp_path / "p"
+    run_dir.mkdir()
+    held = [{"id": "q-held-1", "question": "Who wrote the Python tutorial?", "answer": "Guido"},
+            {"id": "q-held-2", "question": "What is FOLDOC?", "answer": "a dictionary"}]
+    train = [{"id": "q-train-9", "question": "who wrote the  python tutorial", "answer": "Guido"},
+             {"id": "q-train-8", "question": "What is Jython?", "answer": "Python on the JVM"}]
+    (run_dir / "qa_eval.jsonl").write_text("".join(json.dumps(x) + "\n" for x in held))
+    (run_dir / "qa_train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in train))
+    for stage in ("rl", "sft"):
+        proc = run([WEBDANCER, "pipeline", f"run.root={tmp_path}", "run.name=p", f"pipeline.stages=[{stage}]"], timeout=120)
+        assert proc.returncode != 0
+        assert "1 held-out question(s)" in proc.stderr + proc.stdout and "q-held-1" in proc.stderr + proc.stdout, proc.stderr[-2000:]
+        assert "q-held-2" not in proc.stderr + proc.stdout
+    assert not (run_dir / "rl_data").exists() and not (run_dir / "sft").exists()  # refused before anything was written
+    # Trajectories SFT trains on count too (their ids are <question id>:<n>).
+    from webdancer_pipeline.heldout import check_held_out
+
+    (run_dir / "qa_train.jsonl").write_text(json.dumps(train[1]) + "\n")
+    (run_dir / "kept.jsonl").write_text(json.dumps({"id": "q-held-2:0", "question": "Something else entirely?"}) + "\n")
+    with pytest.raises(Exception, match=r"held-out question\(s\) of .*qa_eval.jsonl are also in .*kept.jsonl .*: q-held-2\."):
+        check_held_out(run_dir / "qa_eval.jsonl", [run_dir / "qa_train.jsonl", run_dir / "kept.jsonl"])
+
+
+def test_the_report_of_a_seed_run_reads_sft_from_its_log_and_lists_rl_alarms(tmp_path):
+    """A seed run (scripts/rl_experiment.sh) shares another run's SFT without its stage summary; its RL had alarms."""
+    from webdancer_pipeline.report import write_report
+
+    run_dir, sft, rl = tmp_path / "exp-seed2", tmp_path / "exp-seed2" / "sft", tmp_path / "exp-seed2" / "rl"
+    sft.mkdir(parents=True)
+    rl.mkdir()
+    (sft / "trainer_log.jsonl").write_text("".join(json.dumps({"current_steps": s, "loss": 2.0 / s}) + "\n" for s in (1, 2)))
+    rows = [{"step": s, "reward/mean": 0.3, "alarms": ["tool_calls"] if s > 3 else []} for s in range(1, 6)]
+    (rl / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    state = {"stages": {"rl": {"seconds": 1.0, "finished": "now", "summary": {
+        "engine": "trl", "train_rows": 4, "val_rows": 1, "trained": True, "command": "c.sh", "steps": 5}}}}
+    text = Path(write_report(run_dir, state, sft, rl)["report"]).read_text()
+    assert "Loss 2.000 -> 1.000" in text
+    assert "Training-health alarms: **tool_calls** (from step 4, held at 2 steps)" in text

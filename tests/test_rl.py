@@ -147,17 +147,68 @@ def test_verl_metrics_land_in_metrics_jsonl_under_our_names(tmp_path):
     assert add_verl_metrics(verl_log, metrics) == 0 and len(metrics.read_text().splitlines()) == 2  # a rerun adds nothing twice
 
 
-def test_guard_stops_on_nan_and_warns_once_on_drift():
-    from webdancer_rl.metrics import Guard
+def healthy(step, **changes):
+    """A step's metrics in both engines' names; `changes` override them."""
+    m = {"step": step, "loss": 0.1, "reward/mean": 0.3, "reward/format/mean": 0.9, "reward/answer/mean": 0.25, "answered_rate": 0.8,
+         "valid_turn_rate": 0.95, "tool_calls/mean": 2.0, "response_length/mean": 800.0}
+    return {**m, **changes}
 
-    warnings = []
-    guard = Guard(valid_turn_drop=0.3, length_growth=2.0, warn=warnings.append)
-    guard.check({"step": 1, "loss": 0.1, "valid_turn_rate": 0.9, "response_length/mean": 400}, str)
-    guard.check({"step": 2, "loss": 0.1, "valid_turn_rate": 0.5, "response_length/mean": 900}, str)
-    guard.check({"step": 3, "loss": 0.1, "valid_turn_rate": 0.4, "response_length/mean": 950}, str)
-    assert len(warnings) == 2 and "valid-turn rate fell from 0.90" in warnings[0] and "grew from 400" in warnings[1]
+
+@pytest.mark.parametrize("name,late,needle", [
+    ("tool_calls", {"tool_calls/mean": 0.6}, "tool calls per rollout 0.60 (steps 4-6 against 1-3: 2.00), below rl.alarm_tool_call_drop=0.5"),
+    ("valid_turns", {"valid_turn_rate": 0.5}, "valid-turn rate 0.50 (steps 4-6 against 1-3: 0.95), a fall of more than rl.alarm_valid_turn_drop=0.3"),
+    ("format_only", {"reward/answer/mean": 0.0, "reward/format/mean": 1.0}, "the answer rewards are 0.000 (steps 4-6), at most rl.alarm_format_only"),
+    ("answer_sooner", {"answered_rate": 0.98, "reward/answer/mean": 0.15}, "answered 0.98 (start 0.80, up at least rl.alarm_answered_rise=0.1) "
+                                                                            "while correctness fell to 0.15"),
+    ("length", {"response_length/mean": 1700.0}, "mean response length 1700 tokens (steps 4-6 against 1-3: 800), past rl.alarm_length_growth=2.0x"),
+])
+def test_each_alarm_names_the_metric_value_threshold_and_a_fix(name, late, needle):
+    from webdancer_rl.alarms import Alarms, Thresholds
+
+    said = []
+    alarms = Alarms(Thresholds(), said.append)
+    held = [alarms.check(healthy(step)) for step in (1, 2, 3)]
+    held += [alarms.check(healthy(step, **late)) for step in (4, 5, 6, 7)]
+    assert held[:6] == [[]] * 5 + [[name]]  # windows of 3: the late steps' mean only crosses once all three are late
+    assert held[6] == [name] and len(said) == 1  # it holds on, said once
+    assert said[0].startswith(f"alarm {name}: ") and needle in said[0]
+    assert len(said[0].split(". ", 1)[1]) > 20  # and what a user usually does about it
+    # A healthy run raises none; a resumed run remembers what was raised (said once per run, not per process).
+    quiet = Alarms(Thresholds(), said.append)
+    assert all(quiet.check(healthy(step)) == [] for step in range(1, 10))
+    history = [{**healthy(s, **(late if s > 3 else {})), "alarms": [name] if s == 6 else []} for s in range(1, 7)]
+    again = Alarms(Thresholds(), said.append, history=history)
+    assert again.check(healthy(7, **late)) == [name] and len(said) == 1
+
+
+def test_the_heldout_gap_alarm_and_a_nan_loss_stop():
+    from webdancer_rl.alarms import Alarms, Thresholds, stop_on_bad_loss
+
+    said = []
+    alarms = Alarms(Thresholds(window=2), said.append)
+    alarms.check(healthy(1, **{"reward/mean": 0.3}))
+    first = healthy(2, **{"reward/mean": 0.3, "heldout/reward/mean": 0.28})
+    assert alarms.check(first) == [] and first["heldout/gap"] == pytest.approx(0.02)
+    for step in (3, 4):
+        alarms.check(healthy(step, **{"reward/mean": 0.5}))
+    late = healthy(5, **{"reward/mean": 0.5, "heldout/reward/mean": 0.2})
+    assert alarms.check(late) == ["heldout_gap"] and late["heldout/gap"] == pytest.approx(0.3)
+    assert "training reward minus held-out reward 0.30 at step 5 (step 2: 0.02), widened by more than rl.alarm_heldout_gap=0.15" in said[0]
     with pytest.raises(WebdancerError, match="the loss became nan at step 4.*checkpoint-3 is intact"):
-        guard.check({"step": 4, "loss": float("nan")}, lambda: "checkpoint-3 is intact.")
+        stop_on_bad_loss({"step": 4, "loss": float("nan")}, lambda: "checkpoint-3 is intact.")
+
+
+def test_verl_steps_get_their_alarms_in_metrics_jsonl(tmp_path):
+    from webdancer_rl.alarms import Alarms, Thresholds
+    from webdancer_rl.metrics import add_verl_metrics
+
+    verl_log, metrics = tmp_path / "verl_metrics.jsonl", tmp_path / "metrics.jsonl"
+    lines = [{"step": s, "data": {"critic/score/mean": 0.2, "response_length/mean": 300.0 if s < 2 else 900.0}} for s in (1, 2, 3)]
+    verl_log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    said = []
+    assert add_verl_metrics(verl_log, metrics, Alarms(Thresholds(window=1), said.append).check) == 3
+    assert [json.loads(line)["alarms"] for line in metrics.read_text().splitlines()] == [[], ["length"], ["length"]]
+    assert len(said) == 1 and said[0].startswith("alarm length: mean response length 900 tokens")
 
 
 def test_prepare_can_keep_a_small_stable_training_set(tmp_path):

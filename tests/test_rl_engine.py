@@ -205,20 +205,29 @@ def test_grpo_settings_map_dapo_onto_trl(tmp_path):
         grpo_settings(load_config(None, ["rl.micro_batch_size=5"]), tmp_path)
 
 
-def test_cpu_training_keeps_trls_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch):
-    """TRL turns bf16 autocast on by default; on a CPU that emulates bf16 the update would be slower than in fp32."""
+def test_cpu_training_defaults_bf16_only_where_native_and_no_activation_checkpointing(monkeypatch, tmp_path):
+    """TRL turns bf16 autocast and activation checkpointing on by default; on a CPU that emulates bf16 the update would
+    be slower than in fp32, and recomputing activations costs time a CPU run has no memory reason to spend."""
     import webdancer_models.cpu_linear as cpu_linear
-    from webdancer_rl.trl_engine import cpu_autocast
+    from trl import GRPOConfig
+    from webdancer_rl.trl_engine import cpu_defaults, grpo_settings
 
-    def bf16(native, settings, options=None):
+    def defaults(native, settings, options=None):
         monkeypatch.setattr(cpu_linear, "bf16_supported", lambda: native)
-        cpu_autocast(settings, options or {})
-        return settings.get("bf16")
+        cpu_defaults(settings, options or {})
+        return settings.get("bf16"), settings.get("activation_checkpointing")
 
-    assert bf16(True, {"use_cpu": True}) is True and bf16(False, {"use_cpu": True}) is False
-    assert bf16(False, {"use_cpu": True, "bf16": True}, {"bf16": True}) is True  # rl.trl.bf16 decides
-    assert bf16(True, {"use_cpu": True}, {"fp16": False}) is None
-    assert bf16(False, {}) is None  # a GPU: TRL's own default
+    assert defaults(True, {"use_cpu": True}) == (True, False) and defaults(False, {"use_cpu": True}) == (False, False)
+    assert defaults(False, {"use_cpu": True, "bf16": True}, {"bf16": True}) == (True, False)  # rl.trl.bf16 decides
+    assert defaults(True, {"use_cpu": True, "gradient_checkpointing": True}, {"fp16": False, "gradient_checkpointing": True}) == (None, None)
+    assert defaults(False, {}) == (None, None)  # a GPU: TRL's own defaults
+    settings = grpo_settings(load_config("configs/rl/dapo.yaml", ["rl.train_batch_size=2", "rl.ppo_mini_batch_size=2", "rl.n_rollouts=4"]),
+                             tmp_path, cpu=True)
+    defaults(False, settings := {**settings, "use_cpu": True})
+    args = GRPOConfig(**settings)
+    assert not args.activation_checkpointing and not args.gradient_checkpointing and not args.bf16
+    # On the CPU a micro-batch is one rollout unless rl.micro_batch_size says otherwise: no padding (trl_update).
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (1, 8, 8)
 
 
 def test_rollout_turns_follow_the_machine_and_refuse_sampling_the_engine_cannot_do(tmp_path):
@@ -317,9 +326,14 @@ def test_one_real_grpo_step_updates_the_policy(plugins, local_web, tiny_model, t
 
 @pytest.mark.slow
 def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_path):
-    """`webdancer rl train` with rl.engine=trl: the native launcher, metrics, checkpoints, a final model, resume."""
+    """`webdancer rl train` with rl.engine=trl: the native launcher, metrics, checkpoints, a final model, resume; the
+    held-out check on RL's validation question at each step, and alarms with thresholds every run crosses: raised at
+    the resumed step against the first one (each printed once, listed in metrics.jsonl and the step line)."""
     web, _, _ = local_web
-    run, qa = trl_run(tmp_path, web, tiny_model, QA, "rl.total_training_steps=1")
+    questions = QA + [QAItem("What does FOLDOC stand for?", "Free On-line Dictionary of Computing")]
+    run, qa = trl_run(tmp_path, web, tiny_model, questions, "rl.total_training_steps=1", "rl.val_fraction=0.01", "rl.eval_every=1",
+                      "rl.eval_questions=4", "rl.alarm_window=1", "rl.alarm_length_growth=0.01", "rl.alarm_valid_turn_drop=-1",
+                      "rl.alarm_answered_rise=-1", "rl.alarm_correct_fall=-1", "rl.alarm_heldout_gap=-1")
     assert CliRunner().invoke(cli, ["rl", "prepare", str(qa), *run]).exit_code == 0
     result = CliRunner().invoke(cli, ["rl", "train", *run])
     assert result.exit_code == 0, result.output
@@ -333,7 +347,7 @@ def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_
         assert key in m, key
     assert m["step"] == 1 and m["response_length/mean"] <= 160 and m["reward/overlong/mean"] < 0
     [sample] = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()][:1]
-    assert sample["step"] == 1 and sample["reference"] in ("Jack Kilby", "1989") and sample["text"]
+    assert sample["step"] == 1 and sample["reference"] in [q.answer for q in questions] and sample["text"]
     assert (out / "checkpoints" / "checkpoint-1" / "trainer_state.json").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -348,8 +362,17 @@ def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_
     assert more.exit_code == 0, more.output
     assert "rollout turns: model.generate (rl.trl_rollouts=generate)" in more.output
     assert "resuming from" in more.output and "checkpoint-1" in more.output
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
     assert (out / "model" / "model.safetensors").is_file()
+    expected = ["valid_turns", "answer_sooner", "length", "heldout_gap"]
+    assert [r["alarms"] for r in rows] == [[], expected]
+    for name in expected:
+        assert more.output.count(f"alarm {name}: ") == 1, more.output
+    assert f"ALARM {', '.join(expected)}" in more.output
+    for r in rows:  # one held-out question (the validation split), rolled out with the training rules and rewards
+        assert -1 <= r["heldout/reward/mean"] <= 1 and "heldout/reward/answer/mean" in r and "heldout/tool_calls/mean" in r
+    assert rows[1]["heldout/gap"] == pytest.approx(rows[1]["reward/mean"] - rows[1]["heldout/reward/mean"])
 
 
 def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):

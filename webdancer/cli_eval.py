@@ -61,10 +61,10 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
 
 
 @eval_group.command("compare")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("runs", nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write compare.md and compare.png here.")
 def eval_compare(runs: tuple[str, ...], out: Optional[str]) -> None:
-    """Show eval runs (folders or results.json files) side by side, e.g. before vs after SFT."""
+    """Show eval runs (folders or results.json files, each as PATH or LABEL=PATH) side by side, e.g. before vs after SFT."""
     from rich.console import Console
     from rich.markdown import Markdown
 
@@ -74,9 +74,13 @@ def eval_compare(runs: tuple[str, ...], out: Optional[str]) -> None:
     if len(runs) < 2:
         raise click.UsageError("give at least two runs to compare")
     loaded: dict[str, dict] = {}
-    for path in runs:
+    for given in runs:
+        named, _, path = given.partition("=") if "=" in given and not Path(given).exists() else ("", "", given)
+        if not Path(path).exists():
+            raise click.BadParameter(f"{path} does not exist (give an eval folder or its results.json, as PATH or LABEL=PATH)",
+                                     param_hint="RUNS")
         res = load_results(path)
-        label = res.get("meta", {}).get("name") or Path(path).name
+        label = named or res.get("meta", {}).get("name") or Path(path).name
         while label in loaded:
             label += "'"
         loaded[label] = res

@@ -9,6 +9,9 @@ from webdancer.config import one_of
 
 # `webdancer pipeline`'s stages, in the order they run.
 PIPELINE_STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_before", "sft", "eval_after", "rl", "eval_rl", "report")
+# Stages a config may add to pipeline.stages: eval_control evaluates the SFT checkpoint a second time (eval/control),
+# the same compute as after_rl without RL: the noise a paired after-RL difference has to beat.
+OPTIONAL_STAGES = ("eval_control",)
 
 
 @dataclass

@@ -25,12 +25,12 @@ from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_line
 from webdancer.records import QAItem
 from webdancer.tracking import Reporting, track
 from webdancer.typed import to_dict
-from webdancer_pipeline.config import PIPELINE_STAGES
+from webdancer_pipeline.config import OPTIONAL_STAGES, PIPELINE_STAGES
 
 DEFAULT_MODEL = "smollm2-135m"
-EVALS = ("before", "after", "after_rl")  # eval/<name>: the base model, after SFT, after RL
+EVALS = ("before", "after", "control", "after_rl")  # eval/<name>: the base model, after SFT (twice: control), after RL
 TRAINING_STAGES = ("sft", "rl")  # they use no served model, and the memory of an idle one is theirs
-SCORING_STAGES = ("filter", "eval_before", "eval_after", "rl", "eval_rl")  # they score with the configured rewards
+SCORING_STAGES = ("filter", "eval_before", "eval_after", "eval_control", "rl", "eval_rl")  # they score with the configured rewards
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 
@@ -48,9 +48,9 @@ def _serves(url: str, host: str, port: int) -> bool:
 
 class Pipeline:
     def __init__(self, cfg: WebdancerConfig, echo: Callable[[str], None] = print):
-        unknown = [s for s in cfg.pipeline.stages if s not in PIPELINE_STAGES]
+        unknown = [s for s in cfg.pipeline.stages if s not in PIPELINE_STAGES + OPTIONAL_STAGES]
         if unknown:
-            raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(PIPELINE_STAGES)}")
+            raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(PIPELINE_STAGES + OPTIONAL_STAGES)}")
         self.cfg = cfg
         self.echo = echo
         self.dir = cfg.run.dir
@@ -150,10 +150,10 @@ class Pipeline:
         if not cfg.judge.model or cfg.serve.backend == "external":
             return False
         url = validate_options(ModelConfig, cfg.judge.model, "judge.model").base_url
-        for port, stage in ((cfg.pipeline.sft_port, "eval_after"), (cfg.pipeline.rl_port, "eval_rl")):
+        for port, stage in ((cfg.pipeline.sft_port, "eval_after"), (cfg.pipeline.sft_port, "eval_control"), (cfg.pipeline.rl_port, "eval_rl")):
             if stage in cfg.pipeline.stages and _serves(url, cfg.serve.host, port):
                 raise ConfigError(f"judge.model.base_url={url} is where the pipeline serves the model {stage} evaluates "
-                                  f"(pipeline.{'sft' if stage == 'eval_after' else 'rl'}_port={port}), which runs only for that "
+                                  f"(pipeline.{'rl' if stage == 'eval_rl' else 'sft'}_port={port}), which runs only for that "
                                   "stage; point the judge at a server that stays up (the base model's, serve.port, or another)")
         return _serves(url, cfg.serve.host, cfg.serve.port)
 
@@ -289,6 +289,7 @@ class Pipeline:
         from webdancer_sft.export import export_sft
         from webdancer_sft.train import run_training, training_losses
 
+        self.check_held_out()
         data = Path(self.cfg.sft.dataset_dir or self.dir / "sft_data")
         stats = export_sft(self.path("kept.jsonl"), data)
         out = self.sft_dir
@@ -302,6 +303,13 @@ class Pipeline:
         losses = result["losses"]
         return {"exported": stats.exported, "trained": True, "steps": len(losses), "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None}
+
+    def check_held_out(self) -> None:
+        """Before any training step: no held-out question is one SFT or RL trains on (webdancer_pipeline.heldout)."""
+        from webdancer_pipeline.heldout import check_held_out
+
+        if self.path("qa_eval.jsonl").is_file():
+            check_held_out(self.path("qa_eval.jsonl"), [self.path("qa_train.jsonl"), self.path("kept.jsonl")])
 
     def _eval_served(self, model_dir: Path, port: int, name: str) -> dict[str, Any]:
         """Serve `model_dir`, evaluate it as `name`, and compare every evaluation of this run so far."""
@@ -324,12 +332,16 @@ class Pipeline:
     def stage_eval_after(self) -> dict[str, Any]:
         return self._eval_served(self.sft_dir, self.cfg.pipeline.sft_port, "after")
 
+    def stage_eval_control(self) -> dict[str, Any]:
+        return self._eval_served(self.sft_dir, self.cfg.pipeline.sft_port, "control")
+
     def stage_rl(self) -> dict[str, Any]:
         from webdancer_rl.metrics import reward_trend
         from webdancer_rl.prepare import prepare
         from webdancer_rl.train import data_dir, gpu_visible, run_rl
 
         cfg, out_dir = self.cfg, self.rl_dir
+        self.check_held_out()
         data = prepare(list(read_records(self.path("qa_train.jsonl"), QAItem)), cfg, data_dir(cfg))
         mode, engine = cfg.pipeline.rl_train, cfg.rl.engine
         train = mode == "always" or (mode == "auto" and (engine == "trl" or gpu_visible()))
@@ -337,7 +349,7 @@ class Pipeline:
             self.need_web()  # the rollouts call the tools
 
         def progress(line: str) -> None:  # the engine's per-step lines, not its library chatter
-            if line.startswith(("step ", "warning", "error", "resuming", "already trained")):
+            if line.startswith(("step ", "alarm ", "warning", "error", "resuming", "already trained")):
                 self.echo(f"   {line}")
 
         run_rl(cfg, data_dir(cfg), out_dir, echo=progress, dry_run=not train)

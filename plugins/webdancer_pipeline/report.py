@@ -44,6 +44,9 @@ def _plot_loss(log: Path, out: Path) -> bool:
     return _plot({"loss": [(r["current_steps"], r["loss"]) for r in rows if "loss" in r]}, "training loss", "SFT (LLaMA-Factory)", out)
 
 
+EVAL_TITLES = {"before": "before SFT", "after": "after SFT", "control": "after SFT again (control)", "after_rl": "after RL"}
+
+
 def _rl_section(rl_dir: Path, run_dir: Path, summary: dict[str, Any]) -> list[str]:
     from webdancer_rl.metrics import read_metrics
 
@@ -62,8 +65,18 @@ def _rl_section(rl_dir: Path, run_dir: Path, summary: dict[str, Any]) -> list[st
     names = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("reward/") and k.count("/") == 2})
     series = {"reward": [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]}
     series.update({name: [(r["step"], r[f"reward/{name}/mean"]) for r in rows if f"reward/{name}/mean" in r] for name in names})
+    heldout = [(r["step"], r["heldout/reward/mean"]) for r in rows if "heldout/reward/mean" in r]
+    if heldout:
+        series["held-out reward"] = heldout
     if _plot(series, "mean reward", f"RL ({engine})", run_dir / "rl_reward.png"):
         md += ["", "![RL reward per step](rl_reward.png)"]
+    first: dict[str, int] = {}
+    for r in rows:
+        for name in r.get("alarms", []):
+            first.setdefault(name, r["step"])
+    md += ["", "Training-health alarms: " + (", ".join(f"**{n}** (from step {step}, held at {sum(n in r.get('alarms', []) for r in rows)} "
+                                                       f"steps)" for n, step in first.items()) if first else "none raised") +
+           f" (the messages are in `{rl_dir / 'train.log'}`; thresholds `rl.alarm_*`)."]
     return md + [""]
 
 
@@ -104,6 +117,10 @@ def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path, rl_dir: Pa
     if _plot_loss(sft_dir / "trainer_log.jsonl", run_dir / "sft_loss.png"):
         sft = stages.get("sft", {}).get("summary", {})
         losses = sft.get("losses") or [sft.get("loss_first"), sft.get("loss_last")]
+        if None in losses:  # a run that did not record SFT's summary (a seed run sharing another run's SFT): its log
+            from webdancer_sft.train import training_losses
+
+            losses = training_losses(sft_dir) or [float("nan")]
         md += ["## SFT", "", f"Loss {losses[0]:.3f} -> {losses[-1]:.3f} (log: `{sft_dir}/trainer_log.jsonl`, command: `{sft_dir}/command.sh`).",
                "", "![SFT loss](sft_loss.png)", ""]
     rl = stages.get("rl", {}).get("summary")
@@ -112,11 +129,11 @@ def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path, rl_dir: Pa
     compare = run_dir / "eval" / "compare.md"
     if compare.is_file():
         body = compare.read_text(encoding="utf-8").split("\n", 1)[1]
-        runs = [name for name in ("before", "after", "after_rl") if (run_dir / "eval" / name / "results.json").is_file()]
-        title = " / ".join({"before": "before SFT", "after": "after SFT", "after_rl": "after RL"}[n] for n in runs)
+        runs = [name for name in EVAL_TITLES if (run_dir / "eval" / name / "results.json").is_file()]
+        title = " / ".join(EVAL_TITLES[n] for n in runs)
         md += [f"## Evaluation on held-out questions: {title}", "", body.strip(), "", "![eval](eval/compare.png)", ""]
     else:
-        for name in ("before", "after", "after_rl"):
+        for name in EVAL_TITLES:
             report = run_dir / "eval" / name / "report.md"
             if report.is_file():
                 md += [f"## Evaluation ({name})", "", report.read_text(encoding="utf-8").split("\n", 1)[1].strip(), ""]

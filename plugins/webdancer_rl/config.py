@@ -46,7 +46,8 @@ class RlConfig:
     train_batch_size: int = 32  # questions per step (each rolled out n_rollouts times)
     ppo_mini_batch_size: int = 16  # questions per optimizer update (train_batch_size / this = updates per step)
     # Rollouts per forward/backward pass (a GPU's, for verl: the update's and both log-prob passes'), gradients
-    # accumulated. 0: TRL takes a whole mini-batch at once; verl packs micro-batches by tokens (dynamic batch size,
+    # accumulated. 0: TRL takes one rollout at a time on the CPU (no padding) and a whole mini-batch on a GPU; verl
+    # packs micro-batches by tokens (dynamic batch size,
     # up to one whole rollout a GPU: max_prompt_length + max_response_length).
     micro_batch_size: int = 0
     learning_rate: float = 1e-6
@@ -79,7 +80,17 @@ class RlConfig:
     # each batch of rollouts, CPU only, sampling with temperature and top_p; generate: the policy's own
     # `model.generate`, one padded batch per turn; auto: batched on the CPU, generate on a GPU.
     trl_rollouts: str = one_of("auto", "batched", "generate")
-    # Warnings while training (both engines' metrics): the valid-turn rate falling this far below its first
-    # step's, the mean response length growing past this multiple of its first step's.
-    warn_valid_turn_drop: float = 0.3
-    warn_length_growth: float = 2.0
+    # Training-health alarms (both engines' metrics; webdancer_rl.alarms): the mean of the last `alarm_window` steps
+    # against the first `alarm_window` steps'. Printed once, listed per step in metrics.jsonl (`alarms`) and the report.
+    alarm_window: int = 3
+    alarm_tool_call_drop: float = 0.5  # tool calls per rollout below this fraction of the start's
+    alarm_valid_turn_drop: float = 0.3  # the valid-turn rate this far below the start's
+    alarm_format_only: float = 0.02  # the answer rewards at most this while the format reward is paid
+    alarm_answered_rise: float = 0.1  # the answered rate up this much ...
+    alarm_correct_fall: float = 0.05  # ... while the answer rewards fall this much
+    alarm_length_growth: float = 2.0  # the mean response length past this multiple of the start's
+    alarm_heldout_gap: float = 0.15  # training minus held-out reward widened this much since the first held-out check
+    # TRL: every this many steps, the policy rolls out the same `eval_questions` held-out questions (val.parquet, the
+    # first by id) with the training rules and rewards: `heldout/*` in metrics.jsonl and the held-out gap alarm (0: off).
+    eval_every: int = 10
+    eval_questions: int = 8

@@ -1,18 +1,16 @@
 """RL metrics under one set of names for both engines, one line per step in `runs/<run>/rl/metrics.jsonl`.
 
 The TRL engine computes them from its rollouts; for verl, `from_verl` renames what verl's file
-logger writes. The guards (NaN loss, drifting format rate or length) read these names too.
+logger writes. The alarms (webdancer_rl.alarms) read these names too.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, Optional
 
-from webdancer.errors import WebdancerError
 from webdancer.jsonl import JsonlAppender, atomic_write_text, iter_json_lines
 
 # What verl logs (verl/trainer/ppo/metric_utils.py, 0.9.1) -> our name.
@@ -65,8 +63,9 @@ def from_verl(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add_verl_metrics(verl_log: Path, metrics: Path) -> int:
-    """Append the steps of verl's file log not yet in metrics.jsonl, in our names; returns how many."""
+def add_verl_metrics(verl_log: Path, metrics: Path, check: Optional[Callable[[dict[str, Any]], list[str]]] = None) -> int:
+    """Append the steps of verl's file log not yet in metrics.jsonl, in our names, each with the `alarms` that `check`
+    finds in it (webdancer_rl.alarms.Alarms.check); returns how many."""
     if not verl_log.is_file():
         return 0
     done = {obj.get("step") for _, obj in iter_json_lines(metrics)} if metrics.is_file() else set()
@@ -76,6 +75,8 @@ def add_verl_metrics(verl_log: Path, metrics: Path) -> int:
         for _, record in iter_json_lines(verl_log):
             row = from_verl(record)
             if row["step"] is not None and row["step"] not in done:
+                if check:
+                    row["alarms"] = check(row)
                 out.write(row)
                 done.add(row["step"])
                 added += 1
@@ -100,40 +101,14 @@ class MetricsLog:
         self._out.close()
 
 
-class Guard:
-    """Stops on a NaN/inf loss; warns once when the valid-turn rate or response length drifts from step one's."""
-
-    def __init__(self, valid_turn_drop: float, length_growth: float, warn: Callable[[str], None]):
-        self.valid_turn_drop, self.length_growth, self.warn = valid_turn_drop, length_growth, warn
-        self.first: Optional[dict[str, Any]] = None
-        self.warned: set[str] = set()
-
-    def check(self, m: dict[str, Any], checkpoint_hint: Callable[[], str]) -> None:
-        loss = m.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise WebdancerError(f"the loss became {loss} at step {m.get('step')}; stopped. {checkpoint_hint()} "
-                                 "Lower rl.learning_rate or check the rewards, then rerun to resume.")
-        if self.first is None:
-            self.first = m
-            return
-        rate, rate0 = m.get("valid_turn_rate"), self.first.get("valid_turn_rate")
-        if rate is not None and rate0 is not None and rate0 - rate > self.valid_turn_drop and "rate" not in self.warned:
-            self.warned.add("rate")
-            self.warn(f"warning: the valid-turn rate fell from {rate0:.2f} (step {self.first['step']}) to {rate:.2f} "
-                      f"(step {m['step']}), more than rl.warn_valid_turn_drop={self.valid_turn_drop}")
-        length, length0 = m.get("response_length/mean"), self.first.get("response_length/mean")
-        if length and length0 and length > self.length_growth * length0 and "length" not in self.warned:
-            self.warned.add("length")
-            self.warn(f"warning: the mean response length grew from {length0:.0f} (step {self.first['step']}) to {length:.0f} "
-                      f"tokens (step {m['step']}), past rl.warn_length_growth={self.length_growth}x")
-
-
 def progress_line(m: dict[str, Any], total: int, reward_names: list[str]) -> str:
     parts = ", ".join(f"{n} {m.get(f'reward/{n}/mean', float('nan')):.2f}" for n in reward_names)
     return (f"step {m['step']}/{total}  reward {m.get('reward/mean', float('nan')):.3f} ({parts})  "
             f"len {m.get('response_length/mean', 0):.0f}  valid {m.get('valid_turn_rate', 0):.2f}  "
             f"tools {m.get('tool_calls/mean', 0):.1f}  filtered {m.get('filtered_groups', 0):.2f}  "
-            f"loss {m.get('loss', float('nan')):.4f}  {m.get('seconds_per_step', 0):.1f} s")
+            f"loss {m.get('loss', float('nan')):.4f}  {m.get('seconds_per_step', 0):.1f} s"
+            + (f"  held-out reward {m['heldout/reward/mean']:.3f}" if "heldout/reward/mean" in m else "")
+            + (f"  ALARM {', '.join(m['alarms'])}" if m.get("alarms") else ""))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,8 +22,9 @@ from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, run_preflight, venv_env, write_command_script
 from webdancer.rewards import check_weights, configured_options, configured_weights
 from webdancer.tracking import Reporting
+from webdancer_rl.alarms import Alarms, Thresholds
 from webdancer_rl.hydra_overrides import override
-from webdancer_rl.metrics import add_verl_metrics
+from webdancer_rl.metrics import add_verl_metrics, read_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
 from webdancer_rl.ray_job import RAY_JOB_ENV, job_config
 
@@ -265,8 +267,18 @@ def run_verl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Calla
     if check_only:
         return command
     Reporting.of(cfg).check(command[0], f"verl's environment {cfg.rl.venv}")
-    code = run_logged(command, output_dir / "train.log", env, echo)
-    add_verl_metrics(output_dir / VERL_METRICS, output_dir / "metrics.jsonl")
+    metrics = output_dir / "metrics.jsonl"
+    alarms = Alarms(Thresholds.of(cfg.rl), echo, history=read_metrics(metrics))
+    last = [0.0]
+
+    def watch(line: str) -> None:  # verl's steps into metrics.jsonl as they come (at most every 5 s), with their alarms
+        echo(line)
+        if time.monotonic() - last[0] > 5:
+            last[0] = time.monotonic()
+            add_verl_metrics(output_dir / VERL_METRICS, metrics, alarms.check)
+
+    code = run_logged(command, output_dir / "train.log", env, watch)
+    add_verl_metrics(output_dir / VERL_METRICS, metrics, alarms.check)
     Reporting.of(cfg).relay("rl", output_dir / "metrics.jsonl")
     if code != 0:
         raise WebdancerError(f"verl exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))

@@ -29,18 +29,21 @@ from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.rewards import configured_options, configured_weights
 from webdancer.tools import ToolBox
 from webdancer.tracking import Reporting
-from webdancer_rl.metrics import TRL_NAMES, Guard, MetricsLog, batch_metrics, progress_line
+from webdancer_rl.alarms import Alarms, Thresholds, stop_on_bad_loss
+from webdancer_rl.metrics import TRL_NAMES, MetricsLog, batch_metrics, progress_line, read_metrics
 from webdancer_rl.prepare import read_rows
 from webdancer_rl.reward import compute_score, overlong_penalty
 from webdancer_rl.rollout import ChatTokens, Generate, RolloutLimits, RolloutTimes, run_rollouts
+from webdancer_rl.trl_update import lean_update_trainer
 
 # verl's loss_agg_mode -> TRL's loss_type (same aggregation of the token losses).
 LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
 OVERLONG = "overlong"
 
 
-def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
-    """GRPOConfig fields for `rl.*`: the DAPO settings verl gets, mapped onto TRL's names; `rl.trl` last."""
+def grpo_settings(cfg: WebdancerConfig, out_dir: Path, cpu: bool = False) -> dict[str, Any]:
+    """GRPOConfig fields for `rl.*`: the DAPO settings verl gets, mapped onto TRL's names; `rl.trl` last. On the
+    `cpu`, `rl.micro_batch_size` 0 is one rollout per pass (see cpu_defaults), elsewhere a whole mini-batch."""
     rl = cfg.rl
     if rl.loss_agg_mode not in LOSS_TYPES:
         raise ConfigError(f"rl.loss_agg_mode={rl.loss_agg_mode!r} has no TRL equivalent; choose one of {', '.join(LOSS_TYPES)}")
@@ -50,7 +53,7 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"rl.n_rollouts must be at least 2 (group-relative advantages), got {rl.n_rollouts}")
     updates = rl.train_batch_size // rl.ppo_mini_batch_size  # optimizer steps per generated batch, as verl's mini-batches
     mini = rl.ppo_mini_batch_size * rl.n_rollouts  # rollouts per optimizer step
-    micro = rl.micro_batch_size or mini
+    micro = rl.micro_batch_size or (1 if cpu else mini)
     if mini % micro:
         raise ConfigError(f"rl.micro_batch_size ({micro}) must divide the rollouts of a mini-batch "
                           f"(rl.ppo_mini_batch_size x rl.n_rollouts = {mini})")
@@ -88,14 +91,21 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path) -> dict[str, Any]:
     return settings
 
 
-def cpu_autocast(settings: dict[str, Any], options: dict[str, Any]) -> None:
-    """On the CPU, TRL's default bf16 autocast only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX; a
-    forward + backward of 2 x 2,000 tokens took 15-16 s with it, 28-34 s in fp32, on such a CPU); elsewhere oneDNN
-    emulates bf16 and fp32 is the faster choice. `rl.trl.bf16` / `rl.trl.fp16` decide instead when set."""
+def cpu_defaults(settings: dict[str, Any], options: dict[str, Any]) -> None:
+    """What suits a CPU run, unless `rl.trl` sets it: TRL's default bf16 autocast only where the CPU multiplies bf16
+    natively (AVX512-BF16 or AMX; a forward + backward of 2 x 2,000 tokens took 15-16 s with it, 28-34 s in fp32, on
+    such a CPU; elsewhere oneDNN emulates bf16 and fp32 is faster); no gradient checkpointing (TRL's default
+    recomputes every layer's forward in the backward: 1.18x an update of the tiny model, for memory a CPU has);
+    one rollout per forward/backward pass when `rl.micro_batch_size` is 0 (no padding, the causal attention kernel:
+    see webdancer_rl.trl_update)."""
     from webdancer_models.cpu_linear import bf16_supported
 
-    if settings.get("use_cpu") and not {"bf16", "fp16"} & set(options):
+    if not settings.get("use_cpu"):
+        return
+    if not {"bf16", "fp16"} & set(options):
         settings["bf16"] = bf16_supported()
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
+        settings["activation_checkpointing"] = False  # transformers' name; TRL's default sets its old alias
 
 
 def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
@@ -241,6 +251,18 @@ class WebdancerRollouts:
             "webdancer_scores": scores,
         }
 
+    def heldout(self, rows: list[dict[str, Any]], trainer: Any) -> dict[str, float]:
+        """One rollout of each held-out question with the current policy, the training rules and rewards: heldout/*."""
+        times = RolloutTimes()
+        started = time.perf_counter()
+        with self._turns(trainer, times) as generate:
+            rollouts = self.loop.run(run_rollouts([self.chat.prompt(r["prompt"]) for r in rows], generate, self.toolbox, self.chat,
+                                                  self.limits, times, lockstep=self.generation != "batched"))
+        scores = self.loop.run(self._score(rollouts, rows))
+        measured = batch_metrics(rollouts, scores, list(self.weights), [True] * len(rollouts))
+        keep = ("reward/", "answered_rate", "tool_calls/mean", "valid_turn_rate", "response_length/mean")
+        return {**{f"heldout/{k}": v for k, v in measured.items() if k.startswith(keep)}, "time/heldout_s": time.perf_counter() - started}
+
     @contextlib.contextmanager
     def _turns(self, trainer: Any, times: RolloutTimes) -> Iterator[Generate]:
         """This batch's turn generator (`rl.trl_rollouts`); the batched engine's start and stop count as generation time."""
@@ -331,6 +353,19 @@ def model_folder_problem(path: Path) -> Optional[str]:
     return None
 
 
+def heldout_rows(cfg: WebdancerConfig, data_dir: Path) -> list[dict[str, Any]]:
+    """The fixed held-out subset `rl.eval_every` rolls out: the first `rl.eval_questions` of val.parquet by id."""
+    rl = cfg.rl
+    if rl.eval_every <= 0 or rl.eval_questions <= 0 or rl.total_training_steps < rl.eval_every:
+        return []
+    path = data_dir / "val.parquet"
+    rows = read_rows(path) if path.is_file() else []
+    if not rows:
+        raise ConfigError(f"rl.eval_every={rl.eval_every} rolls out held-out questions and {path} has none: set rl.val_fraction "
+                          "above 0 when preparing the data (`webdancer rl prepare`), or rl.eval_every=0")
+    return sorted(rows, key=lambda r: str(r["extra_info"]["question_id"]))[: rl.eval_questions]
+
+
 def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, echo: Callable[[str], None] = print) -> Path:
     """Train with GRPO; resumes from the newest complete checkpoint; returns the final model folder."""
     import os
@@ -349,10 +384,11 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     if len(rows) < rl.train_batch_size:
         raise ConfigError(f"{data_dir / 'train.parquet'} has {len(rows)} questions; rl.train_batch_size is {rl.train_batch_size}")
     check_trl_options(rl.trl)
-    settings = grpo_settings(cfg, out_dir)
-    if not torch.cuda.is_available():
+    cpu = not torch.cuda.is_available()
+    settings = grpo_settings(cfg, out_dir, cpu=cpu)
+    if cpu:
         settings.setdefault("use_cpu", True)
-    cpu_autocast(settings, rl.trl or {})
+    cpu_defaults(settings, rl.trl or {})
     generation = rollout_generation(cfg, settings, gpu=not settings.get("use_cpu"))  # before loading the model
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "left"
@@ -368,7 +404,8 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step)
     samples = MetricsLog(out_dir / "samples.jsonl", resume_step, key=None)  # one rollout per group and step, to read
-    guard = Guard(rl.warn_valid_turn_drop, rl.warn_length_growth, echo)
+    alarms = Alarms(Thresholds.of(rl), echo, history=read_metrics(out_dir / "metrics.jsonl"))
+    heldout = heldout_rows(cfg, data_dir)
     total = settings["max_steps"]
 
     class Progress(TrainerCallback):
@@ -384,7 +421,11 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
             seconds = time.perf_counter() - self.step_started
             m = {"step": state.global_step, **rollouts.last, **{ours: logs[k] for k, ours in TRL_NAMES.items() if k in logs},
                  "seconds_per_step": seconds, "time/update_s": max(0.0, seconds - rollouts.last.get("time/rollout_s", 0.0))}
-            guard.check(m, lambda: f"The last checkpoint ({(complete_checkpoints(out_dir / 'checkpoints') or ['none yet'])[-1]}) is intact.")
+            batch = len(alarms.rows) + 1  # generated batches so far (a batch's later updates log no reward)
+            if heldout and "reward/mean" in m and batch % rl.eval_every == 0:
+                m.update(rollouts.heldout(heldout, trainer))
+            stop_on_bad_loss(m, lambda: f"The last checkpoint ({(complete_checkpoints(out_dir / 'checkpoints') or ['none yet'])[-1]}) is intact.")
+            m["alarms"] = alarms.check(m)
             log.write(m)
             for sample in rollouts.samples:
                 samples.write({"step": state.global_step, **sample})
@@ -392,7 +433,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
             echo(progress_line(m, total, [n for n in names if n != OVERLONG]))
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    trainer = GRPOTrainer(
+    trainer = lean_update_trainer(GRPOTrainer)(
         model=model,
         reward_funcs=[reward_function(n) for n in names],
         args=GRPOConfig(**settings),

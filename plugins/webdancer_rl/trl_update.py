@@ -1,0 +1,117 @@
+"""The TRL engine's update without the work that cannot change it: padding columns and rows with no gradient.
+
+TRL pads every rollout of a generated batch to the batch's widest prompt and completion and keeps that width in
+each micro-batch. On the CPU that costs twice: the padded tokens are computed, and an attention mask with padding
+sends scaled-dot-product attention down its slow masked path, where an unpadded row takes the causal kernel
+(benchmarks/rl_step.py: 8 rollouts of 650 + 400-1,500 tokens, forward + backward 282 s in micro-batches of 2 against
+160 s one rollout at a time without padding). And a rollout whose loss mask is empty (its group was dropped by
+dynamic sampling) or, with a loss of summed tokens and no KL or entropy term, whose advantage is 0, adds exactly
+nothing to the gradient: its forward and backward are skipped. Last, TRL's fused LM head (49k-vocabulary projection
+and log-softmax, in fp32 tiles) scores only labelled positions on Triton devices and every position elsewhere, which
+on the CPU means the prompt and the tool observations, most of a rollout, are projected and thrown away: here only
+the tokens the model wrote are scored. The loss is the same sum over the same tokens (tests/test_rl_update.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+# Tensors TRL's GRPOTrainer puts in a micro-batch (trl 1.16, text models), by what their columns are.
+PROMPT_COLUMNS = ("prompt_ids", "prompt_mask")
+COMPLETION_COLUMNS = ("completion_ids", "completion_mask", "tool_mask", "old_per_token_logps", "ref_per_token_logps",
+                      "sampling_per_token_logps", "importance_sampling_ratio")
+PER_ROW = ("advantages",)
+KNOWN = {*PROMPT_COLUMNS, *COMPLETION_COLUMNS, *PER_ROW, "num_items_in_batch"}
+# Losses that divide a sum over tokens by a count fixed for the whole generated batch (num_items_in_batch): a row
+# that contributes no token loss can leave the micro-batch without changing the loss.
+BATCH_NORMALIZED = {"dapo", "cispo"}
+
+
+def live_rows(inputs: dict[str, Any], zero_advantage_is_dead: bool) -> list[int]:
+    """Rows that carry a gradient: some token in the loss mask and, when `zero_advantage_is_dead`, an advantage."""
+    mask = inputs["completion_mask"]
+    if "tool_mask" in inputs:
+        mask = mask * inputs["tool_mask"]
+    alive = mask.sum(dim=1) > 0
+    if zero_advantage_is_dead:
+        advantages = inputs["advantages"]
+        alive &= (advantages.reshape(advantages.size(0), -1) != 0).any(dim=1)
+    return alive.nonzero().flatten().tolist()
+
+
+def trimmed(inputs: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """`inputs` restricted to `rows`, without the prompt columns no row attends to and the completion columns past
+    every row's last token (prompts are padded on the left, completions on the right)."""
+    import torch
+
+    index = torch.tensor(rows, dtype=torch.long, device=inputs["prompt_ids"].device)
+    prompt_mask, completion_mask = inputs["prompt_mask"][index], inputs["completion_mask"][index]
+    prompt_start = int((prompt_mask.sum(dim=0) > 0).nonzero().min()) if prompt_mask.any() else prompt_mask.size(1) - 1
+    used = (completion_mask.sum(dim=0) > 0).nonzero()
+    completion_end = int(used.max()) + 1 if used.numel() else 1
+    width = inputs["completion_ids"].size(1)
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if key == "num_items_in_batch" or not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        value = value[index]
+        if key in PROMPT_COLUMNS:
+            value = value[:, prompt_start:]
+        elif key in COMPLETION_COLUMNS and value.dim() == 2 and value.size(1) == width:
+            value = value[:, :completion_end]
+        out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def model_tokens_scored_only(model: Any, inputs: dict[str, Any]) -> Iterator[None]:
+    """While TRL computes this micro-batch's loss: observation tokens get no label (the loss masks them anyway), and
+    on the CPU the fused head projects labelled positions only (its `_use_triton` choice, made to keep tile shapes
+    fixed for compilers, which eager CPU code does not have)."""
+    import trl.trainer.utils as trl_utils
+
+    mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+
+    def unlabel_observations(module, args, kwargs):
+        labels = kwargs.get("labels")
+        if kwargs.get("fused_lm_head") and labels is not None and labels.size(0) == mask.size(0) and labels.size(1) >= mask.size(1):
+            labels = labels.clone()
+            labels[:, -mask.size(1):] = labels[:, -mask.size(1):].masked_fill(mask == 0, -100)
+            kwargs["labels"] = labels
+        return args, kwargs
+
+    hook = model.register_forward_pre_hook(unlabel_observations, with_kwargs=True)
+    use_triton = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or use_triton(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = use_triton
+        hook.remove()
+
+
+def zero_loss(model: Any) -> Any:
+    """A loss of 0 whose gradient is 0 for every trainable weight, as a micro-batch of dead rows gives in TRL."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+
+
+def lean_update_trainer(base: type) -> type:
+    """`base` (TRL's GRPOTrainer) computing each micro-batch's loss on its live rows without padding."""
+
+    class LeanUpdateGRPOTrainer(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if set(inputs) - KNOWN:  # a multimodal or newer TRL batch: left as TRL made it
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            row_free = self.loss_type in BATCH_NORMALIZED
+            no_other_term = self.beta == 0.0 and not getattr(self, "_entropy_bonus_enabled", True)
+            rows = live_rows(inputs, zero_advantage_is_dead=row_free and no_other_term)
+            if not row_free:  # the loss averages over rows: every row stays, only padding goes
+                rows = list(range(inputs["prompt_ids"].size(0)))
+            if not rows:
+                return zero_loss(model)
+            inputs = trimmed(inputs, rows)
+            with model_tokens_scored_only(model, inputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return LeanUpdateGRPOTrainer

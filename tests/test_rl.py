@@ -1,6 +1,7 @@
 """RL plugin, core side: verl's data files, the DAPO command, compute_score (verl itself: tests/verl_side)."""
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -147,6 +148,13 @@ def test_verl_metrics_land_in_metrics_jsonl_under_our_names(tmp_path):
     assert add_verl_metrics(verl_log, metrics) == 0 and len(metrics.read_text().splitlines()) == 2  # a rerun adds nothing twice
 
 
+def default_alarms():
+    from webdancer_rl.alarms import Thresholds
+    from webdancer_rl.config import RlConfig
+
+    return Thresholds.of(RlConfig())
+
+
 def healthy(step, **changes):
     """A step's metrics in both engines' names; `changes` override them."""
     m = {"step": step, "loss": 0.1, "reward/mean": 0.3, "reward/format/mean": 0.9, "reward/answer/mean": 0.25, "answered_rate": 0.8,
@@ -163,10 +171,10 @@ def healthy(step, **changes):
     ("length", {"response_length/mean": 1700.0}, "mean response length 1700 tokens (steps 4-6 against 1-3: 800), past rl.alarm_length_growth=2.0x"),
 ])
 def test_each_alarm_names_the_metric_value_threshold_and_a_fix(name, late, needle):
-    from webdancer_rl.alarms import Alarms, Thresholds
+    from webdancer_rl.alarms import Alarms
 
     said = []
-    alarms = Alarms(Thresholds(), said.append)
+    alarms = Alarms(default_alarms(), said.append)
     held = [alarms.check(healthy(step)) for step in (1, 2, 3)]
     held += [alarms.check(healthy(step, **late)) for step in (4, 5, 6, 7)]
     assert held[:6] == [[]] * 5 + [[name]]  # windows of 3: the late steps' mean only crosses once all three are late
@@ -174,18 +182,18 @@ def test_each_alarm_names_the_metric_value_threshold_and_a_fix(name, late, needl
     assert said[0].startswith(f"alarm {name}: ") and needle in said[0]
     assert len(said[0].split(". ", 1)[1]) > 20  # and what a user usually does about it
     # A healthy run raises none; a resumed run remembers what was raised (said once per run, not per process).
-    quiet = Alarms(Thresholds(), said.append)
+    quiet = Alarms(default_alarms(), said.append)
     assert all(quiet.check(healthy(step)) == [] for step in range(1, 10))
     history = [{**healthy(s, **(late if s > 3 else {})), "alarms": [name] if s == 6 else []} for s in range(1, 7)]
-    again = Alarms(Thresholds(), said.append, history=history)
+    again = Alarms(default_alarms(), said.append, history=history)
     assert again.check(healthy(7, **late)) == [name] and len(said) == 1
 
 
 def test_the_heldout_gap_alarm_and_a_nan_loss_stop():
-    from webdancer_rl.alarms import Alarms, Thresholds, stop_on_bad_loss
+    from webdancer_rl.alarms import Alarms, stop_on_bad_loss
 
     said = []
-    alarms = Alarms(Thresholds(window=2), said.append)
+    alarms = Alarms(dataclasses.replace(default_alarms(), window=2), said.append)
     alarms.check(healthy(1, **{"reward/mean": 0.3}))
     first = healthy(2, **{"reward/mean": 0.3, "heldout/reward/mean": 0.28})
     assert alarms.check(first) == [] and first["heldout/gap"] == pytest.approx(0.02)
@@ -199,14 +207,14 @@ def test_the_heldout_gap_alarm_and_a_nan_loss_stop():
 
 
 def test_verl_steps_get_their_alarms_in_metrics_jsonl(tmp_path):
-    from webdancer_rl.alarms import Alarms, Thresholds
+    from webdancer_rl.alarms import Alarms
     from webdancer_rl.metrics import add_verl_metrics
 
     verl_log, metrics = tmp_path / "verl_metrics.jsonl", tmp_path / "metrics.jsonl"
     lines = [{"step": s, "data": {"critic/score/mean": 0.2, "response_length/mean": 300.0 if s < 2 else 900.0}} for s in (1, 2, 3)]
     verl_log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     said = []
-    assert add_verl_metrics(verl_log, metrics, Alarms(Thresholds(window=1), said.append).check) == 3
+    assert add_verl_metrics(verl_log, metrics, Alarms(dataclasses.replace(default_alarms(), window=1), said.append).check) == 3
     assert [json.loads(line)["alarms"] for line in metrics.read_text().splitlines()] == [[], ["length"], ["length"]]
     assert len(said) == 1 and said[0].startswith("alarm length: mean response length 900 tokens")
 

@@ -20,16 +20,16 @@ FORMAT = "format"  # the reward component paid for any well-formed answer
 
 @dataclass(frozen=True)
 class Thresholds:
-    """`rl.alarm_*` (see RlConfig)."""
+    """`rl.alarm_*` (their defaults and meaning: webdancer_rl.config.RlConfig)."""
 
-    window: int = 3
-    tool_call_drop: float = 0.5
-    valid_turn_drop: float = 0.3
-    format_only: float = 0.02
-    answered_rise: float = 0.1
-    correct_fall: float = 0.05
-    length_growth: float = 2.0
-    heldout_gap: float = 0.15
+    window: int
+    tool_call_drop: float
+    valid_turn_drop: float
+    format_only: float
+    answered_rise: float
+    correct_fall: float
+    length_growth: float
+    heldout_gap: float
 
     @classmethod
     def of(cls, rl: Any) -> "Thresholds":

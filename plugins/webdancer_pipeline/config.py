@@ -12,6 +12,8 @@ PIPELINE_STAGES = ("web", "model", "synth", "split", "sample", "filter", "eval_b
 # Stages a config may add to pipeline.stages: eval_control evaluates the SFT checkpoint a second time (eval/control),
 # the same compute as after_rl without RL: the noise a paired after-RL difference has to beat.
 OPTIONAL_STAGES = ("eval_control",)
+# The evaluations a run can hold (runs/<run>/eval/<name>), in order, with their titles in the report.
+EVAL_TITLES = {"before": "before SFT", "after": "after SFT", "control": "after SFT again (control)", "after_rl": "after RL"}
 
 
 @dataclass

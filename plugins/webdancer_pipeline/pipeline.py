@@ -25,10 +25,10 @@ from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_line
 from webdancer.records import QAItem
 from webdancer.tracking import Reporting, track
 from webdancer.typed import to_dict
-from webdancer_pipeline.config import OPTIONAL_STAGES, PIPELINE_STAGES
+from webdancer_pipeline.config import EVAL_TITLES, OPTIONAL_STAGES, PIPELINE_STAGES
 
 DEFAULT_MODEL = "smollm2-135m"
-EVALS = ("before", "after", "control", "after_rl")  # eval/<name>: the base model, after SFT (twice: control), after RL
+EVALS = tuple(EVAL_TITLES)  # eval/<name>: the base model, after SFT (twice: control), after RL
 TRAINING_STAGES = ("sft", "rl")  # they use no served model, and the memory of an idle one is theirs
 SCORING_STAGES = ("filter", "eval_before", "eval_after", "eval_control", "rl", "eval_rl")  # they score with the configured rewards
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from webdancer.jsonl import atomic_write_text
+from webdancer_pipeline.config import EVAL_TITLES
 
 
 def _plot(series: dict[str, list[tuple[float, float]]], ylabel: str, title: str, out: Path) -> bool:
@@ -42,9 +43,6 @@ def _plot_loss(log: Path, out: Path) -> bool:
         return False
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return _plot({"loss": [(r["current_steps"], r["loss"]) for r in rows if "loss" in r]}, "training loss", "SFT (LLaMA-Factory)", out)
-
-
-EVAL_TITLES = {"before": "before SFT", "after": "after SFT", "control": "after SFT again (control)", "after_rl": "after RL"}
 
 
 def _rl_section(rl_dir: Path, run_dir: Path, summary: dict[str, Any]) -> list[str]:

@@ -222,10 +222,7 @@ class WebdancerRollouts:
         rows = [self.rows[prompt_key(p)] for p in prompts]
         times = RolloutTimes()
         started = time.perf_counter()
-        with self._turns(trainer, times) as generate:
-            # The engine runs each request to its own end: rollouts go on their own. model.generate pads a batch: together.
-            rollouts = self.loop.run(run_rollouts([self.chat.prompt(p) for p in prompts], generate, self.toolbox, self.chat, self.limits, times,
-                                                  lockstep=self.generation != "batched"))
+        rollouts = self._roll_out(rows, trainer, times)
         t0 = time.perf_counter()
         scores = self.loop.run(self._score(rollouts, rows))
         reward_s = time.perf_counter() - t0
@@ -253,15 +250,19 @@ class WebdancerRollouts:
 
     def heldout(self, rows: list[dict[str, Any]], trainer: Any) -> dict[str, float]:
         """One rollout of each held-out question with the current policy, the training rules and rewards: heldout/*."""
-        times = RolloutTimes()
         started = time.perf_counter()
-        with self._turns(trainer, times) as generate:
-            rollouts = self.loop.run(run_rollouts([self.chat.prompt(r["prompt"]) for r in rows], generate, self.toolbox, self.chat,
-                                                  self.limits, times, lockstep=self.generation != "batched"))
+        rollouts = self._roll_out(rows, trainer, RolloutTimes())
         scores = self.loop.run(self._score(rollouts, rows))
         measured = batch_metrics(rollouts, scores, list(self.weights), [True] * len(rollouts))
         keep = ("reward/", "answered_rate", "tool_calls/mean", "valid_turn_rate", "response_length/mean")
         return {**{f"heldout/{k}": v for k, v in measured.items() if k.startswith(keep)}, "time/heldout_s": time.perf_counter() - started}
+
+    def _roll_out(self, rows: list[dict[str, Any]], trainer: Any, times: RolloutTimes) -> list[Any]:
+        """One rollout of each row's prompt with the policy, under the rollout rules."""
+        with self._turns(trainer, times) as generate:
+            # The engine runs each request to its own end: rollouts go on their own. model.generate pads a batch: together.
+            return self.loop.run(run_rollouts([self.chat.prompt(r["prompt"]) for r in rows], generate, self.toolbox, self.chat,
+                                              self.limits, times, lockstep=self.generation != "batched"))
 
     @contextlib.contextmanager
     def _turns(self, trainer: Any, times: RolloutTimes) -> Iterator[Generate]:

@@ -28,12 +28,14 @@ KNOWN = {*PROMPT_COLUMNS, *COMPLETION_COLUMNS, *PER_ROW, "num_items_in_batch"}
 BATCH_NORMALIZED = {"dapo", "cispo"}
 
 
+def loss_mask(inputs: dict[str, Any]) -> Any:
+    """The completion tokens the loss counts, as TRL masks them: the model's own (tool observations are not)."""
+    return inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+
+
 def live_rows(inputs: dict[str, Any], zero_advantage_is_dead: bool) -> list[int]:
     """Rows that carry a gradient: some token in the loss mask and, when `zero_advantage_is_dead`, an advantage."""
-    mask = inputs["completion_mask"]
-    if "tool_mask" in inputs:
-        mask = mask * inputs["tool_mask"]
-    alive = mask.sum(dim=1) > 0
+    alive = loss_mask(inputs).sum(dim=1) > 0
     if zero_advantage_is_dead:
         advantages = inputs["advantages"]
         alive &= (advantages.reshape(advantages.size(0), -1) != 0).any(dim=1)
@@ -71,7 +73,7 @@ def model_tokens_scored_only(model: Any, inputs: dict[str, Any]) -> Iterator[Non
     fixed for compilers, which eager CPU code does not have)."""
     import trl.trainer.utils as trl_utils
 
-    mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+    mask = loss_mask(inputs)
 
     def unlabel_observations(module, args, kwargs):
         labels = kwargs.get("labels")
@@ -103,10 +105,10 @@ def lean_update_trainer(base: type) -> type:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if set(inputs) - KNOWN:  # a multimodal or newer TRL batch: left as TRL made it
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            row_free = self.loss_type in BATCH_NORMALIZED
-            no_other_term = self.beta == 0.0 and not getattr(self, "_entropy_bonus_enabled", True)
-            rows = live_rows(inputs, zero_advantage_is_dead=row_free and no_other_term)
-            if not row_free:  # the loss averages over rows: every row stays, only padding goes
+            if self.loss_type in BATCH_NORMALIZED:
+                no_other_term = self.beta == 0.0 and not getattr(self, "_entropy_bonus_enabled", True)
+                rows = live_rows(inputs, zero_advantage_is_dead=no_other_term)
+            else:  # the loss averages over rows: every row stays, only padding goes
                 rows = list(range(inputs["prompt_ids"].size(0)))
             if not rows:
                 return zero_loss(model)

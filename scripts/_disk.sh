@@ -10,6 +10,7 @@ setup_gb() {  # GiB the environments still missing here will take (pip's downloa
   [ -x .venvs/sft/bin/python ] || gb=$((gb + 10))  # torch 2.9.1 from PyPI is a CUDA build: 8 GB installed
   [ -x .venvs/rl/bin/python ] || gb=$((gb + 3))
   [ -x .venvs/serve/bin/python ] || gb=$((gb + 1))
+  [ -x .venvs/vllm/bin/python ] || gb=$((gb + 4))  # vLLM's CPU build: 2.5 GB installed
   echo "$gb"
 }
 need_disk() {  # need_disk GB DIR WHAT: stop unless DIR's disk has GB GiB free

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up the environments and run the test suite: the core suite in .venv/ (tests/gpu_contract drives the other
-# environments through their own tools), then the tests that need verl in its own environment .venvs/rl (tests/verl_side). Extra arguments go to both pytest runs.
+# Set up the environments and run the test suite: the core suite in .venv/ (tests/gpu_contract and the vLLM tests drive
+# the other environments through their own tools), then the tests that need verl in its own environment .venvs/rl (tests/verl_side). Extra arguments go to both pytest runs.
 # pytest's exit code 5 (no tests collected) is a failure here, never a silent pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
 bash scripts/setup_sft.sh || { echo "SFT environment setup failed" >&2; exit 1; }
 bash scripts/setup_rl.sh || { echo "RL environment setup failed" >&2; exit 1; }
 bash scripts/setup_serve.sh || { echo "serving environment setup failed" >&2; exit 1; }  # SGLang's parser, for the GPU recipes' checks
+bash scripts/setup_vllm.sh || { echo "vLLM environment setup failed" >&2; exit 1; }  # serve.backend=vllm
 PYTHON=.venv/bin/python bash scripts/fetch_chat_templates.sh || { echo "fetching the published chat templates failed" >&2; exit 1; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 reports=$(mktemp -d)
@@ -26,15 +27,6 @@ verl=$?
 for rc in "$core" "$verl"; do
   if [ "$rc" -eq 5 ]; then echo "error: a pytest run collected no tests" >&2; exit 1; fi
 done
-# One closing line for both runs.
-.venv/bin/python - "$reports" <<'PY'
-import sys, xml.etree.ElementTree as ET
-from pathlib import Path
-passed = failed = skipped = 0
-for f in Path(sys.argv[1]).glob("*.xml"):
-    for s in ET.parse(f).getroot().iter("testsuite"):
-        n, fl, er, sk = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
-        passed += n - fl - er - sk; failed += fl + er; skipped += sk
-print(f"total: {passed} passed, {failed} failed, {skipped} skipped")
-PY
+# One closing line for both runs (scripts/test_total.py: a run that did not finish is named and counted as failed).
+.venv/bin/python scripts/test_total.py "$reports" "core=$core" "verl=$verl"
 [ "$core" -eq 0 ] && [ "$verl" -eq 0 ]

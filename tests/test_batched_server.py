@@ -47,6 +47,16 @@ def test_requests_are_parsed_with_their_own_settings_and_unsupported_fields_refu
                         ({"stop": [""]}, "'stop'"), ({"messages": []}, "'messages'")]:
         with pytest.raises(BadRequest, match=field):
             parse_request({"messages": [{"role": "user", "content": "x"}], **body}, 99)
+    # Every text shape the OpenAI API accepts: parts joined, null content beside tool calls; other parts named.
+    shapes = [{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+              {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": "{}"}}]},
+              {"role": "assistant"}]
+    assert [m["content"] for m in parse_request({"messages": shapes}, 9)[0]] == ["one\ntwo", "", ""]
+    for message, field in [({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, r"messages\[0\].content\[0\].*'image_url'"),
+                           ({"role": "user", "content": None}, r"messages\[0\].content' must be .* \(null only on an assistant turn\)"),
+                           ({"role": "user", "content": 3}, r"messages\[0\].content' must be a string")]:
+        with pytest.raises(BadRequest, match=field):
+            parse_request({"messages": [message]}, 9)
     assert first_stop("abc<tool_response>x</tool_response>", ["</tool_response>", "<tool_response>"]) == 3
     assert first_stop("abc", ["z"]) is None
 
@@ -219,6 +229,12 @@ async def test_bad_requests_get_clear_http_errors_and_the_server_keeps_serving(t
         huge = await http.post(url, json={"messages": [{"role": "user", "content": "word " * 9000}], "max_tokens": 8})
         assert huge.status_code == 400 and "--kv-cache-tokens" in huge.json()["error"]["message"]
         assert (await http.post(url, content=b"{not json")).status_code == 400
+        shaped = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                  {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": "{}"}}]},
+                  {"role": "tool", "content": [{"type": "text", "text": "nothing found"}]}]
+        assert (await http.post(url, json={"messages": shaped, "max_tokens": 2})).status_code == 200  # OpenAI's shapes for text
+        image = await http.post(url, json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
+        assert image.status_code == 400 and "messages[0].content[0]" in image.json()["error"]["message"]
         models = (await http.get(server.base_url + "/models")).json()["data"]
         assert served_model_name(serve_cfg) in [m["id"] for m in models]
     with pytest.raises(ModelError, match="'seed'"):  # a 400 is not retried and names the field
@@ -226,6 +242,32 @@ async def test_bad_requests_get_clear_http_errors_and_the_server_keeps_serving(t
             await client.chat([Message("user", "hi")])
     async with ChatClient(chat_config(serve_cfg, server, temperature=0.0, max_tokens=4)) as client:
         assert (await client.chat([Message("user", "hi")])).usage.completion_tokens > 0
+
+
+async def test_a_request_whose_client_has_gone_stops_generating(tiny_server):
+    """A client that gives up (a timeout, a killed agent) takes its generation with it: the engine drops it at once
+    instead of decoding to max_tokens for nobody."""
+    serve_cfg, server = tiny_server
+    health = server.base_url.removesuffix("/v1") + "/health"
+    long = {"model": served_model_name(serve_cfg), "messages": [{"role": "user", "content": "Tell a very long story about ships."}],
+            "max_tokens": 1500, "temperature": 1.0}
+
+    async def in_flight(http):
+        return (await http.get(health)).json()["requests_in_flight"]
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=4) as impatient:
+            request = asyncio.ensure_future(impatient.post(server.base_url + "/chat/completions", json=long))
+            await asyncio.sleep(2)
+            assert await in_flight(http) == 1 and not request.done()  # 1,500 tokens take about a minute here
+            with pytest.raises(httpx.TimeoutException):
+                await request
+        deadline = time.monotonic() + 15
+        while await in_flight(http) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert await in_flight(http) == 0
+        reply = await http.post(server.base_url + "/chat/completions", json={**long, "max_tokens": 2})
+        assert reply.status_code == 200
 
 
 async def test_bf16_linear_layers_serve_the_fp32_servers_greedy_replies_mostly(tiny_server, tmp_path):
@@ -477,13 +519,14 @@ def test_one_row_inputs_go_to_the_kernel_that_times_faster(monkeypatch):
     assert all(linear.plain_rows == cpu_linear.PLAIN_GEMV_ROWS for linear in fp32)  # until timed: GEMV, bitwise torch's own
     assert torch.equal(fp32[0](x), torch.nn.functional.linear(x, weights[0]))
     stock_linear = torch.nn.functional.linear
+    now = [0.0]  # the choice's clock: only what the fake CPU below spends moves it, not this machine's load
 
-    def slow_gemv(*args, **kwargs):  # a CPU where torch's GEMV is far slower than the packed kernel
-        time.sleep(0.005)
+    def slow_gemv(*args, **kwargs):  # a CPU where torch's GEMV takes 5 ms a call and the packed kernel no time
+        now[0] += 0.005
         return stock_linear(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "linear", slow_gemv)
-    kernel, gemv_ms, packed_ms = cpu_linear.choose_small_input_kernel(fp32 + ([bf16] if bf16 else []), trials=3)
+    kernel, gemv_ms, packed_ms = cpu_linear.choose_small_input_kernel(fp32 + ([bf16] if bf16 else []), trials=3, clock=lambda: now[0])
     monkeypatch.setattr(torch.nn.functional, "linear", stock_linear)
     assert kernel == "oneDNN's packed kernel" and gemv_ms > packed_ms
     assert all(linear.plain_rows == 0 for linear in fp32)

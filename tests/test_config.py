@@ -92,6 +92,18 @@ def test_component_options_validated_with_same_errors():
         validate_options(SearchOptions, {"top_k": "many"}, "tools.search")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("tools.serach.backend=serper", r"'tools.serach': no tool named 'serach' is installed; closest valid tool names: search"),
+    ("policies.exprt.max_query_words=3", r"'policies.exprt': no policy named 'exprt' is installed; closest valid policy names: expert"),
+    ("tools.visit.timeout=5", r"unknown config key 'tools.visit.timeout'; closest valid keys: timeout_s"),
+    ("rewards.format.wieght=1", r"unknown config key 'rewards.format.wieght'"),
+])
+def test_a_typo_in_a_component_section_is_an_error_at_load(override, message):
+    """Every command loads through here (`config show` included): nothing is ignored, nothing refused only later."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
 def test_missing_secret_names_env_var(monkeypatch):
     monkeypatch.delenv("WD_TEST_KEY", raising=False)
     with pytest.raises(ConfigError, match="WD_TEST_KEY"):

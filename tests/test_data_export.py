@@ -144,3 +144,26 @@ def test_exported_datasets_feed_rl_prepare_and_sft_export_as_the_files_do(tmp_pa
     assert missing.exit_code == 2 and "no such file, dataset folder or hf: dataset" in missing.output
     wrong = CliRunner().invoke(cli, ["sft", "export", f"{out}#qa", str(tmp_path / "y"), "--split", "train"])
     assert wrong.exit_code == 2 and "a trajectory dataset needs the fields question and steps" in wrong.output
+
+
+def test_an_empty_split_is_written_with_its_columns_and_exported(tmp_path):
+    """rl.val_fraction=0: val.parquet has no rows but train's columns; the export lists the split with 0 rows."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    from webdancer.plugins import get_plugins
+
+    get_plugins().add_commands(cli)
+    run, _ = small_run(tmp_path)
+    args = ["rl", "prepare", str(run / "qa_train.jsonl"), f"run.root={run.parent}", "run.name=r", "agent.current_date=2026-12-07", "rl.val_fraction=0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    train, val = (pq.read_table(run / "rl_data" / f) for f in ("train.parquet", "val.parquet"))
+    assert train.num_rows == 4 and val.num_rows == 0 and val.schema == train.schema
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["data", "export", str(run), str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "rl: train 4, validation 0 (empty: no file written)" in result.output
+    rl = datasets.load_dataset(str(out), "rl", cache_dir=str(tmp_path / "hf-cache"))
+    assert list(rl) == ["train"] and rl["train"].num_rows == 4  # `datasets` cannot read a 0-row parquet file: no split
+    assert "| rl | validation | 0 (empty: no file) |" in (out / "README.md").read_text()

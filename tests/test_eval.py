@@ -232,3 +232,17 @@ def test_gaia_questions_with_attachments_are_skipped_by_default(plugins, tmp_pat
     assert results["overall"]["questions"] == 2  # the Kilby question names kilby_notes.pdf
     assert results["meta"]["attachments"].startswith("1 questions with an attached file skipped")
     assert bad.exit_code == 2 and "'eval.attachments': 'never'; choose one of skip, ask" in bad.output
+
+
+def test_the_closing_line_never_shows_a_missing_result_as_zero():
+    from dataclasses import asdict
+
+    from webdancer.evaluation import Summary, summary_line
+
+    nothing = {"complete": False, "incomplete_runs": 12, "overall": asdict(Summary(k=1))}
+    assert summary_line(nothing).startswith("nothing scored: 12 planned run(s) missing") and "0.0%" not in summary_line(nothing)
+    one = {"complete": True, "incomplete_runs": 0, "overall": asdict(Summary(questions=12, trajectories=12, k=1, pass_at_1=0.5, pass_at_k=0.5,
+                                                                            pass_at_1_ci=[0.25, 0.75]))}
+    assert summary_line(one) == "Pass@1 50.0% [25.0, 75.0]  (12 questions, 12 runs)"  # k=1: Pass@1 once
+    four = {"complete": False, "incomplete_runs": 3, "overall": {**one["overall"], "k": 4, "trajectories": 45, "pass_at_k": 0.75}}
+    assert summary_line(four) == "Pass@1 50.0% [25.0, 75.0]  Pass@4 75.0%  (12 questions, 45 runs; PARTIAL: 3 run(s) missing)"

@@ -132,6 +132,16 @@ def test_our_tools_served_over_streamable_http_to_the_sdk_client(local_web, tmp_
             assert "## Web Results" in result.content
 
         asyncio.run(through_our_client())
+
+        # DNS rebinding: a page from another origin, or a Host that is not this machine's loopback name, is refused.
+        import httpx
+
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        url = f"http://127.0.0.1:{port}/mcp/"
+        assert httpx.post(url, json=body, headers=headers).status_code == 200
+        assert httpx.post(url, json=body, headers={**headers, "host": "evil.example.com"}).status_code == 421
+        assert httpx.post(url, json=body, headers={**headers, "origin": "http://evil.example.com"}).status_code == 403
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -120,8 +120,8 @@ def test_command_builders():
     b = ServeConfig(model_path="/m/tiny", port=9001, kv_cache_tokens=4096)  # the default backend
     assert server_command(b)[1:4] == ["-m", "webdancer_models.batched_server", "/m/tiny"] and served_model_name(b) == "/m/tiny"
     assert server_command(b)[server_command(b).index("--kv-cache-tokens") + 1] == "4096"
-    with pytest.raises(WebdancerError, match="'vllm' is not one of batched, transformers, sglang, external"):
-        server_command(ServeConfig(backend="vllm"))
+    with pytest.raises(WebdancerError, match="'tgi' is not one of batched, transformers, vllm, sglang, external"):
+        server_command(ServeConfig(backend="tgi"))
     assert server_command(b)[server_command(b).index("--linear-dtype") + 1] == "float32"
     fast = ServeConfig(model_path="/m/tiny", linear_dtype="bfloat16")
     assert server_command(fast)[server_command(fast).index("--linear-dtype") + 1] == "bfloat16"
@@ -191,3 +191,49 @@ async def test_transformers_serve_samples_when_asked_and_is_greedy_at_temperatur
     assert len(set(greedy)) == 1  # temperature 0: the same text every time
     assert len(set(sampled)) > 1  # transformers serve decoded greedily at any temperature before
     assert json.loads((Path(serve_cfg.model_path) / "generation_config.json").read_text())["do_sample"] is True
+
+
+def test_serve_stops_within_seconds_of_sigterm_while_generating(tiny_model, tmp_path):
+    """`webdancer serve` given SIGTERM during a long generation: the wrapper and its server child are gone within
+    seconds (uvicorn waited for the reply before; the wrapper died without stopping its child)."""
+    import asyncio
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+    import psutil
+
+    port = free_port()
+    wrapper = subprocess.Popen([str(Path(sys.executable).with_name("webdancer")), "serve", f"serve.model_path={tiny_model}", f"serve.port={port}",
+                                "serve.kv_cache_tokens=4096", f"run.root={tmp_path}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and wrapper.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    tree = [wrapper.pid, *(p.pid for p in psutil.Process(wrapper.pid).children(recursive=True))]
+
+    async def long_request_then_sigterm():
+        async with httpx.AsyncClient(timeout=120) as http:
+            request = asyncio.ensure_future(http.post(f"{base}/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 1500, "temperature": 1.0}))
+            while (await http.get(f"{base}/health")).json()["requests_in_flight"] == 0:
+                await asyncio.sleep(0.2)
+            wrapper.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            await asyncio.to_thread(wrapper.wait, 30)
+            took = time.monotonic() - started
+            with contextlib.suppress(httpx.HTTPError):  # the reply is cut off: an error or an error status
+                await request
+            return took
+
+    took = asyncio.run(long_request_then_sigterm())
+    alive = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert took < 10 and not alive, (took, alive)

@@ -280,8 +280,10 @@ def sample_cmd(config_path: Optional[str], qa_file: str, overrides: tuple[str, .
         def show(stats) -> None:
             progress.update(
                 task,
-                description=f"done {stats.done}/{stats.planned}  correct {stats.correct}  failed {stats.failed}  outages {stats.outages}  "
-                f"{stats.tokens_per_s:.1f} tok/s  {dict(stats.terminations)}" + "".join(f"\n  paused: {d}" for d in BREAKERS.down()),
+                description=f"done {stats.done}/{stats.planned}  correct {stats.correct}  failed {stats.failed}  outages {stats.outages}"
+                + (f"  {stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else "")  # a scripted policy generates no tokens
+                + "".join(f"  {reason} {count}" for reason, count in sorted(stats.terminations.items()))
+                + "".join(f"\n  paused: {d}" for d in BREAKERS.down()),
             )
 
         async def sample_all():

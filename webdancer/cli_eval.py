@@ -38,7 +38,7 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
 
     from webdancer.breaker import BREAKERS
     from webdancer.config_loader import load_config
-    from webdancer.evaluation import check_complete, default_eval_name, run_eval
+    from webdancer.evaluation import check_complete, default_eval_name, run_eval, summary_line
 
     cfg = load_config(config_path, overrides)
     if k is not None:
@@ -55,8 +55,7 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
     click.echo("", err=True)
     out_dir = cfg.run.dir / "eval" / name
     Console().print(Markdown((out_dir / "report.md").read_text(encoding="utf-8")))
-    o = results["overall"]
-    click.echo(f"Pass@1 {100 * o['pass_at_1']:.1f}%  Pass@{o['k']} {100 * o['pass_at_k']:.1f}%  -> {out_dir}/(results.json, report.md, plot.png)")
+    click.echo(f"{summary_line(results)}  -> {out_dir}/(results.json, report.md, plot.png)")
     check_complete(results, out_dir, "this command")
 
 

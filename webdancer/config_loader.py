@@ -125,6 +125,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         from webdancer.plugins import get_plugins
         from webdancer.rewards import configured_weights
 
+        check_component_sections(cfg)  # what the user wrote; a plugin's config_loaded hook may add to it after
         get_plugins().pm.hook.config_loaded(cfg=cfg)
         for name, weight in configured_weights(cfg).items():  # `config show` and every stage see the weights scored with
             cfg.rewards[name] = {**(cfg.rewards.get(name) or {}), "weight": weight}
@@ -132,6 +133,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
         BREAKERS.configure(cfg.infra)  # the process's breakers follow the config it runs on
     return cfg
+
+
+COMPONENT_SECTIONS = {"tools": "tools", "policies": "policies", "rewards": "rewards", "synth": "synthesizers"}  # section: kind
+
+
+def check_component_sections(cfg: Any) -> None:
+    """Every `tools.<name>`, `policies.<name>`, `rewards.<name>` and `synth.<name>` names an installed component and
+    holds only options its own Config accepts, whether or not this command uses it: a typo (`tools.serach`, a wrong
+    option) is an error at load, in `config show` as in the stage that would have ignored or refused it later."""
+    from webdancer.options import closest_keys, validate_options
+    from webdancer.plugins import get_plugins, singular
+
+    plugins = get_plugins()
+    for section, kind in COMPONENT_SECTIONS.items():
+        installed = plugins.components(kind)
+        for name, options in (getattr(cfg, section) or {}).items():
+            if name not in installed:
+                hint = closest_keys(name, sorted(installed)).replace("keys", f"{singular(kind)} names")
+                broken = [i.name for i in plugins.info.values() if i.error]
+                raise ConfigError(f"'{section}.{name}': no {singular(kind)} named '{name}' is installed; {hint}"
+                                  + (f" (plugins that failed to load: {', '.join(broken)})" if broken else ""))
+            options = {k: v for k, v in (options or {}).items() if not (section == "rewards" and k == "weight")}
+            config_class = getattr(installed[name], "Config", None)
+            if config_class is not None:
+                validate_options(config_class, options, f"{section}.{name}")
 
 
 def _check_choices(obj: Any, prefix: str) -> None:

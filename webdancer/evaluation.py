@@ -399,6 +399,19 @@ def compare_pair(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return lines
 
 
+def summary_line(results: dict[str, Any]) -> str:
+    """The one line a person reads after an eval: Pass@1 (and Pass@k when k > 1) with its interval, over how many runs;
+    an eval with nothing scored says so instead of a 0 % that is no result."""
+    o = results["overall"]
+    if not o["trajectories"]:
+        return f"nothing scored: {results.get('incomplete_runs', 0)} planned run(s) missing (see below); no Pass@1 yet"
+    line = f"Pass@1 {100 * o['pass_at_1']:.1f}% [{100 * o['pass_at_1_ci'][0]:.1f}, {100 * o['pass_at_1_ci'][1]:.1f}]"
+    if o["k"] > 1:
+        line += f"  Pass@{o['k']} {100 * o['pass_at_k']:.1f}%"
+    line += f"  ({o['questions']} questions, {o['trajectories']} runs"
+    return line + (f"; PARTIAL: {results['incomplete_runs']} run(s) missing)" if not results.get("complete", True) else ")")
+
+
 def check_complete(results: dict[str, Any], out_dir: Path, rerun: str) -> None:
     """Raise one clear OutageError when runs are missing: such a result is not the model's score yet."""
     if results.get("complete", True):

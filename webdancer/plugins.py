@@ -92,11 +92,11 @@ class Plugins:
                 def register(component: Any, _kind: str = kind, _plugin: str = plugin_name) -> None:
                     cname = getattr(component, "name", None)
                     if not isinstance(cname, str) or not cname:
-                        raise PluginError(f"plugin '{_plugin}' registered a {_singular(_kind)} without a string `name`: {component!r}")
+                        raise PluginError(f"plugin '{_plugin}' registered a {singular(_kind)} without a string `name`: {component!r}")
                     if cname in registry[_kind]:
                         other = registry[_kind][cname][1]
                         raise PluginError(
-                            f"{_singular(_kind)} name '{cname}' is registered twice: by plugin '{other}' and by plugin '{_plugin}'; "
+                            f"{singular(_kind)} name '{cname}' is registered twice: by plugin '{other}' and by plugin '{_plugin}'; "
                             f"uninstall one of them or rename the component"
                         )
                     registry[_kind][cname] = (component, _plugin)
@@ -131,7 +131,7 @@ class Plugins:
             broken = [i.name for i in self.info.values() if i.error]
             if broken:
                 hint = f"; plugins that failed to load: {', '.join(broken)} (see `webdancer plugins`)"
-            raise PluginError(f"no {_singular(kind)} named '{name}' is registered (installed: {have}){hint}")
+            raise PluginError(f"no {singular(kind)} named '{name}' is registered (installed: {have}){hint}")
         return entry[0]
 
     def options(self, kind: str, name: str, options: Any, where: str) -> Any:
@@ -160,8 +160,9 @@ class Plugins:
                 info.error = f"register_commands failed: {type(exc).__name__}: {exc}"
 
 
-def _singular(kind: str) -> str:
-    return kind[:-1].replace("_", " ")
+def singular(kind: str) -> str:
+    """`policies` -> `policy`, `search_backends` -> `search backend`: a component kind's name for one of them."""
+    return (kind[:-3] + "y" if kind.endswith("ies") else kind[:-1]).replace("_", " ")
 
 
 _default: Plugins | None = None

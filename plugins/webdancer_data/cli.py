@@ -27,7 +27,7 @@ def export_cmd(config_path: Optional[str], source: str, out: str, overrides: tup
     cfg = load_config(config_path, overrides)
     result = export_dataset(source, out, cfg)
     for config, splits in result.rows.items():
-        click.echo(f"{config}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+        click.echo(f"{config}: " + ", ".join(f"{split} {n}{'' if n else ' (empty: no file written)'}" for split, n in splits.items()))
     click.echo(f"-> {result.out} (datasets.load_dataset('{result.out}', CONFIG); README.md is the card)")
     if repo:
         click.echo(f"pushed: {push(result.out, repo)}")

@@ -93,6 +93,11 @@ def export_dataset(source: str | Path, out: str | Path, cfg: WebdancerConfig) ->
     export = Export(out, parts)
     for part in parts:
         rows = None if part.source.suffix == ".parquet" else [encode_free_form(row) for row in read_rows(part.source)]
+        if (rows == [] if rows is not None else parquet_rows(part.source) == 0):
+            # An empty split (rl.val_fraction=0) is listed with 0 rows and not written: `datasets` cannot read a
+            # 0-row parquet file back ("BatchSize must be greater than 0"), and a missing split loads as none.
+            export.rows.setdefault(part.config, {})[part.split] = 0
+            continue
         try:
             if rows is None:
                 ds = datasets.load_dataset("parquet", data_files=str(part.source), split="train", cache_dir=str(tmp / ".cache"))
@@ -122,6 +127,15 @@ def encode_free_form(value: Any) -> Any:
     if isinstance(value, list):
         return [encode_free_form(v) for v in value]
     return value
+
+
+def parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+        raise ExportError(f"{path}: not a readable parquet file ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -156,9 +170,10 @@ def dataset_card(export: Export, source: Path, cfg: WebdancerConfig) -> str:
     config_hash = hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()[:16]
     header = ["---", f"license: {licence}", "tags:", "- webdancer", "- web-agent", "- question-answering", "configs:"]
     for config, splits in export.rows.items():
-        header += [f"- config_name: {config}", "  data_files:"]
-        for split in splits:
-            header += [f"  - split: {split}", f"    path: {config}/{split}-*.parquet"]
+        written = [split for split, n in splits.items() if n]
+        if written:
+            header += [f"- config_name: {config}", "  data_files:"]
+            header += [line for split in written for line in (f"  - split: {split}", f"    path: {config}/{split}-*.parquet")]
     header.append("---")
     body = [
         "", f"# {source.name}: webdancer data", "",
@@ -170,7 +185,7 @@ def dataset_card(export: Export, source: Path, cfg: WebdancerConfig) -> str:
         "- source web: " + ", ".join(f"{s.name} ({s.kind}, {s.source}, licence {s.licence or 'unknown'})" for s in cfg.web.sites),
         "", "## Contents", "", "| config | split | rows |", "|---|---|---|",
     ]
-    body += [f"| {config} | {split} | {n} |" for config, splits in export.rows.items() for split, n in splits.items()]
+    body += [f"| {config} | {split} | {n}{'' if n else ' (empty: no file)'} |" for config, splits in export.rows.items() for split, n in splits.items()]
     reasons = drop_reasons(source)
     if reasons:
         body += ["", "## What the filter dropped", ""]

@@ -4,7 +4,7 @@ tool) as an MCP server over stdio or streamable HTTP, with the official MCP SDK.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import click
 
@@ -40,15 +40,28 @@ async def serve_stdio(toolbox: Any) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
-def http_app(toolbox: Any) -> Any:
-    """A Starlette app serving the MCP endpoint at /mcp (streamable HTTP, JSON responses)."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def http_app(toolbox: Any, allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = ()) -> Any:
+    """A Starlette app serving the MCP endpoint at /mcp (streamable HTTP, JSON responses).
+
+    Requests whose Host is not a loopback name (any port) or one of `allowed_hosts`, or whose Origin is not a loopback
+    origin or one of `allowed_origins`, are refused by the MCP SDK's own transport security (421 / 403): a web page
+    the user opens cannot reach our tools through DNS rebinding."""
     import contextlib
 
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+    from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    manager = StreamableHTTPSessionManager(app=build_server(toolbox), json_response=True, stateless=True)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{name}:*" for name in LOOPBACK_NAMES] + list(allowed_hosts),
+        allowed_origins=[f"http://{name}:*" for name in LOOPBACK_NAMES] + list(allowed_origins),
+    )
+    manager = StreamableHTTPSessionManager(app=build_server(toolbox), json_response=True, stateless=True, security_settings=security)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -68,7 +81,10 @@ def mcp_group() -> None:
 @click.argument("overrides", nargs=-1)
 @click.option("--http", "port", type=int, default=None, help="Serve streamable HTTP on this port (endpoint /mcp) instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], port: Optional[int], host: str) -> None:
+@click.option("--allow-host", "allow_hosts", multiple=True, help="HTTP: a Host header to accept besides loopback names (NAME:PORT, or NAME:* for any port).")
+@click.option("--allow-origin", "allow_origins", multiple=True, help="HTTP: an Origin to accept besides loopback ones (e.g. https://app.example:443).")
+def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], port: Optional[int], host: str, allow_hosts: tuple[str, ...],
+              allow_origins: tuple[str, ...]) -> None:
     """Serve the tools of agent.tools (with their tools.<name> options) over MCP: stdio by default, HTTP with --http."""
     from webdancer.config_loader import load_config
     from webdancer.tools import ToolBox
@@ -83,7 +99,11 @@ def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], port: Opti
                 import uvicorn
 
                 click.echo(f"MCP (streamable HTTP) at http://{host}:{port}/mcp: {', '.join(toolbox.tools)}", err=True)
-                await uvicorn.Server(uvicorn.Config(http_app(toolbox), host=host, port=port, log_level="warning")).serve()
+                if host not in ("127.0.0.1", "localhost", "::1") and not allow_hosts:
+                    click.echo(f"bound to {host}: requests are accepted only with a loopback Host header; add --allow-host NAME:{port} "
+                               "for each name clients reach this machine by", err=True)
+                app = http_app(toolbox, allow_hosts, allow_origins)
+                await uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).serve()
 
     asyncio.run(run())
 

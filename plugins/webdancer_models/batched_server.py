@@ -135,6 +135,7 @@ def parse_request(body: Any, default_max_tokens: int) -> tuple[list[dict[str, An
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
         raise BadRequest("'messages' must be a non-empty list of {role, content} objects")
+    messages = [{**m, "content": message_text(m, i)} for i, m in enumerate(messages)]
     for key, what in REFUSED.items():
         if key in body and body[key] not in (None, DEFAULTS_OFF.get(key, None)):
             raise BadRequest(f"'{key}': this server does not support {what}")
@@ -156,6 +157,28 @@ def parse_request(body: Any, default_max_tokens: int) -> tuple[list[dict[str, An
     if not isinstance(kwargs, dict):
         raise BadRequest("'chat_template_kwargs' must be an object")
     return messages, Sampling(max_tokens, float(temperature), float(top_p), stop), kwargs
+
+
+def message_text(message: dict[str, Any], index: int) -> str:
+    """A message's content as the one string the chat template renders, from every shape the OpenAI API accepts for
+    text: a string, a list of text parts (joined by newlines, as vLLM joins them), or null/absent on an assistant
+    turn that makes tool calls. Other parts (images, audio) are a BadRequest naming the field."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if content is None and message["role"] == "assistant":
+        return ""
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise BadRequest(f"'messages[{index}].content[{j}]': only text parts ({{\"type\": \"text\", \"text\": ...}}) are "
+                                 f"supported, not {kind or type(part).__name__!r}")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise BadRequest(f"'messages[{index}].content' must be a string or a list of text parts"
+                     f"{'' if message['role'] == 'assistant' else ' (null only on an assistant turn)'}, not {content!r}")
 
 
 def first_stop(text: str, stops: list[str]) -> Optional[int]:
@@ -401,6 +424,7 @@ class BatchedGenerator:
         cb = ContinuousBatchingConfig(page_size=block_size, num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,
                                       per_request_processors=True, seed=seed, allow_block_sharing=True)
         self.max_tokens_in_cache = num_blocks * block_size
+        self.in_flight = 0  # requests the engine is generating for (shown by /health)
         self.manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
         self.manager.start()
         # Every step runs on the engine's thread from here on; this thread's OpenMP pool (left by loading and packing)
@@ -466,11 +490,14 @@ class BatchedGenerator:
         self.manager.register_result_handler(request_id, on_output)
         self.manager.add_request(prompt, request_id=request_id, max_new_tokens=sampling.max_new_tokens, streaming=bool(sampling.stop),
                                  eos_token_id=self.eos, **sampling.processor_kwargs)
+        self.in_flight += 1
         try:
             return await done
         except asyncio.CancelledError:  # the client went away: free its slot in the batch
             self._forget(request_id, cancel=True)
             raise
+        finally:
+            self.in_flight -= 1
 
     def _forget(self, request_id: str, cancel: bool) -> None:
         if cancel:
@@ -488,6 +515,30 @@ class BatchedGenerator:
         if (kept := self.decode_kv()) is not None:
             log.info("decode steps: %d appended to the kept keys, %d gathered them from the pages", kept.appends, kept.regathers)
         self.manager.stop(block=True, timeout=5)
+
+
+class ClientGone(Exception):
+    """The client of a request closed its connection before the reply."""
+
+
+async def until_disconnected(request: Any, work: Any, poll_s: float = 0.25) -> Any:
+    """Await `work` unless the client disconnects first: then cancel it (the engine drops the request and frees its
+    slot) and raise ClientGone. Starlette does not cancel a handler whose client has gone, so without this a dropped
+    1,500-token request kept a CPU busy for minutes."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise ClientGone()
+    finally:
+        if not task.done():  # this handler itself was cancelled (the server is stopping)
+            task.cancel()
 
 
 def build_app(generator: BatchedGenerator, served_names: set[str], default_max_tokens: int) -> Any:
@@ -509,7 +560,9 @@ def build_app(generator: BatchedGenerator, served_names: set[str], default_max_t
 
     async def health(_: Request) -> JSONResponse:
         problem = generator.alive_error()
-        return error(503, f"the generation engine stopped: {problem}", "server_error") if problem else JSONResponse({"status": "ok"})
+        if problem:
+            return error(503, f"the generation engine stopped: {problem}", "server_error")
+        return JSONResponse({"status": "ok", "requests_in_flight": generator.in_flight})
 
     async def models(_: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "webdancer"} for n in sorted(served_names)]})
@@ -526,7 +579,9 @@ def build_app(generator: BatchedGenerator, served_names: set[str], default_max_t
         try:
             messages, sampling, template_kwargs = parse_request(body, default_max_tokens)
             prompt = generator.prompt_ids(messages, template_kwargs)
-            text, tokens, reason = await generator.generate(prompt, sampling)
+            text, tokens, reason = await until_disconnected(request, generator.generate(prompt, sampling))
+        except ClientGone:
+            return error(499, "the client closed the connection; its generation was cancelled", "client_closed_request")
         except BadRequest as exc:
             return error(400, str(exc), "invalid_request_error")
         except RuntimeError as exc:
@@ -576,7 +631,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     names = {str(args.model_dir), args.served_model_name} - {""}
     log.info("serving %s on http://%s:%d/v1 (continuous batching, KV cache %d tokens, %s linear layers)", args.model_dir, args.host, args.port,
              generator.max_tokens_in_cache, args.linear_dtype)
-    uvicorn.run(build_app(generator, names, args.default_max_tokens), host=args.host, port=args.port, log_level="warning")
+    # A stop (SIGTERM, SIGINT) waits at most 2 s for requests in flight: uvicorn would otherwise wait for every one to
+    # finish generating, minutes for long replies, while the pipeline that stopped it waits to start the next server.
+    uvicorn.run(build_app(generator, names, args.default_max_tokens), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -63,21 +64,29 @@ def template_cmd(folder: str, install: bool) -> None:
 @config_options
 @click.argument("overrides", nargs=-1)
 @click.option("--print-command", is_flag=True, help="Print the server command and exit (e.g. to run it on a GPU host).")
-@click.option("--check", is_flag=True, help="sglang: run SGLang's own argument parser on the command (no GPU needed) and exit.")
+@click.option("--check", is_flag=True, help="sglang, vllm: run the server's own argument checks on the command (no GPU needed) and exit.")
 def serve(config_path: Optional[str], overrides: tuple[str, ...], print_command: bool, check: bool) -> None:
     """Start the model server of `serve.*` and keep it running until interrupted."""
-    from webdancer_models.serve import served_model_name, server_command, sglang_check, start_server
+    from webdancer_models.serve import check_server, served_model_name, server_command, start_server
 
     cfg = resolve_config(config_path, overrides)
     if check:
-        if cfg.serve.backend != "sglang":
-            raise click.UsageError(f"--check runs SGLang's parser; serve.backend is {cfg.serve.backend}")
-        report = sglang_check(cfg.serve)
-        click.echo(f"SGLang accepts the command (model {report['model_path']}, tp {report['tp_size']}; ServerArgs: {report['server_args']})")
+        report = check_server(cfg.serve)
+        if report is None:
+            raise click.UsageError(f"--check runs SGLang's or vLLM's own checks; serve.backend is {cfg.serve.backend}")
+        if cfg.serve.backend == "sglang":
+            click.echo(f"SGLang accepts the command (model {report['model_path']}, tp {report['tp_size']}; ServerArgs: {report['server_args']})")
+        else:
+            click.echo(f"vLLM accepts the command (model {report['model']}, dtype {report.get('resolved_dtype', report['dtype'])}; "
+                       f"engine config: {report['engine_config']}{', kernels for this CPU loaded' if report.get('kernels') else ''})")
         return
     if print_command:
         click.echo(shlex.join(server_command(cfg.serve)))
         return
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does, through the `finally` below
+
+    signal.signal(signal.SIGTERM, interrupted)
     server = start_server(cfg.serve, cfg.run.dir / "logs")
     click.echo(f"ready: {server.base_url}  model: {served_model_name(cfg.serve)}  log: {server.log_file}", err=True)
     try:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 LINEAR_DTYPES = ("float32", "bfloat16")
 PLAIN_GEMV_ROWS = 2  # fp32 inputs of at most this many rows go to torch's own GEMV (MKL) where that is faster (choose_small_input_kernel)
@@ -78,17 +78,19 @@ def model_linears(model: Any) -> list[CpuLinear]:
     return linears
 
 
-def choose_small_input_kernel(linears: list[CpuLinear], trials: int = 5) -> Optional[tuple[str, float, float]]:
+def choose_small_input_kernel(linears: list[CpuLinear], trials: int = 5, clock: Optional[Callable[[], float]] = None) -> Optional[tuple[str, float, float]]:
     """Send the fp32 inputs of one or two rows (a request decoding alone) to whichever kernel runs them faster on
     this CPU: torch's GEMV, or oneDNN's packed kernel as for larger batches. It differs by CPU: the model's linear
     layers at one row on two threads took 29.6 ms by GEMV against 38.6 ms packed on a 2-core Xeon, 48 against
     26 ms on a 2-core AMD EPYC (2026-11-29), where a lone request decoded at 16.5 tokens/s against 36 with bf16's
     packed layers. Times both on the layers themselves (one row, alternated `trials` times: ~0.4 s for a 135M
     model), sets every layer's `plain_rows`, and returns (kernel chosen, GEMV ms, packed ms); None when there
-    is nothing to choose (no packed fp32 layer)."""
+    is nothing to choose (no packed fp32 layer). `clock`: time.perf_counter unless a test gives its own."""
     import time
 
     import torch
+
+    clock = clock or time.perf_counter
 
     fp32 = [linear for linear in linears if linear.packed is not None and not linear.bf16]
     if not fp32:
@@ -100,10 +102,10 @@ def choose_small_input_kernel(linears: list[CpuLinear], trials: int = 5) -> Opti
             for rows in timings:
                 for linear in fp32:
                     linear.plain_rows = rows
-                start = time.perf_counter()
+                start = clock()
                 for linear, x in zip(fp32, inputs):
                     linear(x)
-                timings[rows].append(time.perf_counter() - start)
+                timings[rows].append(clock() - start)
     gemv, packed = (sorted(timings[rows])[trials // 2] for rows in (PLAIN_GEMV_ROWS, 0))
     rows = PLAIN_GEMV_ROWS if gemv <= packed else 0
     for linear in fp32:

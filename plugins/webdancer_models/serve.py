@@ -19,6 +19,7 @@ from webdancer.errors import WebdancerError
 from webdancer.launch import run_preflight, venv_bin, venv_env
 from webdancer_models.config import ServeConfig
 from webdancer_models.cpu_linear import LINEAR_DTYPES
+from webdancer_models.vllm_serve import vllm_check, vllm_command, vllm_env
 
 log = logging.getLogger("webdancer.serve")
 
@@ -51,7 +52,8 @@ def check_linear_dtype(cfg: ServeConfig) -> None:
                              "(sglang takes its own --dtype in serve.extra_args)")
 
 
-LOCAL_BACKENDS = {"batched": batched_command, "transformers": transformers_command}  # CPU servers of a model folder
+LOCAL_BACKENDS = {"batched": batched_command, "transformers": transformers_command, "vllm": vllm_command}  # servers of a local model folder
+SGLANG_VENV = ".venvs/serve"
 
 
 def server_command(cfg: ServeConfig) -> list[str]:
@@ -64,11 +66,21 @@ def server_command(cfg: ServeConfig) -> list[str]:
     raise WebdancerError(f"serve.backend '{cfg.backend}' is not one of {', '.join([*LOCAL_BACKENDS, 'sglang', 'external'])}")
 
 
+def server_env(cfg: ServeConfig) -> Optional[dict[str, str]]:
+    """What the backend's process needs in its environment beyond ours (its own environment first on PATH)."""
+    return {"sglang": sglang_env, "vllm": vllm_env}.get(cfg.backend, lambda _: None)(cfg)
+
+
+def check_server(cfg: ServeConfig) -> Optional[dict]:
+    """The backend's own checks on its command, where it has them (SGLang's and vLLM's parsers); None for the rest."""
+    return {"sglang": sglang_check, "vllm": vllm_check}.get(cfg.backend, lambda _: None)(cfg)
+
+
 def sglang_command(cfg: ServeConfig) -> list[str]:
     """What the reference deploy script runs: `python -m sglang.launch_server` with TP, port, name, length, memory, from
     the serving environment (serve.venv), which has SGLang; the core environment does not."""
     cmd = [
-        str(venv_bin(Path(cfg.venv)) / "python"), "-m", "sglang.launch_server",
+        str(venv_bin(Path(cfg.venv or SGLANG_VENV)) / "python"), "-m", "sglang.launch_server",
         "--model-path", cfg.model_path,
         "--host", cfg.host,
         "--port", str(cfg.port),
@@ -83,10 +95,10 @@ def sglang_command(cfg: ServeConfig) -> list[str]:
 
 def sglang_env(cfg: ServeConfig) -> dict[str, str]:
     """The serving environment (serve.venv) first on PATH, once it is there: else an error saying how to make it."""
-    python = venv_bin(Path(cfg.venv)) / "python"
-    if not python.is_file():
-        raise WebdancerError(f"{python} not found: run `bash scripts/setup_serve.sh` (WEBDANCER_SERVE_GPU=1 on a GPU node) or set serve.venv")
-    return venv_env(Path(cfg.venv))
+    venv = Path(cfg.venv or SGLANG_VENV)
+    if not (venv_bin(venv) / "python").is_file():
+        raise WebdancerError(f"{venv_bin(venv) / 'python'} not found: run `bash scripts/setup_serve.sh` (WEBDANCER_SERVE_GPU=1 on a GPU node) or set serve.venv")
+    return venv_env(venv)
 
 
 def sglang_check(cfg: ServeConfig) -> dict:
@@ -213,7 +225,6 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
     if port_in_use(cfg.host, cfg.port):
         raise WebdancerError(f"port {cfg.port} on {cfg.host} is already in use; stop that server or set serve.port")
     command = server_command(cfg)
-    env = sglang_env(cfg) if cfg.backend == "sglang" else None
     if cfg.backend in LOCAL_BACKENDS and not (Path(cfg.model_path) / "config.json").is_file():
         raise WebdancerError(f"{cfg.model_path} is not a Hugging Face model folder; run `webdancer model export smollm2-135m {cfg.model_path}`")
     if cfg.backend == "transformers":
@@ -221,4 +232,4 @@ def start_server(cfg: ServeConfig, log_dir: Path) -> ServerProcess:
 
         if sample_when_asked(Path(cfg.model_path)):
             log.info("%s/generation_config.json: do_sample=true so that request temperatures apply (0 stays greedy)", cfg.model_path)
-    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log", env).start(cfg.health_timeout_s)
+    return ServerProcess(command, base_url, log_dir / f"{cfg.backend}-{cfg.port}.log", server_env(cfg)).start(cfg.health_timeout_s)

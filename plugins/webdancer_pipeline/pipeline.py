@@ -62,6 +62,10 @@ class Pipeline:
         self.eval_server = contextlib.ExitStack()  # a trained model, while its eval runs
         self._web = self._model = None
         self.judge_on_base = self._check_judge()
+        if cfg.serve.backend == "vllm":  # a missing vLLM, a CPU it cannot run on, a KV cache too big: before any stage
+            from webdancer_models.vllm_serve import check_vllm_machine
+
+            check_vllm_machine(cfg.serve, model_made_later="model" in cfg.pipeline.stages)
 
     # --- files ---------------------------------------------------------------------------
     def path(self, name: str) -> Path:

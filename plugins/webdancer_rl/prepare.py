@@ -95,15 +95,19 @@ def tool_config(cfg: WebdancerConfig, offered: list[tuple[str, dict[str, Any]]])
     return {"tools": tools}
 
 
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+def write_parquets(splits: dict[Path, list[dict[str, Any]]]) -> None:
+    """Each split's rows as one parquet file, all with one schema: an empty split (rl.val_fraction=0) is a 0-row file
+    with the columns the others have, which readers (verl, `webdancer data export`) take as an empty split."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise WebdancerError("writing verl's parquet needs pyarrow: pip install 'webdancer[rl]' (or run in .venvs/rl)") from None
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
+    schema = pa.Table.from_pylist([row for rows in splits.values() for row in rows]).schema
+    for path, rows in splits.items():
+        tmp = path.with_suffix(".parquet.tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        tmp.replace(path)
 
 
 def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
@@ -123,8 +127,8 @@ def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
         train = sorted(train, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())[: cfg.rl.train_questions]
     out_dir.mkdir(parents=True, exist_ok=True)
     data = RlData(out_dir / "train.parquet", out_dir / "val.parquet", out_dir / "tool_config.yaml", out_dir / "agent_loops.yaml", len(train), len(val))
-    write_parquet([rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)], data.train)
-    write_parquet([rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)], data.val)
+    write_parquets({data.train: [rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)],
+                    data.val: [rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)]})
     atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg, offered), sort_keys=False))
     loop = {"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": cfg.rl.max_turn_tokens}
     atomic_write_text(data.agent_loops, yaml.safe_dump([loop], sort_keys=False))

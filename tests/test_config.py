@@ -93,8 +93,8 @@ def test_component_options_validated_with_same_errors():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("tools.serach.backend=serper", r"'tools.serach': no tool named 'serach' is installed; closest valid tool names: search"),
-    ("policies.exprt.max_query_words=3", r"'policies.exprt': no policy named 'exprt' is installed; closest valid policy names: expert"),
+    ("tools.serach.backend=serper", r"'tools.serach': no tool named 'serach' is registered; closest valid tool names: search"),
+    ("policies.exprt.max_query_words=3", r"'policies.exprt': no policy named 'exprt' is registered; closest valid policy names: expert"),
     ("tools.visit.timeout=5", r"unknown config key 'tools.visit.timeout'; closest valid keys: timeout_s"),
     ("rewards.format.wieght=1", r"unknown config key 'rewards.format.wieght'"),
 ])

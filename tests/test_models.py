@@ -223,7 +223,7 @@ def test_serve_stops_within_seconds_of_sigterm_while_generating(tiny_model, tmp_
     async def long_request_then_sigterm():
         async with httpx.AsyncClient(timeout=120) as http:
             request = asyncio.ensure_future(http.post(f"{base}/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 1500, "temperature": 1.0}))
+                "messages": [{"role": "user", "content": "Tell a very long story about ships."}], "max_tokens": 1500, "temperature": 0.0}))
             while (await http.get(f"{base}/health")).json()["requests_in_flight"] == 0:
                 await asyncio.sleep(0.2)
             wrapper.send_signal(signal.SIGTERM)

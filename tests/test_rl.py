@@ -68,8 +68,10 @@ def test_train_print_command_records_the_native_verl_command(tmp_path):
     assert missing.exit_code != 0 and "run `webdancer rl prepare QA_FILE` first" in missing.output
     bad_metric = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={answer: {metric: bleu}}", "--print-command"])
     assert bad_metric.exit_code == 2 and "rewards.answer.metric" in bad_metric.output and "'f1'" in bad_metric.output
-    stray = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={format: {metric: x}, answer: {weight: 1}}", "--print-command"])
-    assert stray.exit_code == 2 and "rewards.format has options but no weight" in stray.output
+    stray = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={answer: {metric: f1}, format: {weight: 1}}", "--print-command"])
+    assert stray.exit_code == 2 and "rewards.answer has options but no weight" in stray.output
+    typo = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={format: {metric: x}, answer: {weight: 1}}", "--print-command"])
+    assert typo.exit_code == 2 and "unknown config key 'rewards.format.metric'" in typo.output  # format takes no options
     moved = CliRunner().invoke(cli, ["rl", "train", *run, "reward_options={judge: {model: {}}}", "--print-command"])
     assert moved.exit_code == 2 and "'reward_options.judge' has moved: set judge (judge.model" in moved.output
     no_judge = CliRunner().invoke(cli, ["rl", "train", *run, "rewards={judge: {weight: 1}}", "--print-command"])

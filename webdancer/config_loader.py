@@ -152,7 +152,7 @@ def check_component_sections(cfg: Any) -> None:
             if name not in installed:
                 hint = closest_keys(name, sorted(installed)).replace("keys", f"{singular(kind)} names")
                 broken = [i.name for i in plugins.info.values() if i.error]
-                raise ConfigError(f"'{section}.{name}': no {singular(kind)} named '{name}' is installed; {hint}"
+                raise ConfigError(f"'{section}.{name}': no {singular(kind)} named '{name}' is registered; {hint}"
                                   + (f" (plugins that failed to load: {', '.join(broken)})" if broken else ""))
             options = {k: v for k, v in (options or {}).items() if not (section == "rewards" and k == "weight")}
             config_class = getattr(installed[name], "Config", None)

@@ -34,11 +34,29 @@ def venv_env(venv: Path) -> dict[str, str]:
     return {"PATH": os.pathsep.join([str(venv_bin(venv)), os.environ.get("PATH", os.defpath)]), "VIRTUAL_ENV": str(Path(venv).absolute())}
 
 
+def die_with_parent() -> None:
+    """In a child, before it runs: SIGTERM when the process that started it dies, even by SIGKILL (Linux).
+
+    A pipeline killed mid-run must not leave a trainer writing into its run folder, or a model server holding its
+    port, while the rerun starts another."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the process group is still stopped on a clean exit
+
+
 def run_logged(command: list[str], log_path: Path, env: dict[str, str], echo: Callable[[str], None] = print, cwd: Optional[str] = None) -> int:
-    """Run `command`, echoing each output line and appending it to `log_path`; returns the exit code."""
+    """Run `command`, echoing each output line and appending it to `log_path`; returns the exit code. The child dies
+    with this process and holds this process's run-folder locks while it lives (`webdancer.runs.run_lock`)."""
+    from webdancer.runs import held_lock_fds
+
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                                preexec_fn=die_with_parent, pass_fds=held_lock_fds())
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)

@@ -16,7 +16,7 @@ from typing import Optional
 import httpx
 
 from webdancer.errors import WebdancerError
-from webdancer.launch import run_preflight, venv_bin, venv_env
+from webdancer.launch import die_with_parent, run_preflight, venv_bin, venv_env
 from webdancer_models.config import ServeConfig
 from webdancer_models.cpu_linear import LINEAR_DTYPES
 from webdancer_models.vllm_serve import vllm_check, vllm_command, vllm_env
@@ -119,19 +119,6 @@ def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def die_with_parent() -> None:
-    """In the child: SIGTERM when the process that started it dies, even by SIGKILL (Linux).
-
-    A pipeline killed mid-run must not leave a model server holding its port for the rerun.
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the process group is still stopped on a clean exit
 
 
 class ServerProcess:

@@ -21,4 +21,8 @@ def pipeline(config_path: Optional[str], args: tuple[str, ...]) -> None:
         if config_path:
             raise click.UsageError("give the config either as -c FILE or as the first argument, not both")
         config_path, args = args[0], args[1:]
-    Pipeline(resolve_config(config_path, args), echo=click.echo).run()
+    from webdancer.runs import run_lock
+
+    cfg = resolve_config(config_path, args)
+    with run_lock(cfg.run.dir, "webdancer pipeline"):
+        Pipeline(cfg, echo=click.echo).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import click
@@ -42,10 +43,12 @@ def train_cmd(config_path: Optional[str], overrides: tuple[str, ...], print_comm
     """Train with DAPO settings from `rl.*` on the prepared data: verl (`main_ppo`) or TRL (`rl.engine=trl`)."""
     import shlex
 
+    from webdancer.runs import run_lock
     from webdancer_rl.train import data_dir, output_dir, run_rl
 
     cfg = resolve_config(config_path, overrides)
-    command = run_rl(cfg, data_dir(cfg), output_dir(cfg), echo=click.echo, dry_run=print_command, check_only=check)
+    with run_lock(cfg.run.dir, "webdancer rl train") if not (print_command or check) else contextlib.nullcontext():
+        command = run_rl(cfg, data_dir(cfg), output_dir(cfg), echo=click.echo, dry_run=print_command, check_only=check)
     if print_command:
         click.echo(shlex.join(command))
     click.echo(f"command: {output_dir(cfg) / 'command.sh'}")

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Optional
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError, OutageError, WebdancerError
+from webdancer.launch import die_with_parent
 from webdancer.rewards import configured_options, configured_weights
 from webdancer.tools import ToolBox
 from webdancer.tracking import Reporting
@@ -469,6 +470,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if len(args) != 1:
         print("usage: python -m webdancer_rl.trl_engine RUN_DIR/rl/config.yaml", file=sys.stderr)
         return 2
+    die_with_parent()  # `accelerate launch` started this process; if it is killed, nothing else would stop this one
     # transformers' deprecation notices about arguments TRL passes say nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     try:

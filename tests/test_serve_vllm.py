@@ -12,11 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import free_port
+from toolkit import served_agent_episode
 from webdancer_models.config import ServeConfig
 from webdancer_models.serve import served_model_name, server_command, start_server
 from webdancer_models.vllm_serve import check_vllm_machine, cpu_ranges, kv_bytes_per_token, vllm_check, vllm_env
 
-from webdancer.config import ModelConfig
 from webdancer.errors import ConfigError, WebdancerError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,23 +138,8 @@ async def test_vllm_serves_n_logprobs_and_stop_and_is_greedy_as_transformers(vll
 
 
 async def test_agent_runs_against_vllm(plugins, vllm_server, local_web):
-    from webdancer.agent import Agent
-    from webdancer.config import AgentConfig
-    from webdancer.config_loader import load_config
-    from webdancer.policies import build_policy
-    from webdancer.tools import ToolBox
-
     serve_cfg, server = vllm_server
-    web, _, _ = local_web
-    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
-    model = ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_tokens=96, temperature=0.0, max_retries=1)
-    policy = build_policy("openai", {}, model)
-    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, 30)
-    async with toolbox:
-        traj = await Agent(policy, toolbox, AgentConfig(max_turns=3, current_date="2026-12-07")).run("Who invented Python?")
-    await policy.aclose()
-    assert traj.termination in ("answered", "max_turns"), traj.error
-    assert traj.usage.completion_tokens > 0 and all(step.raw_output.strip() for step in traj.steps)
+    await served_agent_episode(server.base_url, served_model_name(serve_cfg), local_web[0])
 
 
 def test_vllm_stops_with_all_its_processes(vllm_server):

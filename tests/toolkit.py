@@ -75,3 +75,27 @@ class ShortAnswer(Reward):
 def register_rewards(register):
     register(VowelShare)
     register(ShortAnswer)
+
+
+async def served_agent_episode(base_url, model_name, web, question="Who invented Python?"):
+    """One agent episode (greedy, 3 turns, the offline web's tools) against an OpenAI-compatible server of the tiny
+    model, checked as every served backend must pass it: it ended by answering or running out of turns, and every
+    turn it wrote was handled (an answer, a tool call, or an error observation)."""
+    from webdancer.agent import Agent
+    from webdancer.config import AgentConfig, ModelConfig
+    from webdancer.config_loader import load_config
+    from webdancer.policies import build_policy
+    from webdancer.tools import ToolBox
+
+    cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
+    policy = build_policy("openai", {}, ModelConfig(base_url=base_url, model=model_name, max_tokens=96, temperature=0.0, max_retries=1))
+    toolbox = ToolBox.from_config(cfg.agent.tools, cfg.tools, 30)
+    async with toolbox:
+        traj = await Agent(policy, toolbox, AgentConfig(max_turns=3, current_date="2026-11-24")).run(question)
+    await policy.aclose()
+    assert traj.termination in ("answered", "max_turns"), traj.error
+    assert 1 <= len(traj.steps) <= 3 and traj.usage.completion_tokens > 0
+    for step in traj.steps:
+        assert step.raw_output.strip()
+        assert step.answer is not None or step.tool_call is not None or step.parse_error
+    return traj

@@ -99,7 +99,7 @@ def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], port: Opti
                 import uvicorn
 
                 click.echo(f"MCP (streamable HTTP) at http://{host}:{port}/mcp: {', '.join(toolbox.tools)}", err=True)
-                if host not in ("127.0.0.1", "localhost", "::1") and not allow_hosts:
+                if f"[{host}]" not in LOOPBACK_NAMES and host not in LOOPBACK_NAMES and not allow_hosts:
                     click.echo(f"bound to {host}: requests are accepted only with a loopback Host header; add --allow-host NAME:{port} "
                                "for each name clients reach this machine by", err=True)
                 app = http_app(toolbox, allow_hosts, allow_origins)

@@ -83,6 +83,7 @@ def serve(config_path: Optional[str], overrides: tuple[str, ...], print_command:
     if print_command:
         click.echo(shlex.join(server_command(cfg.serve)))
         return
+
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the server as Ctrl-C does, through the `finally` below
 

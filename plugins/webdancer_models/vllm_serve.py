@@ -23,7 +23,7 @@ from webdancer_models.config import ServeConfig
 VLLM_VENV = ".venvs/vllm"
 CACHE_DIR = ".webdancer/cache/vllm"  # VLLM_CACHE_ROOT: compiled graphs, kept between starts
 SETUP = "run `bash scripts/setup_vllm.sh` or set serve.venv"
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "half": 2}
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}  # vLLM's --dtype names
 GIB = 1024**3
 
 

@@ -4,13 +4,19 @@
 free_gb() {  # free_gb DIR: whole GiB available to this user on DIR's filesystem
   df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'
 }
-setup_gb() {  # GiB the environments still missing here will take (pip's downloads and unpacking included)
-  local gb=0
-  [ -x .venv/bin/python ] || gb=$((gb + 3))
-  [ -x .venvs/sft/bin/python ] || gb=$((gb + 10))  # torch 2.9.1 from PyPI is a CUDA build: 8 GB installed
-  [ -x .venvs/rl/bin/python ] || gb=$((gb + 3))
-  [ -x .venvs/serve/bin/python ] || gb=$((gb + 1))
-  [ -x .venvs/vllm/bin/python ] || gb=$((gb + 4))  # vLLM's CPU build: 2.5 GB installed
+setup_gb() {  # setup_gb [VENV...]: GiB the environments named (default: all) still missing here will take (pip's downloads and unpacking included)
+  local gb=0 venv
+  [ $# -gt 0 ] || set -- .venv .venvs/sft .venvs/rl .venvs/serve .venvs/vllm
+  for venv in "$@"; do
+    [ -x "$venv/bin/python" ] && continue
+    case "$venv" in
+      .venv) gb=$((gb + 3)) ;;
+      .venvs/sft) gb=$((gb + 10)) ;;  # torch 2.9.1 from PyPI is a CUDA build: 8 GB installed
+      .venvs/rl) gb=$((gb + 3)) ;;
+      .venvs/serve) gb=$((gb + 1)) ;;
+      .venvs/vllm) gb=$((gb + 4)) ;;  # vLLM's CPU build: 2.5 GB installed
+    esac
+  done
   echo "$gb"
 }
 need_disk() {  # need_disk GB DIR WHAT: stop unless DIR's disk has GB GiB free

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_disk.sh
-[ -f runs/quickstart/report.md ] || need_disk $(( $(setup_gb) + 6 )) . "the quickstart (environments, tiny model, checkpoints under runs/quickstart)"
+[ -f runs/quickstart/report.md ] || need_disk $(( $(setup_gb .venv .venvs/sft) + 6 )) . "the quickstart (environments, tiny model, checkpoints under runs/quickstart)"
 bash scripts/setup.sh
 bash scripts/setup_sft.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -142,7 +142,7 @@ def check_component_sections(cfg: Any) -> None:
     """Every `tools.<name>`, `policies.<name>`, `rewards.<name>` and `synth.<name>` names an installed component and
     holds only options its own Config accepts, whether or not this command uses it: a typo (`tools.serach`, a wrong
     option) is an error at load, in `config show` as in the stage that would have ignored or refused it later."""
-    from webdancer.options import closest_keys, validate_options
+    from webdancer.options import validate_options
     from webdancer.plugins import get_plugins, singular
 
     plugins = get_plugins()
@@ -150,7 +150,7 @@ def check_component_sections(cfg: Any) -> None:
         installed = plugins.components(kind)
         for name, options in (getattr(cfg, section) or {}).items():
             if name not in installed:
-                hint = closest_keys(name, sorted(installed)).replace("keys", f"{singular(kind)} names")
+                hint = closest_keys(name, sorted(installed), f"{singular(kind)} names")
                 broken = [i.name for i in plugins.info.values() if i.error]
                 raise ConfigError(f"'{section}.{name}': no {singular(kind)} named '{name}' is registered; {hint}"
                                   + (f" (plugins that failed to load: {', '.join(broken)})" if broken else ""))

@@ -11,11 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from webdancer.errors import ConfigError
 
 
-def closest_keys(word: str, choices: list[str]) -> str:
+def closest_keys(word: str, choices: list[str], what: str = "keys") -> str:
+    """The valid `what` (keys, or e.g. tool names) nearest to a misspelled `word`, or all of them."""
     close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
     if close:
-        return f"closest valid keys: {', '.join(close)}"
-    return f"valid keys: {', '.join(choices)}" if choices else "this section takes no keys"
+        return f"closest valid {what}: {', '.join(close)}"
+    return f"valid {what}: {', '.join(choices)}" if choices else f"this section takes no {what}"
 
 
 

@@ -107,8 +107,8 @@ def main() -> None:
             sys.exit(f"serving failed: {proc.stderr[-2000:]}")
         served = json.loads(lines[0][7:])
         corpus_mb = corpus.stat().st_size / 1e6
+        from webdancer_web.config import SearchConfig
         from webdancer_web.corpus import CorpusSearch
-        from webdancer_web.search import SearchConfig
 
         scaling = scaling_rows("corpus_scale", lambda w: CorpusSearch(SearchConfig(
             backend="corpus", corpus=str(corpus), corpus_index_dir=str(tmp / "index"), workers=w)), queries * 3)

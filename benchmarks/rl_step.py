@@ -48,15 +48,16 @@ def checkout(ref: str) -> Iterator[Path]:
         subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT, capture_output=True)
 
 
-def train_steps(model: Path, questions: Path, code: Path = ROOT) -> list[dict]:
-    """The metrics of STEPS steps of `webdancer rl train` (rl.engine=trl, the CPU's batched turns) with `code`'s tree."""
+def train_steps(model: Path, questions: Path, code: Path = ROOT, rollouts: str = "batched") -> list[dict]:
+    """The metrics of STEPS steps of `webdancer rl train` (rl.engine=trl, turns from `rollouts`: rl.trl_rollouts) with
+    `code`'s tree."""
     webdancer = str(Path(sys.executable).parent / "webdancer")
     env = OFFLINE if code == ROOT else dict(OFFLINE, PYTHONPATH=f"{code}{os.pathsep}{code / 'plugins'}")
     with tempfile.TemporaryDirectory() as tmp:
         run = ["-c", str(code / QUICKSTART_CONFIG.relative_to(ROOT)), f"run.root={tmp}", "run.name=bench", "rl.engine=trl",
                f"rl.model_path={model}", "rl.val_fraction=0", f"rl.total_training_steps={STEPS}", "rl.train_batch_size=2",
                "rl.ppo_mini_batch_size=2", "rl.n_rollouts=4", "rl.max_turns=3", "rl.max_turn_tokens=256", "rl.filter_groups=false",
-               "rl.trl_rollouts=batched", f"web.root={ROOT / '.webdancer/web'}", f"tools.search.web_root={ROOT / '.webdancer/web'}"]
+               f"rl.trl_rollouts={rollouts}", f"web.root={ROOT / '.webdancer/web'}", f"tools.search.web_root={ROOT / '.webdancer/web'}"]
         subprocess.run([webdancer, "rl", "prepare", str(questions), *run], check=True, cwd=code, env=env, capture_output=True)
         with offline_web():
             proc = subprocess.run([webdancer, "rl", "train", *run], cwd=code, env=env, capture_output=True, text=True)

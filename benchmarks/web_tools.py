@@ -24,10 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 import re  # noqa: E402
 
 from webdancer_web.build import build_web  # noqa: E402
-from webdancer_web.config import WebConfig  # noqa: E402
+from webdancer_web.config import (
+    SearchConfig,
+    WebConfig,  # noqa: E402
+)
 from webdancer_web.extract import extract  # noqa: E402
 from webdancer_web.index import LocalIndex  # noqa: E402
-from webdancer_web.search import LocalSearch, SearchConfig  # noqa: E402
+from webdancer_web.search import LocalSearch  # noqa: E402
 from webdancer_web.sites import html_dir_pages  # noqa: E402
 
 _WORD = re.compile(r"\w+")

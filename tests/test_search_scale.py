@@ -8,9 +8,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from webdancer_web.config import SearchConfig
 from webdancer_web.corpus import CorpusSearch
 from webdancer_web.index import LocalIndex, retrieve, tokenize
-from webdancer_web.search import LocalSearch, SearchConfig
+from webdancer_web.search import LocalSearch
 
 from webdancer.errors import WebdancerError
 

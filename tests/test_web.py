@@ -6,8 +6,9 @@ import time
 
 import httpx
 import pytest
-from webdancer_web.search import SearchConfig, SearchTool
-from webdancer_web.visit import VisitConfig, VisitTool
+from webdancer_web.config import SearchConfig, VisitConfig
+from webdancer_web.search import SearchTool
+from webdancer_web.visit import VisitTool
 from webfakes import FakeJina, FakeSerper, Route, ScriptedSite
 
 from webdancer.agent import Agent

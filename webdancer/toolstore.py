@@ -16,7 +16,7 @@ import json
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from webdancer.errors import ConfigError
 from webdancer.jsonl import JsonlAppender, atomic_write_json
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from webdancer.config import ToolStoreConfig
-    from webdancer.tools import Tool
 
 BATCH_CHARS = 64_000  # observations' characters held before a write
 
@@ -33,7 +32,14 @@ BATCH_CHARS = 64_000  # observations' characters held before a write
 VOLATILE_SUFFIXES = ("timeout_s", "backoff_s", "max_retries", "concurrency", "cache_dir", "api_key_env")
 
 
-def tool_fingerprint(tool: "Tool") -> tuple[str, dict[str, Any]]:
+class Fingerprinted(Protocol):
+    """What the store reads of a tool (webdancer.tools.Tool is one): its name and its options."""
+
+    name: str
+    config: Any
+
+
+def tool_fingerprint(tool: Fingerprinted) -> tuple[str, dict[str, Any]]:
     """(hash, options) of the tool's options that decide its observations."""
     config = dataclasses.asdict(tool.config) if dataclasses.is_dataclass(tool.config) else {}
     volatile = set(getattr(tool, "volatile_options", ()))
@@ -89,7 +95,7 @@ class ToolStore:
             log.warning("%s: skipped %d line(s) that are not complete records (lines %s); those calls count as not recorded",
                         self.calls_file, len(skipped), ", ".join(map(str, skipped[:5])))
 
-    def check_tools(self, tools: dict[str, "Tool"]) -> dict[str, str]:
+    def check_tools(self, tools: dict[str, Fingerprinted]) -> dict[str, str]:
         """Fingerprint each tool; in replay mode, refuse a tool the store has no recordings for with these options."""
         prints = {}
         for name, tool in tools.items():

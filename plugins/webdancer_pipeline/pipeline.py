@@ -66,6 +66,10 @@ class Pipeline:
             from webdancer_models.vllm_serve import check_vllm_machine
 
             check_vllm_machine(cfg.serve, model_made_later="model" in cfg.pipeline.stages)
+        if "rl" in cfg.pipeline.stages and cfg.rl.engine == "trl" and cfg.rl.trl_rollouts == "vllm":  # the same, for RL's vLLM
+            from webdancer_rl.train import trl_vllm_env
+
+            trl_vllm_env(cfg, model_made_later=True)  # the SFT stage makes the model RL starts from
 
     # --- files ---------------------------------------------------------------------------
     def path(self, name: str) -> Path:

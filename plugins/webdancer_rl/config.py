@@ -78,8 +78,13 @@ class RlConfig:
     # TRL: what generates the rollouts' turns. batched: the continuous batching engine `webdancer serve` runs (its
     # serve.kv_cache_tokens and serve.max_batch_tokens), in the trainer's process on a copy of the policy made for
     # each batch of rollouts, CPU only, sampling with temperature and top_p; generate: the policy's own
-    # `model.generate`, one padded batch per turn; auto: batched on the CPU, generate on a GPU.
-    trl_rollouts: str = one_of("auto", "batched", "generate")
+    # `model.generate`, one padded batch per turn; vllm: TRL's own vLLM in the trainer's process (colocate), the
+    # policy's weights synced into it each step and its log-probs used for TRL's importance-sampling correction,
+    # CPU or GPU, run from rl.vllm_venv; auto: batched on the CPU, generate on a GPU.
+    trl_rollouts: str = one_of("auto", "batched", "generate", "vllm")
+    # TRL with rl.trl_rollouts=vllm runs in vLLM's environment (scripts/setup_vllm.sh: vLLM, TRL with
+    # third_party_patches/trl, webdancer).
+    vllm_venv: str = ".venvs/vllm"
     # Training-health alarms (both engines' metrics; webdancer_rl.alarms): the mean of the last `alarm_window` steps
     # against the first `alarm_window` steps'. Printed once, listed per step in metrics.jsonl (`alarms`) and the report.
     alarm_window: int = 3

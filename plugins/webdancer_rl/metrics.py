@@ -28,7 +28,13 @@ VERL_NAMES = {
 }
 # What TRL's GRPOTrainer logs -> our name.
 TRL_NAMES = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "learning_rate", "entropy": "entropy",
-             "clip_ratio/region_mean": "clip_ratio"}
+             "clip_ratio/region_mean": "clip_ratio",
+             # with vLLM rollouts: the policy's probability of each sampled token over vLLM's (per sequence), and the
+             # largest log-prob difference; near 1 and 0 when vLLM samples from the policy being trained
+             "sampling/importance_sampling_ratio/min": "importance_ratio/min",
+             "sampling/importance_sampling_ratio/mean": "importance_ratio/mean",
+             "sampling/importance_sampling_ratio/max": "importance_ratio/max",
+             "sampling/sampling_logp_difference/max": "sampler_logp_diff/max"}
 
 
 def batch_metrics(rollouts: list[Any], scores: list[dict[str, float]], reward_names: list[str], kept: list[bool]) -> dict[str, float]:

@@ -156,14 +156,29 @@ class TokenRollout:
     tool_errors: int = 0
     format_errors: int = 0
     end: str = ""
+    # The sampler's log-prob of each completion token (0.0 for observation tokens), when every turn's generator
+    # reported them (vLLM does; TRL corrects for a sampler that differs from the policy with them); else None.
+    logprobs: Optional[list[float]] = field(default_factory=list)
 
     @property
     def model_tokens(self) -> int:
         return sum(self.env_mask)
 
 
-# sequences (token ids), new-token budget of each -> the new tokens of each (ending in EOS when the model ended its turn);
-# a coroutine, so a generator that serves requests concurrently (the batched engine) can run them side by side
+class Sampled(list):
+    """A generated turn's token ids (a list, as every generator returns) with the sampler's log-prob of each token,
+    from a generator that reports them."""
+
+    def __init__(self, tokens: list[int], logprobs: list[float]):
+        super().__init__(tokens)
+        if len(logprobs) != len(tokens):
+            raise ValueError(f"{len(logprobs)} log-probs for {len(tokens)} tokens")
+        self.logprobs = list(logprobs)
+
+
+# sequences (token ids), new-token budget of each -> the new tokens of each (ending in EOS when the model ended its turn;
+# a `Sampled` when the generator reports log-probs); a coroutine, so a generator that serves requests concurrently
+# (the batched engine) can run them side by side
 Generate = Callable[[list[list[int]], list[int]], Awaitable[list[list[int]]]]
 
 
@@ -266,6 +281,8 @@ async def run_rollouts(
             times.generated_tokens += len(out)
             r.completion_ids += out
             r.env_mask += [1] * len(out)
+            if r.logprobs is not None:
+                r.logprobs = r.logprobs + out.logprobs if isinstance(out, Sampled) else None
             r.turns += 1
             turn = read_turn(chat.decode(out), bool(out) and out[-1] in chat.eos_ids, params)
             r.well_formed_turns += turn.kind in ("answer", "call")
@@ -288,6 +305,8 @@ async def run_rollouts(
                 return
             r.completion_ids += obs
             r.env_mask += [0] * len(obs)
+            if r.logprobs is not None:
+                r.logprobs += [0.0] * len(obs)
         r.end = "length"
 
     async def one(index: int) -> None:
@@ -307,4 +326,6 @@ async def run_rollouts(
     times.tools_s += tooling.seconds
     for r in rollouts:
         del r.completion_ids[limits.max_response_length :], r.env_mask[limits.max_response_length :]
+        if r.logprobs is not None:
+            del r.logprobs[limits.max_response_length :]
     return rollouts

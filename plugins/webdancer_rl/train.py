@@ -19,7 +19,7 @@ from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml
 from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
-from webdancer.launch import log_tail, run_logged, run_preflight, venv_env, write_command_script
+from webdancer.launch import log_tail, run_logged, run_preflight, venv_bin, venv_env, write_command_script
 from webdancer.rewards import check_weights, configured_options, configured_weights
 from webdancer.tracking import Reporting
 from webdancer_rl.alarms import Alarms, Thresholds
@@ -324,11 +324,29 @@ def publish_verl_model(output_dir: Path) -> Path:
     return link
 
 
-def trl_command(config_file: Path, gpu: bool) -> list[str]:
-    """`accelerate launch` of the TRL engine module, one process (this machine's CPU or one GPU)."""
+def trl_command(config_file: Path, gpu: bool, python: str = sys.executable) -> list[str]:
+    """`accelerate launch` of the TRL engine module, one process (this machine's CPU or one GPU), by `python` (this
+    environment's, or vLLM's for rl.trl_rollouts=vllm)."""
     cpu = [] if gpu else ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+    return [python, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", *cpu, "-m", "webdancer_rl.trl_engine", str(config_file)]
+
+
+def trl_vllm_env(cfg: WebdancerConfig, model_made_later: bool = False) -> dict[str, str]:
+    """The environment of a TRL run with vLLM rollouts: vLLM's (rl.vllm_venv on PATH, its compile cache, and on the
+    CPU threads bound to every CPU of this process and a KV cache for serve.kv_cache_tokens, grown to hold one whole
+    rollout), checked as `serve.backend=vllm` is: the environment there, a CPU its build runs on, memory for the
+    cache. A ConfigError or WebdancerError names the setting."""
+    from webdancer_models.vllm_serve import check_vllm_machine
+
+    rl = cfg.rl
+    longest = rl.max_prompt_length + rl.max_response_length
+    engine = replace(cfg.serve, backend="vllm", venv=rl.vllm_venv, model_path=default_model_path(cfg), context_length=longest,
+                     kv_cache_tokens=max(cfg.serve.kv_cache_tokens, longest), dtype="float32")
+    try:
+        return check_vllm_machine(engine, model_made_later)
+    except WebdancerError as exc:
+        raise type(exc)(f"rl.trl_rollouts=vllm: {exc}".replace("serve.venv", "rl.vllm_venv")) from None
 
 
 def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None], dry_run: bool) -> list[str]:
@@ -341,13 +359,16 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
     check_trl_options(cfg.rl.trl)
     settings = grpo_settings(resolved, output_dir)  # the batch/loss settings map onto TRL, or a ConfigError says why not
     gpu = gpu_visible()
-    rollout_generation(resolved, settings, gpu=gpu and not settings.get("use_cpu"))  # the turn generator fits this machine and the sampling
+    generation = rollout_generation(resolved, settings, gpu=gpu and not settings.get("use_cpu"))  # fits this machine and the sampling
     config_file = output_dir / "config.yaml"
     atomic_write_text(config_file, config_to_yaml(resolved))
-    command = trl_command(config_file, gpu)
+    command = trl_command(config_file, gpu, python=str(venv_bin(Path(cfg.rl.vllm_venv)) / "python") if generation == "vllm" else sys.executable)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
            **Reporting.of(cfg).env}
-    write_command_script(output_dir / "command.sh", command, "GRPO/DAPO with TRL on this machine; rerun to resume from the last checkpoint.", env)
+    venv = Path(cfg.rl.vllm_venv) if generation == "vllm" else None
+    if venv is not None:  # its PATH goes in as the environment's (write_command_script's venv), not this shell's
+        env.update({k: v for k, v in trl_vllm_env(resolved, model_made_later=dry_run).items() if k not in ("PATH", "VIRTUAL_ENV")})
+    write_command_script(output_dir / "command.sh", command, "GRPO/DAPO with TRL on this machine; rerun to resume from the last checkpoint.", env, venv)
     if dry_run:
         return command
     problem = model_folder_problem(Path(model_path))
@@ -363,7 +384,7 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
         echo(f"already trained: {output_dir / 'model'} (a new run needs another rl.output_dir)")
         return command
     with Reporting.of(cfg).live("rl", output_dir / "metrics.jsonl"):  # both engines' metrics, by the same names
-        code = run_logged(command, output_dir / "train.log", {**os.environ, **env}, echo)
+        code = run_logged(command, output_dir / "train.log", {**os.environ, **env, **(venv_env(venv) if venv else {})}, echo)
     if code != 0:
         tail = log_tail(output_dir / "train.log")
         if "died with <Signals.SIGKILL" in tail:  # accelerate's traceback says nothing useful; say what happened

@@ -87,9 +87,20 @@ def grpo_settings(cfg: WebdancerConfig, out_dir: Path, cpu: bool = False) -> dic
         "disable_tqdm": True,
         "remove_unused_columns": False,
     }
+    if rl.trl_rollouts == "vllm":
+        settings.update(vllm_settings(cfg, cpu))
     for key, value in (rl.trl or {}).items():
         settings[key] = value
     return settings
+
+
+def vllm_settings(cfg: WebdancerConfig, cpu: bool) -> dict[str, Any]:
+    """GRPOConfig fields for `rl.trl_rollouts=vllm`: TRL's vLLM in this process (colocate), holding a whole rollout,
+    and on the CPU in float32, the policy's dtype there (vLLM's `auto` runs a float32 model in bf16 on the CPU: the
+    importance ratios of a step drifted to 0.56-1.27, against 0.9995-1.0001 in float32)."""
+    rl = cfg.rl
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": rl.max_prompt_length + rl.max_response_length,
+            "vllm_gpu_memory_utilization": rl.gpu_memory_utilization, **({"vllm_dtype": "float32"} if cpu else {})}
 
 
 def cpu_defaults(settings: dict[str, Any], options: dict[str, Any]) -> None:
@@ -106,7 +117,11 @@ def cpu_defaults(settings: dict[str, Any], options: dict[str, Any]) -> None:
     if not {"bf16", "fp16"} & set(options):
         settings["bf16"] = bf16_supported()
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
-        settings["activation_checkpointing"] = False  # transformers' name; TRL's default sets its old alias
+        from trl import GRPOConfig
+
+        # transformers' new name where it has it (TRL's default sets the old alias); vLLM's environment has an older one
+        names = {f.name for f in dataclasses.fields(GRPOConfig)}
+        settings["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = False
 
 
 def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
@@ -118,7 +133,8 @@ def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
 
 
 def check_trl_options(options: dict[str, Any]) -> None:
-    """`rl.trl` keys must be GRPOConfig fields of the installed TRL; vLLM generation is not wired to our rollouts."""
+    """`rl.trl` keys must be GRPOConfig fields of the installed TRL (or the vllm_* fields of TRL with our patch);
+    vLLM is chosen by `rl.trl_rollouts`, in colocate mode."""
     try:
         from trl import GRPOConfig
     except ImportError:
@@ -127,22 +143,29 @@ def check_trl_options(options: dict[str, Any]) -> None:
 
     import trl
 
-    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    names = {f.name for f in dataclasses.fields(GRPOConfig)} | set(PATCHED_FIELDS)
     for key in options or {}:
         if key not in names:
             close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6)
             raise ConfigError(f"rl.trl.{key}: TRL {trl.__version__}'s GRPOConfig has no such option"
                               + (f"; closest: {', '.join(close)}" if close else ""))
-    if (options or {}).get("use_vllm"):
-        raise ConfigError("rl.trl.use_vllm: the webdancer rollout generates with the trained model itself; vLLM generation is not wired to it yet")
+    if "use_vllm" in (options or {}):
+        raise ConfigError("rl.trl.use_vllm: set rl.trl_rollouts=vllm instead (our rollouts through TRL's colocated vLLM)")
+    if (options or {}).get("vllm_mode", "colocate") != "colocate":
+        raise ConfigError(f"rl.trl.vllm_mode={options['vllm_mode']!r}: our rollouts generate with TRL's colocated vLLM "
+                          "(rl.trl_rollouts=vllm); drop rl.trl.vllm_mode")
 
+
+# GRPOConfig fields third_party_patches/trl adds (TRL in vLLM's environment has them; the core environment's has not).
+PATCHED_FIELDS = ("vllm_dtype",)
 
 # GRPOConfig sampling fields the batched engine does not apply, with the values that mean "off".
 SAMPLING_OFF = {"top_k": (None, 0), "min_p": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0), "generation_kwargs": (None, {})}
 
 
 def rollout_generation(cfg: WebdancerConfig, settings: dict[str, Any], gpu: bool) -> str:
-    """`rl.trl_rollouts` for this machine (batched or generate); a ConfigError for what the batched engine cannot do."""
+    """`rl.trl_rollouts` for this machine (batched, generate or vllm); a ConfigError for what the batched engine
+    cannot do."""
     mode = cfg.rl.trl_rollouts
     if mode == "auto":
         mode = "generate" if gpu else "batched"
@@ -155,6 +178,10 @@ def rollout_generation(cfg: WebdancerConfig, settings: dict[str, Any], gpu: bool
             raise ConfigError(f"rl.trl.{key}={settings[key]!r}: the batched rollout engine samples with rl.temperature and rl.top_p "
                               f"only; drop rl.trl.{key} or set rl.trl_rollouts=generate")
     return mode
+
+
+GENERATORS = {"batched": "the batched engine on a copy of the policy", "generate": "model.generate",
+              "vllm": "TRL's vLLM in this process, synced each step"}
 
 
 def prompt_key(messages: list[dict[str, Any]]) -> str:
@@ -215,9 +242,16 @@ class WebdancerRollouts:
         self.weights = configured_weights(cfg)
         self.reward_options = configured_options(cfg)
         self.toolbox = ToolBox.for_run(cfg)
-        self.loop.run(self.toolbox.__aenter__())  # tool sets (MCP servers) open in the loop the rollouts run in
+        self.opened = False
         self.last: dict[str, float] = {}
         self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch
+
+    def open(self) -> None:
+        """Open the tools (tool sets, MCP servers) in the loop the rollouts run in. After the trainer is built: vLLM's
+        start-up scans every loaded module's objects and fails on some that the search index's compiled code
+        (numba, through bm25s) leaves behind."""
+        self.loop.run(self.toolbox.__aenter__())
+        self.opened = True
 
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: Any) -> dict[str, Any]:
         rows = [self.rows[prompt_key(p)] for p in prompts]
@@ -243,7 +277,8 @@ class WebdancerRollouts:
         return {
             "prompt_ids": [r.prompt_ids for r in rollouts],
             "completion_ids": [r.completion_ids for r in rollouts],
-            "logprobs": None,
+            # vLLM's log-probs of the sampled tokens: TRL's importance-sampling correction against the policy's
+            "logprobs": [r.logprobs for r in rollouts] if all(r.logprobs is not None for r in rollouts) else None,
             # Observations are never trained on; a dropped group (no reward spread) trains on nothing.
             "env_mask": [r.env_mask if keep else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
             "webdancer_scores": scores,
@@ -268,6 +303,11 @@ class WebdancerRollouts:
     @contextlib.contextmanager
     def _turns(self, trainer: Any, times: RolloutTimes) -> Iterator[Generate]:
         """This batch's turn generator (`rl.trl_rollouts`); the batched engine's start and stop count as generation time."""
+        if self.generation == "vllm":
+            from webdancer_rl.vllm_turns import vllm_turns
+
+            yield vllm_turns(trainer, list(trainer.eos_token_ids))
+            return
         if self.generation != "batched":
             yield model_generate(trainer)
             return
@@ -312,7 +352,8 @@ class WebdancerRollouts:
         return kept
 
     def close(self) -> None:
-        self.loop.run(self.toolbox.aclose())
+        if self.opened:
+            self.loop.run(self.toolbox.aclose())
 
 
 def reward_function(name: str) -> Callable[..., list[float]]:
@@ -397,7 +438,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     loop = BackgroundLoop()
     rollouts = WebdancerRollouts(cfg, tokenizer, rows, loop, generation)
-    echo(f"rollout turns: {'the batched engine on a copy of the policy' if generation == 'batched' else 'model.generate'} (rl.trl_rollouts={rl.trl_rollouts})")
+    echo(f"rollout turns: {GENERATORS[generation]} (rl.trl_rollouts={rl.trl_rollouts})")
     names = list(trl_reward_weights(cfg))
     for aside in set_aside_unfinished(out_dir / "checkpoints"):
         echo(f"an unfinished checkpoint was moved to {aside}")
@@ -445,6 +486,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
         callbacks=[Progress()],
     )
     trainer.remove_callback(PrinterCallback)
+    rollouts.open()
     if resume:
         echo(f"resuming from {resume}")
     try:
@@ -473,6 +515,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     die_with_parent()  # `accelerate launch` started this process; if it is killed, nothing else would stop this one
     # transformers' deprecation notices about arguments TRL passes say nothing a user can act on.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    # TRL 1.16 names vLLM 0.31 as its newest tested; with 0.32 in vLLM's environment it warns at each import (six
+    # times). That pair, with our patch, is what tests/test_rl_vllm.py runs.
+    warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
     try:
         cfg = load_config(args[0])
         train(cfg, Path(cfg.rl.data_dir), Path(cfg.rl.output_dir), cfg.rl.model_path, echo=lambda s: print(s, flush=True))

@@ -16,19 +16,17 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from webdancer.errors import WebdancerError
 from webdancer.jsonl import atomic_write_text
+from webdancer_web.config import SearchConfig, VisitConfig
 from webdancer_web.index import Hit, best_snippet, build_index, retrieve
 from webdancer_web.readers import FetchError, PageContent, PageReader
-from webdancer_web.search import IndexSearch, SearchConfig
+from webdancer_web.search import IndexSearch
 from webdancer_web.search_workers import Spec
-
-if TYPE_CHECKING:
-    from webdancer_web.visit import VisitConfig
 
 log = logging.getLogger("webdancer.corpus")
 REQUIRED = ("id", "title", "text")

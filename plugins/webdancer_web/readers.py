@@ -7,7 +7,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Optional
+from typing import ClassVar, Optional
 from urllib.parse import urljoin
 
 import httpx
@@ -18,11 +18,9 @@ from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import atomic_write_text
 from webdancer.keys import read_secret
 from webdancer.typed import from_dict
+from webdancer_web.config import VisitConfig
 from webdancer_web.extract import extract
 from webdancer_web.guard import approve, refusal
-
-if TYPE_CHECKING:  # readers take the visit tool's options
-    from webdancer_web.visit import VisitConfig
 
 
 @dataclass

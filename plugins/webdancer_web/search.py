@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -15,35 +14,13 @@ from webdancer.http import RetriesExhausted, Retry, with_retries
 from webdancer.keys import read_secret
 from webdancer.leaks import Blocklist
 from webdancer.tools import Tool
+from webdancer_web.config import SearchConfig
 from webdancer_web.index import Hit, LocalIndex
 from webdancer_web.search_workers import Spec, open_searcher, search_in_workers
 
 SEPARATOR = "\n=======\n"
 BLOCKED_SPARE = 5  # extra results asked for when a blocklist is on, so dropping a few still leaves top_k
 RETRY_STATUS = {429, 500, 502, 503, 504}
-
-
-@dataclass
-class SearchConfig:
-    backend: str = "local"
-    top_k: int = 10
-    # local: the folder `webdancer web build` wrote.
-    web_root: str = ".webdancer/web"
-    # corpus: a JSONL or parquet file of {id, title, text, url} (webdancer_web.corpus), indexed on first use here.
-    corpus: str = ""
-    corpus_index_dir: str = ".webdancer/corpus-index"
-    # serper: endpoint and the env vars holding the key (the reference release used GOOGLE_SEARCH_KEY).
-    serper_url: str = "https://google.serper.dev/search"
-    api_key_env: list[str] = field(default_factory=lambda: ["SERPER_API_KEY", "GOOGLE_SEARCH_KEY"])
-    timeout_s: float = 20.0
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    max_queries: int = 5
-    # URL patterns whose results are dropped (webdancer.leaks; `webdancer eval` adds eval.blocklist).
-    blocklist: list[str] = field(default_factory=list)
-    # local and corpus: 0 answers queries in this process; N > 0 in N worker processes, each holding the
-    # index, so query throughput grows with cores (worth it for corpora of 100k+ documents under load).
-    workers: int = 0
 
 
 class SearchBackend:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import httpx
@@ -16,39 +15,11 @@ from webdancer.llm import ChatClient
 from webdancer.prompt_template import PromptTemplate
 from webdancer.records import Message
 from webdancer.tools import Tool
+from webdancer_web.config import VisitConfig
 from webdancer_web.evidence import extractive_evidence, format_visit, parse_extractor_reply
 from webdancer_web.guard import host_key
 from webdancer_web.readers import FetchError, PageCache, PageContent, PageReader
 from webdancer_web.search import SEPARATOR
-
-
-@dataclass
-class VisitConfig:
-    reader: str = "local"
-    # corpus: the documents of this JSONL or parquet file of {id, title, text, url}, by url (webdancer_web.corpus).
-    corpus: str = ""
-    corpus_index_dir: str = ".webdancer/corpus-index"
-    # host:port of the local sites that may be fetched even though they are on loopback.
-    local_sites: list[str] = field(default_factory=lambda: ["127.0.0.1:8765"])
-    timeout_s: float = 20.0
-    max_retries: int = 2
-    backoff_s: float = 0.5
-    max_bytes: int = 5_000_000
-    max_redirects: int = 5
-    per_host_concurrency: int = 4
-    max_urls: int = 5
-    cache_dir: Optional[str] = ".webdancer/cache/visit"
-    # The answer per URL is cut to about this many tokens (chars / 4).
-    max_tokens: int = 1500
-    # Summary model: an OpenAI-compatible endpoint (ModelConfig fields); empty = extractive fallback.
-    summary_model: dict[str, Any] = field(default_factory=dict)
-    summary_prompt_file: Optional[str] = None
-    max_page_chars: int = 60_000
-    jina_url: str = "https://r.jina.ai"
-    jina_api_key_env: list[str] = field(default_factory=lambda: ["JINA_API_KEY"])
-    user_agent: str = "webdancer/0.1 (+https://github.com/webdancer)"
-    # URL patterns never fetched (webdancer.leaks; `webdancer eval` adds eval.blocklist).
-    blocklist: list[str] = field(default_factory=list)
 
 
 class VisitTool(Tool):

@@ -29,7 +29,11 @@ fi
 # The TRL engine with vLLM rollouts: webdancer (editable, as in the core environment), its web tools and TRL; then
 # our changes to TRL (the CPU's weight sync, vLLM's dtype) and to vLLM (its start-up beside numba, which the search
 # index loads), checked to apply to the installed releases.
-pip_install "$VENV/bin/python" -e ".[web,rl]"
+if [ "$GPU" = "1" ]; then
+  pip_install "$VENV/bin/python" --no-deps -e .  # its requirements are in the lock
+else
+  pip_install "$VENV/bin/python" -e ".[web,rl]"
+fi
 bash scripts/apply_patches.sh trl "$VENV/bin/python" >/dev/null
 bash scripts/apply_patches.sh vllm "$VENV/bin/python" >/dev/null
 "$VENV/bin/python" -c "import vllm.entrypoints.launchers.api_server.entry" 2>/dev/null \

@@ -185,6 +185,7 @@ def test_mcp_tools_are_offered_in_rl_data_and_to_the_trl_engines_rollouts(local_
 
     loop = BackgroundLoop()
     rollouts = WebdancerRollouts(cfg, AutoTokenizer.from_pretrained(str(tiny_model)), read_rows(data.train), loop)
+    rollouts.open()  # what the engine does once its trainer is built
     try:
         assert list(rollouts.toolbox.tools) == ["search", "stub__shout", "stub__nap", "stub__die"]
         shouted = loop.run(rollouts.toolbox.run(ToolCall("stub__shout", {"text": "offline web"})))

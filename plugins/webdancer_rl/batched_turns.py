@@ -10,6 +10,10 @@ returned joins the running batch with its next turn while the others decode (`ru
 It runs on a copy of the policy made for one batch of rollouts and dropped after it: the engine packs and stacks
 the weights it is given and keeps KV blocks, all of which an optimizer step would make stale, and nothing of it
 may touch the model being trained.
+
+Kept beside TRL's colocated vLLM (`rl.trl_rollouts=vllm`), measured on a 2-core CPU (benchmarks/rl_rollout_engines.py):
+the same generation speed, and a step 1.5x faster (no start-up compile; the policy samples itself, so TRL computes no
+extra forward pass for its importance-sampling correction).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from webdancer.cli import cli
 from webdancer.evalsets import EvalSetError, decrypt, encrypt, load_eval_set
-from webdancer.evaluation import pass_at_k
+from webdancer.evaluation.scores import pass_at_k
 from webdancer.records import ToolCall
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.wire import render_assistant
@@ -237,7 +237,8 @@ def test_gaia_questions_with_attachments_are_skipped_by_default(plugins, tmp_pat
 def test_the_closing_line_never_shows_a_missing_result_as_zero():
     from dataclasses import asdict
 
-    from webdancer.evaluation import Summary, summary_line
+    from webdancer.evaluation.report import summary_line
+    from webdancer.evaluation.scores import Summary
 
     nothing = {"complete": False, "incomplete_runs": 12, "overall": asdict(Summary(k=1))}
     assert summary_line(nothing).startswith("nothing scored: 12 planned run(s) missing") and "0.0%" not in summary_line(nothing)

@@ -38,7 +38,8 @@ def eval_run(config_path: Optional[str], eval_file: str, overrides: tuple[str, .
 
     from webdancer.breaker import BREAKERS
     from webdancer.config_loader import load_config
-    from webdancer.evaluation import check_complete, default_eval_name, run_eval, summary_line
+    from webdancer.evaluation.report import summary_line
+    from webdancer.evaluation.run import check_complete, default_eval_name, run_eval
 
     cfg = load_config(config_path, overrides)
     if k is not None:
@@ -67,7 +68,7 @@ def eval_compare(runs: tuple[str, ...], out: Optional[str]) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from webdancer.evaluation import load_results, plot_results, render_comparison
+    from webdancer.evaluation.report import load_results, plot_results, render_comparison
     from webdancer.jsonl import atomic_write_text
 
     if len(runs) < 2:

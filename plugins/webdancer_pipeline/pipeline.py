@@ -280,7 +280,7 @@ class Pipeline:
         return summary
 
     def _eval(self, cfg: WebdancerConfig, name: str) -> dict[str, Any]:
-        from webdancer.evaluation import check_complete, run_eval
+        from webdancer.evaluation.run import check_complete, run_eval
 
         results = run_eval(cfg, str(self.path("qa_eval.jsonl")), "qa", name)
         check_complete(results, self.dir / "eval" / name, "the pipeline")  # not done: a rerun runs the missing ones
@@ -323,7 +323,7 @@ class Pipeline:
         """Serve `model_dir`, evaluate it as `name`, and compare every evaluation of this run so far."""
         from webdancer_models.serve import start_server
 
-        from webdancer.evaluation import load_results, plot_results, render_comparison
+        from webdancer.evaluation.report import load_results, plot_results, render_comparison
 
         self.need_web()
         cfg = self.served_config(model_dir, port)

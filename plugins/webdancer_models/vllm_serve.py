@@ -22,7 +22,6 @@ from webdancer_models.config import ServeConfig
 
 VLLM_VENV = ".venvs/vllm"
 CACHE_DIR = ".webdancer/cache/vllm"  # VLLM_CACHE_ROOT: compiled graphs, kept between starts
-SETUP = "run `bash scripts/setup_vllm.sh` or set serve.venv"
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}  # vLLM's --dtype names
 GIB = 1024**3
 
@@ -120,13 +119,13 @@ def kv_cache_gib(cfg: ServeConfig) -> int:
     return space
 
 
-def vllm_env(cfg: ServeConfig, model_made_later: bool = False) -> dict[str, str]:
+def vllm_env(cfg: ServeConfig, model_made_later: bool = False, user: str = "serve.backend=vllm", venv_setting: str = "serve.venv") -> dict[str, str]:
     """serve.venv first on PATH, the compile cache, and on the CPU wheel: threads bound to this process's CPUs and
     the KV cache's size (checked against the model, unless `model_made_later` and its folder is not there yet). A
     setting already in the environment wins (a person who set it meant it)."""
     python = vllm_python(cfg)
     if not python.is_file():
-        raise WebdancerError(f"{python} not found: serve.backend=vllm needs vLLM's environment; {SETUP}")
+        raise WebdancerError(f"{python} not found: {user} needs vLLM's environment; run `bash scripts/setup_vllm.sh` or set {venv_setting}")
     cache = Path(CACHE_DIR).absolute()
     env = {**venv_env(Path(cfg.venv or VLLM_VENV)), "VLLM_CACHE_ROOT": str(cache),
            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),  # inductor's kernels: else in /tmp, lost on a reboot
@@ -141,18 +140,20 @@ def vllm_env(cfg: ServeConfig, model_made_later: bool = False) -> dict[str, str]
     return {**env, **{k: os.environ[k] for k in env if k.startswith(("VLLM_", "TORCHINDUCTOR_")) and k in os.environ}}
 
 
-def check_vllm_machine(cfg: ServeConfig, model_made_later: bool = False) -> dict[str, str]:
+def check_vllm_machine(cfg: ServeConfig, model_made_later: bool = False, user: str = "serve.backend=vllm",
+                       venv_setting: str = "serve.venv") -> dict[str, str]:
     """What a start would find out minutes in, found in seconds: vLLM's environment (vllm_env: its presence, the KV
     cache against memory) and, with the CPU build, a CPU its kernels run on (torch's own reading of the instruction
-    set; vLLM's x86 kernels need AVX2). Returns the server's environment; a WebdancerError says what to change."""
-    env = vllm_env(cfg, model_made_later)
+    set; vLLM's x86 kernels need AVX2). Returns the server's environment; a WebdancerError says what to change, in
+    the words of the setting that asked for vLLM (`user`, e.g. serve.backend=vllm) and of its environment's."""
+    env = vllm_env(cfg, model_made_later, user, venv_setting)
     if cpu_wheel(cfg):
         probe = subprocess.run([str(vllm_python(cfg)), "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                                capture_output=True, text=True, env={**os.environ, **env})
         capability = probe.stdout.strip()
         if os.uname().machine == "x86_64" and capability and not capability.startswith("AVX"):  # AVX2, AVX512: torch's names
             raise WebdancerError(f"vLLM's CPU build needs AVX2 or better and this CPU offers {capability}: "
-                                 "serve.backend=batched runs on any CPU")
+                                 f"{user.split('=')[0]}=batched runs on any CPU")
     return env
 
 

@@ -343,10 +343,7 @@ def trl_vllm_env(cfg: WebdancerConfig, model_made_later: bool = False) -> dict[s
     longest = rl.max_prompt_length + rl.max_response_length
     engine = replace(cfg.serve, backend="vllm", venv=rl.vllm_venv, model_path=default_model_path(cfg), context_length=longest,
                      kv_cache_tokens=max(cfg.serve.kv_cache_tokens, longest), dtype="float32")
-    try:
-        return check_vllm_machine(engine, model_made_later)
-    except WebdancerError as exc:
-        raise type(exc)(f"rl.trl_rollouts=vllm: {exc}".replace("serve.venv", "rl.vllm_venv")) from None
+    return check_vllm_machine(engine, model_made_later, user="rl.trl_rollouts=vllm", venv_setting="rl.vllm_venv")
 
 
 def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callable[[str], None], dry_run: bool) -> list[str]:

@@ -2,6 +2,7 @@
 third_party_patches/trl), vLLM colocated in the trainer's process on the CPU, the policy's weights synced into it at
 every step, our multi-turn rollouts, tools and rewards."""
 
+import inspect
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 from test_rl_engine import QA, trl_run
+from toolkit import VowelShare
 
 from webdancer.cli import cli
 from webdancer.config_loader import load_config
@@ -58,29 +60,17 @@ vowels_reward = "webdancer_vowels_reward"
 [tool.setuptools]
 py-modules = ["webdancer_vowels_reward"]
 """,
-    "webdancer_vowels_reward.py": """from webdancer import hookimpl
-from webdancer.rewards import Reward
-
-
-class VowelShare(Reward):
-    name = "vowels"
-
-    async def score(self, sample):
-        letters = [c for c in sample.response.lower() if c.isalpha()]
-        return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
-
-
-@hookimpl
-def register_rewards(register):
-    register(VowelShare)
-""",
+    # tests/toolkit.py's reward, as its own module: the engine runs in another environment, where toolkit is not
+    "webdancer_vowels_reward.py": "from webdancer import hookimpl\nfrom webdancer.rewards import Reward\n\n\n"
+                                  + inspect.getsource(VowelShare)
+                                  + "\n\n@hookimpl\ndef register_rewards(register):\n    register(VowelShare)\n",
 }
 
 
 @pytest.fixture
 def vowels_reward_installed(tmp_path, monkeypatch):
     """tests/toolkit.py's graded `vowels` reward (every group of the untrained model has spread, so every step updates
-    the policy) as a package on PYTHONPATH: the engine runs in vLLM's environment, not in this process."""
+    the policy) as a package on PYTHONPATH, for the engine in vLLM's environment."""
     source, site = tmp_path / "vowels-src", tmp_path / "vowels-site"
     source.mkdir()
     for name, text in VOWELS_PLUGIN.items():

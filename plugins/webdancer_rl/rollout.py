@@ -281,8 +281,10 @@ async def run_rollouts(
             times.generated_tokens += len(out)
             r.completion_ids += out
             r.env_mask += [1] * len(out)
-            if r.logprobs is not None:
-                r.logprobs = r.logprobs + out.logprobs if isinstance(out, Sampled) else None
+            if isinstance(out, Sampled) and r.logprobs is not None:
+                r.logprobs += out.logprobs
+            else:
+                r.logprobs = None
             r.turns += 1
             turn = read_turn(chat.decode(out), bool(out) and out[-1] in chat.eos_ids, params)
             r.well_formed_turns += turn.kind in ("answer", "call")

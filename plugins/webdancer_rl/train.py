@@ -359,10 +359,10 @@ def run_trl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Callab
     generation = rollout_generation(resolved, settings, gpu=gpu and not settings.get("use_cpu"))  # fits this machine and the sampling
     config_file = output_dir / "config.yaml"
     atomic_write_text(config_file, config_to_yaml(resolved))
-    command = trl_command(config_file, gpu, python=str(venv_bin(Path(cfg.rl.vllm_venv)) / "python") if generation == "vllm" else sys.executable)
+    venv = Path(cfg.rl.vllm_venv) if generation == "vllm" else None  # TRL with vLLM runs in vLLM's environment
+    command = trl_command(config_file, gpu, python=str(venv_bin(venv) / "python") if venv else sys.executable)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1",
            **Reporting.of(cfg).env}
-    venv = Path(cfg.rl.vllm_venv) if generation == "vllm" else None
     if venv is not None:  # its PATH goes in as the environment's (write_command_script's venv), not this shell's
         env.update({k: v for k, v in trl_vllm_env(resolved, model_made_later=dry_run).items() if k not in ("PATH", "VIRTUAL_ENV")})
     write_command_script(output_dir / "command.sh", command, "GRPO/DAPO with TRL on this machine; rerun to resume from the last checkpoint.", env, venv)

@@ -117,11 +117,8 @@ def cpu_defaults(settings: dict[str, Any], options: dict[str, Any]) -> None:
     if not {"bf16", "fp16"} & set(options):
         settings["bf16"] = bf16_supported()
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
-        from trl import GRPOConfig
-
         # transformers' new name where it has it (TRL's default sets the old alias); vLLM's environment has an older one
-        names = {f.name for f in dataclasses.fields(GRPOConfig)}
-        settings["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = False
+        settings["activation_checkpointing" if "activation_checkpointing" in grpo_fields() else "gradient_checkpointing"] = False
 
 
 def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
@@ -132,18 +129,23 @@ def trl_reward_weights(cfg: WebdancerConfig) -> dict[str, float]:
     return {**weights, OVERLONG: 1.0}
 
 
+def grpo_fields() -> set[str]:
+    """The option names of the installed TRL's GRPOConfig."""
+    from trl import GRPOConfig
+
+    return {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
 def check_trl_options(options: dict[str, Any]) -> None:
     """`rl.trl` keys must be GRPOConfig fields of the installed TRL (or the vllm_* fields of TRL with our patch);
     vLLM is chosen by `rl.trl_rollouts`, in colocate mode."""
     try:
-        from trl import GRPOConfig
+        import trl
     except ImportError:
         raise WebdancerError("rl.engine=trl needs TRL: pip install 'webdancer[rl]' (scripts/setup.sh installs it)") from None
     import difflib
 
-    import trl
-
-    names = {f.name for f in dataclasses.fields(GRPOConfig)} | set(PATCHED_FIELDS)
+    names = grpo_fields() | set(PATCHED_FIELDS)
     for key in options or {}:
         if key not in names:
             close = difflib.get_close_matches(key, sorted(names), n=3, cutoff=0.6)

@@ -1,13 +1,13 @@
-"""webdancer.http.KeepAlivePool against real sockets on loopback, each server answering byte for byte
-what the test scripts: keep-alive reuse, chunked and close-delimited bodies, a connection the server
-closed while idle, timeouts, garbage, cancellation."""
+"""webdancer.http.HttpClient (aiohttp underneath) against real sockets on loopback, each server answering byte for
+byte what the test scripts: keep-alive reuse, chunked and close-delimited bodies, a connection the server closed
+while idle, timeouts, garbage, cancellation, proxies from the environment; errors in httpx's vocabulary."""
 
 import asyncio
 
 import httpx
 import pytest
 
-from webdancer.http import KeepAlivePool, RawResponse
+from webdancer.http import HttpClient, RawResponse
 
 
 class RawServer:
@@ -56,7 +56,7 @@ def ok(body=b'{"ok": true}', extra=""):
 
 async def test_connections_are_kept_alive_and_requests_well_formed():
     async with RawServer(lambda head, n: ok()) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         for _ in range(3):
             resp = await pool.request("POST", srv.url + "?x=1", content=b'{"a": 1}', headers={"Authorization": "Bearer k"})
             assert resp.status_code == 200 and resp.json() == {"ok": True} and resp.headers["content-type"] == "application/json"
@@ -71,14 +71,14 @@ async def test_connections_are_kept_alive_and_requests_well_formed():
 async def test_chunked_and_close_delimited_bodies():
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     async with RawServer(lambda head, n: chunked) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         assert (await pool.request("POST", srv.url)).content == b"hello world"
         assert (await pool.request("POST", srv.url)).content == b"hello world"
         await pool.aclose()
     assert srv.connections == 1
     until_close = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nthe whole body"
     async with RawServer(lambda head, n: until_close, close_after_each=True) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         assert (await pool.request("POST", srv.url)).content == b"the whole body"
         assert (await pool.request("POST", srv.url)).text == "the whole body"
         await pool.aclose()
@@ -88,7 +88,7 @@ async def test_chunked_and_close_delimited_bodies():
 async def test_a_connection_the_server_closed_while_idle_is_replaced():
     """Servers drop idle keep-alive connections whenever they like; the next request must not fail for it."""
     async with RawServer(lambda head, n: ok(f'{{"conn": {n}}}'.encode()), close_after_each=True) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         first = await pool.request("POST", srv.url)
         await asyncio.sleep(0.05)  # the server's close reaches us
         second = await pool.request("POST", srv.url)
@@ -96,8 +96,9 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced():
     assert (first.json(), second.json()) == ({"conn": 1}, {"conn": 2})
 
 
-async def test_a_stale_connection_found_only_when_writing_is_retried_once():
-    """The close can arrive after the pool handed the connection out: no reply bytes yet, so one fresh try."""
+async def test_a_stale_connection_found_only_when_writing_is_a_transport_error_never_an_answer():
+    """The close can arrive after the pool handed the connection out: a transport error, which `with_retries` retries
+    (a POST is not retried inside the client, RFC 9112 9.3.1), and the next request opens a fresh connection."""
     answered = []
 
     def reply(head, n):
@@ -107,15 +108,17 @@ async def test_a_stale_connection_found_only_when_writing_is_retried_once():
         return ok(f'{{"conn": {n}}}'.encode())
 
     async with RawServer(reply) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         assert (await pool.request("POST", srv.url)).json() == {"conn": 1}
+        with pytest.raises(httpx.TransportError, match="closed the connection before a complete response"):
+            await pool.request("POST", srv.url)
         assert (await pool.request("POST", srv.url)).json() == {"conn": 2}
         await pool.aclose()
 
 
 async def test_connection_close_header_is_honoured():
     async with RawServer(lambda head, n: ok(extra="Connection: close\r\n"), close_after_each=True) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         for _ in range(2):
             assert (await pool.request("POST", srv.url)).status_code == 200
         await pool.aclose()
@@ -124,7 +127,7 @@ async def test_connection_close_header_is_honoured():
 
 async def test_timeout_names_the_server_and_the_limit_and_the_connection_is_dropped():
     async with RawServer(lambda head, n: ok(), delay_s=0.5) as srv:
-        pool = KeepAlivePool(0.2, 5)
+        pool = HttpClient(0.2, 5)
         with pytest.raises(httpx.ReadTimeout, match=r"127\.0\.0\.1:\d+ within 0\.2 s"):
             await pool.request("POST", srv.url)
         srv.delay_s = 0.0
@@ -136,7 +139,7 @@ async def test_timeout_names_the_server_and_the_limit_and_the_connection_is_drop
 async def test_cancelled_request_never_leaves_its_reply_for_the_next():
     replies = iter([ok(b'{"n": 1}'), ok(b'{"n": 2}'), ok(b'{"n": 3}')])
     async with RawServer(lambda head, n: next(replies), delay_s=0.2) as srv:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         task = asyncio.ensure_future(pool.request("POST", srv.url))
         await asyncio.sleep(0.05)
         task.cancel()
@@ -148,19 +151,18 @@ async def test_cancelled_request_never_leaves_its_reply_for_the_next():
 
 
 async def test_garbage_and_truncated_replies_are_protocol_errors():
+    pool = HttpClient(5, 5)
     async with RawServer(lambda head, n: b"SSH-2.0-OpenSSH_9.2\r\n\r\n") as srv:
-        pool = KeepAlivePool(5, 5)
         with pytest.raises(httpx.RemoteProtocolError, match="not HTTP/1.1"):
             await pool.request("POST", srv.url)
     truncated = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"
     async with RawServer(lambda head, n: truncated, close_after_each=True) as srv:
-        pool = KeepAlivePool(5, 5)
-        with pytest.raises(httpx.RemoteProtocolError, match="in the middle of a response"):
+        with pytest.raises(httpx.RemoteProtocolError, match="before a complete response"):
             await pool.request("POST", srv.url)
     async with RawServer(lambda head, n: None) as srv:  # accepts, reads, closes: never an answer
-        pool = KeepAlivePool(5, 5)
-        with pytest.raises(httpx.RemoteProtocolError, match="without a response"):
+        with pytest.raises(httpx.RemoteProtocolError, match="before a complete response"):
             await pool.request("POST", srv.url)
+    await pool.aclose()
 
 
 async def test_refused_connections_and_bad_urls():
@@ -170,20 +172,25 @@ async def test_refused_connections_and_bad_urls():
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    pool = KeepAlivePool(5, 5)
+    pool = HttpClient(5, 5)
     with pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{port}"):
         await pool.request("POST", f"http://127.0.0.1:{port}/v1")
     for url in ("ftp://127.0.0.1/x", "http:///nohost", "http://127.0.0.1:notaport/"):
         with pytest.raises(httpx.UnsupportedProtocol, match="cannot request"):
             await pool.request("POST", url)
+    await pool.aclose()
 
 
-def test_one_pool_serves_consecutive_event_loops():
+def test_one_pool_serves_consecutive_event_loops(caplog):
     """A client made once and used by two `asyncio.run`s against one server: the second loop must not be handed
     the first loop's kept-alive connections (they belong to a closed loop)."""
+    import gc
+
     from webdancer.testing.fake_openai import FakeOpenAIServer
 
-    pool = KeepAlivePool(5, 5)
+    gc.collect()  # sessions other tests left behind are not this pool's
+    caplog.clear()
+    pool = HttpClient(5, 5)
 
     async def twice(url):
         return [(await pool.request("POST", url, content=b"{}")).status_code for _ in range(2)]
@@ -192,7 +199,9 @@ def test_one_pool_serves_consecutive_event_loops():
         url = srv.base_url + "/chat/completions"
         assert asyncio.run(twice(url)) == [200, 200]
         assert asyncio.run(twice(url)) == [200, 200]
-    assert len(pool._slots) == 1  # the finished loop's entries were dropped
+    assert len(pool._sessions) == 1  # the finished loop's session was retired
+    asyncio.run(pool.aclose())
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()]
 
 
 async def test_aio_run_from_code_an_event_loop_is_running_uses_a_thread_of_its_own():
@@ -208,13 +217,16 @@ async def test_aio_run_from_code_an_event_loop_is_running_uses_a_thread_of_its_o
     assert run(where()).startswith("webdancer-run")  # asyncio.run would raise here: a loop is running
 
 
-async def test_bytes_sent_while_idle_retire_the_connection():
-    """A server that writes after its response (a second, unasked reply) is out of step: the next request must
-    not read those bytes as its answer."""
+async def test_bytes_sent_after_a_reply_are_never_the_next_answer():
+    """A server that writes after its response (a second, unasked reply, or garbage) is out of step: its request may
+    fail as a protocol error, but the next request must not read those bytes as its answer."""
     for stray in (ok(b'{"stray": true}'), b"SSH-2.0-OpenSSH_9.2\r\n\r\n"):
-        async with RawServer(lambda head, n: ok(f'{{"conn": {n}}}'.encode()) + stray) as srv:
-            pool = KeepAlivePool(5, 5)
-            assert (await pool.request("POST", srv.url)).json() == {"conn": 1}
+        async with RawServer(lambda head, n: ok(f'{{"conn": {n}}}'.encode()) + (stray if n == 1 else b"")) as srv:
+            pool = HttpClient(5, 5)
+            try:
+                assert (await pool.request("POST", srv.url)).json() == {"conn": 1}
+            except httpx.RemoteProtocolError:
+                pass
             await asyncio.sleep(0.05)
             assert (await pool.request("POST", srv.url)).json() == {"conn": 2}
             await pool.aclose()
@@ -241,11 +253,13 @@ async def test_https_verifies_the_server_and_keeps_the_connection(tmp_path, monk
     server = await asyncio.start_server(srv.handle, "127.0.0.1", 0, ssl=server_ctx)
     url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat"
     try:
-        pool = KeepAlivePool(5, 5)
+        pool = HttpClient(5, 5)
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             await pool.request("POST", url)
+        await pool.aclose()
         trusting = ssl.create_default_context(cafile=str(cert))
         monkeypatch.setattr(http, "shared_ssl_context", lambda: trusting)
+        pool = HttpClient(5, 5)
         for _ in range(2):
             resp = await pool.request("POST", url, content=b"{}")
             assert resp.status_code == 200 and resp.json() == {"ok": True}
@@ -261,3 +275,25 @@ def test_json_bodies_orjson_refuses_are_read_as_json_reads_them():
     for bad in (b"<html>", b"\xff\xfe", b'{"a": 1} trailing'):
         with pytest.raises(ValueError):
             RawResponse(200, {}, bad).json()
+
+
+async def test_proxies_come_from_the_environment_except_for_loopback(monkeypatch):
+    """A hosted endpoint is reached through HTTP_PROXY (as a cluster behind a proxy needs), NO_PROXY is honoured, and a
+    model served on this machine is never sent to the proxy."""
+    async with RawServer(lambda head, n: ok(b'{"via": "proxy"}')) as proxy, RawServer(lambda head, n: ok(b'{"via": "direct"}')) as local:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/v1", 1)[0])
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        hosted = HttpClient(5, 5)
+        assert (await hosted.request("POST", "http://api.example.invalid/v1/chat", content=b"{}")).json() == {"via": "proxy"}
+        assert proxy.heads[0].startswith("POST http://api.example.invalid/v1/chat HTTP/1.1")
+        await hosted.aclose()
+        served_here = HttpClient(5, 5)
+        assert (await served_here.request("POST", local.url, content=b"{}")).json() == {"via": "direct"}
+        await served_here.aclose()
+        monkeypatch.setenv("NO_PROXY", "api.example.invalid")
+        bypassed = HttpClient(5, 5)
+        with pytest.raises(httpx.ConnectError, match="api.example.invalid"):
+            await bypassed.request("POST", "http://api.example.invalid/v1/chat", content=b"{}")
+        await bypassed.aclose()
+    assert len(proxy.heads) == 1

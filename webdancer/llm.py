@@ -11,7 +11,7 @@ from typing import Any, Optional
 from webdancer.breaker import BREAKERS
 from webdancer.config import ModelConfig
 from webdancer.errors import ModelError, ModelUnavailable
-from webdancer.http import KeepAlivePool, RawResponse, RetriesExhausted, Retry, with_retries
+from webdancer.http import HttpClient, RawResponse, RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import json_bytes
 from webdancer.keys import read_secret
 from webdancer.records import Message, Usage
@@ -44,7 +44,7 @@ class ChatClient:
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         connect = min(10.0, config.timeout_s)
-        self._client = client or KeepAlivePool(config.timeout_s, connect)
+        self._client = client or HttpClient(config.timeout_s, connect)
         self._headers = headers
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._breaker = BREAKERS.get(f"model endpoint {config.base_url}")

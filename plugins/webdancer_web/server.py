@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import mimetypes
@@ -10,13 +9,14 @@ import os
 import posixpath
 import socket
 import threading
+import time
 from email.utils import formatdate
 from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from webdancer import aio
-from webdancer.aio import within
+import uvicorn
+
 from webdancer.errors import WebdancerError
 from webdancer_web.build import load_manifest
 from webdancer_web.pack import Pack
@@ -24,10 +24,7 @@ from webdancer_web.pack import Pack
 _LOG = bool(os.environ.get("WEBDANCER_WEB_LOG"))
 
 
-IDLE_TIMEOUT_S = 30.0  # a connection that sends no complete request head for this long is closed
-MAX_HEAD = 64 * 1024
-REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 404: "Not Found", 413: "Request Header Fields Too Large",
-           501: "Not Implemented"}
+IDLE_TIMEOUT_S = 30.0  # a kept-alive connection with no new request for this long is closed
 mimetypes.add_type("text/css", ".css")
 mimetypes.add_type("application/javascript", ".js")
 
@@ -107,55 +104,34 @@ class _Site:
         return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>webdancer local web</title></head><body><h1>Local web</h1><ul>{items}</ul></body></html>"
 
 
-async def _connection(site: _Site, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """HTTP/1.1 keep-alive on one connection. A slow or stalled client holds only its own coroutine, closed after
-    IDLE_TIMEOUT_S without a complete request head (the threaded server this replaces gave one thread each and
-    kept 0.54 of its one-client throughput at 64 clients)."""
-    try:
-        while True:
-            try:
-                head = await within(IDLE_TIMEOUT_S, reader.readuntil(b"\r\n\r\n"))
-            except asyncio.LimitOverrunError:
-                writer.write(_head(413, [("Content-Length", "0"), ("Connection", "close")]))
-                return
-            lines = head.decode("latin-1").split("\r\n")
-            request = lines[0].split(" ")
-            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-            if len(request) != 3 or not request[2].startswith("HTTP/"):
-                writer.write(_head(400, [("Content-Length", "0"), ("Connection", "close")]))
-                return
-            method, target, version = request
-            length = headers.get("content-length", "0")
-            if length.isdigit() and int(length):
-                await within(IDLE_TIMEOUT_S, reader.readexactly(int(length)))  # a body nobody asked for
-            connection = headers.get("connection", "").lower()
-            keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
-            if method not in ("GET", "HEAD"):
-                status, out, body = error_response(501, f"Unsupported method ({method!r})")
-            else:
-                status, out, body = site.respond(target)
-            if _LOG:
-                print(f'{writer.get_extra_info("peername", ("?",))[0]} "{method} {target} {version}" {status} {len(body)}', flush=True)
-            writer.write(_head(status, out + ([] if keep else [("Connection", "close")])) + (b"" if method == "HEAD" else body))
-            await writer.drain()
-            if not keep:
-                return
-    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+class _App:
+    """The ASGI application uvicorn serves: GET and HEAD answered by `_Site`, 501 for other methods."""
 
+    def __init__(self, site: _Site):
+        self.site = site
 
-def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}", "Server: webdancer-web", *(f"{k}: {v}" for k, v in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":  # lifespan is off; nothing else is spoken here
+            return
+        method = scope["method"]
+        if method in ("GET", "HEAD"):
+            target = scope["raw_path"].decode("latin-1") + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
+            status, headers, body = self.site.respond(target)
+        else:
+            status, headers, body = error_response(501, f"Unsupported method ({method!r})")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+        await send({"type": "http.response.body", "body": body})  # uvicorn leaves it out for HEAD
 
 
 class LocalWebServer:
     """The local web for one built root; `with LocalWebServer(root, port) as srv:` serves in a thread.
 
-    asyncio (uvloop where installed), one coroutine per connection: throughput holds at hundreds of
-    concurrent clients and a client that trickles its request byte by byte delays only itself."""
+    uvicorn (httptools, uvloop where installed) on a socket bound here, so a port in use is named before
+    anything starts: one protocol per connection, so throughput holds at hundreds of concurrent clients
+    and a client that trickles its request byte by byte delays only itself (benchmarks/web_server.py).
+    uvicorn closes idle kept-alive connections but has no deadline for a request head (its issue #157):
+    a client that never finishes one keeps its socket, which on a loopback web costs one descriptor."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 8765):
         manifest = load_manifest(root)
@@ -185,9 +161,9 @@ class LocalWebServer:
             raise WebdancerError(f"cannot serve the local web on {host}:{port}: {exc.strerror} (is another server on that port? set web.port)") from None
         self.manifest = manifest
         self.server_address = self.sock.getsockname()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
+        self._server = uvicorn.Server(uvicorn.Config(
+            _App(self.site), lifespan="off", log_config=None, log_level="info" if _LOG else "warning", access_log=_LOG,
+            timeout_keep_alive=IDLE_TIMEOUT_S, timeout_graceful_shutdown=1, backlog=1024))
         self.thread = threading.Thread(target=self.serve_forever, daemon=True, name="webdancer-web")
 
     @property
@@ -196,19 +172,11 @@ class LocalWebServer:
         return f"http://{host}:{port}"
 
     def serve_forever(self) -> None:
-        """Serve until `close()` (from another thread) or KeyboardInterrupt."""
-        aio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        server = await asyncio.start_server(lambda r, w: _connection(self.site, r, w), sock=self.sock)
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
+        """Serve until `close()` (from another thread) or Ctrl-C."""
+        self._server.run(sockets=[self.sock])
 
     def close(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
+        self._server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(5)
         self.sock.close()
@@ -218,7 +186,12 @@ class LocalWebServer:
 
     def __enter__(self) -> "LocalWebServer":
         self.thread.start()
-        self._ready.wait(10)
+        deadline = time.monotonic() + 10
+        while not self._server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not self._server.started:
+            self.close()
+            raise WebdancerError(f"the local web on {self.url} did not start within 10 s")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -113,40 +113,37 @@ def respond(state: FakeOpenAIState, path: str, body: bytes, headers: dict) -> tu
 
 
 async def serve_asyncio(state: FakeOpenAIState, port: int = 0, on_ready=None) -> None:
-    """The same fake on asyncio, for load benchmarks: one thread, no per-connection threads.
-
-    Minimal HTTP/1.1 with keep-alive and Content-Length bodies, which is all OpenAI clients send.
-    """
+    """The same fake on uvicorn, for load benchmarks: one thread, one event loop, no per-connection threads."""
     import asyncio
+    import socket
+
+    import uvicorn
 
     state.async_latency = True
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                path = lines[0].split(" ")[1]
-                hdrs = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-                length = int(next((v for k, v in hdrs.items() if k.lower() == "content-length"), "0"))
-                body = await reader.readexactly(length) if length else b""
-                if state.latency_s:
-                    await asyncio.sleep(state.delay_s())
-                status, payload, extra = respond(state, path, body, hdrs)
-                out = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(payload)}"]
-                out += [f"{k}: {v}" for k, v in (extra or {}).items()]
-                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + payload)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def app(scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if state.latency_s:
+            await asyncio.sleep(state.delay_s())
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        status, payload, extra = respond(state, scope["path"], body, headers)
+        out = [(b"content-type", b"application/json")] + [(k.lower().encode(), str(v).encode()) for k, v in (extra or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
     if on_ready is not None:
-        on_ready(server.sockets[0].getsockname()[1])
-    async with server:
-        await server.serve_forever()
+        on_ready(sock.getsockname()[1])  # connections wait in the backlog until uvicorn serves
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning", access_log=False, backlog=1024))
+    await server.serve(sockets=[sock])
 
 
 class FakeOpenAIServer(BackgroundServer):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from webdancer import __version__, aio
+from webdancer import __version__, aio, console
 from webdancer.cli_eval import eval_group
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml, load_config
@@ -18,15 +17,25 @@ from webdancer.errors import WebdancerError
 from webdancer.plugins import get_plugins
 from webdancer.records import Step, ToolCall, stable_id
 
+VERBOSITY_FLAGS = ("-q", "--quiet", "-v", "-vv", "--verbose")
+
 
 class WebdancerGroup(click.Group):
-    """Turns WebdancerError into one clear line and its exit code (2 for config errors)."""
+    """Turns WebdancerError into one clear line and its exit code (2 for config errors). `-q/--quiet` and
+    `-v/--verbose` are the root's options but may stand anywhere before `--`: `webdancer pipeline x.yaml -q` works."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            end = args.index("--") if "--" in args else len(args)
+            flags = [a for a in args[:end] if a in VERBOSITY_FLAGS]
+            args = flags + [a for a in args[:end] if a not in VERBOSITY_FLAGS] + args[end:]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except WebdancerError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            click.secho(f"error: {exc}", fg="red", err=True, color=console.colour_allowed(sys.stderr))
             ctx.exit(exc.exit_code)
 
 
@@ -42,11 +51,11 @@ def resolve_config(config_path: Optional[str], overrides: tuple[str, ...]) -> We
 
 @click.group(cls=WebdancerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="webdancer")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: debug, and what libraries and trackers print).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and the closing summary.")
+def cli(verbose: int, quiet: bool) -> None:
     """Train and run web information-seeking agents (WebDancer)."""
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    console.configure(-1 if quiet else verbose)
 
 
 @cli.command("plugins")

@@ -231,3 +231,40 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def following(path: Path, on_growth: Callable[[], None], every_s: float) -> Iterator[None]:
+    """While the block runs (a trainer writing its JSONL log), call `on_growth` from a thread whenever `path` has changed
+    size, and once more at the end. What `on_growth` raises is logged as a warning: following is a side channel, and
+    never stops the work it follows."""
+    import logging
+    import threading
+
+    stop = threading.Event()
+
+    def call() -> None:
+        try:
+            on_growth()
+        except Exception as exc:  # noqa: BLE001 - a side channel
+            logging.getLogger("webdancer.jsonl").warning("following %s: %s", path, exc)
+
+    def follow() -> None:
+        size = -1
+        while not stop.wait(every_s):
+            try:
+                now = path.stat().st_size if path.is_file() else -1
+            except OSError:
+                continue
+            if now != size:
+                size = now
+                call()
+
+    thread = threading.Thread(target=follow, name="webdancer-following", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        call()

@@ -13,15 +13,14 @@ import contextlib
 import importlib.util
 import logging
 import os
-import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from webdancer.config import TrackingConfig, WebdancerConfig
+from webdancer.console import library_output
 from webdancer.errors import ConfigError
-from webdancer.jsonl import iter_json_lines
+from webdancer.jsonl import following, iter_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -126,27 +125,8 @@ class Reporting:
         if not self.relays:
             yield
             return
-        stop = threading.Event()
-
-        def follow() -> None:
-            size = -1
-            while not stop.wait(every_s):
-                try:
-                    now = log_file.stat().st_size if log_file.is_file() else -1
-                    if now != size:
-                        size = now
-                        self.relay(stage, log_file, step_key)
-                except Exception as exc:  # noqa: BLE001 - tracking is a side channel
-                    log.warning("tracking: could not relay %s: %s", log_file, exc)
-
-        thread = threading.Thread(target=follow, name="webdancer-tracking", daemon=True)
-        thread.start()
-        try:
+        with following(log_file, lambda: self.relay(stage, log_file, step_key), every_s):
             yield
-        finally:
-            stop.set()
-            thread.join()
-            self.relay(stage, log_file, step_key)
 
 
 class Tracker:
@@ -172,7 +152,7 @@ class Tracker:
             os.environ.setdefault("TRACKIO_DIR", str(tracking_dir(self.cfg) / "trackio"))
             import trackio
 
-            with contextlib.redirect_stdout(sys.stderr):  # its banner is not this command's output
+            with library_output("tracking"):  # its banners are not this command's output (shown with -vv)
                 trackio.init(project=self.cfg.tracking.project, name=self.cfg.run.name, resume="allow", embed=False,
                              auto_log_cpu=False, auto_log_gpu=False)
             self._trackio = trackio
@@ -180,7 +160,7 @@ class Tracker:
 
     def finish(self) -> None:
         if self._trackio is not None:
-            with contextlib.redirect_stdout(sys.stderr):
+            with library_output("tracking"):
                 self._trackio.finish()
             self._trackio = None
 

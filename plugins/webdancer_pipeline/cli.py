@@ -25,4 +25,4 @@ def pipeline(config_path: Optional[str], args: tuple[str, ...]) -> None:
 
     cfg = resolve_config(config_path, args)
     with run_lock(cfg.run.dir, "webdancer pipeline"):
-        Pipeline(cfg, echo=click.echo).run()
+        Pipeline(cfg).run()

@@ -79,6 +79,10 @@ def test_pipeline_runs_every_stage_and_writes_a_report_and_no_secret_lands(local
         again = run(args, env_extra=secrets)
         sent = [h.get("Authorization") for h in srv.state.headers]
     assert again.returncode == 0 and again.stdout.count("done already") == 8  # every stage but the report is skipped
+    for output in (result.stdout + result.stderr, again.stdout + again.stderr):  # a log file a person reads
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert "\x1b[" not in output and not [line for line, n in Counter(lines).items() if n > 1], output
+        assert "Trackio" not in output and output.rstrip().endswith(f"report: {tmp_path / 'p' / 'report.md'}")
     run_dir = tmp_path / "p"
     assert sent and all(h == f"Bearer {CANARY}" for h in sent)  # the key was in use ...
     leaked = [str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*") if f.is_file() and CANARY.encode() in f.read_bytes()]
@@ -88,10 +92,12 @@ def test_pipeline_runs_every_stage_and_writes_a_report_and_no_secret_lands(local
     assert state["stages"]["split"]["summary"]["eval"] == 3 and state["stages"]["filter"]["summary"]["kept"] > 0
     assert state["stages"]["rl"]["summary"]["trained"] is False and (run_dir / "rl" / "command.sh").is_file()
     report = (run_dir / "report.md").read_text()
-    for part in ("## Counts", "| CrawlQA questions | 12 |", "## Why trajectories were dropped", "## Evaluation (before)", "## Timings", "## RL"):
+    for part in ("## Counts", "| CrawlQA questions | 12 |", "## Why trajectories were dropped", "## Evaluation (before)", "## Timings and memory", "## RL"):
         assert part in report
+    for name, stage in state["stages"].items():  # the pipeline process alone holds its interpreter and the config
+        assert stage["peak_rss_gb"] >= stage["peak_process_rss_gb"] > 0.02 and stage["peak_process"], (name, stage)
     html = (run_dir / "report.html").read_text()
-    assert "<table>" in html and "<h2>Timings</h2>" in html
+    assert "<table>" in html and "<h2>Timings and memory</h2>" in html
     assert (run_dir / "eval" / "before" / "plot.png").stat().st_size > 1000
 
 

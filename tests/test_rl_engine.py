@@ -426,3 +426,20 @@ def test_unfinished_checkpoints_are_set_aside_and_never_resumed_from(tmp_path):
     [aside] = set_aside_unfinished(tmp_path)
     assert aside.name.startswith("checkpoint-10.partial-") and aside.is_dir()  # kept, not deleted
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_the_rollout_engines_cache_holds_one_steps_rollouts_and_always_one_rollout():
+    """The cache is allocated whole: sized to what a step can fill (rollouts x the longest rollout), never above
+    serve.kv_cache_tokens, never below one rollout."""
+    from webdancer_rl.batched_turns import EngineSettings
+    from webdancer_rl.rollout import RolloutLimits
+
+
+    def cache(*overrides):
+        cfg = load_config(None, ["rl.train_batch_size=2", "rl.n_rollouts=2", "rl.max_prompt_length=2048", "rl.max_response_length=1536", *overrides])
+        return EngineSettings.of(cfg, RolloutLimits.from_config(cfg.rl), seed=1).kv_cache_tokens
+
+    assert cache() == 4 * 3584  # under serve's 32k default
+    assert cache("serve.kv_cache_tokens=8192") == 8192  # serve's cap holds
+    assert cache("serve.kv_cache_tokens=1000") == 3584  # one rollout always fits
+    assert cache("rl.train_batch_size=32", "rl.n_rollouts=8") == 32768

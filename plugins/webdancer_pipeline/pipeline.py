@@ -16,16 +16,20 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from webdancer import aio
+from webdancer import aio, console
 from webdancer.config import WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
-from webdancer.jsonl import atomic_write_json, atomic_write_text, iter_json_lines, read_records
+from webdancer.jsonl import atomic_write_json, atomic_write_text, following, iter_json_lines, read_records
+from webdancer.memory import PeakMemorySampler
 from webdancer.records import QAItem
 from webdancer.tracking import Reporting, track
 from webdancer.typed import to_dict
 from webdancer_pipeline.config import EVAL_TITLES, OPTIONAL_STAGES, PIPELINE_STAGES
+
+if TYPE_CHECKING:
+    from webdancer_sft.config import SftConfig
 
 DEFAULT_MODEL = "smollm2-135m"
 EVALS = tuple(EVAL_TITLES)  # eval/<name>: the base model, after SFT (twice: control), after RL
@@ -47,7 +51,7 @@ def _serves(url: str, host: str, port: int) -> bool:
 
 
 class Pipeline:
-    def __init__(self, cfg: WebdancerConfig, echo: Callable[[str], None] = print):
+    def __init__(self, cfg: WebdancerConfig, echo: Callable[[str], None] = console.echo):
         unknown = [s for s in cfg.pipeline.stages if s not in PIPELINE_STAGES + OPTIONAL_STAGES]
         if unknown:
             raise ConfigError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(PIPELINE_STAGES + OPTIONAL_STAGES)}")
@@ -94,19 +98,21 @@ class Pipeline:
                 if stage in SCORING_STAGES:
                     self.need_judge()
                 t0 = time.perf_counter()
-                summary = getattr(self, f"stage_{stage}")() or {}
+                with PeakMemorySampler() as peak:  # this process and what it started: servers, trainers, workers
+                    summary = getattr(self, f"stage_{stage}")() or {}
                 self.state["stages"][stage] = {
                     "seconds": round(time.perf_counter() - t0, 1),
                     "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    **peak.as_dict(),
                     "summary": summary,
                 }
                 atomic_write_json(self.state_file, self.state)
-                track(self.cfg, f"pipeline/{stage}", {"seconds": self.state["stages"][stage]["seconds"]})
+                track(self.cfg, f"pipeline/{stage}", {"seconds": self.state["stages"][stage]["seconds"], "peak_rss_gb": peak.total_gb})
                 self.echo(f"   {stage}: {json.dumps(summary, default=str)[:300]}")
         finally:
             self.stop_models()
             self.services.close()
-        self.echo(f"pipeline finished in {time.perf_counter() - started:.0f} s; report: {self.path('report.md')}")
+        console.summary(f"pipeline finished in {time.perf_counter() - started:.0f} s; report: {self.path('report.md')}")
         return self.state
 
     # --- services --------------------------------------------------------------------------
@@ -190,7 +196,7 @@ class Pipeline:
         manifest = Path(web.root) / "manifest.json"
         if manifest.is_file():
             return {"pages": json.loads(manifest.read_text())["pages"], "built": False}
-        stats = build_web(web.sites, Path(web.root), web.base_url)
+        stats = build_web(web.sites, Path(web.root), web.base_url, progress=lambda site, n: self.echo(f"   {site}: {n} pages"))
         return {"pages": stats.pages, "built": True, "pages_per_s": round(stats.pages_per_s)}
 
     def stage_model(self) -> dict[str, Any]:
@@ -232,11 +238,12 @@ class Pipeline:
 
         cfg = self.cfg
 
-        async def sample_all():
+        async def sample_all(bar: console.Progress):
             async with configured_agent(cfg, policy_name, model) as agent:
-                return await sample(agent, items, cfg.sample.n, out, cfg.agent.concurrency)
+                return await sample(agent, items, cfg.sample.n, out, cfg.agent.concurrency, _shown_on(bar))
 
-        stats = aio.run(sample_all())
+        with console.Progress(f"sampling ({policy_name})", len(items) * cfg.sample.n) as bar:
+            stats = aio.run(sample_all(bar))
         track(cfg, f"sample/{policy_name}", stats.tracked())
         check_no_outages(stats, out, "the pipeline")  # the stage is not done: a rerun retries them
         return {"new": stats.done, "already_there": stats.already_there, "terminations": dict(stats.terminations),
@@ -282,7 +289,8 @@ class Pipeline:
     def _eval(self, cfg: WebdancerConfig, name: str) -> dict[str, Any]:
         from webdancer.evaluation.run import check_complete, run_eval
 
-        results = run_eval(cfg, str(self.path("qa_eval.jsonl")), "qa", name)
+        with console.Progress(f"evaluating ({name})", _count(self.path("qa_eval.jsonl")) * cfg.eval.k) as bar:
+            results = run_eval(cfg, str(self.path("qa_eval.jsonl")), "qa", name, on_update=_shown_on(bar))
         check_complete(results, self.dir / "eval" / name, "the pipeline")  # not done: a rerun runs the missing ones
         o = results["overall"]
         keys = ("pass_at_1", "valid_tool_call_turns", "well_formed_turns", "answered", "mean_turns")
@@ -307,7 +315,10 @@ class Pipeline:
             aside = out.with_name(f"{out.name}.partial-{dt.datetime.now():%Y%m%d-%H%M%S}")
             shutil.move(str(out), aside)
             self.echo(f"   an unfinished training was moved to {aside}")
-        result = run_training(self.cfg.sft, data, out, echo=lambda line: None, reporting=Reporting.of(self.cfg))
+        log = out / "trainer_log.jsonl"  # LLaMA-Factory's, a row per logged step
+        with console.Progress("fine-tuning (steps)", _planned_steps(self.cfg.sft, stats.exported)) as bar, \
+                following(log, lambda: _show_step(bar, log), every_s=2.0):
+            result = run_training(self.cfg.sft, data, out, echo=lambda line: None, reporting=Reporting.of(self.cfg))
         losses = result["losses"]
         return {"exported": stats.exported, "trained": True, "steps": len(losses), "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None}
@@ -383,3 +394,27 @@ class Pipeline:
 
 def _count(path: Path) -> int:
     return sum(1 for _ in iter_json_lines(path)) if path.exists() else 0
+
+
+def _shown_on(bar: console.Progress) -> Callable[[Any], None]:
+    """A sampler's stats as progress: rollouts finished (written, or set apart by an outage) and how many were correct."""
+    def show(stats: Any) -> None:
+        bar.update(stats.already_there + stats.done + stats.outages,
+                   f"correct {stats.correct}" + (f", outages {stats.outages}" if stats.outages else ""))
+    return show
+
+
+def _show_step(bar: console.Progress, log: Path) -> None:
+    rows = [row for _, row in iter_json_lines(log)] if log.is_file() else []
+    if rows:
+        loss = rows[-1].get("loss")
+        bar.update(rows[-1].get("current_steps", 0), f"loss {loss:.3f}" if isinstance(loss, (int, float)) else "", total=rows[-1].get("total_steps"))
+
+
+def _planned_steps(sft: SftConfig, examples: int) -> int:
+    """The optimizer steps LLaMA-Factory will take: max_steps, else epochs x batches (one process on the CPU); its
+    log's own `total_steps` corrects this once the first step is logged."""
+    if sft.max_steps > 0:
+        return int(sft.max_steps)
+    per_step = max(1, sft.per_device_train_batch_size * sft.gradient_accumulation_steps)
+    return max(1, int(sft.num_train_epochs * -(-examples // per_step)))

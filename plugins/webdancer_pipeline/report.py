@@ -135,13 +135,23 @@ def write_report(run_dir: Path, state: dict[str, Any], sft_dir: Path, rl_dir: Pa
             report = run_dir / "eval" / name / "report.md"
             if report.is_file():
                 md += [f"## Evaluation ({name})", "", report.read_text(encoding="utf-8").split("\n", 1)[1].strip(), ""]
-    md += ["## Timings", "", "| stage | seconds | finished |", "|---|---|---|"]
-    md += [f"| {name} | {info['seconds']:.0f} | {info['finished']} |" for name, info in stages.items()]
-    md += [f"| total | {sum(i['seconds'] for i in stages.values()):.0f} | |", ""]
+    md += ["## Timings and memory", "",
+           "Peak memory: the resident memory of the pipeline and every process it started, summed at one moment (pages a "
+           "forked process shares are counted twice), and the largest single process.", "",
+           "| stage | seconds | peak memory, all processes | largest process | finished |", "|---|---|---|---|---|"]
+    md += [f"| {name} | {info['seconds']:.0f} | {_gb(info.get('peak_rss_gb'))} | {_gb(info.get('peak_process_rss_gb'))} "
+           f"{info.get('peak_process', '')} | {info['finished']} |" for name, info in stages.items()]
+    peak = max((i.get("peak_rss_gb") or 0 for i in stages.values()), default=0)
+    md += [f"| total | {sum(i['seconds'] for i in stages.values()):.0f} | {_gb(peak)} (highest) | | |", ""]
     text = "\n".join(md) + "\n"
     atomic_write_text(run_dir / "report.md", text)
     atomic_write_text(run_dir / "report.html", to_html(text, f"webdancer run {run_dir.name}"))
     return {"report": str(run_dir / "report.md"), "html": str(run_dir / "report.html")}
+
+
+def _gb(value: float | None) -> str:
+    """A stage recorded before memory was measured has none: shown as a dash, not as zero."""
+    return "-" if not value else f"{value:.1f} GB"
 
 
 def to_html(markdown: str, title: str) -> str:

@@ -41,10 +41,13 @@ class EngineSettings:
 
     @classmethod
     def of(cls, cfg: Any, limits: Any, seed: int) -> "EngineSettings":
-        """The engine for `cfg`'s rollouts (a WebdancerConfig and its RolloutLimits): serve.*'s cache, grown so that
-        one rollout always fits, and rl.*'s sampling."""
+        """The engine for `cfg`'s rollouts (a WebdancerConfig and its RolloutLimits): serve.*'s cache, cut to what one
+        step's rollouts can fill (the cache is allocated whole: a 2-question x 2-rollout step of the tiny model holds
+        14k tokens, not serve's 32k, 0.8 GB less) and grown so that one rollout always fits; rl.*'s sampling."""
         longest = limits.max_prompt_length + limits.max_response_length
-        return cls(max(cfg.serve.kv_cache_tokens, longest), cfg.serve.max_batch_tokens, cfg.rl.temperature, cfg.rl.top_p, seed)
+        in_flight = cfg.rl.train_batch_size * cfg.rl.n_rollouts
+        cache = max(longest, min(cfg.serve.kv_cache_tokens, in_flight * longest))
+        return cls(cache, cfg.serve.max_batch_tokens, cfg.rl.temperature, cfg.rl.top_p, seed)
 
 
 @contextlib.contextmanager
@@ -52,6 +55,8 @@ def batched_turns(policy: Any, tokenizer: Any, eos: list[int], settings: EngineS
     """A `Generate` over an engine on a copy of `policy` (as it is now), stopped when the block ends."""
     import torch
     from webdancer_models.batched_server import BatchedGenerator, Sampling
+
+    from webdancer.memory import release_freed_memory
 
     model = copy.deepcopy(policy).requires_grad_(False)
     for parameter in model.parameters():
@@ -70,3 +75,5 @@ def batched_turns(policy: Any, tokenizer: Any, eos: list[int], settings: EngineS
         yield generate
     finally:
         engine.stop()
+        engine = model = None  # dropped here, so that what they held is free to give back
+        release_freed_memory()  # the engine's weights copy and KV cache, before the update allocates its own

@@ -84,14 +84,49 @@ class Row:
     ok: bool
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, object]:
+    """Where a result was measured: CPU model, cores, the instruction sets that change our kernels, Python."""
+    import platform
+
+    cpu, flags = platform.processor(), set()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        lines = info.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags, "avx2": "avx2" in flags,
+            "python": platform.python_version()}
+
+
+def save_results(rows: list[Row], script: str) -> Path:
+    """One run's rows as `benchmarks/results/<UTC time>-<script>.json` (with the machine): the tables in
+    benchmarks/README.md are generated from these files, never typed."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{now:%Y-%m-%dT%H%M%S}-{script}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"script": script, "measured": now.isoformat(timespec="seconds"), "machine": machine(),
+                               "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def emit(rows: list[Row]) -> None:
-    """Print a table and, for run_all.py, one JSON line per row prefixed with BENCH."""
+    """Print a table; for run_all.py, one JSON line per row prefixed with BENCH; with WEBDANCER_BENCH_SAVE=1, also a
+    results file (`save_results`)."""
     for r in rows:
         flag = "ok" if r.ok else "MISS"
         print(f"{r.benchmark:<28} {r.metric:<34} {r.value:>10.3f} {r.unit:<10} ratio {r.ratio:>7.3f} ({r.ratio_meaning}; target {r.target}) {flag}")
     if os.environ.get("WEBDANCER_BENCH_JSON"):
         for r in rows:
             print("BENCH " + json.dumps(asdict(r)))
+    if os.environ.get("WEBDANCER_BENCH_SAVE") and rows:
+        print(f"saved {save_results(rows, Path(sys.argv[0]).stem).relative_to(ROOT)}")
 
 
 def _serve_fake_openai(port_q: mp.Queue, latency_s: float, script: str, jitter: float) -> None:

@@ -1,19 +1,18 @@
 """Run every benchmark and print one table of ratios with the targets beside them.
 
-    python benchmarks/run_all.py [--write]     # --write: also (re)write benchmarks/README.md from this run
+    python benchmarks/run_all.py [--write]     # --write: save each script's results (benchmarks/results/) and regenerate README.md
+    python benchmarks/run_all.py --table       # only regenerate benchmarks/README.md from benchmarks/results/
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-from _common import Row
+from _common import RESULTS
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "serve_engines.py", "agent_context_decode.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py",
@@ -24,8 +23,11 @@ NEEDS_RL = {"rl_adapters.py"}
 
 
 def main() -> int:
+    if "--table" in sys.argv[1:]:
+        write_readme()
+        return 0
     rows, failed = [], []
-    env = dict(os.environ, WEBDANCER_BENCH_JSON="1")
+    env = dict(os.environ, WEBDANCER_BENCH_JSON="1", **({"WEBDANCER_BENCH_SAVE": "1"} if "--write" in sys.argv[1:] else {}))
     for name in BENCHMARKS:
         python = str(RL_PYTHON) if name in NEEDS_RL and RL_PYTHON.is_file() else sys.executable
         proc = subprocess.run([python, str(HERE / name)], cwd=HERE, env=env, capture_output=True, text=True)
@@ -39,37 +41,53 @@ def main() -> int:
     for f in failed:
         print(f"FAILED {f}")
     if "--write" in sys.argv[1:]:
-        path = HERE / "README.md"
-        kept = kept_notes(path.read_text(encoding="utf-8") if path.is_file() else "")
-        path.write_text(readme([Row(**r) for r in rows], failed) + kept, encoding="utf-8")
-        print(f"wrote {path}")
+        write_readme()
     return 1 if failed else 0
 
 
-NOTES = "<!-- notes below: kept by run_all.py --write -->"
+HOW_TO_READ = """\
+Every ratio is measured within one run of its script: ours against a baseline or a physical limit in the same
+process and moment, so a ratio travels between machines where an absolute number does not. Machines are shared
+and noisy: rerun a script before comparing, and read a spread (several runs) before a single figure. Each row is
+the newest result of its benchmark; `measured` names the run (its file under `benchmarks/results/`, machine
+included) and the machines are listed below the table. Regenerate with `python benchmarks/run_all.py --write` (runs
+everything) or, after running scripts with `WEBDANCER_BENCH_SAVE=1`, `python benchmarks/run_all.py --table`.
+Notes on earlier runs, as they were written: [history.md](history.md).
+"""
 
 
-def kept_notes(old_readme: str) -> str:
-    """What follows the NOTES marker in the README (spreads of runs made alone, explanations): a new table replaces
-    the old one, the notes stay."""
-    at = old_readme.find(NOTES)
-    return "" if at < 0 else "\n" + old_readme[at:]
+def latest_results() -> dict[str, tuple[dict, list[dict]]]:
+    """Per benchmark name, the newest results file that has it and its rows from that file."""
+    newest: dict[str, tuple[dict, list[dict]]] = {}
+    for path in sorted(RESULTS.glob("*.json")):  # names start with the UTC time: later files win
+        run = json.loads(path.read_text(encoding="utf-8"))
+        run["file"] = path.name
+        for name in dict.fromkeys(r["benchmark"] for r in run["rows"]):
+            newest[name] = (run, [r for r in run["rows"] if r["benchmark"] == name])
+    return newest
 
 
-def readme(rows: list[Row], failed: list[str]) -> str:
-    """benchmarks/README.md: this run's table, where and when it ran."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    lines = ["# Benchmarks", "",
-             f"Written by `python benchmarks/run_all.py --write` on {dt.date.today().isoformat()}: {os.cpu_count()} cores ({cpu}), "
-             f"Python {platform.python_version()}. Every ratio is measured within one run of its script (ours against a "
-             "baseline or a limit in the same process and moment); machines are shared and noisy, so rerun before comparing.", "",
-             "| benchmark | metric | value | ratio | ratio is | target | met |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.benchmark} | {r.metric} | {r.value:.3f} {r.unit} | {r.ratio:.3f} | {r.ratio_meaning} | {r.target} | "
-                     f"{'yes' if r.ok else '**no**'} |")
-    lines += [""] + [f"- failed to run: {f}" for f in failed]
+def readme_text() -> str:
+    """benchmarks/README.md, generated from benchmarks/results/ (nothing in it is typed by hand)."""
+    newest = latest_results()
+    machines: dict[str, str] = {}
+    lines = ["# Benchmarks", "", "Generated by `benchmarks/run_all.py` from `benchmarks/results/`; do not edit.", "", HOW_TO_READ,
+             "| benchmark | metric | value | ratio | ratio is | target | met | measured |", "|---|---|---|---|---|---|---|---|"]
+    for name, (run, rows) in newest.items():
+        m = run["machine"]
+        label = f"{m['cores']} cores, {m['cpu']}" + (", AVX512-BF16" if m.get("avx512_bf16") else "") + f", Python {m['python']}"
+        key = machines.setdefault(label, f"m{len(machines) + 1}")
+        for r in rows:
+            lines.append(f"| {r['benchmark']} | {r['metric']} | {r['value']:.3f} {r['unit']} | {r['ratio']:.3f} | {r['ratio_meaning']} | "
+                         f"{r['target']} | {'yes' if r['ok'] else '**no**'} | {run['measured'][:10]} {key} |")
+    lines += ["", "Machines:", ""] + [f"- {key}: {label}" for label, key in machines.items()]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def write_readme() -> None:
+    path = HERE / "README.md"
+    path.write_text(readme_text(), encoding="utf-8")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -37,3 +37,29 @@ def test_field_notes_read_the_comments_beside_and_above_a_field():
         c: int = 0
 
     assert field_notes(Example) == {"a": "above, first line above, second line", "b": "beside"}
+
+
+def test_the_benchmark_table_is_generated_from_the_results_files():
+    """benchmarks/README.md is what run_all.py generates from benchmarks/results/: a figure typed by hand, or a results
+    file added without regenerating, fails here."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from run_all import readme_text
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert (ROOT / "benchmarks" / "README.md").read_text() == readme_text(), "regenerate it: .venv/bin/python benchmarks/run_all.py --table"
+
+
+def test_the_readme_quickstart_table_is_generated_from_the_newest_results_file():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_docs import quickstart_table, readme_with_table
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    readme = (ROOT / "README.md").read_text()
+    assert readme == readme_with_table(readme, quickstart_table()), f"README.md's quickstart table is stale: {HOW}"
+    assert len(readme.encode()) < 10_000, "README.md is over 10 KB: move detail into docs/"

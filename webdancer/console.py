@@ -17,7 +17,6 @@ from typing import Iterator
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _verbosity = 0
-log = logging.getLogger("webdancer.console")
 
 
 class _Once(logging.Filter):

@@ -297,3 +297,14 @@ async def test_proxies_come_from_the_environment_except_for_loopback(monkeypatch
             await bypassed.request("POST", "http://api.example.invalid/v1/chat", content=b"{}")
         await bypassed.aclose()
     assert len(proxy.heads) == 1
+
+
+def test_loopback_names_every_spelling_of_this_machine_and_nothing_else():
+    from webdancer.http import is_loopback
+    from webdancer_pipeline.pipeline import _serves
+
+    assert all(is_loopback(h) for h in ("localhost", "LOCALHOST", "127.0.0.1", "127.3.2.1", "::1", "[::1]"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "localhost.example.com", ""))
+    # A server bound to every address, or to loopback, is what a loopback URL reaches; another host is not.
+    assert _serves("http://localhost:30000/v1", "0.0.0.0", 30000) and _serves("http://[::1]:30000/v1", "127.0.0.1", 30000)
+    assert not _serves("http://10.0.0.1:30000/v1", "127.0.0.1", 30000) and not _serves("http://localhost:30001/v1", "::", 30000)

@@ -221,12 +221,38 @@ class KilledAndRestarted:
         self.model.kill()
 
 
+def test_a_killed_model_server_restarts_on_its_port_while_its_old_connections_linger():
+    """The kill leaves the server's side of each kept-alive connection in TIME_WAIT: binding again needs SO_REUSEADDR."""
+    import http.client
+
+    from conftest import free_port
+
+    model = ModelProcess(free_port())
+    model.start()
+    try:
+        connections = [http.client.HTTPConnection("127.0.0.1", model.port, timeout=10) for _ in range(3)]
+        for connection in connections:
+            connection.request("GET", "/v1/models")
+            connection.getresponse().read()
+        model.kill()
+        for connection in connections:
+            connection.close()
+        model.start()  # raised "did not start" while the fake bound without SO_REUSEADDR
+        again = http.client.HTTPConnection("127.0.0.1", model.port, timeout=10)
+        body = {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Which word is alpha?"}]}
+        again.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+        reply = again.getresponse()
+        assert reply.status == 200 and "search" in reply.read().decode()  # its first turn calls the tool
+    finally:
+        model.kill()
+
+
 def test_sample_and_eval_survive_a_model_server_killed_and_restarted(plugins, tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Which word is {w}?", "answer": w}) + "\n"
                           for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"])))
     resilient = ["model.max_retries=2", "model.backoff_s=0.05", "infra.breaker_failures=3", "infra.probe_min_s=0.2",
-                 "agent.tools=[lookup]", "agent.concurrency=4", f"run.root={tmp_path}", "model.model=m"]
+                 "infra.max_outage_s=60", "agent.tools=[lookup]", "agent.concurrency=4", f"run.root={tmp_path}", "model.model=m"]
     with KilledAndRestarted() as server:
         started = time.monotonic()
         sampled = CliRunner().invoke(cli, ["sample", str(qa), "run.name=s", f"model.base_url={server.base_url}", "--n", "3", *resilient])

@@ -50,7 +50,17 @@ class RawResponse:
             return json.loads(self.content)
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+def is_loopback(host: str) -> bool:
+    """Whether a URL's or a server's host names this machine's loopback ("localhost", 127.0.0.0/8, ::1, "[::1]")."""
+    import ipaddress
+
+    name = host.strip().lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class HttpClient:
@@ -84,7 +94,7 @@ class HttpClient:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ssl=shared_ssl_context(),
                                              keepalive_timeout=KEEPALIVE_S)
             session = self._sessions[loop] = aiohttp.ClientSession(
-                connector=connector, trust_env=host not in _LOOPBACK,  # proxies from the environment, never for loopback
+                connector=connector, trust_env=not is_loopback(host),  # proxies from the environment, never for loopback
                 timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout_s))  # the whole call: `request`'s deadline
         return session
 

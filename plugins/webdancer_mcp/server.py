@@ -87,6 +87,7 @@ def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], port: Opti
               allow_origins: tuple[str, ...]) -> None:
     """Serve the tools of agent.tools (with their tools.<name> options) over MCP: stdio by default, HTTP with --http."""
     from webdancer.config_loader import load_config
+    from webdancer.http import is_loopback
     from webdancer.tools import ToolBox
 
     cfg = load_config(config_path, overrides)
@@ -99,7 +100,7 @@ def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], port: Opti
                 import uvicorn
 
                 click.echo(f"MCP (streamable HTTP) at http://{host}:{port}/mcp: {', '.join(toolbox.tools)}", err=True)
-                if f"[{host}]" not in LOOPBACK_NAMES and host not in LOOPBACK_NAMES and not allow_hosts:
+                if not is_loopback(host) and not allow_hosts:
                     click.echo(f"bound to {host}: requests are accepted only with a loopback Host header; add --allow-host NAME:{port} "
                                "for each name clients reach this machine by", err=True)
                 app = http_app(toolbox, allow_hosts, allow_origins)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from webdancer import aio, console
 from webdancer.config import WebdancerConfig
 from webdancer.errors import ConfigError, WebdancerError
+from webdancer.http import is_loopback
 from webdancer.jsonl import atomic_write_json, atomic_write_text, following, iter_json_lines, read_records
 from webdancer.memory import PeakMemorySampler
 from webdancer.records import QAItem
@@ -35,7 +36,7 @@ DEFAULT_MODEL = "smollm2-135m"
 EVALS = tuple(EVAL_TITLES)  # eval/<name>: the base model, after SFT (twice: control), after RL
 TRAINING_STAGES = ("sft", "rl")  # they use no served model, and the memory of an idle one is theirs
 SCORING_STAGES = ("filter", "eval_before", "eval_after", "eval_control", "rl", "eval_rl")  # they score with the configured rewards
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
+_ALL_ADDRESSES = ("0.0.0.0", "::")  # a server bound here is reached by loopback too
 
 
 def _serves(url: str, host: str, port: int) -> bool:
@@ -46,7 +47,10 @@ def _serves(url: str, host: str, port: int) -> bool:
         url_host, url_port = host_key(url).rsplit(":", 1)
     except ValueError:  # a port that is not a number
         return False
-    same_host = url_host == host.lower() or (url_host in _LOOPBACK and host.lower() in _LOOPBACK)
+    def this_machine(name: str) -> bool:
+        return is_loopback(name) or name in _ALL_ADDRESSES
+
+    same_host = url_host == host.lower() or (this_machine(url_host) and this_machine(host.lower()))
     return same_host and int(url_port) == port
 
 

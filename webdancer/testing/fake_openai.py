@@ -138,6 +138,7 @@ async def serve_asyncio(state: FakeOpenAIState, port: int = 0, on_ready=None) ->
         await send({"type": "http.response.body", "body": payload})
 
     sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart on the same port while old connections linger
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     if on_ready is not None:

@@ -44,6 +44,8 @@ class ModelProcess:
         self.proc = subprocess.Popen(cmd, env=self.env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the fake model process exited with code {self.proc.returncode} before listening on port {self.port}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return

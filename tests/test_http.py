@@ -300,8 +300,9 @@ async def test_proxies_come_from_the_environment_except_for_loopback(monkeypatch
 
 
 def test_loopback_names_every_spelling_of_this_machine_and_nothing_else():
-    from webdancer.http import is_loopback
     from webdancer_pipeline.pipeline import _serves
+
+    from webdancer.http import is_loopback
 
     assert all(is_loopback(h) for h in ("localhost", "LOCALHOST", "127.0.0.1", "127.3.2.1", "::1", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "localhost.example.com", ""))

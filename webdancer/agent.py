@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import gc
 import inspect
 import time
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
 from webdancer.config import AgentConfig, ModelConfig, WebdancerConfig
+from webdancer.environment import Episode
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.policies import Policy, build_policy
-from webdancer.records import Message, QAItem, Step, ToolResult, Trajectory, Usage, stable_id
+from webdancer.records import Message, QAItem, Step, Trajectory
 from webdancer.tools import ToolBox
-from webdancer.wire import format_error_observation, initial_messages, parse_assistant, render_tool_response
+from webdancer.wire import render_tool_response
 
 StepCallback = Callable[[Step], Any]
 TRUNCATED = "[earlier observation removed to fit the context budget]"
@@ -28,10 +28,6 @@ class Agent:
         self.policy = policy
         self.toolbox = toolbox
         self.config = config or AgentConfig()
-        self._tool_params = {s["name"]: s["parameters"] for s in toolbox.schemas()}
-
-    def _date(self) -> str:
-        return self.config.current_date or dt.date.today().isoformat()
 
     def _fit_context(self, messages: list[Message]) -> bool:
         """Blank the oldest observations until the prompt fits; False when even that is not enough."""
@@ -57,74 +53,29 @@ class Agent:
         on_step: Optional[StepCallback] = None,
     ) -> Trajectory:
         started = time.perf_counter()
-        qid = task.id if task else stable_id(question)
-        traj = Trajectory(
-            id=f"{qid}:{sample_index}",
-            question=question,
-            messages=initial_messages(question, self.toolbox.schemas(), self._date(), self.config.system_prompt_file),
-            question_id=qid,
-            sample_index=sample_index,
-            reference_answer=task.answer if task else None,
-            policy=self.policy.name,
-            model=self.policy.model_name,
-            tools=self.toolbox.schemas(),
-            provenance={"tag": task.tag} if task and task.tag else {},
-            started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            termination="max_turns",
-        )
+        episode = Episode(self.toolbox, self.config, question, task, sample_index, self.policy.name, self.policy.model_name)
         try:
-            await self._loop(traj, task, on_step)
+            await self._loop(episode, task, on_step)
         finally:
-            traj.elapsed_s = time.perf_counter() - started
-        return traj
+            episode.trajectory.elapsed_s = time.perf_counter() - started
+        return episode.trajectory
 
-    async def _loop(self, traj: Trajectory, task: Optional[QAItem], on_step: Optional[StepCallback]) -> None:
-        for index in range(self.config.max_turns):
-            if not self._fit_context(traj.messages):
-                traj.termination = "context_overflow"
-                return
+    async def _loop(self, episode: Episode, task: Optional[QAItem], on_step: Optional[StepCallback]) -> None:
+        messages = episode.trajectory.messages
+        while not episode.done:
+            if not self._fit_context(messages):
+                return episode.end("context_overflow")
             try:
-                out = await self.policy.act(list(traj.messages), task)
+                out = await self.policy.act(list(messages), task)
             except OutageError as exc:
-                traj.termination, traj.error = "outage", str(exc)
-                return
+                return episode.end("outage", str(exc))
             except WebdancerError as exc:
-                traj.termination, traj.error = "model_error", str(exc)
-                return
+                return episode.end("model_error", str(exc))
             except Exception as exc:  # a policy bug is recorded, not raised: one rollout must not stop a run
-                traj.termination, traj.error = "policy_error", f"{type(exc).__name__}: {exc}"
-                return
-            traj.usage.add(out.usage)
-            parsed = parse_assistant(out.text, self._tool_params)
-            step = Step(
-                index=index,
-                raw_output=out.text,
-                thought=parsed.thought,
-                tool_call=parsed.tool_call,
-                answer=parsed.answer,
-                parse_error=parsed.error,
-                wrote_tool_response=parsed.wrote_tool_response,
-                model_latency_s=out.latency_s,
-                usage=Usage(out.usage.prompt_tokens, out.usage.completion_tokens),
-            )
-            traj.steps.append(step)
-            traj.messages.append(Message("assistant", parsed.text))
-            if parsed.answer is not None:
-                traj.answer, traj.termination = parsed.answer, "answered"
-                await _notify(on_step, step)
-                return
-            if parsed.error is not None:
-                result = ToolResult(name="", content=format_error_observation(parsed.error), error=True)
-            else:
-                try:
-                    result = await self.toolbox.run(parsed.tool_call)
-                except OutageError as exc:  # the call is not answered: the step stays without an observation
-                    traj.termination, traj.error = "outage", str(exc)
-                    return
-            step.tool_result = result
-            traj.messages.append(Message("user", render_tool_response(result.content)))
-            await _notify(on_step, step)
-        traj.termination = "max_turns"
+                return episode.end("policy_error", f"{type(exc).__name__}: {exc}")
+            moved = await episode.step(out.text, out.latency_s, out.usage)
+            if episode.trajectory.termination != "outage":
+                await _notify(on_step, moved.step)
 
 
 async def _notify(callback: Optional[StepCallback], step: Step) -> None:

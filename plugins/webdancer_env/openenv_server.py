@@ -1,0 +1,159 @@
+"""The browsing environment as an OpenEnv server (`webdancer env serve`): reset/step/state over HTTP and WebSocket,
+with OpenEnv's own server (`openenv-core`), so OpenEnv's clients and the trainers that consume them drive it.
+
+An action is one model turn in the wire format (`<think>…</think>` then `<tool_call>{…}</tool_call>` or
+`<answer>…</answer>`), played by `webdancer.environment.Episode` exactly as our agent plays it: a malformed turn
+gets the `[format error]` observation, `agent.max_turns` turns end the episode. `reset` opens a task: a given
+`question` (and `answer`), or one of the served QA file's by `index` or `seed`, or the next in turn. The
+episode's reward, when it ends, is the configured reward set's score; an outage of a tool backend ends the
+episode without one (`metadata.outage`): an outage is never a reward. Each WebSocket session has an environment of
+its own; sessions share one toolbox (its caches, the tool store) and one reward set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+from openenv.core.env_server import Action, ConcurrencyConfig, Environment, Observation, State, create_fastapi_app
+from pydantic import Field
+
+from webdancer.config import WebdancerConfig
+from webdancer.environment import Episode
+from webdancer.errors import ConfigError, OutageError
+from webdancer.records import QAItem, Trajectory
+from webdancer.rewards import RewardInput, RewardSet
+from webdancer.tools import ToolBox
+
+
+class WebAction(Action):
+    text: str = Field(default="", description="The model's turn: <think>…</think> then one <tool_call>{…}</tool_call> or <answer>…</answer>")
+
+
+class WebObservation(Observation):
+    messages: list[dict[str, str]] = Field(default_factory=list, description="Messages to append to the conversation: "
+                                           "the system prompt and the question after reset, the tool response after a step")
+    termination: Optional[str] = Field(default=None, description="Why the episode ended: answered, max_turns, outage")
+    answer: Optional[str] = None
+    reward_parts: dict[str, float] = Field(default_factory=dict, description="Each configured reward's value, when it ended")
+
+
+class WebState(State):
+    question_id: str = ""
+    question: str = ""
+    termination: Optional[str] = None
+
+
+class Shared:
+    """What every session uses: the config, the QA tasks, one toolbox (opened on the server's loop), the rewards."""
+
+    def __init__(self, cfg: WebdancerConfig, tasks: list[QAItem]):
+        self.cfg, self.tasks = cfg, tasks
+        self.rewards = RewardSet.from_config(cfg)  # an unknown reward or tool fails here, at start, by name
+        self._unopened: Optional[ToolBox] = ToolBox.for_run(cfg)
+        self._toolbox: Optional[ToolBox] = None
+        self._lock: Optional[asyncio.Lock] = None
+        self._next = 0
+
+    async def toolbox(self) -> ToolBox:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._toolbox is None and self._unopened is not None:
+                await self._unopened.__aenter__()  # tool sets (MCP servers) open on the server's event loop
+                self._toolbox, self._unopened = self._unopened, None
+        return self._toolbox
+
+    def task(self, question: Optional[str], answer: Optional[str], index: Optional[int], seed: Optional[int]) -> QAItem:
+        if question is not None:
+            return QAItem(question=question, answer=answer or "")
+        if not self.tasks:
+            raise ValueError("no QA file is served (webdancer env serve --qa FILE): reset with question= (and answer=)")
+        if index is not None:
+            if not 0 <= index < len(self.tasks):
+                raise ValueError(f"index={index} is outside the {len(self.tasks)} served questions (0..{len(self.tasks) - 1})")
+            return self.tasks[index]
+        if seed is not None:
+            return random.Random(seed).choice(self.tasks)
+        item, self._next = self.tasks[self._next % len(self.tasks)], self._next + 1
+        return item
+
+    async def aclose(self) -> None:
+        if self._toolbox is not None:
+            await self._toolbox.aclose()
+        await self.rewards.aclose()
+
+
+class WebEnvironment(Environment[WebAction, WebObservation, WebState]):
+    SUPPORTS_CONCURRENT_SESSIONS = True
+
+    def __init__(self, shared: Shared):
+        super().__init__()
+        self.shared = shared
+        self.episode: Optional[Episode] = None
+        self.episode_id: Optional[str] = None
+
+    async def reset_async(self, seed: Optional[int] = None, episode_id: Optional[str] = None, question: Optional[str] = None,
+                          answer: Optional[str] = None, index: Optional[int] = None, **_: Any) -> WebObservation:
+        task = self.shared.task(question, answer, index, seed)
+        toolbox = await self.shared.toolbox()
+        self.episode = Episode(toolbox, self.shared.cfg.agent, task.question, task, policy="openenv")
+        self.episode.trajectory.reference_answer = task.answer or None  # a question asked without its answer scores 0
+        self.episode_id = episode_id or self.episode.trajectory.id
+        messages = [{"role": m.role, "content": m.content} for m in self.episode.trajectory.messages]
+        return WebObservation(messages=messages, metadata={"question_id": self.episode.trajectory.question_id})
+
+    async def step_async(self, action: WebAction, timeout_s: Optional[float] = None, **_: Any) -> WebObservation:
+        if self.episode is None:
+            raise ValueError("reset first: no episode is open in this session")
+        if self.episode.done:
+            raise ValueError(f"the episode has ended ({self.episode.trajectory.termination}): reset for another")
+        moved = await self.episode.step(action.text)
+        traj = self.episode.trajectory
+        messages = [{"role": "user", "content": moved.observation}] if moved.observation is not None else []
+        if not moved.done:
+            return WebObservation(messages=messages)
+        if traj.termination == "outage":
+            return WebObservation(messages=messages, done=True, termination="outage", metadata={"outage": traj.error})
+        try:
+            scored = await self.shared.rewards.score(_reward_input(traj))
+        except OutageError as exc:  # the judge is down: no reward rather than a wrong one
+            return WebObservation(messages=messages, done=True, termination=traj.termination, answer=traj.answer, metadata={"outage": str(exc)})
+        return WebObservation(messages=messages, done=True, reward=scored.score, termination=traj.termination, answer=traj.answer,
+                              reward_parts=scored.parts, metadata={"correct": scored.correct})
+
+    def reset(self, seed: Optional[int] = None, episode_id: Optional[str] = None, **kwargs: Any) -> WebObservation:
+        raise NotImplementedError("the server calls reset_async")
+
+    def step(self, action: WebAction, timeout_s: Optional[float] = None, **kwargs: Any) -> WebObservation:
+        raise NotImplementedError("the server calls step_async")
+
+    @property
+    def state(self) -> WebState:
+        if self.episode is None:
+            return WebState()
+        traj = self.episode.trajectory
+        return WebState(episode_id=self.episode_id, step_count=len(traj.steps), question_id=traj.question_id, question=traj.question,
+                        termination=traj.termination if self.episode.done else None)
+
+
+def _reward_input(traj: Trajectory) -> RewardInput:
+    """As the filter scores a trajectory: its last turn, its answer, the reference."""
+    return RewardInput(question=traj.question, response=traj.messages[-1].content, reference=traj.reference_answer or "",
+                       answer=traj.answer, trajectory=traj)
+
+
+def build_app(cfg: WebdancerConfig, qa: Optional[str | Path] = None, max_sessions: int = 64, idle_timeout_s: float = 600.0):
+    """OpenEnv's FastAPI app for our environment; tasks from `qa` (any source `webdancer sample` reads)."""
+    from webdancer.datasources import read_qa
+
+    tasks = read_qa(qa) if qa is not None else []
+    if qa is not None and not tasks:
+        raise ConfigError(f"{qa}: no questions")
+    shared = Shared(cfg, tasks)
+    config = ConcurrencyConfig(max_concurrent_envs=max_sessions, session_timeout=idle_timeout_s)
+    app = create_fastapi_app(lambda: WebEnvironment(shared), WebAction, WebObservation, concurrency_config=config)
+    app.state.webdancer = shared
+    return app

@@ -28,6 +28,11 @@ def small_run(tmp_path):
                         "answer": f"A{i}", "termination": "answered", "question_id": f"q{i}", "started_at": "2026-11-28T12:00:00+00:00"})
     (run / "trajectories_expert.outages.jsonl").write_text("")
     (run / "kept_expert_report.json").write_text(json.dumps({"total": 3, "kept": 2, "dropped": {"validity": {"no_answer": 1}}}))
+    (run / "rl").mkdir()
+    tokens = [{"id": f"q{i}:0", "step": 1, "engine": "trl", "prompt": [{"role": "user", "content": f"Q{i}?"}], "prompt_ids": [1, 2, 3],
+               "completion_ids": [4, 5, 6, 7], "loss_mask": [1, 1, 0, 1], "model_mask": [1, 1, 0, 1], "logprobs": [-0.5, -0.1, 0.0, -2.0] if i else None,
+               "reward": 0.1 * i, "end": "answer", "question_id": f"q{i}"} for i in range(2)]
+    (run / "rl" / "token_rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tokens))
     return run, qa
 
 
@@ -47,6 +52,9 @@ def test_a_run_exports_to_a_folder_load_dataset_reads_back(tmp_path):
     # A plain reader sees each call's own arguments, not the union of every call's keys with nulls
     assert json.loads(search["arguments"]) == {"query": ["q2"]} and json.loads(visit["arguments"]) == {"url": ["http://x/2"], "goal": "g"}
     assert trajectories[2]["started_at"] == "2026-11-28T12:00:00+00:00"  # text as written, not a timestamp
+    tokens = datasets.load_dataset(str(out), "rl_tokens", split="train", cache_dir=cache)  # RL rollouts as trained, token for token
+    assert [r["completion_ids"] for r in tokens] == [[4, 5, 6, 7]] * 2 and tokens[1]["logprobs"] == [-0.5, -0.1, 0.0, -2.0]
+    assert tokens[0]["logprobs"] is None and tokens[1]["loss_mask"] == [1, 1, 0, 1]
     card = (out / "README.md").read_text()
     assert "config_name: qa" in card and "path: qa/test-*.parquet" in card and "license: other" in card
     assert "`arguments`, `tools`, `provenance`" in card and "JSON text" in card

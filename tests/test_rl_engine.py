@@ -373,6 +373,15 @@ def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_
     for r in rows:  # one held-out question (the validation split), rolled out with the training rules and rewards
         assert -1 <= r["heldout/reward/mean"] <= 1 and "heldout/reward/answer/mean" in r and "heldout/tool_calls/mean" in r
     assert rows[1]["heldout/gap"] == pytest.approx(rows[1]["reward/mean"] - rows[1]["heldout/reward/mean"])
+    # Every rollout as it was trained (rl.record_tokens), once per step across the resume, and the chat template gives
+    # each back token for token.
+    records = [json.loads(line) for line in (out / "token_rollouts.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in records}) == [1, 2] and len(records) == 2 * 4  # 2 questions x 2 rollouts per step
+    for r in records:
+        assert len(r["loss_mask"]) == len(r["model_mask"]) == len(r["completion_ids"]) and r["engine"] == "trl"
+        assert set(r["loss_mask"]) <= {0, 1} and r["prompt"][0]["role"] == "system" and r["id"].startswith(r["question_id"])
+    checked = CliRunner().invoke(cli, ["traj", "check", str(out / "token_rollouts.jsonl"), "--model", str(tiny_model)])
+    assert checked.exit_code == 0 and "8 rollouts: the chat template renders every turn's text as it was trained" in checked.output, checked.output
 
 
 def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):

@@ -11,6 +11,7 @@ import click
 
 from webdancer import __version__, aio, console
 from webdancer.cli_eval import eval_group
+from webdancer.cli_traj import traj_group
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import config_to_yaml, load_config
 from webdancer.errors import WebdancerError
@@ -346,6 +347,7 @@ def filter_cmd(config_path: Optional[str], traj_file: str, overrides: tuple[str,
 
 
 cli.add_command(eval_group)
+cli.add_command(traj_group)
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ def run_parts(run_dir: Path) -> list[Part]:
     add("sft", "train", run_dir / "sft_data" / "webdancer_sft.json")
     add("rl", "train", run_dir / "rl_data" / "train.parquet")
     add("rl", "validation", run_dir / "rl_data" / "val.parquet")
+    add("rl_tokens", "train", run_dir / "rl" / "token_rollouts.jsonl")  # every RL rollout as trained, token for token
     for folder in sorted(p for p in (run_dir / "eval").glob("*") if p.is_dir()):
         add(f"eval_{folder.name}", "test", folder / "trajectories.jsonl")
         add(f"eval_{folder.name}_scores", "test", folder / "scores.jsonl")

@@ -29,7 +29,8 @@ from webdancer.tools import ToolBox
 
 
 class WebAction(Action):
-    text: str = Field(default="", description="The model's turn: <think>…</think> then one <tool_call>{…}</tool_call> or <answer>…</answer>")
+    # The one required field: a client that sends the model's raw reply as the action (verifiers' OpenEnv taskset) works.
+    text: str = Field(description="The model's turn: <think>…</think> then one <tool_call>{…}</tool_call> or <answer>…</answer>")
 
 
 class WebObservation(Observation):

@@ -28,8 +28,10 @@ from webdancer.config_loader import load_config
 from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.launch import die_with_parent
 from webdancer.rewards import configured_options, configured_weights
+from webdancer.token_trajectories import TokenRollout
 from webdancer.tools import ToolBox
 from webdancer.tracking import Reporting
+from webdancer.typed import to_dict
 from webdancer_rl.alarms import Alarms, Thresholds, stop_on_bad_loss
 from webdancer_rl.metrics import TRL_NAMES, MetricsLog, batch_metrics, progress_line, read_metrics
 from webdancer_rl.prepare import read_rows
@@ -247,6 +249,7 @@ class WebdancerRollouts:
         self.opened = False
         self.last: dict[str, float] = {}
         self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch
+        self.token_records: list[TokenRollout] = []  # every rollout of the latest batch as trained (rl.record_tokens)
 
     def open(self) -> None:
         """Open the tools (tool sets, MCP servers) in the loop the rollouts run in. After the trainer is built: vLLM's
@@ -269,6 +272,8 @@ class WebdancerRollouts:
                          "end": rollouts[i].end, "turns": rollouts[i].turns, "reward": scores[i]["reward"],
                          "rewards": {n: scores[i][n] for n in self.weights}, "kept": kept[i],
                          "text": self.chat.decode(rollouts[i].completion_ids)} for i in range(0, len(rollouts), group)]
+        if self.rl.record_tokens:
+            self.token_records = [self._token_record(rows[i], rollouts[i], scores[i], kept[i], i % group) for i in range(len(rollouts))]
         self.last = {
             **batch_metrics(rollouts, scores, list(self.weights), kept),
             **self._store_metrics(),
@@ -285,6 +290,15 @@ class WebdancerRollouts:
             "env_mask": [r.env_mask if keep else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
             "webdancer_scores": scores,
         }
+
+    @staticmethod
+    def _token_record(row: dict[str, Any], rollout: Any, score: dict[str, float], kept: bool, index: int) -> TokenRollout:
+        question_id = str(row["extra_info"].get("question_id", ""))
+        return TokenRollout(id=f"{question_id}:{index}", step=0, engine="trl", prompt=row["prompt"], prompt_ids=list(rollout.prompt_ids),
+                            completion_ids=list(rollout.completion_ids), loss_mask=list(rollout.env_mask) if kept else [0] * len(rollout.env_mask),
+                            model_mask=list(rollout.env_mask), reward=score["reward"], end=rollout.end,
+                            question_id=question_id,
+                            logprobs=rollout.logprobs if rollout.logprobs and len(rollout.logprobs) == len(rollout.completion_ids) else None)
 
     def heldout(self, rows: list[dict[str, Any]], trainer: Any) -> dict[str, float]:
         """One rollout of each held-out question with the current policy, the training rules and rewards: heldout/*."""
@@ -449,6 +463,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     resume_step = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step)
     samples = MetricsLog(out_dir / "samples.jsonl", resume_step, key=None)  # one rollout per group and step, to read
+    tokens = MetricsLog(out_dir / "token_rollouts.jsonl", resume_step, key=None)  # every rollout as trained (rl.record_tokens)
     alarms = Alarms(Thresholds.of(rl), echo, history=read_metrics(out_dir / "metrics.jsonl"))
     heldout = heldout_rows(cfg, data_dir)
     total = settings["max_steps"]
@@ -474,7 +489,9 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
             log.write(m)
             for sample in rollouts.samples:
                 samples.write({"step": state.global_step, **sample})
-            rollouts.samples, rollouts.last = [], {}  # further updates on the same batch log TRL's numbers only
+            for record in rollouts.token_records:  # `step`: the update that trained it (sampled by the policy of step - 1)
+                tokens.write(to_dict(dataclasses.replace(record, step=state.global_step)))
+            rollouts.samples, rollouts.token_records, rollouts.last = [], [], {}  # further updates on the same batch log TRL's numbers only
             echo(progress_line(m, total, [n for n in names if n != OVERLONG]))
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -496,6 +513,7 @@ def train(cfg: WebdancerConfig, data_dir: Path, out_dir: Path, model_path: str, 
     finally:
         log.close()
         samples.close()
+        tokens.close()
         rollouts.close()
         loop.close()
     tmp = final.with_name(final.name + ".tmp")

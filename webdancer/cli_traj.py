@@ -1,0 +1,62 @@
+"""`webdancer traj check`: do the model's chat template and the trained tokens agree?"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+
+@click.group("traj")
+def traj_group() -> None:
+    """Trajectories as tokens: check what was trained against what the chat template renders."""
+
+
+@traj_group.command("check")
+@click.argument("rollouts", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The model folder whose tokenizer and chat template to render with.")
+@click.option("--chat-template", type=click.Path(exists=True, dir_okay=False), default=None, help="A Jinja chat template file to use instead of the model's.")
+@click.option("--limit", type=int, default=0, help="Check only the first N rollouts (0: all).")
+@click.option("--show", type=int, default=10, show_default=True, help="Rollouts that drift to print.")
+@click.option("--strict", is_flag=True, help="Fail on tokenization drift too, not only on template drift.")
+def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit: int, show: int, strict: bool) -> None:
+    """Re-render every rollout of ROLLOUTS (token_rollouts.jsonl of `webdancer rl train`) from its text with the chat
+    template, and report each rollout whose re-rendered tokens differ from the trained ones (the first differing turn
+    of each). Template drift (the re-rendered text differs: SFT or a trainer re-rendering these conversations sees
+    other text than was sampled) exits 1; tokenization drift (the same text, tokenized otherwise, as a model sampling
+    at temperature 1 or a turn cut mid-word gives) is counted, and exits 1 with --strict."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from webdancer.jsonl import iter_json_lines
+    from webdancer.records import record_from_dict
+    from webdancer.token_trajectories import TokenRollout, check
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if chat_template:
+        tokenizer.chat_template = Path(chat_template).read_text()
+    checked, drifts = 0, []
+    for number, obj in iter_json_lines(rollouts):
+        if limit and checked >= limit:
+            break
+        record = record_from_dict(TokenRollout, obj, f"{rollouts}:{number}")
+        checked += 1
+        drift = check(record, tokenizer)
+        if drift is not None:
+            drifts.append(drift)
+            if len(drifts) <= show:
+                click.echo(drift.describe())
+    template = [d for d in drifts if d.cause == "template"]
+    tokenization = len(drifts) - len(template)
+    if not template:
+        click.echo(f"{checked} rollouts: the chat template renders every turn's text as it was trained"
+                   + (f"; {tokenization} sampled a tokenization that re-encoding their text does not give back" if tokenization else ""))
+        if strict and tokenization:
+            raise SystemExit(1)
+        return
+    kinds = sorted({d.kind for d in template})
+    click.echo(f"{len(template)} of {checked} rollouts drift in their text ({', '.join(kinds)} turns): a conversation re-rendered by this "
+               "template is not what was trained; use the template the rollouts were made with (webdancer_models.chat_template)"
+               + (f". {tokenization} more differ only in tokenization." if tokenization else ""))
+    raise SystemExit(1)

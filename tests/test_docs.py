@@ -63,3 +63,12 @@ def test_the_readme_quickstart_table_is_generated_from_the_newest_results_file()
     readme = (ROOT / "README.md").read_text()
     assert readme == readme_with_table(readme, quickstart_table()), f"README.md's quickstart table is stale: {HOW}"
     assert len(readme.encode()) < 10_000, "README.md is over 10 KB: move detail into docs/"
+
+
+def test_the_docs_state_current_behaviour_without_dated_notes():
+    """Dated measurements and histories live in benchmarks/ (results files, history.md) and CHANGELOG.md."""
+    import re
+
+    dated = [f"{page.name}:{n}: {line.strip()[:80]}" for page in sorted((ROOT / "docs").glob("*.md"))
+             for n, line in enumerate(page.read_text().splitlines(), 1) if re.search(r"\b20\d\d-\d\d-\d\d\b", line)]
+    assert not dated, "move dated notes to benchmarks/history.md or CHANGELOG.md:\n" + "\n".join(dated)

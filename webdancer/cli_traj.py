@@ -13,14 +13,14 @@ def traj_group() -> None:
 
 
 @traj_group.command("check")
-@click.argument("rollouts", type=click.Path(exists=True, dir_okay=False))
+@click.argument("rollouts", type=click.Path(exists=True))
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False), help="The model folder whose tokenizer and chat template to render with.")
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False), default=None, help="A Jinja chat template file to use instead of the model's.")
 @click.option("--limit", type=int, default=0, help="Check only the first N rollouts (0: all).")
 @click.option("--show", type=int, default=10, show_default=True, help="Rollouts that drift to print.")
 @click.option("--strict", is_flag=True, help="Fail on tokenization drift too, not only on template drift.")
 def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit: int, show: int, strict: bool) -> None:
-    """Re-render every rollout of ROLLOUTS (token_rollouts.jsonl of `webdancer rl train`) from its text with the chat
+    """Re-render every rollout of ROLLOUTS (token_rollouts.jsonl of `webdancer rl train`, or verl's token_rollouts/ folder) from its text with the chat
     template, and report each rollout whose re-rendered tokens differ from the trained ones (the first differing turn
     of each). Template drift (the re-rendered text differs: SFT or a trainer re-rendering these conversations sees
     other text than was sampled) exits 1; tokenization drift (the same text, tokenized otherwise, as a model sampling
@@ -36,11 +36,15 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if chat_template:
         tokenizer.chat_template = Path(chat_template).read_text()
+    files = sorted(Path(rollouts).glob("*.jsonl")) if Path(rollouts).is_dir() else [Path(rollouts)]
+    if not files:
+        raise click.UsageError(f"{rollouts}: no .jsonl files")
     checked, drifts = 0, []
-    for number, obj in iter_json_lines(rollouts):
+    lines = ((path, number, obj) for path in files for number, obj in iter_json_lines(path))
+    for path, number, obj in lines:
         if limit and checked >= limit:
             break
-        record = record_from_dict(TokenRollout, obj, f"{rollouts}:{number}")
+        record = record_from_dict(TokenRollout, obj, f"{path}:{number}")
         checked += 1
         drift = check(record, tokenizer)
         if drift is not None:

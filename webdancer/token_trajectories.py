@@ -15,13 +15,16 @@ from typing import Any, Optional
 
 from webdancer.wire import RESP_CLOSE, RESP_OPEN
 
+# verl's workers append their rollouts to files in this folder (`rl train` sets it when rl.record_tokens is on).
+TOKEN_ROLLOUTS_ENV = "WEBDANCER_TOKEN_ROLLOUTS"
+
 
 @dataclass
 class TokenRollout:
     """One RL rollout as it was trained (`token_rollouts.jsonl`, one line each)."""
 
     id: str
-    step: int  # the policy version that sampled it: the trainer's step when it was generated
+    step: Optional[int]  # the update that trained it (sampled by the policy of step - 1); None from verl, which does not say
     engine: str
     prompt: list[dict[str, Any]]  # the messages the prompt ids render
     prompt_ids: list[int]

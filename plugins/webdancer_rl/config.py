@@ -99,6 +99,7 @@ class RlConfig:
     # first by id) with the training rules and rewards: `heldout/*` in metrics.jsonl and the held-out gap alarm (0: off).
     eval_every: int = 10
     eval_questions: int = 8
-    # TRL: every rollout as it was trained, in token_rollouts.jsonl (prompt and completion ids, loss mask, the sampler's
-    # log-probs, the step): `webdancer traj check` re-renders them with the model's chat template.
+    # Every rollout as it was trained: TRL in rl/token_rollouts.jsonl (prompt and completion ids, loss mask, the sampler's
+    # log-probs, the step), verl in rl/token_rollouts/<host>-<pid>.jsonl (no step: verl does not tell agent loops);
+    # `webdancer traj check` re-renders them with the model's chat template.
     record_tokens: bool = True

@@ -21,6 +21,7 @@ from webdancer.errors import ConfigError, WebdancerError
 from webdancer.jsonl import atomic_write_text
 from webdancer.launch import log_tail, run_logged, run_preflight, venv_bin, venv_env, write_command_script
 from webdancer.rewards import check_weights, configured_options, configured_weights
+from webdancer.token_trajectories import TOKEN_ROLLOUTS_ENV
 from webdancer.tracking import Reporting
 from webdancer_rl.alarms import Alarms, Thresholds
 from webdancer_rl.hydra_overrides import override
@@ -151,8 +152,9 @@ def verl_python(cfg: WebdancerConfig) -> str:
 def worker_env(cfg: WebdancerConfig, output_dir: Path) -> dict[str, str]:
     """The variables every Ray worker needs (not secrets): offline hub, verl's metrics file, the tracker's. Workers import
     webdancer from the RL environment (scripts/setup_rl.sh installs this checkout there)."""
+    record = {TOKEN_ROLLOUTS_ENV: str(output_dir.resolve() / "token_rollouts")} if cfg.rl.record_tokens else {}
     return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "VERL_FILE_LOGGER_PATH": str(output_dir.resolve() / VERL_METRICS), **Reporting.of(cfg).env}
+            "VERL_FILE_LOGGER_PATH": str(output_dir.resolve() / VERL_METRICS), **record, **Reporting.of(cfg).env}
 
 
 def api_key_names(cfg: WebdancerConfig) -> list[str]:

@@ -12,12 +12,17 @@ TRL engine train the same thing (webdancer_rl.rollout holds the rules both follo
 - `max_turn_tokens` (from agent_loops.yaml) caps each turn's generation;
 - a tool whose backend is down (OutageError, after the circuit breaker's pause) is never an observation: verl turns
   every exception of a tool into its answer, so the loop re-raises it, and the rollout fails; with our verl patch
-  (third_party_patches/verl) the trainer then stops, as TRL's engine does, instead of training on without it.
+  (third_party_patches/verl) the trainer then stops, as TRL's engine does, instead of training on without it;
+- with `WEBDANCER_TOKEN_ROLLOUTS` set (`rl train`, `rl.record_tokens`), every rollout is appended as a `TokenRollout` to
+  a file of its own process in that folder (`<host>-<pid>.jsonl`: workers on several nodes never share a file).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import uuid
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import register
@@ -26,6 +31,9 @@ from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 from verl.tools.schemas import ToolResponse
 from verl.utils.tokenizer.continuous_token import QwenContinuousTokenBuilder
 
+from webdancer.jsonl import JsonlAppender
+from webdancer.token_trajectories import TOKEN_ROLLOUTS_ENV, TokenRollout
+from webdancer.typed import to_dict
 from webdancer.wire import format_error_observation
 from webdancer_rl.rollout import RolloutLimits, read_turn, turn_budget
 
@@ -35,6 +43,25 @@ AGENT_LOOP = "webdancer_agent"
 FORMAT_ERROR_CALL = "__webdancer_format_error__"
 # Where WebdancerTool leaves an outage for the loop to re-raise (verl's AgentData.extra_fields: the tools' scratch space).
 OUTAGE_FIELD = "webdancer_outage"
+_recorders: dict[str, JsonlAppender] = {}
+
+
+def record_rollout(prompt: Any, extra_info: Any, output: Any) -> None:
+    """Append one verl rollout to this process's file in $WEBDANCER_TOKEN_ROLLOUTS. verl hands agent loops neither the
+    step nor the group's fate (dynamic sampling drops groups later), so `step` is None and the loss mask is the model's."""
+    folder = os.environ.get(TOKEN_ROLLOUTS_ENV)
+    if not folder:
+        return
+    if folder not in _recorders:
+        os.makedirs(folder, exist_ok=True)
+        _recorders[folder] = JsonlAppender(os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.jsonl"), key=lambda r: None)
+    question_id = str((extra_info or {}).get("question_id", ""))
+    mask = [int(m) for m in output.response_mask]
+    logprobs = list(output.response_logprobs) if output.response_logprobs is not None else None
+    _recorders[folder].write(to_dict(TokenRollout(
+        id=f"{question_id}:{uuid.uuid4().hex[:8]}", step=None, engine="verl", prompt=[dict(m) for m in prompt],
+        prompt_ids=list(output.prompt_ids), completion_ids=list(output.response_ids), loss_mask=mask, model_mask=list(mask),
+        logprobs=logprobs, question_id=question_id)))
 
 
 def tool_parameters(tools: Any) -> dict[str, dict[str, Any]]:
@@ -84,6 +111,11 @@ class WebdancerAgentLoop(ToolAgentLoop):
             max_turn_tokens=int(max_turn_tokens), max_tool_response_length=self.max_tool_response_length,
             truncate_side=multi_turn.tool_response_truncate_side,
         )
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
+        output = await super().run(sampling_params, **kwargs)
+        record_rollout(kwargs.get("raw_prompt") or [], kwargs.get("extra_info"), output)
+        return output
 
     async def _handle_generating_state(self, agent_data, sampling_params: dict[str, Any], ignore_termination: bool = False):
         if self.limits.max_turn_tokens > 0:

@@ -174,7 +174,8 @@ def test_workers_on_another_node_get_the_environment_python_and_keys_the_driver_
     assert seen["python"] == verl_python(cfg) == str(Path(sys.prefix).absolute() / "bin" / "python")
     assert seen["reward_module"] == webdancer_rl.reward.__file__
     assert seen["env"] == {"SERPER_API_KEY": "serper-key-of-the-driver", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                           "VERL_FILE_LOGGER_PATH": str((tmp_path / "runs/qwen7b/rl/verl_metrics.jsonl").resolve())}
+                           "VERL_FILE_LOGGER_PATH": str((tmp_path / "runs/qwen7b/rl/verl_metrics.jsonl").resolve()),
+                           "WEBDANCER_TOKEN_ROLLOUTS": str((tmp_path / "runs/qwen7b/rl/token_rollouts").resolve())}  # rl.record_tokens
     assert seen["files"] == {str(data.train.resolve()): True, str(data.tool_config.resolve()): True}
 
 
@@ -195,7 +196,7 @@ def _look(paths):
 
     import webdancer_rl.reward
 
-    names = ("SERPER_API_KEY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VERL_FILE_LOGGER_PATH")
+    names = ("SERPER_API_KEY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VERL_FILE_LOGGER_PATH", "WEBDANCER_TOKEN_ROLLOUTS")
     return {"python": sys.executable, "reward_module": webdancer_rl.reward.__file__, "env": {k: os.environ.get(k) for k in names},
             "files": {p: os.path.exists(p) for p in paths}}
 

@@ -271,9 +271,10 @@ def verl_loop(tokenizer, data, server, **rollout):
                               hf_model_type="llama", max_turn_tokens=loops.max_turn_tokens)
 
 
-async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer):
+async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer, tmp_path, monkeypatch):
     """Same question, same model replies, same tools: verl's `webdancer_agent` loop and the TRL engine's rollout
-    build the same prompt ids, the same response ids and the same loss mask (format errors answered alike)."""
+    build the same prompt ids, the same response ids and the same loss mask (format errors answered alike); verl's
+    rollout is recorded token for token (rl.record_tokens) and the chat template renders it back."""
     import pyarrow.parquet as pq
     from webdancer_rl.rollout import ChatTokens, RolloutLimits, run_rollouts
 
@@ -285,7 +286,8 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer):
              render_assistant("I will search.", tool_call=ToolCall("search", {"query": ["integrated circuit Kilby"]})),
              render_assistant("The results name Jack Kilby.", answer="Jack Kilby")]
     server = ScriptedServer(tokenizer, turns)
-    verl_out = await verl_loop(tokenizer, data, server).run({}, raw_prompt=prompt, extra_info={})
+    monkeypatch.setenv("WEBDANCER_TOKEN_ROLLOUTS", str(tmp_path / "token_rollouts"))
+    verl_out = await verl_loop(tokenizer, data, server).run({}, raw_prompt=prompt, extra_info={"question_id": "q7"})
 
     script = list(turns)
     chat = ChatTokens(tokenizer)
@@ -303,6 +305,14 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer):
     # and both are the conversation exactly as the chat template renders it (the newline after <|im_end|> included)
     text = tokenizer.decode(trl_out.prompt_ids + trl_out.completion_ids)
     assert "<|im_end|>\n<|im_start|>user\n<tool_response>\n[format error]" in text
+    from webdancer.records import record_from_dict
+    from webdancer.token_trajectories import TokenRollout, check
+
+    [recorded] = [json.loads(line) for path in (tmp_path / "token_rollouts").glob("*.jsonl") for line in path.read_text().splitlines()]
+    record = record_from_dict(TokenRollout, recorded)
+    assert record.engine == "verl" and record.step is None and record.id.startswith("q7:") and record.prompt == prompt
+    assert record.prompt_ids == trl_out.prompt_ids and record.completion_ids == trl_out.completion_ids and record.loss_mask == trl_out.env_mask
+    assert check(record, tokenizer) is None
 
 
 async def test_max_turn_tokens_caps_each_verl_turn(prepared, tokenizer):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import json
 import random
 import ssl
+import weakref
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
@@ -83,6 +85,7 @@ class HttpClient:
         self._timeout_s, self._connect_timeout_s = timeout_s, connect_timeout_s
         self._max_connections = max_connections
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        _CLIENTS.add(self)
 
     async def _session(self, url: str) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -136,6 +139,22 @@ class HttpClient:
         for owner, session in list(self._sessions.items()):
             await (session.close() if owner is loop else _forget(session))
         self._sessions.clear()
+
+
+_CLIENTS: "weakref.WeakSet[HttpClient]" = weakref.WeakSet()
+
+
+@atexit.register
+def _retire_at_exit() -> None:
+    """At exit, retire the sessions of finished event loops (a client used inside `asyncio.run` and never closed):
+    otherwise aiohttp prints "Unclosed client session" and "Unclosed connector" for each as the process ends."""
+    stale = [(client, loop) for client in list(_CLIENTS) for loop in list(client._sessions) if loop.is_closed()]
+    if stale:
+        async def retire() -> None:
+            for client, loop in stale:
+                await _forget(client._sessions.pop(loop))
+
+        asyncio.run(retire())
 
 
 async def _forget(session: aiohttp.ClientSession) -> None:

@@ -10,39 +10,24 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
 from webdancer.config import AgentConfig, ModelConfig, WebdancerConfig
+from webdancer.context import BlankOld, ContextBudget, ContextPolicy, build_context_policy, check_prompt
 from webdancer.environment import Episode
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.policies import Policy, build_policy
-from webdancer.records import Message, QAItem, Step, Trajectory
+from webdancer.records import QAItem, Step, Trajectory
 from webdancer.tools import ToolBox
-from webdancer.wire import render_tool_response
 
 StepCallback = Callable[[Step], Any]
-TRUNCATED = "[earlier observation removed to fit the context budget]"
 
 
 class Agent:
     """Runs one policy with one toolbox. Safe to run many trajectories concurrently."""
 
-    def __init__(self, policy: Policy, toolbox: ToolBox, config: Optional[AgentConfig] = None):
+    def __init__(self, policy: Policy, toolbox: ToolBox, config: Optional[AgentConfig] = None, context: Optional[ContextPolicy] = None):
         self.policy = policy
         self.toolbox = toolbox
         self.config = config or AgentConfig()
-
-    def _fit_context(self, messages: list[Message]) -> bool:
-        """Blank the oldest observations until the prompt fits; False when even that is not enough."""
-        count = self.policy.count_tokens
-        budget = self.config.max_context_tokens
-        total = sum(count(m.content) for m in messages)
-        for i in range(2, len(messages)):
-            if total <= budget:
-                break
-            msg = messages[i]
-            if msg.role == "user" and msg.content != render_tool_response(TRUNCATED):
-                before = count(msg.content)
-                msg.content = render_tool_response(TRUNCATED)
-                total -= before - count(msg.content)
-        return total <= budget
+        self.context = context or BlankOld()  # agent.context: what each prompt keeps of the conversation
 
     async def run(
         self,
@@ -62,11 +47,20 @@ class Agent:
 
     async def _loop(self, episode: Episode, task: Optional[QAItem], on_step: Optional[StepCallback]) -> None:
         messages = episode.trajectory.messages
+        head = (messages[0].content, messages[1].content)
+        budget = ContextBudget(self.config.max_context_tokens, self.policy.count_tokens)
         while not episode.done:
-            if not self._fit_context(messages):
-                return episode.end("context_overflow")
             try:
-                out = await self.policy.act(list(messages), task)
+                prompt = self.context.fit(messages, budget)
+            except Exception as exc:  # a context policy's bug ends this rollout, named, never the run
+                return episode.end("policy_error", f"context policy {self.context.name!r} failed: {type(exc).__name__}: {exc}")
+            if prompt is None:
+                return episode.end("context_overflow")
+            problem = check_prompt(self.context.name, head, prompt, budget)
+            if problem is not None:
+                return episode.end("policy_error", problem)
+            try:
+                out = await self.policy.act(list(prompt), task)
             except OutageError as exc:
                 return episode.end("outage", str(exc))
             except WebdancerError as exc:
@@ -153,6 +147,6 @@ async def configured_agent(cfg: WebdancerConfig, policy: Optional[str] = None, m
     built = build_policy(name, cfg.policies.get(name) or {}, model or cfg.model)
     try:
         async with ToolBox.for_run(cfg) as toolbox:
-            yield Agent(built, toolbox, cfg.agent)
+            yield Agent(built, toolbox, cfg.agent, build_context_policy(cfg))
     finally:
         await built.aclose()

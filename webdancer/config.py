@@ -60,7 +60,10 @@ class AgentConfig:
     # The tools offered to the model, in this order; their options live under `tools.<name>`.
     tools: list[str] = field(default_factory=lambda: ["search", "visit"])
     max_turns: int = 20
-    max_context_tokens: int = 32768  # older observations are blanked to fit; the system prompt never is
+    max_context_tokens: int = 32768  # the prompt's budget: the context policy keeps each prompt within it
+    # What each prompt keeps of the conversation (`webdancer plugins`): blank_old (the oldest observations are blanked
+    # until it fits), keep_last_k (only the last k tool results), or yours; its options live under `context.<name>`.
+    context: str = "blank_old"
     tool_timeout_s: float = 60.0
     concurrency: int = 8  # trajectories in flight (sampling, eval)
     system_prompt_file: Optional[str] = None  # your own system prompt (placeholder {date}); empty: the packaged one
@@ -165,6 +168,8 @@ class WebdancerConfig:
     rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Synthesizer name -> its options (see `webdancer synth NAME --help`).
     synth: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Context policy name -> its options (agent.context selects one).
+    context: dict[str, dict[str, Any]] = field(default_factory=dict)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)

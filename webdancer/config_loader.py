@@ -135,7 +135,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-COMPONENT_SECTIONS = {"tools": "tools", "policies": "policies", "rewards": "rewards", "synth": "synthesizers"}  # section: kind
+COMPONENT_SECTIONS = {"tools": "tools", "policies": "policies", "rewards": "rewards", "synth": "synthesizers",
+                      "context": "context_policies"}  # section: kind
 
 
 def check_component_sections(cfg: Any) -> None:
@@ -146,6 +147,10 @@ def check_component_sections(cfg: Any) -> None:
     from webdancer.plugins import get_plugins, singular
 
     plugins = get_plugins()
+    installed_context = plugins.components("context_policies")
+    if cfg.agent.context not in installed_context:
+        hint = closest_keys(cfg.agent.context, sorted(installed_context), "context policy names")
+        raise ConfigError(f"'agent.context': no context policy named '{cfg.agent.context}' is registered; {hint}")
     for section, kind in COMPONENT_SECTIONS.items():
         installed = plugins.components(kind)
         for name, options in (getattr(cfg, section) or {}).items():

@@ -1,4 +1,4 @@
-"""The core's extension points: tools, rewards, synthesizers, rollout policies, config sections, CLI commands.
+"""The core's extension points: tools, rewards, synthesizers, rollout policies, context policies, config sections, CLI commands.
 
 Each `register_<kind>` hook receives a `register` callable; a plugin calls it once per component
 class it provides. Components are classes with a unique `name` attribute; registering a name that
@@ -44,6 +44,15 @@ def register_policies(register):
 
     A policy produces the next assistant turn of a ReAct trajectory (a teacher LLM, an
     offline expert, ...); the agent loop is the same for all of them.
+    """
+
+
+@hookspec
+def register_context_policies(register):
+    """Register context policy classes (subclasses of `webdancer.context.ContextPolicy`).
+
+    `agent.context` selects one: before every model turn it decides what of the conversation the prompt keeps
+    within `agent.max_context_tokens` (sampling, evaluation and the demo).
     """
 
 

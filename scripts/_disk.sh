@@ -6,7 +6,7 @@ free_gb() {  # free_gb DIR: whole GiB available to this user on DIR's filesystem
 }
 setup_gb() {  # setup_gb [VENV...]: GiB the environments named (default: all) still missing here will take (pip's downloads and unpacking included)
   local gb=0 venv
-  [ $# -gt 0 ] || set -- .venv .venvs/sft .venvs/rl .venvs/serve .venvs/vllm
+  [ $# -gt 0 ] || set -- .venv .venvs/sft .venvs/rl .venvs/serve .venvs/vllm .venvs/verifiers
   for venv in "$@"; do
     [ -x "$venv/bin/python" ] && continue
     case "$venv" in
@@ -15,6 +15,7 @@ setup_gb() {  # setup_gb [VENV...]: GiB the environments named (default: all) st
       .venvs/rl) gb=$((gb + 3)) ;;
       .venvs/serve) gb=$((gb + 1)) ;;
       .venvs/vllm) gb=$((gb + 4)) ;;  # vLLM's CPU build: 2.5 GB installed
+      .venvs/verifiers) gb=$((gb + 1)) ;;  # verifiers and the offline web, no torch: 0.7 GB installed
     esac
   done
   echo "$gb"

@@ -17,6 +17,7 @@ bash scripts/setup_sft.sh || { echo "SFT environment setup failed" >&2; exit 1; 
 bash scripts/setup_rl.sh || { echo "RL environment setup failed" >&2; exit 1; }
 bash scripts/setup_serve.sh || { echo "serving environment setup failed" >&2; exit 1; }  # SGLang's parser, for the GPU recipes' checks
 bash scripts/setup_vllm.sh || { echo "vLLM environment setup failed" >&2; exit 1; }  # serve.backend=vllm
+bash scripts/setup_verifiers.sh || { echo "verifiers environment setup failed" >&2; exit 1; }  # vf-eval webdancer-verifiers
 PYTHON=.venv/bin/python bash scripts/fetch_chat_templates.sh || { echo "fetching the published chat templates failed" >&2; exit 1; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 reports=$(mktemp -d)

@@ -4,6 +4,7 @@ request keeps its own temperature, top_p, max_tokens and stop strings, as any Op
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -42,7 +43,8 @@ def test_requests_are_parsed_with_their_own_settings_and_unsupported_fields_refu
     assert sampling.processor_kwargs == {"temperature": GREEDY_TEMPERATURE, "top_p": 1.0}  # greedy ignores top_p
     assert Sampling(5, 0.7, 0.9).processor_kwargs == {"temperature": 0.7, "top_p": 0.9}
     assert parse_request({"messages": [{"role": "user", "content": "x"}]}, 99)[1].max_new_tokens == 99
-    for body, field in [({"seed": 1}, "'seed'"), ({"n": 2}, "'n'"), ({"stream": True}, "'stream'"), ({"logprobs": True}, "'logprobs'"),
+    assert parse_request({"messages": [{"role": "user", "content": "x"}], "stream": True, "stream_options": {"include_usage": True}}, 9)
+    for body, field in [({"seed": 1}, "'seed'"), ({"n": 2}, "'n'"), ({"logprobs": True}, "'logprobs'"),
                         ({"max_tokens": 0}, "'max_tokens'"), ({"temperature": -1}, "'temperature'"), ({"top_p": 0}, "'top_p'"),
                         ({"stop": [""]}, "'stop'"), ({"messages": []}, "'messages'")]:
         with pytest.raises(BadRequest, match=field):
@@ -215,6 +217,26 @@ async def test_each_request_keeps_its_temperature_and_stop_strings_while_batched
         cut = await client.chat(prompt, temperature=0.0, stop=[word, "never-appears"])
     assert cut.text == full[: full.index(word)] and cut.finish_reason == "stop"
     assert cut.usage.completion_tokens < mixed[0].usage.completion_tokens  # generation stopped there, not at max_tokens
+
+
+async def test_a_streamed_request_gets_the_same_completion_as_server_sent_events(tiny_server):
+    """Clients that only read streams (verifiers' harness programs) get the completion in OpenAI's stream format."""
+    serve_cfg, server = tiny_server
+    body = {"model": served_model_name(serve_cfg), "messages": [{"role": "user", "content": "Name three prime numbers."}],
+            "temperature": 0, "max_tokens": 16}
+    async with httpx.AsyncClient(timeout=120) as http:
+        whole = (await http.post(server.base_url + "/chat/completions", json=body)).json()
+        async with http.stream("POST", server.base_url + "/chat/completions",
+                               json={**body, "stream": True, "stream_options": {"include_usage": True}}) as streamed:
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            events = [line[len("data: "):] async for line in streamed.aiter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == whole["choices"][0]["finish_reason"]
+    assert chunks[-1]["usage"] == whole["usage"]
 
 
 async def test_bad_requests_get_clear_http_errors_and_the_server_keeps_serving(tiny_server):

@@ -12,8 +12,6 @@ its own; sessions share one toolbox (its caches, the tool store) and one reward 
 
 from __future__ import annotations
 
-import asyncio
-import random
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,9 +21,7 @@ from pydantic import Field
 from webdancer.config import WebdancerConfig
 from webdancer.environment import Episode
 from webdancer.errors import ConfigError, OutageError
-from webdancer.records import QAItem, Trajectory
-from webdancer.rewards import RewardInput, RewardSet
-from webdancer.tools import ToolBox
+from webdancer_env.shared import SharedEnvironment, reward_input
 
 
 class WebAction(Action):
@@ -47,50 +43,10 @@ class WebState(State):
     termination: Optional[str] = None
 
 
-class Shared:
-    """What every session uses: the config, the QA tasks, one toolbox (opened on the server's loop), the rewards."""
-
-    def __init__(self, cfg: WebdancerConfig, tasks: list[QAItem]):
-        self.cfg, self.tasks = cfg, tasks
-        self.rewards = RewardSet.from_config(cfg)  # an unknown reward or tool fails here, at start, by name
-        self._unopened: Optional[ToolBox] = ToolBox.for_run(cfg)
-        self._toolbox: Optional[ToolBox] = None
-        self._lock: Optional[asyncio.Lock] = None
-        self._next = 0
-
-    async def toolbox(self) -> ToolBox:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._toolbox is None and self._unopened is not None:
-                await self._unopened.__aenter__()  # tool sets (MCP servers) open on the server's event loop
-                self._toolbox, self._unopened = self._unopened, None
-        return self._toolbox
-
-    def task(self, question: Optional[str], answer: Optional[str], index: Optional[int], seed: Optional[int]) -> QAItem:
-        if question is not None:
-            return QAItem(question=question, answer=answer or "")
-        if not self.tasks:
-            raise ValueError("no QA file is served (webdancer env serve --qa FILE): reset with question= (and answer=)")
-        if index is not None:
-            if not 0 <= index < len(self.tasks):
-                raise ValueError(f"index={index} is outside the {len(self.tasks)} served questions (0..{len(self.tasks) - 1})")
-            return self.tasks[index]
-        if seed is not None:
-            return random.Random(seed).choice(self.tasks)
-        item, self._next = self.tasks[self._next % len(self.tasks)], self._next + 1
-        return item
-
-    async def aclose(self) -> None:
-        if self._toolbox is not None:
-            await self._toolbox.aclose()
-        await self.rewards.aclose()
-
-
 class WebEnvironment(Environment[WebAction, WebObservation, WebState]):
     SUPPORTS_CONCURRENT_SESSIONS = True
 
-    def __init__(self, shared: Shared):
+    def __init__(self, shared: SharedEnvironment):
         super().__init__()
         self.shared = shared
         self.episode: Optional[Episode] = None
@@ -119,7 +75,7 @@ class WebEnvironment(Environment[WebAction, WebObservation, WebState]):
         if traj.termination == "outage":
             return WebObservation(messages=messages, done=True, termination="outage", metadata={"outage": traj.error})
         try:
-            scored = await self.shared.rewards.score(_reward_input(traj))
+            scored = await self.shared.rewards.score(reward_input(traj))
         except OutageError as exc:  # the judge is down: no reward rather than a wrong one
             return WebObservation(messages=messages, done=True, termination=traj.termination, answer=traj.answer, metadata={"outage": str(exc)})
         return WebObservation(messages=messages, done=True, reward=scored.score, termination=traj.termination, answer=traj.answer,
@@ -140,12 +96,6 @@ class WebEnvironment(Environment[WebAction, WebObservation, WebState]):
                         termination=traj.termination if self.episode.done else None)
 
 
-def _reward_input(traj: Trajectory) -> RewardInput:
-    """As the filter scores a trajectory: its last turn, its answer, the reference."""
-    return RewardInput(question=traj.question, response=traj.messages[-1].content, reference=traj.reference_answer or "",
-                       answer=traj.answer, trajectory=traj)
-
-
 def build_app(cfg: WebdancerConfig, qa: Optional[str | Path] = None, max_sessions: int = 64, idle_timeout_s: float = 600.0):
     """OpenEnv's FastAPI app for our environment; tasks from `qa` (any source `webdancer sample` reads)."""
     from webdancer.datasources import read_qa
@@ -153,7 +103,7 @@ def build_app(cfg: WebdancerConfig, qa: Optional[str | Path] = None, max_session
     tasks = read_qa(qa) if qa is not None else []
     if qa is not None and not tasks:
         raise ConfigError(f"{qa}: no questions")
-    shared = Shared(cfg, tasks)
+    shared = SharedEnvironment(cfg, tasks)
     config = ConcurrencyConfig(max_concurrent_envs=max_sessions, session_timeout=idle_timeout_s)
     app = create_fastapi_app(lambda: WebEnvironment(shared), WebAction, WebObservation, concurrency_config=config)
     app.state.webdancer = shared

@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 from webdancer_models.cpu_linear import (
     LINEAR_DTYPES,
@@ -53,14 +53,13 @@ REFUSED = {
     "seed": "a per-request seed (batched sampling depends on the batch; use temperature 0 for reproducible output, or serve.backend=transformers)",
     "logprobs": "log probabilities",
     "top_logprobs": "log probabilities",
-    "stream": "streaming (send stream=false)",
     "tools": "OpenAI tool definitions (the agent writes tool calls as text in its turns)",
     "response_format": "structured output",
     "logit_bias": "logit biases",
     "frequency_penalty": "penalties",
     "presence_penalty": "penalties",
 }
-DEFAULTS_OFF = {"n": 1, "stream": False, "logprobs": False, "frequency_penalty": 0, "presence_penalty": 0}
+DEFAULTS_OFF = {"n": 1, "logprobs": False, "frequency_penalty": 0, "presence_penalty": 0}
 
 
 class BadRequest(ValueError):
@@ -545,10 +544,24 @@ async def until_disconnected(request: Any, work: Any, poll_s: float = 0.25) -> A
             task.cancel()
 
 
+def completion_events(head: dict[str, Any], text: str, reason: str, usage: dict[str, int], options: Any) -> Iterator[str]:
+    """A finished completion in the OpenAI stream format (`stream: true`), for clients that only read streams
+    (verifiers' harness programs): the whole text in one chunk, then the finish reason, the usage when
+    `stream_options.include_usage` asks for it, then [DONE]. The text arrives in one piece when the completion is
+    done (no token-by-token delivery: stop strings are cut from the whole text, and the clients that ask for a
+    stream here read it whole)."""
+    chunk = {**head, "object": "chat.completion.chunk"}
+    yield f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': text}, 'finish_reason': None}]})}\n\n"
+    yield f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': reason}]})}\n\n"
+    if isinstance(options, dict) and options.get("include_usage"):
+        yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 def build_app(generator: BatchedGenerator, served_names: set[str], default_max_tokens: int) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     created = int(time.time())
@@ -590,14 +603,13 @@ def build_app(generator: BatchedGenerator, served_names: set[str], default_max_t
             return error(400, str(exc), "invalid_request_error")
         except RuntimeError as exc:
             return error(503 if generator.alive_error() else 500, f"generation failed: {exc}", "server_error")
-        return JSONResponse({
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(tokens), "total_tokens": len(prompt) + len(tokens)},
-        })
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.get("model") or name}
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(tokens), "total_tokens": len(prompt) + len(tokens)}
+        if body.get("stream"):
+            return StreamingResponse(completion_events(head, text, reason, usage, body.get("stream_options")), media_type="text/event-stream")
+        return JSONResponse({**head, "object": "chat.completion",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+                             "usage": usage})
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:

@@ -97,19 +97,24 @@ def respond(state: FakeOpenAIState, path: str, body: bytes, headers: dict) -> tu
     if state.reasoning:
         message["reasoning_content"] = state.reasoning
     prompt_chars = sum(len(m.get("content") or "") for m in request.get("messages", []))
-    payload = {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": request.get("model", "fake-model"),
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {
-            "prompt_tokens": prompt_chars // 4 + 1,
-            "completion_tokens": len(text) // 4 + 1,
-            "total_tokens": prompt_chars // 4 + len(text) // 4 + 2,
-        },
-    }
+    head = {"id": "chatcmpl-fake", "created": int(time.time()), "model": request.get("model", "fake-model")}
+    usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(text) // 4 + 1,
+             "total_tokens": prompt_chars // 4 + len(text) // 4 + 2}
+    if request.get("stream"):
+        return 200, stream_events(head, message, usage, request.get("stream_options")), {"Content-Type": "text/event-stream"}
+    payload = {**head, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
     return 200, json.dumps(payload).encode(), None
+
+
+def stream_events(head: dict, message: dict, usage: dict, options: Optional[dict]) -> bytes:
+    """A reply as `stream: true` gets it: server-sent chunks (the message as one delta), the finish reason, the
+    usage when `stream_options.include_usage` asks, then [DONE]."""
+    chunk = {**head, "object": "chat.completion.chunk"}
+    events = [{**chunk, "choices": [{"index": 0, "delta": message, "finish_reason": None}]},
+              {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    if (options or {}).get("include_usage"):
+        events.append({**chunk, "choices": [], "usage": usage})
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode() + b"data: [DONE]\n\n"
 
 
 async def serve_asyncio(state: FakeOpenAIState, port: int = 0, on_ready=None) -> None:
@@ -133,7 +138,8 @@ async def serve_asyncio(state: FakeOpenAIState, port: int = 0, on_ready=None) ->
             await asyncio.sleep(state.delay_s())
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         status, payload, extra = respond(state, scope["path"], body, headers)
-        out = [(b"content-type", b"application/json")] + [(k.lower().encode(), str(v).encode()) for k, v in (extra or {}).items()]
+        extra = {"Content-Type": "application/json", **(extra or {})}
+        out = [(k.lower().encode(), str(v).encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": payload})
 

@@ -16,9 +16,8 @@ class QuietHandler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, payload: bytes, headers: Optional[dict[str, str]] = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
-        for key, value in (headers or {}).items():
+        for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(payload)

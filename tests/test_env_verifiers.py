@@ -32,12 +32,20 @@ def vf_eval():
         pytest.fail("the verifiers environment is missing: bash scripts/setup_verifiers.sh (scripts/test.sh runs it)")
 
     def run(folder: Path, base_url: str, model: str, *args: str, env: dict = None) -> subprocess.CompletedProcess:
-        command = [str(VENV / "bin" / "vf-eval"), "webdancer-verifiers", "-m", model, "--client.base-url", base_url, "--no-push",
-                   "--no-rich", "-o", str(folder / "out"), *args]
-        environ = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}", "OPENAI_API_KEY": "local", **(env or {})}
-        return subprocess.run(command, cwd=folder, env=environ, capture_output=True, text=True, timeout=600)
+        return vf_eval_command(folder, ["webdancer-verifiers", "-m", model, "--client.base-url", base_url, "--no-push", "--no-rich",
+                                        "-o", str(folder / "out"), *args], env)
 
     return run
+
+
+def vf_eval_command(folder: Path, args: list[str], env: dict = None) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}", "OPENAI_API_KEY": "local", **(env or {})}
+    return subprocess.run([str(VENV / "bin" / "vf-eval"), *args], cwd=folder, env=environ, capture_output=True, text=True, timeout=600)
+
+
+def resume(folder: Path, saved: Path, env: dict = None) -> subprocess.CompletedProcess:
+    """verifiers' resume: the run's own saved config, its failed episodes run again."""
+    return vf_eval_command(folder, ["@", str(saved), "--resume"], env)
 
 
 def setup_files(folder: Path, local_web, *overrides: str) -> tuple[Path, list[str]]:
@@ -67,7 +75,7 @@ async def replay(settings: list[str], question: QAItem, replies: list[str]) -> t
         episode = Episode(toolbox, cfg.agent, question.question, question)
         for reply in replies:
             moved = await episode.step(reply)
-            if moved.observation is not None:
+            if not moved.done:  # the last turn's observation is never shown
                 observations.append(moved.observation)
     scored = await rewards.score(reward_input(episode.trajectory))
     await rewards.aclose()
@@ -114,7 +122,8 @@ def test_a_tool_outage_fails_the_episode_instead_of_scoring_it_and_resume_runs_i
         [failed] = episodes(tmp_path)
         assert not failed["ok"] and failed["traces"][0]["rewards"] == {}, failed  # an outage is never a result
         assert "serper search failed after 2 tries (HTTP 500)" in json.dumps(failed["errors"]) + down.stdout + down.stderr
-        again = vf_eval(tmp_path, llm.base_url, "fake-model", *args, "--resume", env={"SERPER_API_KEY": serper.key})
+        [saved] = (tmp_path / "out").glob("*/configs/resolved/eval.json")
+        again = resume(tmp_path, saved, env={"SERPER_API_KEY": serper.key})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     finished = [e for e in episodes(tmp_path) if e["ok"]]
     assert len(finished) == 1 and finished[0]["traces"][0]["info"]["webdancer"]["answer"] == "Jack Kilby"
@@ -122,8 +131,12 @@ def test_a_tool_outage_fails_the_episode_instead_of_scoring_it_and_resume_runs_i
 
 
 def test_missing_questions_or_an_unknown_tool_fail_at_start_by_name(vf_eval, local_web, tmp_path):
-    no_qa = vf_eval(tmp_path, "http://127.0.0.1:9/v1", "m")
+    webdancer = [str(ROOT / ".venv" / "bin" / "webdancer"), "env", "verifiers"]
+    no_qa = subprocess.run([*webdancer, "--venv", str(VENV), "-m", "m", "--client.base-url", "http://127.0.0.1:9/v1", "--no-push", "-o",
+                            str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert no_qa.returncode != 0 and "--env.taskset.qa" in no_qa.stdout + no_qa.stderr
+    no_venv = subprocess.run([*webdancer, "--venv", str(tmp_path / "none")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert no_venv.returncode == 1 and "bash scripts/setup_verifiers.sh" in no_venv.stderr and "Traceback" not in no_venv.stderr
     qa, settings = setup_files(tmp_path, local_web, "agent.tools=[search,nosuchtool]")
     unknown = vf_eval(tmp_path, "http://127.0.0.1:9/v1", "m", "--env.taskset.qa", str(qa), "--env.taskset.overrides", json.dumps(settings))
     assert unknown.returncode != 0 and "nosuchtool" in unknown.stdout + unknown.stderr

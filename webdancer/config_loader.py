@@ -148,7 +148,7 @@ def check_component_sections(cfg: Any) -> None:
 
     plugins = get_plugins()
     installed_context = plugins.components("context_policies")
-    if cfg.agent.context not in installed_context:
+    if installed_context and cfg.agent.context not in installed_context:  # none installed: the build names what is missing
         hint = closest_keys(cfg.agent.context, sorted(installed_context), "context policy names")
         raise ConfigError(f"'agent.context': no context policy named '{cfg.agent.context}' is registered; {hint}")
     for section, kind in COMPONENT_SECTIONS.items():

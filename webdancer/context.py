@@ -97,9 +97,9 @@ def check_prompt(policy: str, head: tuple[str, str], prompt: Any, budget: Contex
     if not isinstance(prompt, list) or not all(isinstance(m, Message) for m in prompt):
         return f"context policy {policy!r} returned {type(prompt).__name__}, not a list of messages"
     system, question = head
-    if len(prompt) < 2 or prompt[0].role != "system" or prompt[0].content != system:
+    if not prompt or prompt[0].role != "system" or prompt[0].content != system:
         return f"context policy {policy!r} dropped or changed the system prompt"
-    if prompt[1].role != "user" or prompt[1].content != question:
+    if len(prompt) < 2 or prompt[1].role != "user" or prompt[1].content != question:
         return f"context policy {policy!r} dropped or changed the question"
     size = budget.size(prompt)
     if size > budget.max_tokens:

@@ -1,4 +1,4 @@
-"""`webdancer env trl`: what plain TRL is given by our environment, and the code that gives it."""
+"""`webdancer env`: the environment for other trainers: TRL (`trl`), OpenEnv (`serve`), verifiers (`verifiers`)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,21 @@ def serve_cmd(config_path: Optional[str], overrides: tuple[str, ...], qa: Option
     console.echo(f"OpenEnv environment at http://{host}:{port} (WebSocket /ws): tools {', '.join(app.state.webdancer.cfg.agent.tools)}, "
                  f"{len(app.state.webdancer.tasks)} questions, up to {max_sessions} sessions")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@env_group.command("verifiers", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--venv", default=".venvs/verifiers", show_default=True, help="The verifiers environment (scripts/setup_verifiers.sh).")
+@click.argument("vf_eval_args", nargs=-1, type=click.UNPROCESSED)
+def verifiers_cmd(venv: str, vf_eval_args: tuple[str, ...]) -> None:
+    """Evaluate with verifiers: `vf-eval webdancer-verifiers VF_EVAL_ARGS...` in its own environment
+    (e.g. --env.taskset.qa FILE -m MODEL --client.base-url URL --no-push)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    vf_eval = Path(venv) / "bin" / "vf-eval"
+    if not vf_eval.is_file():
+        raise click.ClickException(f"{vf_eval} is missing: set up the verifiers environment with `bash scripts/setup_verifiers.sh` "
+                                   "(or point --venv at one)")
+    env = {**os.environ, "PATH": f"{vf_eval.parent.resolve()}{os.pathsep}{os.environ.get('PATH', '')}"}  # uv for its chat program
+    raise SystemExit(subprocess.call([str(vf_eval), "webdancer-verifiers", *vf_eval_args], env=env))

@@ -9,7 +9,7 @@ prompt (the tools) and the question, and answers each model turn with `webdancer
 observation, so the turn rules are our agent's (wire-format tool calls, `[format error]` for a malformed turn,
 `agent.max_turns`). When the episode ends, each configured reward is recorded on the trace with its weight, so the
 trace's reward is the reward set's score. An outage (a tool backend or the judge down) fails the episode instead:
-never a result, and `vf-eval ... --resume` runs it again. The model sees the conversation verifiers keeps, whole:
+never a result, and `vf-eval @ RUN_DIR/configs/resolved/eval.json --resume` runs it again. The model sees the conversation verifiers keeps, whole:
 `agent.context` policies apply in our own agent loop only.
 """
 

@@ -218,6 +218,7 @@ def test_cpu_training_defaults_bf16_only_where_native_and_no_activation_checkpoi
         return settings.get("bf16"), settings.get("activation_checkpointing")
 
     assert defaults(True, {"use_cpu": True}) == (True, False) and defaults(False, {"use_cpu": True}) == (False, False)
+    assert defaults(True, {"use_cpu": True, "use_vllm": True}) == (False, False)  # vLLM samples in float32 on the CPU
     assert defaults(False, {"use_cpu": True, "bf16": True}, {"bf16": True}) == (True, False)  # rl.trl.bf16 decides
     assert defaults(True, {"use_cpu": True, "gradient_checkpointing": True}, {"fp16": False, "gradient_checkpointing": True}) == (None, None)
     assert defaults(False, {}) == (None, None)  # a GPU: TRL's own defaults

@@ -108,7 +108,9 @@ def vllm_settings(cfg: WebdancerConfig, cpu: bool) -> dict[str, Any]:
 def cpu_defaults(settings: dict[str, Any], options: dict[str, Any]) -> None:
     """What suits a CPU run, unless `rl.trl` sets it: TRL's default bf16 autocast only where the CPU multiplies bf16
     natively (AVX512-BF16 or AMX; a forward + backward of 2 x 2,000 tokens took 15-16 s with it, 28-34 s in fp32, on
-    such a CPU; elsewhere oneDNN emulates bf16 and fp32 is faster); no gradient checkpointing (TRL's default
+    such a CPU; elsewhere oneDNN emulates bf16 and fp32 is faster), and not beside vLLM's rollouts, which sample in
+    float32 on the CPU (a bf16 policy against them put the first step's importance ratios down to 0.59 on an AMX
+    Xeon, where float32 on both sides keeps them within 1 %); no gradient checkpointing (TRL's default
     recomputes every layer's forward in the backward: 1.18x an update of the tiny model, for memory a CPU has);
     one rollout per forward/backward pass when `rl.micro_batch_size` is 0 (no padding, the causal attention kernel:
     see webdancer_rl.trl_update)."""
@@ -117,7 +119,7 @@ def cpu_defaults(settings: dict[str, Any], options: dict[str, Any]) -> None:
     if not settings.get("use_cpu"):
         return
     if not {"bf16", "fp16"} & set(options):
-        settings["bf16"] = bf16_supported()
+        settings["bf16"] = bf16_supported() and not settings.get("use_vllm")
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(options):
         # transformers' new name where it has it (TRL's default sets the old alias); vLLM's environment has an older one
         settings["activation_checkpointing" if "activation_checkpointing" in grpo_fields() else "gradient_checkpointing"] = False

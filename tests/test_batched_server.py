@@ -219,11 +219,11 @@ async def test_each_request_keeps_its_temperature_and_stop_strings_while_batched
     assert cut.usage.completion_tokens < mixed[0].usage.completion_tokens  # generation stopped there, not at max_tokens
 
 
-async def test_a_streamed_request_gets_the_same_completion_as_server_sent_events(tiny_server):
+async def test_a_streamed_request_gets_the_same_completion_as_server_sent_events_and_token_ids_when_asked(tiny_server):
     """Clients that only read streams (verifiers' harness programs) get the completion in OpenAI's stream format."""
     serve_cfg, server = tiny_server
     body = {"model": served_model_name(serve_cfg), "messages": [{"role": "user", "content": "Name three prime numbers."}],
-            "temperature": 0, "max_tokens": 16}
+            "temperature": 0, "max_tokens": 16, "return_token_ids": True}
     async with httpx.AsyncClient(timeout=120) as http:
         whole = (await http.post(server.base_url + "/chat/completions", json=body)).json()
         async with http.stream("POST", server.base_url + "/chat/completions",
@@ -237,6 +237,10 @@ async def test_a_streamed_request_gets_the_same_completion_as_server_sent_events
     assert text == whole["choices"][0]["message"]["content"]
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == whole["choices"][0]["finish_reason"]
     assert chunks[-1]["usage"] == whole["usage"]
+    # Token ids as vLLM reports them (return_token_ids): the prompt's, the completion's.
+    assert len(whole["prompt_token_ids"]) == whole["usage"]["prompt_tokens"] == len(chunks[0]["prompt_token_ids"])
+    assert whole["choices"][0]["token_ids"] == chunks[0]["choices"][0]["token_ids"]
+    assert len(whole["choices"][0]["token_ids"]) == whole["usage"]["completion_tokens"]
 
 
 async def test_bad_requests_get_clear_http_errors_and_the_server_keeps_serving(tiny_server):

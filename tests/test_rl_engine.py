@@ -382,7 +382,7 @@ def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_
         assert len(r["loss_mask"]) == len(r["model_mask"]) == len(r["completion_ids"]) and r["engine"] == "trl"
         assert set(r["loss_mask"]) <= {0, 1} and r["prompt"][0]["role"] == "system" and r["id"].startswith(r["question_id"])
     checked = CliRunner().invoke(cli, ["traj", "check", str(out / "token_rollouts.jsonl"), "--model", str(tiny_model)])
-    assert checked.exit_code == 0 and "8 rollouts: the chat template renders every turn's text as it was trained" in checked.output, checked.output
+    assert checked.exit_code == 0 and "8 rollouts: the chat template renders every turn's text as it was sampled" in checked.output, checked.output
 
 
 def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):

@@ -1,6 +1,7 @@
 """Stage 2: sampling trajectories (expert and the tiny model) and the three-stage filter."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -245,19 +246,36 @@ async def test_expert_sampling_then_filter_keeps_its_correct_trajectories(plugin
     assert report.dropped["quality"]["not_shortest"] >= 15
 
 
+def earlier_turns_dropped(template: str) -> str:
+    """A chat template that renders only the last assistant turn's text (earlier ones empty)."""
+    assert template.count("{{- text }}") == 1
+    return template.replace("{{- text }}", "{%- if loop.last %}{{- text }}{%- endif %}")
+
+
 async def test_tiny_model_sampling_runs_and_the_filter_drops_it_with_reasons(plugins, local_web, qa_items, tiny_server, tmp_path):
     from webdancer_models.serve import served_model_name
 
     web, _, _ = local_web
     serve_cfg, server = tiny_server
     cfg = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
-    model = ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_tokens=64, temperature=0.0)
+    model = ModelConfig(base_url=server.base_url, model=served_model_name(serve_cfg), max_tokens=64, temperature=0.0, return_token_ids=True)
     policy = build_policy("openai", {}, model)
     out = tmp_path / "tiny.jsonl"
     async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
         stats = await sample(Agent(policy, toolbox, AgentConfig(max_turns=2, current_date="2026-11-24")), qa_items[:2], 1, out, 2)
     await policy.aclose()
     assert stats.done == 2
+    # Every turn's token ids as the server sampled them: the chat template renders them back (a template that drops
+    # the earlier turns' text does not).
+    trajs = list(read_records(out, Trajectory))
+    assert all(s.tokens is not None and s.tokens.completion_ids for t in trajs for s in t.steps)
+    assert all(len(t.steps) == 2 and t.steps[1].tokens.reused > len(t.steps[0].tokens.prompt_ids) for t in trajs)
+    checked = CliRunner().invoke(cli, ["traj", "check", str(out), "--model", str(tiny_server[0].model_path)])
+    assert checked.exit_code == 0 and checked.output.startswith("2 rollouts: the chat template renders every turn's text"), checked.output
+    broken = tmp_path / "broken.jinja"
+    broken.write_text(earlier_turns_dropped((Path(tiny_server[0].model_path) / "chat_template.jinja").read_text()))
+    bad = CliRunner().invoke(cli, ["traj", "check", str(out), "--model", str(tiny_server[0].model_path), "--chat-template", str(broken)])
+    assert bad.exit_code == 1 and "2 of 2 rollouts drift in their text (model turns)" in bad.output, bad.output
     report = await filter_file(out, tmp_path / "kept.jsonl", FilterConfig(), paper_rewards())
     assert report.total == 2 and report.kept == 0
     assert sum(sum(c.values()) for c in report.dropped.values()) == 2

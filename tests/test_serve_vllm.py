@@ -17,7 +17,10 @@ from webdancer_models.config import ServeConfig
 from webdancer_models.serve import served_model_name, server_command, start_server
 from webdancer_models.vllm_serve import check_vllm_machine, cpu_ranges, kv_bytes_per_token, vllm_check, vllm_env
 
+from webdancer.config import ModelConfig
 from webdancer.errors import ConfigError, WebdancerError
+from webdancer.llm import ChatClient
+from webdancer.records import Message
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM = ROOT / ".venvs" / "vllm"
@@ -121,6 +124,10 @@ async def test_vllm_serves_n_logprobs_and_stop_and_is_greedy_as_transformers(vll
         plain = {key: value for key, value in body.items() if key not in ("logprobs", "top_logprobs")}
         greedy = (await client.post("/chat/completions", json={**plain, "n": 1, "temperature": 0.0})).json()
         stopped = (await client.post("/chat/completions", json={**plain, "n": 1, "temperature": 0.0, "stop": [" "]})).json()
+    model_cfg = ModelConfig(base_url=server.base_url, model=served_model_name(cfg), max_tokens=24, temperature=0.0, stop=[],
+                            return_token_ids=True, extra_body={"logprobs": True})
+    async with ChatClient(model_cfg) as chat:  # what sampling records with model.return_token_ids
+        recorded = (await chat.chat([Message("user", messages[0]["content"])])).sampled
     assert len(sampled["choices"]) == 3 and len({c["message"]["content"] for c in sampled["choices"]}) > 1
     for choice in sampled["choices"]:
         tokens = choice["logprobs"]["content"]
@@ -135,6 +142,8 @@ async def test_vllm_serves_n_logprobs_and_stop_and_is_greedy_as_transformers(vll
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
     assert tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == text
+    assert recorded.prompt_ids == ids[0].tolist() and tokenizer.decode(recorded.completion_ids, skip_special_tokens=True) == text
+    assert len(recorded.logprobs) == len(recorded.completion_ids) and all(p <= 0 for p in recorded.logprobs)
 
 
 async def test_agent_runs_against_vllm(plugins, vllm_server, local_web):

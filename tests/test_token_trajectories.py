@@ -8,8 +8,11 @@ from webdancer_models.chat_template import wire_chat_template
 from webdancer_rl.rollout import ChatTokens
 
 from webdancer.cli import cli
-from webdancer.records import ToolCall
-from webdancer.token_trajectories import TokenRollout, check, conversation, segments
+from webdancer.config import AgentConfig
+from webdancer.environment import Episode
+from webdancer.records import Sampled, ToolCall
+from webdancer.token_trajectories import Drift, TokenRollout, check, conversation, rollout_of, segments
+from webdancer.tools import ToolBox
 from webdancer.typed import to_dict
 from webdancer.wire import initial_messages, render_assistant
 
@@ -73,7 +76,7 @@ def test_traj_check_passes_on_good_rollouts_and_fails_naming_the_turn_on_a_broke
     path.write_text("".join(json.dumps(to_dict(r)) + "\n" for r in (rollout(tokenizer), rollout(tokenizer, end_on_observation=True))))
     good = CliRunner().invoke(cli, ["traj", "check", str(path), "--model", str(tiny_model)])
     assert good.exit_code == 0, good.output
-    assert good.output.startswith("2 rollouts: the chat template renders every turn's text as it was trained\n")
+    assert good.output.startswith("2 rollouts: the chat template renders every turn's text as it was sampled\n")
     broken = tmp_path / "broken.jinja"
     broken.write_text(thoughts_dropped(wire_chat_template()))
     bad = CliRunner().invoke(cli, ["traj", "check", str(path), "--model", str(tiny_model), "--chat-template", str(broken)])
@@ -109,3 +112,38 @@ def test_a_tokenization_the_text_does_not_give_back_is_told_apart_from_template_
     assert lenient.exit_code == 0 and "1 sampled a tokenization that re-encoding their text does not give back" in lenient.output
     strict = CliRunner().invoke(cli, ["traj", "check", str(path), "--model", str(tiny_model), "--strict"])
     assert strict.exit_code == 1
+
+
+async def sampled_trajectory(tokenizer, server_tokenizer, cut: str = ""):
+    """A trajectory as a server asked for token ids gives it: each turn's prompt rendered by the server's template from
+    the conversation so far, the completion's ids (`cut`: what the model wrote past a stop string, in the ids only)."""
+    chat = ChatTokens(server_tokenizer)
+    async with ToolBox.from_config([], {}, 30) as toolbox:
+        episode = Episode(toolbox, AgentConfig(current_date="2026-12-07"), "Who built the first IC?")
+        for text in ["<think>\nI recall it\n</think>\nno call here", render_assistant("found it", answer="Jack Kilby")]:
+            prompt = chat.prompt([{"role": m.role, "content": m.content} for m in episode.trajectory.messages])
+            completion = tokenizer(text + cut, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            await episode.step(text, sampled=Sampled(prompt, completion, [-0.5] * len(completion)))
+    return episode.trajectory
+
+
+async def test_a_sampled_trajectory_keeps_each_turns_new_tokens_and_checks_as_one_rollout(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    traj = await sampled_trajectory(tokenizer, tokenizer)
+    first, second = (s.tokens for s in traj.steps)
+    assert first.reused == 0 and second.reused == len(first.prompt_ids) + len(first.completion_ids)  # stored once
+    assert tokenizer.decode(second.prompt_ids).lstrip().startswith("<|im_start|>user\n<tool_response>\n[format error]")
+    record = rollout_of(traj, tokenizer)
+    assert isinstance(record, TokenRollout) and [v for _, _, v in segments(record.model_mask)] == [1, 0, 1]
+    assert record.logprobs[: len(first.completion_ids)] == [-0.5] * len(first.completion_ids) and 0.0 in record.logprobs
+    assert check(record, tokenizer) is None
+    dropping = AutoTokenizer.from_pretrained(tiny_model)
+    dropping.chat_template = thoughts_dropped(wire_chat_template())
+    assert check(record, dropping).cause == "template"  # rendered by another template, the same record drifts
+    # A server whose template re-renders the earlier turn otherwise: the trajectory drifts where its prompt did.
+    served = rollout_of(await sampled_trajectory(tokenizer, dropping), tokenizer)
+    assert isinstance(served, Drift) and (served.turn, served.kind, served.cause) == (0, "model", "template")
+    cut = rollout_of(await sampled_trajectory(tokenizer, tokenizer, cut="<tool_response>made up"), tokenizer)
+    assert isinstance(cut, Drift) and cut.cause == "cut" and cut.turn == 0 and "made up" in cut.sampled

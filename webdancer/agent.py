@@ -67,7 +67,7 @@ class Agent:
                 return episode.end("model_error", str(exc))
             except Exception as exc:  # a policy bug is recorded, not raised: one rollout must not stop a run
                 return episode.end("policy_error", f"{type(exc).__name__}: {exc}")
-            moved = await episode.step(out.text, out.latency_s, out.usage)
+            moved = await episode.step(out.text, out.latency_s, out.usage, out.sampled)
             if episode.trajectory.termination != "outage":
                 await _notify(on_step, moved.step)
 

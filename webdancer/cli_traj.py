@@ -18,20 +18,21 @@ def traj_group() -> None:
 @click.option("--chat-template", type=click.Path(exists=True, dir_okay=False), default=None, help="A Jinja chat template file to use instead of the model's.")
 @click.option("--limit", type=int, default=0, help="Check only the first N rollouts (0: all).")
 @click.option("--show", type=int, default=10, show_default=True, help="Rollouts that drift to print.")
-@click.option("--strict", is_flag=True, help="Fail on tokenization drift too, not only on template drift.")
+@click.option("--strict", is_flag=True, help="Fail on tokenization drift and turns cut by a stop string too, not only on template drift.")
 def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit: int, show: int, strict: bool) -> None:
-    """Re-render every rollout of ROLLOUTS (token_rollouts.jsonl of `webdancer rl train`, or verl's token_rollouts/ folder) from its text with the chat
-    template, and report each rollout whose re-rendered tokens differ from the trained ones (the first differing turn
-    of each). Template drift (the re-rendered text differs: SFT or a trainer re-rendering these conversations sees
+    """Re-render every rollout of ROLLOUTS (token_rollouts.jsonl of `webdancer rl train`, verl's token_rollouts/ folder, or
+    trajectories sampled or evaluated with model.return_token_ids) from its text with the chat template, and report
+    each rollout whose re-rendered tokens differ from the sampled ones (the first differing turn of each; for a
+    trajectory, also a turn whose server rendered the earlier turns otherwise than they were sampled). Template drift (the re-rendered text differs: SFT or a trainer re-rendering these conversations sees
     other text than was sampled) exits 1; tokenization drift (the same text, tokenized otherwise, as a model sampling
-    at temperature 1 or a turn cut mid-word gives) is counted, and exits 1 with --strict."""
+    at temperature 1 or a turn cut mid-word gives) and turns cut by a stop string are counted, and exit 1 with --strict."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
     from webdancer.jsonl import iter_json_lines
-    from webdancer.records import record_from_dict
-    from webdancer.token_trajectories import TokenRollout, check
+    from webdancer.records import Trajectory, record_from_dict
+    from webdancer.token_trajectories import Drift, TokenRollout, check, rollout_of
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if chat_template:
@@ -39,24 +40,37 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
     files = sorted(Path(rollouts).glob("*.jsonl")) if Path(rollouts).is_dir() else [Path(rollouts)]
     if not files:
         raise click.UsageError(f"{rollouts}: no .jsonl files")
-    checked, drifts = 0, []
+    checked, untokenized, drifts = 0, 0, []
     lines = ((path, number, obj) for path in files for number, obj in iter_json_lines(path))
     for path, number, obj in lines:
         if limit and checked >= limit:
             break
-        record = record_from_dict(TokenRollout, obj, f"{path}:{number}")
+        if isinstance(obj, dict) and "steps" in obj:  # a sampled trajectory
+            record = rollout_of(record_from_dict(Trajectory, obj, f"{path}:{number}"), tokenizer)
+            if record is None:
+                untokenized += 1
+                continue
+        else:
+            record = record_from_dict(TokenRollout, obj, f"{path}:{number}")
         checked += 1
-        drift = check(record, tokenizer)
+        drift = record if isinstance(record, Drift) else check(record, tokenizer)
         if drift is not None:
             drifts.append(drift)
             if len(drifts) <= show:
                 click.echo(drift.describe())
+    if untokenized:
+        click.echo(f"{untokenized} trajectories have no token ids (sampled without model.return_token_ids, or by a server that "
+                   "does not report them): not checked")
+    if not checked:
+        raise click.ClickException(f"{rollouts}: nothing to check (no rollouts, no trajectory with token ids)")
     template = [d for d in drifts if d.cause == "template"]
-    tokenization = len(drifts) - len(template)
+    tokenization = sum(1 for d in drifts if d.cause == "tokenization")
+    cut = sum(1 for d in drifts if d.cause == "cut")
     if not template:
-        click.echo(f"{checked} rollouts: the chat template renders every turn's text as it was trained"
-                   + (f"; {tokenization} sampled a tokenization that re-encoding their text does not give back" if tokenization else ""))
-        if strict and tokenization:
+        click.echo(f"{checked} rollouts: the chat template renders every turn's text as it was sampled"
+                   + (f"; {tokenization} sampled a tokenization that re-encoding their text does not give back" if tokenization else "")
+                   + (f"; {cut} had a turn cut by a stop string after sampling (model.stop)" if cut else ""))
+        if strict and (tokenization or cut):
             raise SystemExit(1)
         return
     kinds = sorted({d.kind for d in template})

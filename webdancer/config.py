@@ -48,6 +48,10 @@ class ModelConfig:
     max_tokens: int = 1024  # per model turn
     stop: list[str] = field(default_factory=lambda: ["<tool_response>"])  # a model writing its own observation stops there
     extra_body: dict[str, Any] = field(default_factory=dict)  # sent as is (e.g. chat_template_kwargs)
+    # Ask for each turn's prompt and completion token ids (vLLM's `return_token_ids`, which the batched server
+    # honours too; log-probs as well when extra_body asks for `logprobs`): trajectories keep them, and `webdancer traj
+    # check` compares them with what the chat template renders. Hosted APIs refuse the field: leave it off there.
+    return_token_ids: bool = False
 
 
 @dataclass

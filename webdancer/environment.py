@@ -15,7 +15,7 @@ from typing import Optional
 
 from webdancer.config import AgentConfig
 from webdancer.errors import OutageError
-from webdancer.records import Message, QAItem, Step, ToolResult, Trajectory, Usage, stable_id
+from webdancer.records import Message, QAItem, Sampled, Step, ToolResult, Trajectory, TurnTokens, Usage, stable_id
 from webdancer.tools import ToolBox
 from webdancer.wire import format_error_observation, initial_messages, parse_assistant, render_tool_response
 
@@ -55,12 +55,27 @@ class Episode:
             termination="max_turns",
         )
         self.done = False
+        self._sequence: Optional[list[int]] = None  # the last turn's prompt + completion ids, when reported
+
+    def _turn_tokens(self, sampled: Optional[Sampled]) -> Optional[TurnTokens]:
+        """`sampled` kept once: the prompt's ids after those it shares with the previous turn's prompt + completion."""
+        if sampled is None:
+            self._sequence = None
+            return None
+        previous = self._sequence or []
+        reused = 0
+        for a, b in zip(previous, sampled.prompt_ids):
+            if a != b:
+                break
+            reused += 1
+        self._sequence = sampled.prompt_ids + sampled.completion_ids
+        return TurnTokens(reused, sampled.prompt_ids[reused:], sampled.completion_ids, sampled.logprobs)
 
     def end(self, termination: str, error: Optional[str] = None) -> None:
         """End the episode without a turn (the model or the context gave out)."""
         self.trajectory.termination, self.trajectory.error, self.done = termination, error, True
 
-    async def step(self, text: str, latency_s: float = 0.0, usage: Optional[Usage] = None) -> Transition:
+    async def step(self, text: str, latency_s: float = 0.0, usage: Optional[Usage] = None, sampled: Optional[Sampled] = None) -> Transition:
         if self.done:
             raise RuntimeError(f"episode {self.trajectory.id} has ended ({self.trajectory.termination}): reset for another")
         traj = self.trajectory
@@ -68,7 +83,7 @@ class Episode:
         usage = usage or Usage()
         step = Step(index=len(traj.steps), raw_output=text, thought=parsed.thought, tool_call=parsed.tool_call, answer=parsed.answer,
                     parse_error=parsed.error, wrote_tool_response=parsed.wrote_tool_response, model_latency_s=latency_s,
-                    usage=Usage(usage.prompt_tokens, usage.completion_tokens))
+                    usage=Usage(usage.prompt_tokens, usage.completion_tokens), tokens=self._turn_tokens(sampled))
         traj.steps.append(step)
         traj.usage.add(usage)
         traj.messages.append(Message("assistant", parsed.text))

@@ -14,7 +14,7 @@ from webdancer.errors import ModelError, ModelUnavailable
 from webdancer.http import HttpClient, RawResponse, RetriesExhausted, Retry, with_retries
 from webdancer.jsonl import json_bytes
 from webdancer.keys import read_secret
-from webdancer.records import Message, Usage
+from webdancer.records import Message, Sampled, Usage
 
 log = logging.getLogger("webdancer.llm")
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -28,6 +28,7 @@ class ChatResult:
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
     attempts: int = 1
+    sampled: Optional[Sampled] = None  # the token ids, when the server reported them (model.return_token_ids)
 
 
 class ChatClient:
@@ -71,6 +72,8 @@ class ChatClient:
             **cfg.extra_body,
             **extra,
         }
+        if cfg.return_token_ids:
+            body["return_token_ids"] = True
         stops = cfg.stop if stop is None else stop
         if stops:
             body["stop"] = list(stops)
@@ -107,6 +110,12 @@ class ChatClient:
             raise ModelError(f"model endpoint {self.config.base_url} sent a reply that is not a chat completion ({type(exc).__name__}: {exc})") from None
         reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
         usage = data.get("usage") or {}
+        sampled = None
+        if self.config.return_token_ids:
+            sampled = _sampled(data, choice)
+            if sampled is None:
+                raise ModelError(f"model endpoint {self.config.base_url} sent no token ids though model.return_token_ids asks for "
+                                 "them (vLLM and the batched server report them): set model.return_token_ids=false for this server")
         return ChatResult(
             text=text,
             reasoning=reasoning,
@@ -114,6 +123,7 @@ class ChatClient:
             usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
             latency_s=time.perf_counter() - start,
             attempts=attempt,
+            sampled=sampled,
         )
 
     async def aclose(self) -> None:
@@ -124,6 +134,16 @@ class ChatClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _sampled(data: dict[str, Any], choice: dict[str, Any]) -> Optional[Sampled]:
+    """The token ids of a reply as vLLM reports them (`prompt_token_ids`, `choices[].token_ids`, `logprobs.content`)."""
+    prompt, completion = data.get("prompt_token_ids"), choice.get("token_ids")
+    if not isinstance(prompt, list) or not isinstance(completion, list):
+        return None
+    content = (choice.get("logprobs") or {}).get("content")
+    logprobs = [float(entry["logprob"]) for entry in content] if isinstance(content, list) and len(content) == len(completion) else None
+    return Sampled([int(i) for i in prompt], [int(i) for i in completion], logprobs)
 
 
 def _retry_after(resp: RawResponse) -> Optional[float]:

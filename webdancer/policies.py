@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 from webdancer.config import ModelConfig
-from webdancer.records import Message, QAItem, Usage
+from webdancer.records import Message, QAItem, Sampled, Usage
 from webdancer.tools import NoOptions
 
 
@@ -15,6 +15,7 @@ class PolicyOutput:
     text: str
     usage: Usage = field(default_factory=Usage)
     latency_s: float = 0.0
+    sampled: Optional[Sampled] = None  # the turn's token ids, when the server reports them
 
 
 class Policy:

@@ -50,6 +50,29 @@ class Usage:
 
 
 @dataclass
+class Sampled:
+    """A model turn's tokens as the server reported them (`model.return_token_ids`): the prompt it rendered, the
+    completion it sampled and, when reported, their log-probs."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: Optional[list[float]] = None
+
+
+@dataclass
+class TurnTokens:
+    """A `Sampled` turn as a trajectory keeps it: the prompt's ids after the first `reused` ids of the previous turn's
+    prompt + completion (all of them on the first turn), so a conversation's ids are stored once. `reused` short of
+    the previous sequence says the server rendered the earlier turns otherwise than they were sampled (`webdancer traj
+    check` reports where)."""
+
+    reused: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: Optional[list[float]] = None
+
+
+@dataclass
 class Step:
     """One model turn and the tool call it made (if any), with timings."""
 
@@ -63,6 +86,7 @@ class Step:
     wrote_tool_response: bool = False
     model_latency_s: float = 0.0
     usage: Usage = field(default_factory=Usage)
+    tokens: Optional[TurnTokens] = None  # when the server reports token ids (`model.return_token_ids`)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from webdancer.records import Trajectory
 from webdancer.wire import RESP_CLOSE, RESP_OPEN
 
 # verl's workers append their rollouts to files in this folder (`rl train` sets it when rl.record_tokens is on).
@@ -47,10 +48,14 @@ class Drift:
     position: int  # the first differing token, counted from the start of the sequence
     sampled: str
     rendered: str
-    cause: str = "template"  # template: the re-rendered text differs; tokenization: the same text, other tokens
+    # template: the re-rendered text differs; tokenization: the same text, other tokens; cut: a stop string cut the
+    # turn's text short of the tokens sampled (what the model wrote past it is in no later prompt)
+    cause: str = "template"
 
     def describe(self) -> str:
         where = "the prompt" if self.kind == "prompt" else f"turn {self.turn} ({self.kind})"
+        if self.cause == "cut":
+            return f"{self.rollout}: {where} was cut by a stop string at token {self.position}: sampled {self.sampled!r} past it"
         return (f"{self.rollout}: {where} differs at token {self.position} ({self.cause}): sampled {self.sampled!r}, "
                 f"re-rendered {self.rendered!r}")
 
@@ -108,10 +113,7 @@ def check(record: TokenRollout, tokenizer: Any, **template_kwargs: Any) -> Optio
     its text does not give back (common at temperature 1, and in a turn cut mid-word by a length limit)."""
     sampled = list(record.prompt_ids) + list(record.completion_ids)
     messages = conversation(record, tokenizer)
-    bounds = [(-1, "prompt", 0, len(record.prompt_ids))]
-    for turn, (start, end, model) in enumerate(segments(record.model_mask)):
-        offset = len(record.prompt_ids)
-        bounds.append((turn, "model" if model else "observation", offset + start, offset + end))
+    bounds = _bounds(record)
     prompt = _render(tokenizer, messages[: len(record.prompt)], True, **template_kwargs)
     if prompt != list(record.prompt_ids):
         return _drift(record, bounds, list(record.prompt_ids), prompt, tokenizer)
@@ -127,6 +129,45 @@ def check(record: TokenRollout, tokenizer: Any, **template_kwargs: Any) -> Optio
     if rendered[: len(sampled)] == sampled and (len(rendered) == len(sampled) or ended):
         return None
     return _drift(record, bounds, sampled, rendered, tokenizer)
+
+
+def _bounds(record: TokenRollout) -> list[tuple[int, str, int, int]]:
+    """(turn, kind, start, end) of the prompt and each model turn and observation, over prompt + completion ids."""
+    bounds = [(-1, "prompt", 0, len(record.prompt_ids))]
+    offset = len(record.prompt_ids)
+    for turn, (start, end, model) in enumerate(segments(record.model_mask)):
+        bounds.append((turn, "model" if model else "observation", offset + start, offset + end))
+    return bounds
+
+
+def rollout_of(traj: Trajectory, tokenizer: Any) -> Optional[TokenRollout | Drift]:
+    """A sampled trajectory's turns (`Step.tokens`, from a server asked for `model.return_token_ids`) as one token
+    sequence: the first prompt, then each completion (model-written) and the ids the next prompt added (the
+    observation). None when a turn has no token ids. A turn whose prompt does not extend the previous prompt +
+    completion is a drift already (the server rendered the earlier turns otherwise than they were sampled: a model
+    served like this sees other tokens than it wrote), returned as that."""
+    turns = [step.tokens for step in traj.steps]
+    if not turns or any(t is None for t in turns):
+        return None
+    record = TokenRollout(id=traj.id, step=None, engine="sample", prompt=[{"role": m.role, "content": m.content} for m in traj.messages[:2]],
+                          prompt_ids=list(turns[0].prompt_ids), completion_ids=[], loss_mask=[], model_mask=[],
+                          logprobs=[] if all(t.logprobs is not None for t in turns) else None, end=traj.termination,
+                          question_id=traj.question_id)
+    for index, (step, turn) in enumerate(zip(traj.steps, turns)):
+        sequence = record.prompt_ids + record.completion_ids
+        if index and turn.reused < len(sequence):
+            return _drift(record, _bounds(record), sequence, sequence[: turn.reused] + turn.prompt_ids, tokenizer)
+        text = tokenizer.decode(turn.completion_ids, skip_special_tokens=True)
+        if len(text) > len(step.raw_output) and text.startswith(step.raw_output):  # a stop string cut the text short of its tokens
+            return Drift(traj.id, 2 * index, "model", len(sequence) + (len(turn.prompt_ids) if index else 0),
+                         text[len(step.raw_output):][:40], "", "cut")
+        for ids, model in ((turn.prompt_ids if index else [], 0), (turn.completion_ids, 1)):
+            record.completion_ids += ids
+            record.model_mask += [model] * len(ids)
+            if record.logprobs is not None:
+                record.logprobs += (turn.logprobs or []) if model else [0.0] * len(ids)
+    record.loss_mask = list(record.model_mask)
+    return record
 
 
 def _drift(record: TokenRollout, bounds: list[tuple[int, str, int, int]], sampled: list[int], rendered: list[int], tokenizer: Any) -> Drift:

@@ -544,14 +544,19 @@ async def until_disconnected(request: Any, work: Any, poll_s: float = 0.25) -> A
             task.cancel()
 
 
-def completion_events(head: dict[str, Any], text: str, reason: str, usage: dict[str, int], options: Any) -> Iterator[str]:
+def completion_events(head: dict[str, Any], text: str, reason: str, usage: dict[str, int], options: Any,
+                      ids: Optional[dict[str, list[int]]] = None) -> Iterator[str]:
     """A finished completion in the OpenAI stream format (`stream: true`), for clients that only read streams
     (verifiers' harness programs): the whole text in one chunk, then the finish reason, the usage when
     `stream_options.include_usage` asks for it, then [DONE]. The text arrives in one piece when the completion is
     done (no token-by-token delivery: stop strings are cut from the whole text, and the clients that ask for a
-    stream here read it whole)."""
+    stream here read it whole). Token ids, when asked for, go as vLLM sends them: the prompt's in the first chunk,
+    the completion's beside its text."""
     chunk = {**head, "object": "chat.completion.chunk"}
-    yield f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': text}, 'finish_reason': None}]})}\n\n"
+    first = {"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}
+    if ids:
+        first["token_ids"] = ids["token_ids"]
+    yield f"data: {json.dumps({**chunk, **({'prompt_token_ids': ids['prompt_token_ids']} if ids else {}), 'choices': [first]})}\n\n"
     yield f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': reason}]})}\n\n"
     if isinstance(options, dict) and options.get("include_usage"):
         yield f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n"
@@ -605,11 +610,13 @@ def build_app(generator: BatchedGenerator, served_names: set[str], default_max_t
             return error(503 if generator.alive_error() else 500, f"generation failed: {exc}", "server_error")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.get("model") or name}
         usage = {"prompt_tokens": len(prompt), "completion_tokens": len(tokens), "total_tokens": len(prompt) + len(tokens)}
+        ids = {"prompt_token_ids": prompt, "token_ids": tokens} if body.get("return_token_ids") else {}  # vLLM's extension
         if body.get("stream"):
-            return StreamingResponse(completion_events(head, text, reason, usage, body.get("stream_options")), media_type="text/event-stream")
-        return JSONResponse({**head, "object": "chat.completion",
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
-                             "usage": usage})
+            return StreamingResponse(completion_events(head, text, reason, usage, body.get("stream_options"), ids), media_type="text/event-stream")
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+        if ids:
+            head["prompt_token_ids"], choice["token_ids"] = ids["prompt_token_ids"], ids["token_ids"]
+        return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": usage})
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:

@@ -33,7 +33,7 @@ class OpenAIPolicy(Policy):
         text = result.text
         if self.config.cot == "long" and result.reasoning and THINK_OPEN not in text:
             text = f"{THINK_OPEN}\n{result.reasoning.strip()}\n{THINK_CLOSE}\n{text.lstrip()}"
-        return PolicyOutput(text=text, usage=result.usage, latency_s=result.latency_s)
+        return PolicyOutput(text=text, usage=result.usage, latency_s=result.latency_s, sampled=result.sampled)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -59,21 +59,21 @@ async def test_the_default_blanks_only_what_the_budget_needs(plugins):
 class DropsTheQuestion(ContextPolicy):
     name = "drops_the_question"
 
-    def fit(self, messages, budget):
+    async def fit(self, messages, budget):
         return messages[:1] + messages[2:]
 
 
 class Raises(ContextPolicy):
     name = "raises"
 
-    def fit(self, messages, budget):
+    async def fit(self, messages, budget):
         raise KeyError("oops")
 
 
 class IgnoresTheBudget(ContextPolicy):
     name = "ignores_the_budget"
 
-    def fit(self, messages, budget):
+    async def fit(self, messages, budget):
         return messages
 
 
@@ -122,3 +122,62 @@ def test_a_third_party_context_policy_works_by_pip_install_alone(tmp_path):
     assert prompts == [2, 4, 4]  # system + question, then only the newest exchange
     (traj,) = read_records(out_file, Trajectory)
     assert len(traj.messages) == 7  # the trajectory keeps the whole conversation
+
+
+def rollout_and_summarizer(replies, summaries):
+    """One fake endpoint for both: the summarizer's requests (its prompt alone) get `summaries`, the rollout's `replies`."""
+    replies, summaries = list(replies), list(summaries)
+
+    def reply(request):
+        first = request["messages"][0]["content"]
+        return summaries.pop(0) if first.startswith("You are helping a web research agent") else replies.pop(0)
+
+    return reply
+
+
+def summarizer_requests(srv):
+    return [r["messages"][0]["content"] for r in srv.state.requests if r["messages"][0]["content"].startswith("You are helping")]
+
+
+async def test_summarize_restarts_from_a_summary_when_the_prompt_passes_its_threshold(plugins):
+    from webdancer_context.summarize import SUMMARY_HEADING, Summarize, SummarizeConfig
+
+    queries = [f"{word} " + "x" * 500 for word in ("alpha", "beta", "gamma", "delta")]
+    script = rollout_and_summarizer([call(q) for q in queries] + [render_assistant("done", answer="4")], ["S1: alpha and beta", "S2: all four"])
+    policy = Summarize(SummarizeConfig(threshold=0.5))
+    with FakeOpenAIServer(default=script) as srv:
+        traj = await agent(plugins, srv, policy, max_context_tokens=2000).run("Count to four?")
+        await policy.aclose()
+        model_prompts = [r["messages"] for r in srv.state.requests if not r["messages"][0]["content"].startswith("You are helping")]
+        asked = summarizer_requests(srv)
+    assert traj.termination == "answered" and len(traj.messages) == 11  # the trajectory keeps the whole conversation
+    assert [(s.step, s.start, s.summary) for s in traj.segments] == [(2, 6, "S1: alpha and beta"), (4, 10, "S2: all four")]
+    assert all(s.prompt_tokens > 1000 for s in traj.segments)  # each summary came once the prompt passed 0.5 x 2000
+    assert [len(p) for p in model_prompts] == [2, 4, 3, 5, 3]
+    assert model_prompts[2][2]["content"] == f"{SUMMARY_HEADING}\nS1: alpha and beta" and model_prompts[2][:2] == model_prompts[0]
+    assert model_prompts[3][4]["content"].startswith("<tool_response>\nresults for: gamma")
+    # The first summary reads the first segment's turns; the second folds the first summary into the newer turns.
+    assert "alpha" in asked[0] and "beta" in asked[0] and "(none yet)" in asked[0] and "gamma" not in asked[0]
+    assert "S1: alpha and beta" in asked[1] and "gamma" in asked[1] and "delta" in asked[1] and "alpha x" not in asked[1]
+    assert "Count to four?" in asked[0]
+
+
+async def test_a_summarizer_that_is_down_is_an_outage_and_bad_options_are_refused(plugins, tmp_path):
+    from webdancer_context.summarize import Summarize, SummarizeConfig
+
+    from webdancer.errors import ConfigError
+
+    dead = {"base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
+    policy = Summarize(SummarizeConfig(threshold=0.3, model=dead))
+    with FakeOpenAIServer(default=call("y" * 1600)) as srv:
+        traj = await agent(plugins, srv, policy, max_context_tokens=2000).run("q?")
+        await policy.aclose()
+    assert traj.termination == "outage" and "127.0.0.1:9" in traj.error  # never a policy_error, never a result
+    with pytest.raises(ConfigError, match="threshold"):
+        Summarize(SummarizeConfig(threshold=0))
+    with pytest.raises(ConfigError, match="unknown model option.*base_ur"):
+        Summarize(SummarizeConfig(model={"base_ur": "x"}))
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("Summarize {evidence}")
+    with pytest.raises(ConfigError, match=r"p.txt: the prompt needs the placeholders \{question\}"):
+        Summarize(SummarizeConfig(prompt_file=str(prompt)))

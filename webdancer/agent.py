@@ -10,7 +10,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
 from webdancer.config import AgentConfig, ModelConfig, WebdancerConfig
-from webdancer.context import BlankOld, ContextBudget, ContextPolicy, build_context_policy, check_prompt
+from webdancer.context import BlankOld, ContextPolicy, ContextView, build_context_policy, check_prompt
 from webdancer.environment import Episode
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.policies import Policy, build_policy
@@ -48,10 +48,12 @@ class Agent:
     async def _loop(self, episode: Episode, task: Optional[QAItem], on_step: Optional[StepCallback]) -> None:
         messages = episode.trajectory.messages
         head = (messages[0].content, messages[1].content)
-        budget = ContextBudget(self.config.max_context_tokens, self.policy.count_tokens)
+        budget = ContextView(self.config.max_context_tokens, self.policy.count_tokens, episode.trajectory.segments, self.policy.model)
         while not episode.done:
             try:
-                prompt = self.context.fit(messages, budget)
+                prompt = await self.context.fit(messages, budget)
+            except OutageError as exc:  # its summarizer is down: an outage, not the policy's fault
+                return episode.end("outage", str(exc))
             except Exception as exc:  # a context policy's bug ends this rollout, named, never the run
                 return episode.end("policy_error", f"context policy {self.context.name!r} failed: {type(exc).__name__}: {exc}")
             if prompt is None:
@@ -142,11 +144,13 @@ _threshold_before = gc.get_threshold()
 @contextlib.asynccontextmanager
 async def configured_agent(cfg: WebdancerConfig, policy: Optional[str] = None, model: Optional[ModelConfig] = None) -> AsyncIterator[Agent]:
     """The run's agent: policy `policy` (default `agent.policy`) with its options `policies.<name>`, on `model`
-    (default `model`), the tools of `agent.tools`; both closed when the block ends."""
+    (default `model`), the tools of `agent.tools`, the context policy of `agent.context`; closed when the block ends."""
     name = policy or cfg.agent.policy
     built = build_policy(name, cfg.policies.get(name) or {}, model or cfg.model)
+    context = build_context_policy(cfg)
     try:
         async with ToolBox.for_run(cfg) as toolbox:
-            yield Agent(built, toolbox, cfg.agent, build_context_policy(cfg))
+            yield Agent(built, toolbox, cfg.agent, context)
     finally:
+        await context.aclose()
         await built.aclose()

@@ -66,7 +66,8 @@ class AgentConfig:
     max_turns: int = 20
     max_context_tokens: int = 32768  # the prompt's budget: the context policy keeps each prompt within it
     # What each prompt keeps of the conversation (`webdancer plugins`): blank_old (the oldest observations are blanked
-    # until it fits), keep_last_k (only the last k tool results), or yours; its options live under `context.<name>`.
+    # until it fits), keep_last_k (only the last k tool results), summarize (restart from a model-written summary past
+    # a threshold), or yours; its options live under `context.<name>`.
     context: str = "blank_old"
     tool_timeout_s: float = 60.0
     concurrency: int = 8  # trajectories in flight (sampling, eval)

@@ -2,37 +2,44 @@
 
 A hard question takes tens of tool calls and a ReAct context fills long before that. The policy named by
 `agent.context` (options at `context.<name>`) decides, before every model turn, which messages the prompt keeps.
-It may rewrite earlier observations in place (the trajectory then records what the model saw) and returns the
-prompt, or None when nothing it can do fits the budget (the rollout ends as `context_overflow`). Whatever it
+It may rewrite earlier observations in place (the trajectory then records what the model saw), or restart the
+conversation from a summary (it appends a `Segment` to the trajectory's: later prompts start from it), and returns
+the prompt, or None when nothing it can do fits the budget (the rollout ends as `context_overflow`). Whatever it
 returns must keep the system prompt and the question as they are and fit the budget; a policy that breaks that,
-or raises, ends the rollout as `policy_error` naming it: never a silent truncation.
+or raises, ends the rollout as `policy_error` naming it: never a silent truncation. A model it calls being down is
+an outage, as anywhere.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
-from webdancer.records import Message
+from webdancer.config import ModelConfig
+from webdancer.records import Message, Segment
 from webdancer.tools import NoOptions
 from webdancer.wire import render_tool_response, unwrap_tool_response
 
 TRUNCATED = "[earlier observation removed to fit the context budget]"
 
 
-@dataclass(frozen=True)
-class ContextBudget:
-    """The prompt's budget in tokens, and how the policy's model counts them."""
+@dataclass
+class ContextView:
+    """What a policy is given beside the conversation: the prompt's budget in tokens and how the rollout's model counts
+    them, the rollout's segments so far (the trajectory's list: a policy that restarts the conversation appends one),
+    and the rollout model's endpoint (None for a policy without one, e.g. the expert)."""
 
     max_tokens: int
     count: Callable[[str], int]
+    segments: list[Segment] = field(default_factory=list)
+    model: Optional[ModelConfig] = None
 
     def size(self, messages: list[Message]) -> int:
         return sum(self.count(m.content) for m in messages)
 
 
 class ContextPolicy:
-    """Subclass, set `name` (and `Config` for options), implement `fit`."""
+    """Subclass, set `name` (and `Config` for options), implement `fit`; `aclose` frees what it opened."""
 
     name: ClassVar[str]
     Config: ClassVar[type] = NoOptions
@@ -40,15 +47,18 @@ class ContextPolicy:
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
 
-    def fit(self, messages: list[Message], budget: ContextBudget) -> Optional[list[Message]]:
+    async def fit(self, messages: list[Message], view: ContextView) -> Optional[list[Message]]:
         raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close the clients the policy opened (a summarizer's)."""
 
 
 def _is_observation(message: Message) -> bool:
     return message.role == "user" and unwrap_tool_response(message.content) is not None
 
 
-def _blank(messages: list[Message], indices: list[int], budget: ContextBudget, total: int, stop_within: bool) -> int:
+def _blank(messages: list[Message], indices: list[int], budget: ContextView, total: int, stop_within: bool) -> int:
     """Blank the observations at `indices` (oldest first), stopping once the prompt fits if `stop_within`."""
     blank = render_tool_response(TRUNCATED)
     for i in indices:
@@ -65,7 +75,7 @@ class BlankOld(ContextPolicy):
 
     name = "blank_old"
 
-    def fit(self, messages: list[Message], budget: ContextBudget) -> Optional[list[Message]]:
+    async def fit(self, messages: list[Message], budget: ContextView) -> Optional[list[Message]]:
         later = [i for i in range(2, len(messages)) if messages[i].role == "user"]
         total = _blank(messages, later, budget, budget.size(messages), stop_within=True)
         return messages if total <= budget.max_tokens else None
@@ -83,7 +93,7 @@ class KeepLastK(ContextPolicy):
     name = "keep_last_k"
     Config = KeepLastKConfig
 
-    def fit(self, messages: list[Message], budget: ContextBudget) -> Optional[list[Message]]:
+    async def fit(self, messages: list[Message], budget: ContextView) -> Optional[list[Message]]:
         observations = [i for i in range(2, len(messages)) if _is_observation(messages[i])]
         old = observations[: max(0, len(observations) - self.config.k)]
         total = _blank(messages, old, budget, budget.size(messages), stop_within=False)
@@ -91,7 +101,7 @@ class KeepLastK(ContextPolicy):
         return messages if total <= budget.max_tokens else None
 
 
-def check_prompt(policy: str, head: tuple[str, str], prompt: Any, budget: ContextBudget) -> Optional[str]:
+def check_prompt(policy: str, head: tuple[str, str], prompt: Any, budget: ContextView) -> Optional[str]:
     """Why a policy's prompt is refused (None: it is fine): it must be messages that keep the system prompt and the
     question (`head`: their texts when the rollout began) as they are, and fit the budget."""
     if not isinstance(prompt, list) or not all(isinstance(m, Message) for m in prompt):

@@ -90,6 +90,17 @@ class Step:
 
 
 @dataclass
+class Segment:
+    """Where a context policy restarted the conversation (`summarize`): later prompts are the system prompt, the
+    question, the summary, then the messages from `start` on."""
+
+    step: int  # the first step of the segment
+    start: int  # the index in `messages` where the segment's own turns begin
+    summary: str
+    prompt_tokens: int  # the prompt's size when it was summarized
+
+
+@dataclass
 class QAItem:
     """A question with its reference answer; reads the reference `sample_qa.jsonl` schema and adds provenance."""
 
@@ -127,6 +138,7 @@ class Trajectory:
     usage: Usage = field(default_factory=Usage)
     elapsed_s: float = 0.0
     started_at: str = ""
+    segments: list[Segment] = field(default_factory=list)  # where the context policy restarted from a summary
 
 
 def stable_id(*parts: str) -> str:

@@ -8,7 +8,7 @@ from webdancer.context import ContextPolicy
 class NewestExchange(ContextPolicy):
     name = "newest_exchange"
 
-    def fit(self, messages, budget):
+    async def fit(self, messages, budget):
         prompt = messages[:2] + messages[2:][-2:]
         return prompt if budget.size(prompt) <= budget.max_tokens else None
 

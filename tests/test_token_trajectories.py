@@ -11,7 +11,7 @@ from webdancer.cli import cli
 from webdancer.config import AgentConfig
 from webdancer.environment import Episode
 from webdancer.records import Sampled, ToolCall
-from webdancer.token_trajectories import Drift, TokenRollout, check, conversation, rollout_of, segments
+from webdancer.token_trajectories import Drift, TokenRollout, check, conversation, rollouts_of, segments
 from webdancer.tools import ToolBox
 from webdancer.typed import to_dict
 from webdancer.wire import initial_messages, render_assistant
@@ -114,14 +114,19 @@ def test_a_tokenization_the_text_does_not_give_back_is_told_apart_from_template_
     assert strict.exit_code == 1
 
 
-async def sampled_trajectory(tokenizer, server_tokenizer, cut: str = ""):
+async def sampled_trajectory(tokenizer, server_tokenizer, cut: str = "", prompt_of=None):
     """A trajectory as a server asked for token ids gives it: each turn's prompt rendered by the server's template from
-    the conversation so far, the completion's ids (`cut`: what the model wrote past a stop string, in the ids only)."""
+    the prompt messages (`prompt_of(messages, episode)`, default the conversation so far), the completion's ids (`cut`:
+    what the model wrote past a stop string, in the ids only)."""
     chat = ChatTokens(server_tokenizer)
     async with ToolBox.from_config([], {}, 30) as toolbox:
         episode = Episode(toolbox, AgentConfig(current_date="2026-12-07"), "Who built the first IC?")
-        for text in ["<think>\nI recall it\n</think>\nno call here", render_assistant("found it", answer="Jack Kilby")]:
-            prompt = chat.prompt([{"role": m.role, "content": m.content} for m in episode.trajectory.messages])
+        turns = ["<think>\nI recall it\n</think>\nno call here", "<think>\nstill thinking\n</think>\nnor here",
+                 render_assistant("found it", answer="Jack Kilby")]
+        for text in turns:
+            messages = list(episode.trajectory.messages)
+            messages = prompt_of(messages, episode) if prompt_of else messages
+            prompt = chat.prompt([{"role": m.role, "content": m.content} for m in messages])
             completion = tokenizer(text + cut, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             await episode.step(text, sampled=Sampled(prompt, completion, [-0.5] * len(completion)))
     return episode.trajectory
@@ -132,18 +137,47 @@ async def test_a_sampled_trajectory_keeps_each_turns_new_tokens_and_checks_as_on
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     traj = await sampled_trajectory(tokenizer, tokenizer)
-    first, second = (s.tokens for s in traj.steps)
+    first, second, _ = (s.tokens for s in traj.steps)
     assert first.reused == 0 and second.reused == len(first.prompt_ids) + len(first.completion_ids)  # stored once
     assert tokenizer.decode(second.prompt_ids).lstrip().startswith("<|im_start|>user\n<tool_response>\n[format error]")
-    record = rollout_of(traj, tokenizer)
-    assert isinstance(record, TokenRollout) and [v for _, _, v in segments(record.model_mask)] == [1, 0, 1]
+    [record] = rollouts_of(traj, tokenizer)
+    assert isinstance(record, TokenRollout) and [v for _, _, v in segments(record.model_mask)] == [1, 0, 1, 0, 1]
     assert record.logprobs[: len(first.completion_ids)] == [-0.5] * len(first.completion_ids) and 0.0 in record.logprobs
     assert check(record, tokenizer) is None
     dropping = AutoTokenizer.from_pretrained(tiny_model)
     dropping.chat_template = thoughts_dropped(wire_chat_template())
     assert check(record, dropping).cause == "template"  # rendered by another template, the same record drifts
     # A server whose template re-renders the earlier turn otherwise: the trajectory drifts where its prompt did.
-    served = rollout_of(await sampled_trajectory(tokenizer, dropping), tokenizer)
+    [served] = rollouts_of(await sampled_trajectory(tokenizer, dropping), tokenizer)
     assert isinstance(served, Drift) and (served.turn, served.kind, served.cause) == (0, "model", "template")
-    cut = rollout_of(await sampled_trajectory(tokenizer, tokenizer, cut="<tool_response>made up"), tokenizer)
+    [cut] = rollouts_of(await sampled_trajectory(tokenizer, tokenizer, cut="<tool_response>made up"), tokenizer)
     assert isinstance(cut, Drift) and cut.cause == "cut" and cut.turn == 0 and "made up" in cut.sampled
+
+
+async def test_a_context_policys_rewrites_and_restarts_are_told_apart_from_drift(tiny_model):
+    from transformers import AutoTokenizer
+    from webdancer_context.summarize import summary_message
+
+    from webdancer.context import TRUNCATED
+    from webdancer.records import Message, Segment
+    from webdancer.wire import render_tool_response
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def blanked(messages, episode):  # blank_old blanked the first observation before the third turn
+        return [Message("user", render_tool_response(TRUNCATED)) if i == 3 and len(messages) > 5 else m for i, m in enumerate(messages)]
+
+    [rewritten] = rollouts_of(await sampled_trajectory(tokenizer, tokenizer, prompt_of=blanked), tokenizer)
+    assert isinstance(rewritten, Drift) and (rewritten.turn, rewritten.kind, rewritten.cause) == (1, "observation", "context")
+
+    def restarted(messages, episode):  # a summary before the third turn: its prompt is the system prompt, the question, the summary
+        if len(messages) > 5 and not episode.trajectory.segments:
+            episode.trajectory.segments.append(Segment(step=2, start=len(messages), prompt=messages[:2] + [summary_message("Kilby, 1958")],
+                                                       summary="Kilby, 1958", prompt_tokens=0))
+        segment = episode.trajectory.segments[-1] if episode.trajectory.segments else None
+        return segment.prompt + messages[segment.start:] if segment else messages
+
+    records = rollouts_of(await sampled_trajectory(tokenizer, tokenizer, prompt_of=restarted), tokenizer)
+    assert [type(r) for r in records] == [TokenRollout, TokenRollout] and records[1].id.endswith("#1")
+    assert records[1].prompt[2]["content"].endswith("Kilby, 1958") and [v for _, _, v in segments(records[1].model_mask)] == [1]
+    assert all(check(r, tokenizer) is None for r in records)

@@ -48,17 +48,17 @@ class Agent:
     async def _loop(self, episode: Episode, task: Optional[QAItem], on_step: Optional[StepCallback]) -> None:
         messages = episode.trajectory.messages
         head = (messages[0].content, messages[1].content)
-        budget = ContextView(self.config.max_context_tokens, self.policy.count_tokens, episode.trajectory.segments, self.policy.model)
+        view = ContextView(self.config.max_context_tokens, self.policy.count_tokens, episode.trajectory.segments, self.policy.model)
         while not episode.done:
             try:
-                prompt = await self.context.fit(messages, budget)
+                prompt = await self.context.fit(messages, view)
             except OutageError as exc:  # its summarizer is down: an outage, not the policy's fault
                 return episode.end("outage", str(exc))
             except Exception as exc:  # a context policy's bug ends this rollout, named, never the run
                 return episode.end("policy_error", f"context policy {self.context.name!r} failed: {type(exc).__name__}: {exc}")
             if prompt is None:
                 return episode.end("context_overflow")
-            problem = check_prompt(self.context.name, head, prompt, budget)
+            problem = check_prompt(self.context.name, head, prompt, view)
             if problem is not None:
                 return episode.end("policy_error", problem)
             try:

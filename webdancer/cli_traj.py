@@ -32,7 +32,7 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
 
     from webdancer.jsonl import iter_json_lines
     from webdancer.records import Trajectory, record_from_dict
-    from webdancer.token_trajectories import Drift, TokenRollout, check, rollout_of
+    from webdancer.token_trajectories import Drift, TokenRollout, check, rollouts_of
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if chat_template:
@@ -45,19 +45,20 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
     for path, number, obj in lines:
         if limit and checked >= limit:
             break
-        if isinstance(obj, dict) and "steps" in obj:  # a sampled trajectory
-            record = rollout_of(record_from_dict(Trajectory, obj, f"{path}:{number}"), tokenizer)
-            if record is None:
+        if isinstance(obj, dict) and "steps" in obj:  # a sampled trajectory: a record per segment
+            records = rollouts_of(record_from_dict(Trajectory, obj, f"{path}:{number}"), tokenizer)
+            if not records:
                 untokenized += 1
                 continue
         else:
-            record = record_from_dict(TokenRollout, obj, f"{path}:{number}")
-        checked += 1
-        drift = record if isinstance(record, Drift) else check(record, tokenizer)
-        if drift is not None:
-            drifts.append(drift)
-            if len(drifts) <= show:
-                click.echo(drift.describe())
+            records = [record_from_dict(TokenRollout, obj, f"{path}:{number}")]
+        for record in records:
+            checked += 1
+            drift = record if isinstance(record, Drift) else check(record, tokenizer)
+            if drift is not None:
+                drifts.append(drift)
+                if len(drifts) <= show:
+                    click.echo(drift.describe())
     if untokenized:
         click.echo(f"{untokenized} trajectories have no token ids (sampled without model.return_token_ids, or by a server that "
                    "does not report them): not checked")
@@ -66,11 +67,13 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
     template = [d for d in drifts if d.cause == "template"]
     tokenization = sum(1 for d in drifts if d.cause == "tokenization")
     cut = sum(1 for d in drifts if d.cause == "cut")
+    context = sum(1 for d in drifts if d.cause == "context")
     if not template:
         click.echo(f"{checked} rollouts: the chat template renders every turn's text as it was sampled"
                    + (f"; {tokenization} sampled a tokenization that re-encoding their text does not give back" if tokenization else "")
-                   + (f"; {cut} had a turn cut by a stop string after sampling (model.stop)" if cut else ""))
-        if strict and (tokenization or cut):
+                   + (f"; {cut} had a turn cut by a stop string after sampling (model.stop)" if cut else "")
+                   + (f"; {context} had an earlier observation rewritten by the context policy (agent.context)" if context else ""))
+        if strict and (tokenization or cut or context):
             raise SystemExit(1)
         return
     kinds = sorted({d.kind for d in template})

@@ -91,11 +91,12 @@ class Step:
 
 @dataclass
 class Segment:
-    """Where a context policy restarted the conversation (`summarize`): later prompts are the system prompt, the
-    question, the summary, then the messages from `start` on."""
+    """Where a context policy restarted the conversation (`summarize`): the segment's prompts are `prompt` (the
+    system prompt, the question, the summary turn), then the messages from `start` on."""
 
     step: int  # the first step of the segment
     start: int  # the index in `messages` where the segment's own turns begin
+    prompt: list[Message]
     summary: str
     prompt_tokens: int  # the prompt's size when it was summarized
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from webdancer.context import TRUNCATED
 from webdancer.records import Trajectory
 from webdancer.wire import RESP_CLOSE, RESP_OPEN
 
@@ -140,34 +141,55 @@ def _bounds(record: TokenRollout) -> list[tuple[int, str, int, int]]:
     return bounds
 
 
-def rollout_of(traj: Trajectory, tokenizer: Any) -> Optional[TokenRollout | Drift]:
-    """A sampled trajectory's turns (`Step.tokens`, from a server asked for `model.return_token_ids`) as one token
-    sequence: the first prompt, then each completion (model-written) and the ids the next prompt added (the
-    observation). None when a turn has no token ids. A turn whose prompt does not extend the previous prompt +
-    completion is a drift already (the server rendered the earlier turns otherwise than they were sampled: a model
-    served like this sees other tokens than it wrote), returned as that."""
-    turns = [step.tokens for step in traj.steps]
-    if not turns or any(t is None for t in turns):
-        return None
-    record = TokenRollout(id=traj.id, step=None, engine="sample", prompt=[{"role": m.role, "content": m.content} for m in traj.messages[:2]],
-                          prompt_ids=list(turns[0].prompt_ids), completion_ids=[], loss_mask=[], model_mask=[],
+def rollouts_of(traj: Trajectory, tokenizer: Any) -> list[TokenRollout | Drift]:
+    """A sampled trajectory's turns (`Step.tokens`, from a server asked for `model.return_token_ids`) as token
+    sequences, one per segment (a context policy that restarts the conversation from a summary starts a new one):
+    the segment's first prompt, then each completion (model-written) and the ids the next prompt added (the
+    observation). Empty when a turn has no token ids. A turn whose prompt does not extend the previous prompt +
+    completion ends its segment's record as a drift: the server rendered the earlier turns otherwise than they were
+    sampled (`template`, `tokenization`), or the context policy rewrote an earlier observation (`context`)."""
+    if not traj.steps or any(step.tokens is None for step in traj.steps):
+        return []
+    openings = [(0, traj.messages[:2])] + [(s.step, s.prompt) for s in traj.segments if 0 < s.step < len(traj.steps)]
+    bounds = [first for first, _ in openings] + [len(traj.steps)]
+    return [_segment_rollout(traj, index, bounds[index], bounds[index + 1], prompt, tokenizer) for index, (_, prompt) in enumerate(openings)]
+
+
+def _segment_rollout(traj: Trajectory, index: int, first: int, last: int, prompt: list[Any], tokenizer: Any) -> TokenRollout | Drift:
+    steps = traj.steps[first:last]
+    turns = [step.tokens for step in steps]
+    before = _sequence(traj.steps[:first])  # the previous turn's prompt + completion: a restart's prompt shares its start
+    record = TokenRollout(id=traj.id if index == 0 else f"{traj.id}#{index}", step=None, engine="sample",
+                          prompt=[{"role": m.role, "content": m.content} for m in prompt],
+                          prompt_ids=before[: turns[0].reused] + turns[0].prompt_ids, completion_ids=[], loss_mask=[], model_mask=[],
                           logprobs=[] if all(t.logprobs is not None for t in turns) else None, end=traj.termination,
                           question_id=traj.question_id)
-    for index, (step, turn) in enumerate(zip(traj.steps, turns)):
+    for offset, (step, turn) in enumerate(zip(steps, turns)):
         sequence = record.prompt_ids + record.completion_ids
-        if index and turn.reused < len(sequence):
-            return _drift(record, _bounds(record), sequence, sequence[: turn.reused] + turn.prompt_ids, tokenizer)
+        if offset and turn.reused < len(sequence):
+            drift = _drift(record, _bounds(record), sequence, sequence[: turn.reused] + turn.prompt_ids, tokenizer)
+            if drift.kind == "observation" and TRUNCATED.strip("[]")[:27] in drift.rendered:  # blank_old's, keep_last_k's mark
+                drift.cause = "context"
+            return drift
         text = tokenizer.decode(turn.completion_ids, skip_special_tokens=True)
         if len(text) > len(step.raw_output) and text.startswith(step.raw_output):  # a stop string cut the text short of its tokens
-            return Drift(traj.id, 2 * index, "model", len(sequence) + (len(turn.prompt_ids) if index else 0),
+            return Drift(record.id, 2 * offset, "model", len(sequence) + (len(turn.prompt_ids) if offset else 0),
                          text[len(step.raw_output):][:40], "", "cut")
-        for ids, model in ((turn.prompt_ids if index else [], 0), (turn.completion_ids, 1)):
+        for ids, model in ((turn.prompt_ids if offset else [], 0), (turn.completion_ids, 1)):
             record.completion_ids += ids
             record.model_mask += [model] * len(ids)
             if record.logprobs is not None:
                 record.logprobs += (turn.logprobs or []) if model else [0.0] * len(ids)
     record.loss_mask = list(record.model_mask)
     return record
+
+
+def _sequence(steps: list[Any]) -> list[int]:
+    """The last of `steps`' prompt + completion ids, rebuilt from what the trajectory keeps."""
+    sequence: list[int] = []
+    for step in steps:
+        sequence = sequence[: step.tokens.reused] + step.tokens.prompt_ids + step.tokens.completion_ids
+    return sequence
 
 
 def _drift(record: TokenRollout, bounds: list[tuple[int, str, int, int]], sampled: list[int], rendered: list[int], tokenizer: Any) -> Drift:

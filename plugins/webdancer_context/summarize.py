@@ -83,15 +83,16 @@ class Summarize(ContextPolicy):
     async def fit(self, messages: list[Message], view: ContextView) -> Optional[list[Message]]:
         segment = view.segments[-1] if view.segments else None
         start = segment.start if segment else 2
-        prompt = messages[:2] + ([summary_message(segment.summary)] if segment else []) + messages[start:]
+        prompt = (segment.prompt if segment else messages[:2]) + messages[start:]
         size = view.size(prompt)
         if size <= self.config.threshold * view.max_tokens or start >= len(messages):
             return prompt if size <= view.max_tokens else None
         summary = await self._summarize(messages[1].content, segment.summary if segment else "", messages[start:], view)
+        opening = messages[:2] + [summary_message(summary)]
         steps = sum(1 for m in messages if m.role == "assistant")
-        view.segments.append(Segment(step=steps, start=len(messages), summary=summary, prompt_tokens=size))
-        prompt = messages[:2] + [summary_message(summary)]
-        return prompt if view.size(prompt) <= view.max_tokens else None
+        view.segments.append(Segment(step=steps, start=len(messages), prompt=[Message(m.role, m.content) for m in opening],
+                                     summary=summary, prompt_tokens=size))
+        return opening if view.size(opening) <= view.max_tokens else None
 
     async def _summarize(self, question: str, previous: str, turns: list[Message], view: ContextView) -> str:
         from webdancer.llm import ChatClient

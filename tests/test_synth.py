@@ -7,13 +7,12 @@ from click.testing import CliRunner
 from webdancer_synth.crawl import CrawlConfig, crawl, load_crawl
 from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
 from webdancer_synth.e2hqa import E2HQA, E2HQAConfig, candidate_entities
-from webdancer_synth.pages import facts
 from webfakes import Route, ScriptedSite
 
 from webdancer.cli import cli
 from webdancer.errors import ConfigError, OutageError, RecordError, WebdancerError
 from webdancer.jsonl import read_records
-from webdancer.records import QAItem, Trajectory
+from webdancer.records import QAItem
 from webdancer.scoring import normalize_answer
 from webdancer.synth import run_synthesizer
 from webdancer.testing.fake_openai import FakeOpenAIServer
@@ -106,37 +105,12 @@ def test_crawlqa_items_are_supported_unleaked_and_multi_hop(crawlqa_items):
         assert len(item.answer.split()) <= 8 and item.tag == "crawlqa"
 
 
-async def test_crawlqa_chains_walk_six_linked_entries_and_the_expert_follows_them(crawlqa_items, local_web, tmp_path):
+def test_crawlqa_refuses_an_unknown_kind_by_name(crawlqa_items):
     import dataclasses
 
-    from webdancer.agent import configured_agent
-    from webdancer.config_loader import load_config
-    from webdancer.sampling import sample
-
     cfg, _, _ = crawlqa_items
-    out = tmp_path / "chains.jsonl"
-    await run_synthesizer(CrawlQA(dataclasses.replace(cfg, kinds=["chain"], num_items=3)), out)
-    items = list(read_records(out, QAItem))
-    assert len(items) == 3 and all(i.hops == 6 and i.provenance["kind"] == "chain" for i in items)
-    pages = {p.url: p for p in load_crawl(cfg.crawl_store)}
-    for item in items:
-        path = item.source_urls
-        assert len(set(path)) == 6
-        for k in range(5):  # each entry is the first one the previous entry's text links to that the walk has not visited
-            entries = [u for u in pages[path[k]].links if u in pages and u not in path[: k + 1]
-                       and facts(u, pages[u].title, pages[u].text) is not None]
-            assert entries[0] == path[k + 1]
-        assert f"Last updated: {item.answer}" in pages[path[-1]].text
-    web, _, _ = local_web
-    run = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null", "agent.policy=expert",
-                             "agent.current_date=2026-11-24"])
-    async with configured_agent(run) as agent:
-        await sample(agent, items, 1, tmp_path / "t.jsonl", 3)
-    trajs = list(read_records(tmp_path / "t.jsonl", Trajectory))
-    assert all(t.termination == "answered" and t.answer == t.reference_answer for t in trajs)
-    assert all(sum(1 for s in t.steps if s.tool_call and s.tool_call.name == "visit") >= 6 for t in trajs)
-    with pytest.raises(ConfigError, match=r"unknown kind\(s\) chains; the kinds are .*chain"):
-        CrawlQA(dataclasses.replace(cfg, kinds=["chains"]))
+    with pytest.raises(ConfigError, match=r"unknown kind\(s\) multihop; the kinds are identify, multi_hop"):
+        CrawlQA(dataclasses.replace(cfg, kinds=["identify", "multihop"]))
 
 
 def test_crawlqa_resume_writes_nothing_twice(crawlqa_items):

@@ -17,8 +17,6 @@ from webdancer_synth.llm import ask_json, make_client
 from webdancer_synth.pages import PageFacts, facts, year_in
 
 KINDS = ["identify", "multi_hop", "comparison", "temporal", "counting"]
-# Long-horizon kinds, asked for by name (`kinds`): `chain` walks `chain_hops` linked entries, one visit each.
-LONG_KINDS = ["chain"]
 
 
 @dataclass
@@ -31,8 +29,7 @@ class CrawlQAConfig(CrawlConfig):
     crawl_store: str = ""  # default: runs/<run.name>/crawl.jsonl
     num_items: int = 200
     seed: int = 0
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # also: chain (see LONG_KINDS)
-    chain_hops: int = 6  # entries a `chain` question walks through, the first included
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
     # An OpenAI-compatible model (ModelConfig fields) writes the questions; empty = structural generator.
     llm: dict[str, Any] = field(default_factory=dict)
     prompt_file: str = "configs/prompts/crawlqa.txt"
@@ -46,14 +43,12 @@ class CrawlQA(Synthesizer):
 
     def __init__(self, config: Optional[CrawlQAConfig] = None):
         super().__init__(config)
-        from webdancer.errors import ConfigError
-
-        unknown = [k for k in self.config.kinds if k not in KINDS + LONG_KINDS]
+        unknown = [k for k in self.config.kinds if k not in KINDS]
         if unknown or not self.config.kinds:
+            from webdancer.errors import ConfigError
+
             raise ConfigError(f"synth.crawlqa.kinds={self.config.kinds}: {'unknown kind(s) ' + ', '.join(unknown) if unknown else 'empty'}; "
-                              f"the kinds are {', '.join(KINDS + LONG_KINDS)}")
-        if self.config.chain_hops < 2:
-            raise ConfigError(f"synth.crawlqa.chain_hops={self.config.chain_hops}: a chain walks at least 2 entries")
+                              f"the kinds are {', '.join(KINDS)}")
         self.gate = QualityGate()
         self.pages: list[CrawledPage] = []
 
@@ -87,7 +82,7 @@ class CrawlQA(Synthesizer):
         if not urls:
             return
         made, attempts = 0, 0
-        kinds = [k for k in KINDS + LONG_KINDS if k in cfg.kinds]
+        kinds = [k for k in KINDS if k in cfg.kinds]
         while made < cfg.num_items and attempts < cfg.num_items * 40:
             kind = kinds[attempts % len(kinds)]
             attempts += 1
@@ -144,24 +139,6 @@ class CrawlQA(Synthesizer):
             f'"{b.description}". In which year was the entry for that {thing} last updated?'
         )
         return q, b.updated[:4], [a.url, b.url], 2, None
-
-    def _q_chain(self, rng, urls, info, links):
-        """Walk from an entry to the first entry its text links to that the walk has not visited yet, `chain_hops`
-        entries in all: only visiting each page in turn finds the next, so the question takes as many visits."""
-        hops = self.config.chain_hops
-        path = [rng.choice(urls)]
-        while len(path) < hops:
-            following = next((u for u in links.get(path[-1], []) if u not in path), None)
-            if following is None:
-                return None
-            path.append(following)
-        end = info[path[-1]]
-        if not end.updated:
-            return None
-        q = (f'Start at {self.config.site_name}\'s entry described as "{info[path[0]].description}". Go to the first entry its text '
-             f'links to, then from each entry to the first entry its text links to that you have not visited yet, until you have '
-             f'visited {hops} entries in all. In which year was the last entry you visited last updated?')
-        return q, end.updated[:4], path, hops, None
 
     def _q_comparison(self, rng, urls, info, links):
         x, y = (info[u] for u in rng.sample(urls, 2))

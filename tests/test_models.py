@@ -135,6 +135,30 @@ def test_server_that_dies_shows_its_log(tmp_path):
     assert "exited with code 3" in str(err.value) and "CUDA error: no device" in str(err.value)
 
 
+def test_a_start_interrupted_before_the_server_is_ready_stops_the_server(tmp_path):
+    """`webdancer serve` given SIGTERM while it still waits for readiness (its handler raises KeyboardInterrupt there):
+    the server child is stopped too, not left running after the wrapper has gone."""
+    import signal
+
+    import psutil
+
+    cmd = [sys.executable, "-c", "import time; time.sleep(120)"]
+    server = ServerProcess(cmd, f"http://127.0.0.1:{free_port()}/v1", tmp_path / "s.log")
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.start(30)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert server.proc.returncode is not None and not psutil.pid_exists(server.proc.pid)
+
+
 def test_port_in_use_and_missing_model_are_clear_errors(tiny_server, tmp_path):
     cfg, _ = tiny_server
     assert port_in_use(cfg.host, cfg.port)

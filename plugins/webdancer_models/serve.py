@@ -157,7 +157,11 @@ class ServerProcess:
             raise WebdancerError(f"cannot start the model server: {exc}") from None
         finally:
             log.close()
-        self.wait_healthy(timeout_s)
+        try:
+            self.wait_healthy(timeout_s)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed before it was ready: the child goes too
+            self.stop()
+            raise
         return self
 
     def tail(self, lines: int = 15) -> str:

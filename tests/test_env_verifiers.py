@@ -8,14 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from webdancer_env.shared import reward_input
 from webdancer_models.serve import served_model_name
 from webfakes import FakeSerper
 
 from webdancer.config_loader import load_config
 from webdancer.environment import Episode
 from webdancer.records import QAItem, ToolCall
-from webdancer.rewards import RewardSet
+from webdancer.rewards import RewardSet, reward_input
 from webdancer.testing.fake_openai import FakeOpenAIServer
 from webdancer.tools import ToolBox
 from webdancer.wire import render_assistant

@@ -17,7 +17,7 @@ from webdancer.config import FilterConfig, WebdancerConfig
 from webdancer.jsonl import atomic_write_json, iter_json_lines
 from webdancer.records import Trajectory
 from webdancer.reference import is_reference_record, load_trajectory, reference_to_trajectory
-from webdancer.rewards import RewardInput, RewardSet
+from webdancer.rewards import RewardSet, reward_input
 from webdancer.scoring import normalize_answer
 from webdancer.typed import to_dict
 from webdancer.wire import validate_arguments
@@ -96,7 +96,7 @@ async def _correct(trajs: list[Trajectory], rewards: RewardSet, concurrency: int
 
     async def one(t: Trajectory) -> bool:
         async with sem:
-            sample = RewardInput(question=t.question, response=t.messages[-1].content, reference=t.reference_answer or "", answer=t.answer, trajectory=t)
+            sample = reward_input(t)
             scored = await rewards.score(sample)
         report.judge_failed += bool(scored.judge_error)
         return scored.correct

@@ -37,6 +37,13 @@ class RewardInput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def reward_input(traj: Trajectory) -> RewardInput:
+    """A finished trajectory as every stage scores it (the filter, eval, the environment adapters): its last message
+    as the response, its answer, the reference, the trajectory itself."""
+    return RewardInput(question=traj.question, response=traj.messages[-1].content, reference=traj.reference_answer or "",
+                       answer=traj.answer or None, trajectory=traj)
+
+
 class Reward:
     """Subclass, set `name` (and `Config`), implement `score` returning a float in [0, 1]."""
 

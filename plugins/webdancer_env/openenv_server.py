@@ -21,7 +21,8 @@ from pydantic import Field
 from webdancer.config import WebdancerConfig
 from webdancer.environment import Episode
 from webdancer.errors import ConfigError, OutageError
-from webdancer_env.shared import SharedEnvironment, reward_input
+from webdancer.rewards import reward_input
+from webdancer_env.shared import SharedEnvironment
 
 
 class WebAction(Action):

@@ -7,8 +7,8 @@ import random
 from typing import Optional
 
 from webdancer.config import WebdancerConfig
-from webdancer.records import QAItem, Trajectory
-from webdancer.rewards import RewardInput, RewardSet
+from webdancer.records import QAItem
+from webdancer.rewards import RewardSet
 from webdancer.tools import ToolBox
 
 
@@ -51,9 +51,3 @@ class SharedEnvironment:
         if self._toolbox is not None:
             await self._toolbox.aclose()
         await self.rewards.aclose()
-
-
-def reward_input(traj: Trajectory) -> RewardInput:
-    """As the filter scores a trajectory: its last turn, its answer, the reference."""
-    return RewardInput(question=traj.question, response=traj.messages[-1].content, reference=traj.reference_answer or "",
-                       answer=traj.answer, trajectory=traj)

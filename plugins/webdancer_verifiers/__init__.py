@@ -21,13 +21,14 @@ from typing import Optional
 import verifiers.v1 as vf
 from verifiers.v1.harnesses.null import NullHarnessConfig
 from verifiers.v1.runtimes import SubprocessConfig
-from webdancer_env.shared import SharedEnvironment, reward_input
+from webdancer_env.shared import SharedEnvironment
 
 from webdancer.config_loader import load_config
 from webdancer.datasources import read_qa
 from webdancer.environment import Episode
 from webdancer.errors import OutageError
 from webdancer.records import QAItem
+from webdancer.rewards import reward_input
 
 
 class WebTasksetConfig(vf.TasksetConfig):

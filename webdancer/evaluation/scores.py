@@ -12,7 +12,7 @@ from typing import Any
 from webdancer.errors import OutageError
 from webdancer.jsonl import JsonlAppender
 from webdancer.records import QAItem, Trajectory
-from webdancer.rewards import RewardInput, RewardSet
+from webdancer.rewards import RewardSet, reward_input
 from webdancer.stats import bootstrap_ci
 
 
@@ -35,7 +35,7 @@ async def score_trajectories(trajs: list[Trajectory], out: Path, rewards: Reward
 
         async def one(t: Trajectory) -> None:
             answer = t.answer or ""
-            sample = RewardInput(question=t.question, response=answer, reference=t.reference_answer or "", answer=answer or None, trajectory=t)
+            sample = reward_input(t)
             try:
                 async with sem:
                     scored = await rewards.score(sample)

@@ -76,7 +76,16 @@ async def test_rewards_score_a_rollout_as_verls_compute_score_does(local_web, ti
                + "<|im_end|>")
     ids = tokenizer(rollout, add_special_tokens=False)["input_ids"]
     kwargs = {"prompts": [[]], "completions": [[]], "completion_ids": [ids], "question": [QA[0].question], "answer": [QA[0].answer]}
+    scored = []
+    score = env.reward_set().score
+
+    async def counted(sample):
+        scored.append(sample.response)
+        return await score(sample)
+
+    env.reward_set().score = counted
     parts = [(await f(**kwargs))[0] for f in funcs]
+    assert len(scored) == 1  # one score of the rollout serves every reward function (a judge is asked once)
     verl = await compute_score("webdancer/qa", tokenizer.decode(ids, skip_special_tokens=True), QA[0].answer, {"question": QA[0].question})
     assert parts == [pytest.approx(0.1 * verl["format"]), pytest.approx(0.9 * verl["answer"])] and sum(parts) == pytest.approx(verl["score"]) == 1.0
 

@@ -37,19 +37,19 @@ class Episode:
     def __init__(self, toolbox: ToolBox, config: AgentConfig, question: str, task: Optional[QAItem] = None,
                  sample_index: int = 0, policy: str = "", model: str = ""):
         self.toolbox, self.config = toolbox, config
-        self._tool_params = {s["name"]: s["parameters"] for s in toolbox.schemas()}
+        schemas = toolbox.schemas()
+        self._tool_params = {s["name"]: s["parameters"] for s in schemas}
         qid = task.id if task else stable_id(question)
         self.trajectory = Trajectory(
             id=f"{qid}:{sample_index}",
             question=question,
-            messages=initial_messages(question, toolbox.schemas(), config.current_date or dt.date.today().isoformat(),
-                                      config.system_prompt_file),
+            messages=initial_messages(question, schemas, config.current_date or dt.date.today().isoformat(), config.system_prompt_file),
             question_id=qid,
             sample_index=sample_index,
             reference_answer=task.answer if task else None,
             policy=policy,
             model=model,
-            tools=toolbox.schemas(),
+            tools=schemas,
             provenance={"tag": task.tag} if task and task.tag else {},
             started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             termination="max_turns",

@@ -17,7 +17,6 @@ raises it, so the step stops before an update (rerun to resume).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,9 +24,9 @@ from typing import Any, Callable, Optional
 from webdancer.config import WebdancerConfig
 from webdancer.errors import ConfigError, OutageError
 from webdancer.records import QAItem, ToolCall
-from webdancer.rewards import RewardInput, RewardSet
-from webdancer.tools import ToolBox
+from webdancer.rewards import RewardInput, RewardScore, RewardSet
 from webdancer.wire import final_turn, format_error_observation, parse_assistant, validate_arguments
+from webdancer_env.shared import SharedEnvironment
 
 # How TRL reads a tool call out of a generated turn (transformers' response parsing): our wire format, Hermes-style
 # <tool_call>{"name", "arguments"}</tool_call>; everything else (the thought, an <answer>) stays the turn's text.
@@ -83,14 +82,13 @@ class TRLEnvironment:
 
         self.cfg = cfg
         self.schemas = [schema for _, schema in offered_tools(cfg)]
-        self._toolbox: Optional[ToolBox] = None
-        self._opening: Optional[asyncio.Lock] = None
+        self.shared = SharedEnvironment(cfg, [])  # one toolbox (opened on TRL's loop at the first call), the reward set
+        self._scored: dict[tuple[tuple[int, ...], str, str], RewardScore] = {}  # the latest batch's scores, per rollout
         methods = {schema["name"]: _tool_method(schema) for schema in self.schemas}
         taken = sorted(set(methods) & {"reset", "get_reward"} | {n for n in methods if n.startswith("_")})
         if taken:
             raise ConfigError(f"agent.tools: TRL's environment cannot offer a tool named {taken[0]!r} (a name TRL reserves or hides)")
         self.environment_class = type("WebdancerEnvironment", (_Environment,), methods)
-        self._rewards = RewardSet.from_config(cfg)  # an unknown reward fails here, at start, by name
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "TRLEnvironment":
@@ -137,45 +135,42 @@ class TRLEnvironment:
         return [self._reward_func(name, weight, tokenizer) for name, weight in rewards.weights.items()]
 
     def reward_set(self) -> RewardSet:
-        return self._rewards
+        return self.shared.rewards
 
     def _reward_func(self, name: str, weight: float, tokenizer: Any) -> Callable[..., Any]:
         async def reward(prompts, completions, completion_ids, question, answer, environments=None, **_):
             for environment in environments or []:
                 if environment._outage:
                     raise OutageError(environment._outage)  # an outage is never a reward: the step stops here
-            scores = []
-            for ids, q, reference in zip(completion_ids, question, answer):
-                text = tokenizer.decode(ids, skip_special_tokens=True)  # what verl's compute_score is given
-                parsed = parse_assistant(final_turn(text), {})
-                scored = await self.reward_set().score(RewardInput(question=q, response=text, reference=reference, answer=parsed.answer))
-                scores.append(weight * scored.parts[name])
-            return scores
+            return [weight * scored.parts[name] for scored in await self._scores(completion_ids, question, answer, tokenizer)]
 
         reward.__name__ = name
         return reward
+
+    async def _scores(self, completion_ids: list[list[int]], question: list[str], answer: list[str], tokenizer: Any) -> list[RewardScore]:
+        """The reward set's score of each rollout of a batch, computed once for all the reward functions TRL calls on
+        it (each takes its own part; a judge is asked once per rollout, not once per reward)."""
+        keys = [(tuple(ids), q, reference) for ids, q, reference in zip(completion_ids, question, answer)]
+        batch = set(keys)
+        self._scored = {key: scored for key, scored in self._scored.items() if key in batch}
+        for key in keys:
+            if key not in self._scored:
+                text = tokenizer.decode(list(key[0]), skip_special_tokens=True)  # what verl's compute_score is given
+                parsed = parse_assistant(final_turn(text), {})
+                self._scored[key] = await self.reward_set().score(RewardInput(question=key[1], response=text, reference=key[2],
+                                                                              answer=parsed.answer))
+        return [self._scored[key] for key in keys]
 
     async def _call(self, name: str, params: dict[str, Any], arguments: dict[str, Any], environment: "_Environment") -> str:
         problem = validate_arguments(arguments, params)
         if problem is not None:
             return format_error_observation(f"Bad call to '{name}': {problem}.")
-        toolbox = await self._opened_toolbox()
+        toolbox = await self.shared.toolbox()
         try:
             return (await toolbox.run(ToolCall(name, arguments))).content
         except OutageError as exc:
             environment._outage = str(exc)
             raise
-
-    async def _opened_toolbox(self) -> ToolBox:
-        """One toolbox for every rollout, opened on TRL's event loop the first time a tool is called."""
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self._toolbox is None:
-                toolbox = ToolBox.for_run(self.cfg)
-                await toolbox.__aenter__()
-                self._toolbox = toolbox
-        return self._toolbox
 
 
 class _Environment:

@@ -44,7 +44,7 @@ def test_prepare_writes_verl_rows_split_stably(tmp_path):
     assert [t["config"]["tool"] for t in tools] == ["search", "visit"] and all(t["class_name"] == "webdancer_rl.verl_tool.WebdancerTool" for t in tools)
     assert tools[0]["tool_schema"]["function"]["parameters"]["properties"]["query"]["items"] == {"type": "string"}
     assert yaml.safe_load((data / "agent_loops.yaml").read_text()) == [{"name": "webdancer_agent", "_target_": "webdancer_rl.verl_agent.WebdancerAgentLoop",
-                                                                         "max_turn_tokens": 0}]
+                                                                         "max_turn_tokens": 0, "context": {"name": "blank_old", "options": {}, "max_tokens": 32768}}]
     # More questions later: nobody moves between train and val.
     result = CliRunner().invoke(cli, ["rl", "prepare", str(qa_file(tmp_path, ITEMS + [QAItem("One more?", "yes")]))] + args[3:])
     assert result.exit_code == 0

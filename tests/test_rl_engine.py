@@ -56,15 +56,18 @@ def limits(**kw):
     return RolloutLimits(**{"max_turns": 4, "max_prompt_length": 4096, "max_response_length": 4096, **kw})
 
 
-def rollout(plugins, tokenizer, questions, turns, model_class=ScriptedModel, lockstep=True, times=None, tools=("lookup",), **kw):
-    from webdancer_rl.rollout import ChatTokens, run_rollouts
+def rollout(plugins, tokenizer, questions, turns, model_class=ScriptedModel, lockstep=True, times=None, tools=("lookup",),
+            context=None, context_tokens=10**6, **kw):
+    """Scripted rollouts; `context`: a context policy each rollout applies within `context_tokens`."""
+    from webdancer_rl.rollout import ChatTokens, RolloutContext, run_rollouts
 
     chat = ChatTokens(tokenizer)
     toolbox = ToolBox.from_config(list(tools), {}, 5, plugins)
     messages = [[{"role": m.role, "content": m.content} for m in initial_messages(q, toolbox.schemas(), "2026-11-24")] for q in questions]
     model = model_class(tokenizer, turns)
     model.prompts = [chat.prompt(m) for m in messages]
-    return asyncio.run(run_rollouts(model.prompts, model, toolbox, chat, limits(**kw), times, lockstep)), model, messages
+    contexts = [RolloutContext(context, m, context_tokens, chat.count) for m in messages] if context else None
+    return asyncio.run(run_rollouts(model.prompts, model, toolbox, chat, limits(**kw), times, lockstep, contexts)), model, messages
 
 
 def test_rollout_text_is_the_agents_conversation_as_the_chat_template_renders_it(plugins, tokenizer):
@@ -105,6 +108,70 @@ def test_rollout_limits_end_rollouts_as_verl_does(plugins, tokenizer):
     faked = call + "\n<tool_response>\nmade up\n</tool_response>"
     [fake], _, _ = rollout(plugins, tokenizer, ["q?"], [[faked, call]])
     assert fake.end == "wrote_tool_response" and fake.turns == 1 and fake.tool_calls == 0
+
+
+class RecordingModel(ScriptedModel):
+    """Also keeps every sequence it was asked to continue."""
+
+    def __init__(self, tokenizer, turns):
+        super().__init__(tokenizer, turns)
+        self.sequences = []
+
+    async def __call__(self, sequences, budgets):
+        self.sequences += [list(s) for s in sequences]
+        return await super().__call__(sequences, budgets)
+
+
+def test_the_context_policy_restarts_a_rollout_where_the_agent_rewrites_its_prompt(plugins, tokenizer):
+    """keep_last_k (k=1) through the agent (sampling/eval) and through the RL rollout: each turn's prompt is the same
+    tokens; where the policy blanks an earlier observation the RL rollout starts a new segment from that prompt, the
+    segments' model tokens are exactly the replies, and the rollout is scored by its last segment."""
+    from webdancer_rl.rollout import ChatTokens
+
+    from webdancer.context import KeepLastK, KeepLastKConfig
+
+    calls = [render_assistant(f"step {i}", tool_call=ToolCall("lookup", {"query": [f"fact {i}"]})) for i in range(3)]
+    replies = [*calls, render_assistant("done", answer="Santa Claus")]
+    with FakeOpenAIServer(list(replies)) as srv:
+        model = ModelConfig(base_url=srv.base_url, model="fake", backoff_s=0.01, max_retries=1)
+        agent = Agent(build_policy("openai", {}, model, plugins), ToolBox.from_config(["lookup"], {}, 5, plugins),
+                      AgentConfig(current_date="2026-11-24"), KeepLastK(KeepLastKConfig(k=1)))
+        traj = asyncio.run(agent.run("Who won?"))
+        sent = [request["messages"] for request in srv.state.requests]
+    assert traj.termination == "answered" and len(sent) == 4
+    [r], scripted, _ = rollout(plugins, tokenizer, ["Who won?"], [replies], model_class=RecordingModel, max_turns=6,
+                               context=KeepLastK(KeepLastKConfig(k=1)))
+    chat = ChatTokens(tokenizer)
+    assert scripted.sequences == [chat.prompt(messages) for messages in sent]  # the same prompt at every turn, to the token
+    assert r.end == "answer" and r.turns == 4 and len(r.restarts) == 2  # turns 3 and 4 each blank one more observation
+    segments = r.segments()
+    assert [prompt for prompt, _, _ in segments] == [scripted.sequences[0], scripted.sequences[2], scripted.sequences[3]]
+    trained = tokenizer.decode([t for t, m in zip(r.completion_ids, r.env_mask) if m])
+    assert trained == END.join(replies) + END  # the model's own tokens only: no restart prompt carries loss
+    assert tokenizer.decode(r.last_response_ids()) == replies[-1] + END
+    assert r.restart_prompts[-1][-1]["role"] == "tool" and "removed to fit" in r.restart_prompts[-1][3]["content"]
+
+
+def test_the_context_policy_ends_rl_rollouts_as_it_ends_sampled_ones(plugins, tokenizer):
+    from webdancer.context import BlankOld, ContextPolicy
+
+    call = render_assistant("again", tool_call=ToolCall("lookup", {"query": ["x"]}))
+    # blank_old with a budget far above the limits leaves the rollout as it was without a policy
+    [plain], _, _ = rollout(plugins, tokenizer, ["q?"], [[call] * 3], max_turns=3)
+    [same], _, _ = rollout(plugins, tokenizer, ["q?"], [[call] * 3], max_turns=3, context=BlankOld())
+    assert (same.prompt_ids, same.completion_ids, same.env_mask, same.restarts) == (plain.prompt_ids, plain.completion_ids, plain.env_mask, [])
+    # a budget the question alone overflows: no turn
+    [over], model, _ = rollout(plugins, tokenizer, ["q?"], [[call]], context=BlankOld(), context_tokens=10)
+    assert over.end == "context_overflow" and over.turns == 0 and not model.calls
+
+    class DropsTheQuestion(ContextPolicy):
+        name = "drops_the_question"
+
+        async def fit(self, messages, view):
+            return messages[:1] + messages[2:] if len(messages) > 2 else messages
+
+    [broken], _, _ = rollout(plugins, tokenizer, ["q?"], [[call] * 3], context=DropsTheQuestion())
+    assert broken.end == "policy_error" and broken.turns == 1 and "dropped or changed the question" in broken.error
 
 
 class SlowScriptedModel(ScriptedModel):
@@ -326,6 +393,54 @@ def test_one_real_grpo_step_updates_the_policy(plugins, local_web, tiny_model, t
 
 
 @pytest.mark.slow
+def test_a_grpo_step_trains_every_segment_of_restarted_rollouts(plugins, local_web, tiny_model, tmp_path, monkeypatch):
+    """keep_last_k with k=0 in a real TRL step: scripted turns (two searches of the offline web, then an answer) restart
+    the rollout after each observation; the step trains on the segments, the metrics count them, the rollout is scored
+    by its last segment, and every recorded segment renders back through the chat template (`traj check`)."""
+    from webdancer_rl import trl_engine
+    from webdancer_rl.prepare import prepare
+
+    web, _, _ = local_web
+    turns = [render_assistant("Search first.", tool_call=ToolCall("search", {"query": ["integrated circuit"]})),
+             render_assistant("Search again.", tool_call=ToolCall("search", {"query": ["Jack Kilby"]}))]
+
+    def scripted(trainer):
+        calls = []
+
+        async def generate(sequences, budgets):  # lockstep: every live rollout, in rollout order
+            turn = len(calls)
+            calls.append(len(sequences))
+            texts = [turns[turn] if turn < 2 else render_assistant("Done.", answer="Jack Kilby" if i % 2 == 0 else "Nobody")
+                     for i in range(len(sequences))]
+            return [trainer.processing_class(t + END)["input_ids"][:b] for t, b in zip(texts, budgets)]
+
+        return generate
+
+    monkeypatch.setattr(trl_engine, "model_generate", scripted)
+    from webdancer_rl import trl_update
+
+    segmented, scored = [], trl_update.segmented_logps
+    monkeypatch.setattr(trl_update, "segmented_logps", lambda *a: segmented.append(a[-1]) or scored(*a))
+    run, _ = trl_run(tmp_path, web, tiny_model, QA[:1], "rl.total_training_steps=1", "rl.train_batch_size=1", "rl.ppo_mini_batch_size=1",
+                     "rl.trl_rollouts=generate", "rl.max_turns=4", "rl.max_turn_tokens=0", "rl.max_response_length=1200",
+                     "rl.overlong_buffer=0", "rl.max_tool_response_length=400", "agent.context=keep_last_k", "context.keep_last_k.k=0")
+    cfg = load_config(None, run)
+    data, out = tmp_path / "data", tmp_path / "rl"
+    prepare(QA[:1], cfg, data)
+    trl_engine.train(cfg, data, out, str(tiny_model), echo=lambda _: None)
+    [m] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m["segments/mean"] == 3.0 and m["turns/mean"] == 3.0 and m["answered_rate"] == 1.0
+    assert m["filtered_groups"] == 0.0 and m["grad_norm"] > 0  # the right and the wrong answer: a group with spread, trained
+    assert segmented and all(len(layout) == 2 for layouts in segmented for layout in layouts)  # each scored segment by segment
+    records = [json.loads(line) for line in (out / "token_rollouts.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(len(r["restarts"]) == 2 and len(r["restart_prompts"]) == 2 for r in records)
+    assert sorted(r["reward"] for r in records)[0] < sorted(r["reward"] for r in records)[1]
+    result = CliRunner().invoke(cli, ["traj", "check", str(out / "token_rollouts.jsonl"), "--model", str(tiny_model), "--strict"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("6 rollouts: the chat template renders")  # 2 rollouts x 3 segments, each after its own prompt
+
+
+@pytest.mark.slow
 def test_rl_train_with_trl_then_resume_one_more_step(local_web, tiny_model, tmp_path):
     """`webdancer rl train` with rl.engine=trl: the native launcher, metrics, checkpoints, a final model, resume; the
     held-out check on RL's validation question at each step, and alarms with thresholds every run crosses: raised at
@@ -416,6 +531,10 @@ def test_bad_input_is_refused_before_training(local_web, tiny_model, tmp_path):
     assert bad.exit_code == 1 and "prepared for tools ['search', 'visit']" in bad.output
     bad = train("rl.max_turn_tokens=99")
     assert bad.exit_code == 1 and "rl.max_turn_tokens=48" in bad.output
+    bad = train("agent.context=keep_last_k")  # verl's agent loop reads the policy from the prepared data
+    assert bad.exit_code == 1 and "context policy" in bad.output and "keep_last_k" in bad.output and "rl prepare" in bad.output
+    bad = CliRunner().invoke(cli, ["rl", "prepare", str(qa), *run, "agent.context=summarize"])
+    assert bad.exit_code != 0 and "context.summarize.model.base_url" in bad.output  # in RL no rollout model has an endpoint
     import pyarrow as pa
     import pyarrow.parquet as pq
 

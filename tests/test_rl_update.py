@@ -123,3 +123,51 @@ def test_a_micro_batch_of_dead_rows_gives_zero_gradients_without_a_forward(train
     want_loss, want = loss_and_grads(trl, inputs)
     assert not calls and got_loss == 0 == want_loss
     assert got.keys() == want.keys() and all(not g.any() for g in got.values())
+
+
+def test_a_restarted_rollout_trains_as_its_segments_would_as_rows_of_their_own(trainers):
+    """ReSum-GRPO: a rollout the context policy restarted is one row (its segments end to end, the second segment's
+    prompt masked), each segment scored after its own prompt; loss and gradient equal TRL's on the segments as separate
+    rows sharing the rollout's advantage, and the labelled tokens are still the model's own only."""
+    from webdancer_rl.trl_update import row_key
+
+    trl, lean = trainers("dapo")
+    torch.manual_seed(2)
+    p1, c1, p2, c2, other_p, other_c = (torch.randint(10, 1000, (n,)) for n in (5, 6, 4, 5, 3, 7))
+    m1 = torch.tensor([1, 1, 0, 0, 1, 1])  # an observation inside the first segment
+    m2 = torch.ones(5, dtype=torch.long)
+
+    def batch(rows, advantages):
+        """rows: (prompt, completion, loss mask) padded as TRL pads them."""
+        pw, cw = max(len(p) for p, _, _ in rows), max(len(c) for _, c, _ in rows)
+        prompt_ids = torch.stack([torch.cat([torch.zeros(pw - len(p), dtype=torch.long), p]) for p, _, _ in rows])
+        prompt_mask = torch.stack([torch.tensor([0] * (pw - len(p)) + [1] * len(p)) for p, _, _ in rows])
+        completion_ids = torch.stack([torch.cat([c, torch.zeros(cw - len(c), dtype=torch.long)]) for _, c, _ in rows])
+        completion_mask = torch.stack([torch.tensor([1] * len(c) + [0] * (cw - len(c))) for _, c, _ in rows])
+        tool_mask = torch.stack([torch.cat([m, torch.zeros(cw - len(m), dtype=torch.long)]) for _, _, m in rows])
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids, "completion_mask": completion_mask,
+                "tool_mask": tool_mask, "advantages": torch.tensor(advantages),
+                "num_items_in_batch": (completion_mask * tool_mask).sum().float()}
+
+    packed = batch([(p1, torch.cat([c1, p2, c2]), torch.cat([m1, torch.zeros(4, dtype=torch.long), m2])), (other_p, other_c, torch.ones(7, dtype=torch.long))],
+                   [0.7, -0.4])
+    separate = batch([(p1, c1, m1), (p2, c2, m2), (other_p, other_c, torch.ones(7, dtype=torch.long))], [0.7, 0.7, -0.4])
+    assert packed["num_items_in_batch"] == separate["num_items_in_batch"]
+    lean.restarted_rows = {row_key(torch.cat([p1, c1, p2, c2]).tolist()): [(6, 4)]}
+    try:
+        seen = []
+        hook = lean.model.register_forward_hook(lambda module, args, out: seen.append(int(out.label_mask.sum())))
+        try:
+            got_loss, got = loss_and_grads(lean, packed)
+        finally:
+            hook.remove()
+    finally:
+        lean.restarted_rows = {}
+    want_loss, want = loss_and_grads(trl, separate)
+    assert torch.allclose(got_loss, want_loss, atol=1e-6, rtol=1e-4)
+    for name in want:
+        assert (got[name] - want[name]).norm() <= 1e-4 * want[name].norm() + 1e-7, name
+    assert sum(seen) == int(m1.sum() + m2.sum() + 7)  # the two segments and the other row: model-written tokens only
+    # Without the layout the row is one context: another gradient (the check above could fail)
+    _, wrong = loss_and_grads(lean, packed)
+    assert any((wrong[name] - want[name]).norm() > 1e-3 * want[name].norm() for name in want)

@@ -109,8 +109,44 @@ def test_crawlqa_refuses_an_unknown_kind_by_name(crawlqa_items):
     import dataclasses
 
     cfg, _, _ = crawlqa_items
-    with pytest.raises(ConfigError, match=r"unknown kind\(s\) multihop; the kinds are identify, multi_hop"):
+    with pytest.raises(ConfigError, match=r"unknown kind\(s\) multihop; the kinds are identify, multi_hop.*chain"):
         CrawlQA(dataclasses.replace(cfg, kinds=["identify", "multihop"]))
+
+
+async def test_chain_questions_need_six_entries_each_found_in_what_a_visit_shows(crawlqa_items, local_web, tmp_path):
+    """Kind `chain` (long-horizon): 6 entries read in turn, each naming the next right after a quoted phrase; the
+    visit tool's text of each entry (no links) shows that phrase and name, and the expert, reading them all, finds
+    the answer in the last one."""
+    import dataclasses
+
+    from webdancer_synth.pages import page_name
+
+    from webdancer.agent import Agent
+    from webdancer.config import AgentConfig
+    from webdancer.config_loader import load_config
+    from webdancer.policies import build_policy
+    from webdancer.tools import ToolBox
+
+    cfg, _, _ = crawlqa_items
+    titles = {p.url: p.title for p in load_crawl(cfg.crawl_store)}
+    out = tmp_path / "chain.jsonl"
+    counts = await run_synthesizer(CrawlQA(dataclasses.replace(cfg, kinds=["chain"], num_items=4)), out)
+    items = list(read_records(out, QAItem))
+    assert counts["written"] == len(items) == 4
+    assert all(i.hops == 6 and len(i.source_urls) == 6 == len(set(i.source_urls)) and i.provenance["kind"] == "chain" for i in items)
+    web, _, _ = local_web
+    run = load_config(None, [f"web.root={web.root}", f"web.port={web.port}", "tools.visit.cache_dir=null"])
+    async with ToolBox.from_config(run.agent.tools, run.tools, 30) as toolbox:
+        agent = Agent(build_policy("expert", {}, run.model), toolbox, AgentConfig(current_date="2026-11-24", max_turns=12))
+        for item in items:
+            traj = await agent.run(item.question, task=item)
+            visits = [s for s in traj.steps if s.tool_call and s.tool_call.name == "visit"]
+            assert traj.termination == "answered" and [s.tool_call.arguments["url"] for s in visits] == [[u] for u in item.source_urls]
+            phrases = [p.split('"')[0] for p in item.question.split('right after the words "')[1:]]
+            names = [page_name(titles[u]) for u in item.source_urls[1:]] + [item.answer]  # the entry each hop names
+            shown = [" ".join(s.tool_result.content.split()) for s in visits]
+            assert len(phrases) == 6 and all(f"{p} {n}" in text for p, n, text in zip(phrases, names, shown)), item.question
+            assert "I could not confirm" not in traj.steps[-1].thought  # the answer was in what it read
 
 
 def test_crawlqa_resume_writes_nothing_twice(crawlqa_items):

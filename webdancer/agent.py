@@ -10,7 +10,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
 from webdancer.config import AgentConfig, ModelConfig, WebdancerConfig
-from webdancer.context import BlankOld, ContextPolicy, ContextView, build_context_policy, check_prompt
+from webdancer.context import BlankOld, ContextPolicy, ContextView, build_context_policy, fit_prompt
 from webdancer.environment import Episode
 from webdancer.errors import OutageError, WebdancerError
 from webdancer.policies import Policy, build_policy
@@ -50,17 +50,10 @@ class Agent:
         head = (messages[0].content, messages[1].content)
         view = ContextView(self.config.max_context_tokens, self.policy.count_tokens, episode.trajectory.segments, self.policy.model)
         while not episode.done:
-            try:
-                prompt = await self.context.fit(messages, view)
-            except OutageError as exc:  # its summarizer is down: an outage, not the policy's fault
-                return episode.end("outage", str(exc))
-            except Exception as exc:  # a context policy's bug ends this rollout, named, never the run
-                return episode.end("policy_error", f"context policy {self.context.name!r} failed: {type(exc).__name__}: {exc}")
-            if prompt is None:
-                return episode.end("context_overflow")
-            problem = check_prompt(self.context.name, head, prompt, view)
-            if problem is not None:
-                return episode.end("policy_error", problem)
+            fitted = await fit_prompt(self.context, messages, view, head)
+            if fitted.prompt is None:
+                return episode.end(fitted.end, fitted.error)
+            prompt = fitted.prompt
             try:
                 out = await self.policy.act(list(prompt), task)
             except OutageError as exc:

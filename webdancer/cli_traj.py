@@ -32,7 +32,7 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
 
     from webdancer.jsonl import iter_json_lines
     from webdancer.records import Trajectory, record_from_dict
-    from webdancer.token_trajectories import Drift, TokenRollout, check, rollouts_of
+    from webdancer.token_trajectories import Drift, TokenRollout, check, rollouts_of, segment_records
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if chat_template:
@@ -51,7 +51,7 @@ def check_cmd(rollouts: str, model_dir: str, chat_template: Optional[str], limit
                 untokenized += 1
                 continue
         else:
-            records = [record_from_dict(TokenRollout, obj, f"{path}:{number}")]
+            records = segment_records(record_from_dict(TokenRollout, obj, f"{path}:{number}"))
         for record in records:
             checked += 1
             drift = record if isinstance(record, Drift) else check(record, tokenizer)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
 from webdancer.config import ModelConfig
+from webdancer.errors import OutageError
 from webdancer.records import Message, Segment
 from webdancer.tools import NoOptions
 from webdancer.wire import render_tool_response, unwrap_tool_response
@@ -49,6 +50,10 @@ class ContextPolicy:
 
     async def fit(self, messages: list[Message], view: ContextView) -> Optional[list[Message]]:
         raise NotImplementedError
+
+    def check_rollout_model(self, model: Optional[ModelConfig]) -> None:
+        """Refuse, with a ConfigError before any rollout, a run whose rollout model (None: no endpoint, as in RL, where
+        the policy in training generates) the policy cannot work with."""
 
     async def aclose(self) -> None:
         """Close the clients the policy opened (a summarizer's)."""
@@ -115,6 +120,30 @@ def check_prompt(policy: str, head: tuple[str, str], prompt: Any, budget: Contex
     if size > budget.max_tokens:
         return f"context policy {policy!r} returned {size} tokens, over agent.max_context_tokens={budget.max_tokens}"
     return None
+
+
+@dataclass
+class Fitted:
+    """The next prompt, or why the rollout ends before it: `context_overflow` (nothing fits), `policy_error` (the policy
+    raised or broke its contract; `error` says how) or `outage` (a model the policy calls is down)."""
+
+    prompt: Optional[list[Message]] = None
+    end: str = ""
+    error: Optional[str] = None
+
+
+async def fit_prompt(policy: ContextPolicy, messages: list[Message], view: ContextView, head: tuple[str, str]) -> Fitted:
+    """The one way every rollout (sampling, eval, the demo, both RL engines) asks its context policy for the next prompt."""
+    try:
+        prompt = await policy.fit(messages, view)
+    except OutageError as exc:  # its summarizer is down: an outage, not the policy's fault
+        return Fitted(end="outage", error=str(exc))
+    except Exception as exc:  # a context policy's bug ends this rollout, named, never the run
+        return Fitted(end="policy_error", error=f"context policy {policy.name!r} failed: {type(exc).__name__}: {exc}")
+    if prompt is None:
+        return Fitted(end="context_overflow")
+    problem = check_prompt(policy.name, head, prompt, view)
+    return Fitted(end="policy_error", error=problem) if problem is not None else Fitted(prompt)
 
 
 def build_context_policy(cfg: Any) -> ContextPolicy:

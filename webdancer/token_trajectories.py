@@ -10,7 +10,7 @@ log-probs and the policy step; `check` re-renders it and names every turn whose 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from webdancer.context import TRUNCATED
@@ -37,6 +37,28 @@ class TokenRollout:
     reward: Optional[float] = None
     end: str = ""
     question_id: str = ""
+    # [where in completion_ids, length] of each segment's prompt after the first (the context policy restarted the
+    # rollout there), and the messages each such prompt renders: each segment was scored in its own context
+    restarts: list[list[int]] = field(default_factory=list)
+    restart_prompts: list[list[dict[str, Any]]] = field(default_factory=list)
+
+
+def segment_records(record: TokenRollout) -> list[TokenRollout]:
+    """A rollout the context policy restarted, as one record per segment (each checked against its own prompt)."""
+    if not record.restarts:
+        return [record]
+    out, prompt, prompt_ids, start = [], record.prompt, record.prompt_ids, 0
+    ends = [offset for offset, _ in record.restarts] + [len(record.completion_ids)]
+    for index, end in enumerate(ends):
+        out.append(TokenRollout(
+            id=record.id if index == 0 else f"{record.id}#{index}", step=record.step, engine=record.engine, prompt=prompt,
+            prompt_ids=list(prompt_ids), completion_ids=record.completion_ids[start:end], loss_mask=record.loss_mask[start:end],
+            model_mask=record.model_mask[start:end], logprobs=record.logprobs[start:end] if record.logprobs else None,
+            reward=record.reward, end=record.end if index == len(ends) - 1 else "restart", question_id=record.question_id))
+        if index < len(record.restarts):
+            offset, length = record.restarts[index]
+            prompt, prompt_ids, start = record.restart_prompts[index], record.completion_ids[offset : offset + length], offset + length
+    return out
 
 
 @dataclass

@@ -80,6 +80,12 @@ class Summarize(ContextPolicy):
             raise ConfigError(f"context.summarize.model: unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         self._clients: dict[str, Any] = {}
 
+    def check_rollout_model(self, model: Optional[ModelConfig]) -> None:
+        if model is None and not self.config.model.get("base_url"):
+            raise ConfigError("agent.context=summarize: the rollout's model has no endpoint here (in RL the policy in training "
+                              "generates), so the summarizer needs its own: set context.summarize.model.base_url (and .model), "
+                              "as ReSum trains with a separate summarizer")
+
     async def fit(self, messages: list[Message], view: ContextView) -> Optional[list[Message]]:
         segment = view.segments[-1] if view.segments else None
         start = segment.start if segment else 2

@@ -50,7 +50,10 @@ def batch_metrics(rollouts: list[Any], scores: list[dict[str, float]], reward_na
         "tool_calls/mean": fmean(r.tool_calls for r in rollouts),
         "tool_errors/mean": fmean(r.tool_errors for r in rollouts),
         "format_errors/mean": fmean(r.format_errors for r in rollouts),
-        "response_length/mean": fmean(len(r.completion_ids) for r in rollouts),
+        "response_length/mean": fmean(len(r.response_ids()) for r in rollouts),
+        "segments/mean": fmean(len(r.restarts) + 1 for r in rollouts),
+        "context_overflow_rate": fmean(r.end == "context_overflow" for r in rollouts),
+        "policy_error_rate": fmean(r.end == "policy_error" for r in rollouts),
         "model_tokens/mean": fmean(r.model_tokens for r in rollouts),
         "filtered_groups": 1.0 - fmean(kept) if kept else 0.0,
     }

@@ -130,9 +130,20 @@ def prepare(items: list[QAItem], cfg: WebdancerConfig, out_dir: Path) -> RlData:
     write_parquets({data.train: [rl_row(it, i, schemas, cfg, "train") for i, it in enumerate(train)],
                     data.val: [rl_row(it, i, schemas, cfg, "val") for i, it in enumerate(val)]})
     atomic_write_text(data.tool_config, yaml.safe_dump(tool_config(cfg, offered), sort_keys=False))
-    loop = {"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": cfg.rl.max_turn_tokens}
+    loop = {"name": AGENT_LOOP, "_target_": AGENT_LOOP_CLASS, "max_turn_tokens": cfg.rl.max_turn_tokens, "context": loop_context(cfg)}
     atomic_write_text(data.agent_loops, yaml.safe_dump([loop], sort_keys=False))
     return data
+
+
+def loop_context(cfg: WebdancerConfig) -> dict[str, Any]:
+    """The context policy verl's agent loop applies (agent.context, its options, agent.max_context_tokens), checked here:
+    in RL the policy in training generates, so a policy needing a model endpoint must be given one."""
+    from webdancer.context import build_context_policy
+    from webdancer.rewards import plain
+
+    build_context_policy(cfg).check_rollout_model(None)
+    name = cfg.agent.context
+    return {"name": name, "options": plain((cfg.context or {}).get(name)) or {}, "max_tokens": cfg.agent.max_context_tokens}
 
 
 ROW_FIELDS = ("prompt", "data_source", "reward_model", "extra_info")
@@ -174,7 +185,11 @@ def check_prepared(cfg: WebdancerConfig, data_dir: Path) -> None:
         raise WebdancerError(f"{data_dir} was prepared for tools {tools}, but agent.tools is {list(cfg.agent.tools)}: "
                              "rerun `webdancer rl prepare` with this config")
     loops = yaml.safe_load((data_dir / "agent_loops.yaml").read_text()) or []
-    prepared = next((loop.get("max_turn_tokens", 0) for loop in loops if loop.get("name") == AGENT_LOOP), None)
+    loop = next((loop for loop in loops if loop.get("name") == AGENT_LOOP), {})
+    prepared = loop.get("max_turn_tokens", 0) if loop else None
     if prepared != cfg.rl.max_turn_tokens:
         raise WebdancerError(f"{data_dir} was prepared with rl.max_turn_tokens={prepared}, but the config says "
                              f"{cfg.rl.max_turn_tokens}: rerun `webdancer rl prepare` with this config")
+    if loop.get("context") != loop_context(cfg):
+        raise WebdancerError(f"{data_dir} was prepared with the context policy {loop.get('context')}, but the config says "
+                             f"{loop_context(cfg)} (agent.context, context.*, agent.max_context_tokens): rerun `webdancer rl prepare`")

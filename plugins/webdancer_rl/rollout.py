@@ -8,23 +8,33 @@ sends. Two rules are RL's own: a turn cut by a length limit, or one that writes 
 `<tool_response>`, ends the rollout (the model is not shown an observation after a made-up one).
 Tool observations are appended as the chat template renders a `tool` message after the model's
 end-of-turn token, and carry no loss (mask 0).
+
+Before every turn the run's context policy (`agent.context`) fits the conversation into `agent.max_context_tokens`
+through the agent's own path (`webdancer.context.fit_prompt`): sampling, eval and both engines keep the same context.
+A prompt that changes what the token sequence already holds (an observation blanked, a summary replacing the turns)
+cannot continue it, so the rollout restarts from that prompt as a new *segment*: its tokens follow the earlier ones
+in the same row (the restart prompt masked 0), and `TokenRollout.restarts` says where each begins, so the trainer
+scores every segment in its own context and all of them share the rollout's reward and advantage (ReSum-GRPO).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
-from webdancer.records import ToolCall
+from webdancer.context import ContextPolicy, ContextView, fit_prompt
+from webdancer.errors import OutageError
+from webdancer.records import Message, Segment, ToolCall
 from webdancer.tools import ToolBox
-from webdancer.wire import format_error_observation, parse_assistant
+from webdancer.wire import format_error_observation, parse_assistant, render_tool_response, unwrap_tool_response
 from webdancer_rl.config import RlConfig
 
-# A rollout ends for one of these reasons.
-ENDS = ("answer", "max_turns", "length", "cut", "wrote_tool_response")
+# A rollout ends for one of these reasons (the last two: the context policy's, as in sampling).
+ENDS = ("answer", "max_turns", "length", "cut", "wrote_tool_response", "context_overflow", "policy_error")
 
 
 @dataclass(frozen=True)
@@ -142,14 +152,83 @@ class ChatTokens:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @functools.lru_cache(maxsize=8192)
+    def count(self, text: str) -> int:
+        """Tokens of a message's text, as the context policy counts them (the agent's own count: no template tokens)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+
+def chat_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as the RL chat renders them: an observation is a `tool` turn holding the tool's text."""
+    out = []
+    for m in messages:
+        inner = unwrap_tool_response(m.content) if m.role == "user" else None
+        out.append({"role": "tool", "content": inner} if inner is not None else {"role": m.role, "content": m.content})
+    return out
+
+
+class RolloutContext:
+    """One rollout's conversation as messages, fitted by the context policy before each turn. `next_prompt` says
+    whether the token sequence goes on (None) or restarts from a new prompt (its chat messages), or raises `Ended`."""
+
+    def __init__(self, policy: ContextPolicy, prompt: list[dict[str, Any]], max_tokens: int, count: Callable[[str], int]):
+        self.policy = policy
+        self.messages = [Message(m["role"], m["content"]) for m in prompt]
+        if len(self.messages) < 2 or self.messages[0].role != "system" or self.messages[1].role != "user":
+            raise ValueError(f"a rollout's prompt must be the system prompt and the question (as `webdancer rl prepare` writes it), got roles "
+                             f"{[m.role for m in self.messages]}: the context policy (agent.context) keeps those two as they are")
+        self.head = (self.messages[0].content, self.messages[1].content)
+        self.segments: list[Segment] = []
+        self.view = ContextView(max_tokens, count, self.segments, None)
+        self._held = self._key(self.messages)  # what the current segment's tokens render
+
+    @staticmethod
+    def _key(messages: list[Message]) -> list[tuple[str, str]]:
+        return [(m.role, m.content) for m in messages]
+
+    def model_turn(self, text: str) -> None:
+        self.messages.append(Message("assistant", text))
+        self._held.append(("assistant", text))
+
+    def observation(self, text: str) -> None:
+        message = Message("user", render_tool_response(text))
+        self.messages.append(message)
+        self._held.append((message.role, message.content))
+
+    async def next_prompt(self) -> Optional[list[dict[str, Any]]]:
+        fitted = await fit_prompt(self.policy, self.messages, self.view, self.head)
+        if fitted.end == "outage":
+            raise OutageError(fitted.error or "the context policy's model is down")
+        if fitted.prompt is None:
+            raise Ended(fitted.end, fitted.error)
+        now = self._key(fitted.prompt)
+        if now == self._held:
+            return None
+        self._held = now
+        return chat_messages(fitted.prompt)
+
+
+class Ended(Exception):
+    """The context policy ended the rollout (`end`: context_overflow or policy_error)."""
+
+    def __init__(self, end: str, error: Optional[str]):
+        super().__init__(error or end)
+        self.end, self.error = end, error
+
 
 @dataclass
 class TokenRollout:
-    """One rollout: the prompt, then model tokens (mask 1) and observation tokens (mask 0)."""
+    """One rollout: the prompt, then model tokens (mask 1) and observation tokens (mask 0); a segment the context
+    policy restarted follows in the same row, its prompt masked 0 (`restarts`: where each such prompt begins in the
+    completion, and its length)."""
 
     prompt_ids: list[int]
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
+    restarts: list[tuple[int, int]] = field(default_factory=list)
+    restart_prompts: list[list[dict[str, Any]]] = field(default_factory=list)  # the messages each restart renders
+    prompt_messages: Optional[list[dict[str, Any]]] = None  # set when the policy replaced the first prompt itself
+    error: Optional[str] = None  # why the context policy ended it (policy_error)
     turns: int = 0
     well_formed_turns: int = 0
     tool_calls: int = 0
@@ -163,6 +242,58 @@ class TokenRollout:
     @property
     def model_tokens(self) -> int:
         return sum(self.env_mask)
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens of the current segment: its prompt and what followed."""
+        if self.restarts:
+            return len(self.completion_ids) - self.restarts[-1][0]
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+    @property
+    def response_length(self) -> int:
+        """Tokens after the current segment's prompt (what rl.max_response_length bounds)."""
+        if self.restarts:
+            return len(self.completion_ids) - sum(self.restarts[-1])
+        return len(self.completion_ids)
+
+    def restart(self, prompt_ids: list[int], messages: list[dict[str, Any]]) -> None:
+        """Go on from a new prompt: a new segment, or the current one's prompt replaced if nothing followed it yet."""
+        if self.response_length == 0:
+            if self.restarts:
+                start, _ = self.restarts.pop()
+                self.restart_prompts.pop()
+                del self.completion_ids[start:], self.env_mask[start:]
+                if self.logprobs is not None:
+                    del self.logprobs[start:]
+            else:
+                self.prompt_ids, self.prompt_messages = list(prompt_ids), messages
+                return
+        self.restarts.append((len(self.completion_ids), len(prompt_ids)))
+        self.restart_prompts.append(messages)
+        self.completion_ids += prompt_ids
+        self.env_mask += [0] * len(prompt_ids)
+        if self.logprobs is not None:
+            self.logprobs += [0.0] * len(prompt_ids)
+
+    def segments(self) -> list[tuple[list[int], int, int]]:
+        """Each segment as (its prompt ids, where its tokens start and end in completion_ids)."""
+        out, prompt, start = [], self.prompt_ids, 0
+        for offset, length in self.restarts:
+            out.append((prompt, start, offset))
+            prompt, start = self.completion_ids[offset : offset + length], offset + length
+        out.append((prompt, start, len(self.completion_ids)))
+        return out
+
+    def response_ids(self) -> list[int]:
+        """The tokens after each segment's prompt, segment after segment: what the rollout wrote and was shown."""
+        return [t for _, start, end in self.segments() for t in self.completion_ids[start:end]]
+
+    def last_response_ids(self) -> list[int]:
+        """The last segment's tokens after its prompt: what the rollout is scored on, as verl's reward manager scores a
+        multi-segment rollout (by its last sequence; with no restart, the whole response)."""
+        _, start, end = self.segments()[-1]
+        return self.completion_ids[start:end]
 
 
 class Sampled(list):
@@ -249,9 +380,10 @@ class _Lockstep:
 
 async def run_rollouts(
     prompts: list[list[int]], generate: Generate, toolbox: ToolBox, chat: ChatTokens, limits: RolloutLimits,
-    times: Optional[RolloutTimes] = None, lockstep: bool = True,
+    times: Optional[RolloutTimes] = None, lockstep: bool = True, contexts: Optional[list[RolloutContext]] = None,
 ) -> list[TokenRollout]:
-    """Roll out every prompt, each in its own coroutine.
+    """Roll out every prompt, each in its own coroutine; `contexts`: each rollout's context policy (none: the prompt
+    grows until the length limits, as verl's plain tool loop).
 
     `lockstep`: the rollouts take turns together, one batched generation per turn (what a generator that pads a
     batch needs, `model.generate`). Off, for a generator that runs concurrent requests each to its own end (the
@@ -274,10 +406,26 @@ async def run_rollouts(
             return await together.ask(index, ids, budget)
         return (await timed([ids], [budget]))[0]
 
+    async def fit(r: TokenRollout, context: Optional[RolloutContext]) -> bool:
+        """Apply the context policy before a turn; False when it ended the rollout."""
+        if context is None:
+            return True
+        try:
+            restart = await context.next_prompt()
+        except Ended as ended:
+            r.end, r.error = ended.end, ended.error
+            return False
+        if restart is not None:
+            r.restart(chat.prompt(restart), restart)
+        return True
+
     async def roll(index: int) -> None:
         r = rollouts[index]
-        while (budget := turn_budget(limits, len(r.prompt_ids) + len(r.completion_ids))) > 0:
-            out = await next_turn(index, r.prompt_ids + r.completion_ids, budget)
+        context = contexts[index] if contexts else None
+        while await fit(r, context) and (budget := turn_budget(limits, r.sequence_length)) > 0:
+            start = r.restarts[-1][0] if r.restarts else 0
+            sequence = r.prompt_ids + r.completion_ids if not r.restarts else r.completion_ids[start:]
+            out = await next_turn(index, sequence, budget)
             times.generated_tokens += len(out)
             r.completion_ids += out
             r.env_mask += [1] * len(out)
@@ -286,9 +434,10 @@ async def run_rollouts(
             else:
                 r.logprobs = None
             r.turns += 1
-            turn = read_turn(chat.decode(out), bool(out) and out[-1] in chat.eos_ids, params)
+            text = chat.decode(out)
+            turn = read_turn(text, bool(out) and out[-1] in chat.eos_ids, params)
             r.well_formed_turns += turn.kind in ("answer", "call")
-            if len(r.env_mask) >= limits.max_response_length:
+            if r.response_length >= limits.max_response_length:
                 r.end = "length"
             elif r.turns >= limits.max_turns:
                 r.end = "max_turns" if turn.continues else turn.kind
@@ -297,19 +446,23 @@ async def run_rollouts(
             if r.end:
                 return
             with tooling():
-                text, failed = await observation_text(turn, toolbox, limits)
+                observation, failed = await observation_text(turn, toolbox, limits)
             r.format_errors += turn.kind == "format_error"
             r.tool_calls += turn.kind == "call"
             r.tool_errors += failed
-            obs = chat.observation(text)
-            if len(r.env_mask) + len(obs) >= limits.max_response_length:
+            obs = chat.observation(observation)
+            if r.response_length + len(obs) >= limits.max_response_length:
                 r.end = "length"
                 return
             r.completion_ids += obs
             r.env_mask += [0] * len(obs)
             if r.logprobs is not None:
                 r.logprobs += [0.0] * len(obs)
-        r.end = "length"
+            if context is not None:
+                context.model_turn(text)
+                context.observation(observation)
+        if not r.end:
+            r.end = "length"
 
     async def one(index: int) -> None:
         await roll(index)
@@ -327,7 +480,8 @@ async def run_rollouts(
     times.generate_s += generating.seconds
     times.tools_s += tooling.seconds
     for r in rollouts:
-        del r.completion_ids[limits.max_response_length :], r.env_mask[limits.max_response_length :]
+        cut = len(r.completion_ids) - r.response_length + limits.max_response_length  # the current segment's limit
+        del r.completion_ids[cut:], r.env_mask[cut:]
         if r.logprobs is not None:
-            del r.logprobs[limits.max_response_length :]
+            del r.logprobs[cut:]
     return rollouts

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from webdancer.config import WebdancerConfig
 from webdancer.config_loader import load_config
+from webdancer.context import build_context_policy
 from webdancer.errors import ConfigError, OutageError, WebdancerError
 from webdancer.launch import die_with_parent
 from webdancer.rewards import configured_options, configured_weights
@@ -36,8 +37,8 @@ from webdancer_rl.alarms import Alarms, Thresholds, stop_on_bad_loss
 from webdancer_rl.metrics import TRL_NAMES, MetricsLog, batch_metrics, progress_line, read_metrics
 from webdancer_rl.prepare import read_rows
 from webdancer_rl.reward import compute_score, overlong_penalty
-from webdancer_rl.rollout import ChatTokens, Generate, RolloutLimits, RolloutTimes, run_rollouts
-from webdancer_rl.trl_update import lean_update_trainer
+from webdancer_rl.rollout import ChatTokens, Generate, RolloutContext, RolloutLimits, RolloutTimes, run_rollouts
+from webdancer_rl.trl_update import lean_update_trainer, row_key
 
 # verl's loss_agg_mode -> TRL's loss_type (same aggregation of the token losses).
 LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
@@ -248,6 +249,8 @@ class WebdancerRollouts:
         self.weights = configured_weights(cfg)
         self.reward_options = configured_options(cfg)
         self.toolbox = ToolBox.for_run(cfg)
+        self.context = build_context_policy(cfg)  # agent.context, as in sampling and eval
+        self.context.check_rollout_model(None)  # the policy in training generates: no endpoint for a policy to call
         self.opened = False
         self.last: dict[str, float] = {}
         self.samples: list[dict[str, Any]] = []  # the first rollout of each group in the latest batch
@@ -273,9 +276,12 @@ class WebdancerRollouts:
         self.samples = [{"question": rows[i]["extra_info"].get("question"), "reference": rows[i]["reward_model"]["ground_truth"],
                          "end": rollouts[i].end, "turns": rollouts[i].turns, "reward": scores[i]["reward"],
                          "rewards": {n: scores[i][n] for n in self.weights}, "kept": kept[i],
-                         "text": self.chat.decode(rollouts[i].completion_ids)} for i in range(0, len(rollouts), group)]
+                         "segments": len(rollouts[i].restarts) + 1,
+                         "text": self.chat.decode(rollouts[i].response_ids())} for i in range(0, len(rollouts), group)]
         if self.rl.record_tokens:
             self.token_records = [self._token_record(rows[i], rollouts[i], scores[i], kept[i], i % group) for i in range(len(rollouts))]
+        # Where the context policy restarted a rollout, each segment is scored in its own context (the trainer reads this).
+        trainer.restarted_rows = {row_key(r.prompt_ids + r.completion_ids): list(r.restarts) for r in rollouts if r.restarts}
         self.last = {
             **batch_metrics(rollouts, scores, list(self.weights), kept),
             **self._store_metrics(),
@@ -288,18 +294,19 @@ class WebdancerRollouts:
             "completion_ids": [r.completion_ids for r in rollouts],
             # vLLM's log-probs of the sampled tokens: TRL's importance-sampling correction against the policy's
             "logprobs": [r.logprobs for r in rollouts] if all(r.logprobs is not None for r in rollouts) else None,
-            # Observations are never trained on; a dropped group (no reward spread) trains on nothing.
-            "env_mask": [r.env_mask if keep else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
+            # Observations are never trained on; a dropped group (no reward spread) trains on nothing, nor does a rollout
+            # the context policy broke (policy_error: not the model's doing).
+            "env_mask": [r.env_mask if keep and r.end != "policy_error" else [0] * len(r.env_mask) for r, keep in zip(rollouts, kept)],
             "webdancer_scores": scores,
         }
 
     @staticmethod
     def _token_record(row: dict[str, Any], rollout: Any, score: dict[str, float], kept: bool, index: int) -> TokenRollout:
         question_id = str(row["extra_info"].get("question_id", ""))
-        return TokenRollout(id=f"{question_id}:{index}", step=0, engine="trl", prompt=row["prompt"], prompt_ids=list(rollout.prompt_ids),
+        return TokenRollout(id=f"{question_id}:{index}", step=0, engine="trl", prompt=rollout.prompt_messages or row["prompt"], prompt_ids=list(rollout.prompt_ids),
                             completion_ids=list(rollout.completion_ids), loss_mask=list(rollout.env_mask) if kept else [0] * len(rollout.env_mask),
                             model_mask=list(rollout.env_mask), reward=score["reward"], end=rollout.end,
-                            question_id=question_id,
+                            question_id=question_id, restarts=[list(r) for r in rollout.restarts], restart_prompts=rollout.restart_prompts,
                             logprobs=rollout.logprobs if rollout.logprobs and len(rollout.logprobs) == len(rollout.completion_ids) else None)
 
     def heldout(self, rows: list[dict[str, Any]], trainer: Any) -> dict[str, float]:
@@ -315,8 +322,9 @@ class WebdancerRollouts:
         """One rollout of each row's prompt with the policy, under the rollout rules."""
         with self._turns(trainer, times) as generate:
             # The engine runs each request to its own end: rollouts go on their own. model.generate pads a batch: together.
+            contexts = [RolloutContext(self.context, r["prompt"], self.cfg.agent.max_context_tokens, self.chat.count) for r in rows]
             return self.loop.run(run_rollouts([self.chat.prompt(r["prompt"]) for r in rows], generate, self.toolbox, self.chat,
-                                              self.limits, times, lockstep=self.generation != "batched"))
+                                              self.limits, times, lockstep=self.generation != "batched", contexts=contexts))
 
     @contextlib.contextmanager
     def _turns(self, trainer: Any, times: RolloutTimes) -> Iterator[Generate]:
@@ -352,9 +360,10 @@ class WebdancerRollouts:
         rl = self.rl
 
         async def one(rollout, row) -> dict[str, float]:
-            out = await compute_score(row["data_source"], self.chat.decode(rollout.completion_ids), row["reward_model"]["ground_truth"],
+            response = rollout.last_response_ids()  # a restarted rollout is scored by its last segment, as verl does
+            out = await compute_score(row["data_source"], self.chat.decode(response), row["reward_model"]["ground_truth"],
                                       dict(row["extra_info"] or {}), weights=self.weights, options=self.reward_options)
-            out[OVERLONG] = overlong_penalty(len(rollout.completion_ids), rl.max_response_length, rl.overlong_buffer, rl.overlong_penalty)
+            out[OVERLONG] = overlong_penalty(len(response), rl.max_response_length, rl.overlong_buffer, rl.overlong_penalty)
             out["reward"] = out["score"] + out[OVERLONG]
             return out
 
@@ -372,6 +381,7 @@ class WebdancerRollouts:
     def close(self) -> None:
         if self.opened:
             self.loop.run(self.toolbox.aclose())
+        self.loop.run(self.context.aclose())
 
 
 def reward_function(name: str) -> Callable[..., list[float]]:

@@ -10,6 +10,11 @@ nothing to the gradient: its forward and backward are skipped. Last, TRL's fused
 and log-softmax, in fp32 tiles) scores only labelled positions on Triton devices and every position elsewhere, which
 on the CPU means the prompt and the tool observations, most of a rollout, are projected and thrown away: here only
 the tokens the model wrote are scored. The loss is the same sum over the same tokens (tests/test_rl_update.py).
+
+A rollout the context policy restarted (webdancer_rl.rollout: its segments laid end to end in one row) has each
+segment's log-probs computed in that segment's own context, for the loss, the old and the reference log-probs alike:
+TRL has no public way to train several contexts of one rollout as one sample, so `_get_per_token_logps_and_entropies`
+(through which all three go) is overridden for such rows; other rows take TRL's own path.
 """
 
 from __future__ import annotations
@@ -67,16 +72,18 @@ def trimmed(inputs: dict[str, Any], rows: list[int]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def model_tokens_scored_only(model: Any, inputs: dict[str, Any]) -> Iterator[None]:
+def model_tokens_scored_only(model: Any, inputs: dict[str, Any]) -> Iterator[_Scoring]:
     """While TRL computes this micro-batch's loss: observation tokens get no label (the loss masks them anyway), and
     on the CPU the fused head projects labelled positions only (its `_use_triton` choice, made to keep tile shapes
     fixed for compilers, which eager CPU code does not have)."""
     import trl.trainer.utils as trl_utils
 
-    mask = loss_mask(inputs)
+    scoring = _Scoring(loss_mask(inputs))
 
     def unlabel_observations(module, args, kwargs):
-        labels = kwargs.get("labels")
+        labels, mask = kwargs.get("labels"), scoring.mask
+        if mask is None:
+            return args, kwargs
         if kwargs.get("fused_lm_head") and labels is not None and labels.size(0) == mask.size(0) and labels.size(1) >= mask.size(1):
             labels = labels.clone()
             labels[:, -mask.size(1):] = labels[:, -mask.size(1):].masked_fill(mask == 0, -100)
@@ -87,10 +94,68 @@ def model_tokens_scored_only(model: Any, inputs: dict[str, Any]) -> Iterator[Non
     use_triton = trl_utils._use_triton
     trl_utils._use_triton = lambda device: device.type == "cpu" or use_triton(device)
     try:
-        yield
+        yield scoring
     finally:
         trl_utils._use_triton = use_triton
         hook.remove()
+
+
+def row_key(ids: list[int]) -> int:
+    """How the trainer finds a rollout's segment layout from a row's tokens (TRL shuffles rows between updates)."""
+    return hash(tuple(ids))
+
+
+class _Scoring:
+    """The completion mask the fused-head hook unlabels observations with (a segment's own while it is scored)."""
+
+    def __init__(self, mask: Any):
+        self.mask = mask
+
+
+@contextlib.contextmanager
+def _scored_mask(trainer: Any, mask: Any) -> Iterator[None]:
+    scoring = getattr(trainer, "_scoring", None)
+    if scoring is None:
+        yield
+        return
+    before, scoring.mask = scoring.mask, mask
+    try:
+        yield
+    finally:
+        scoring.mask = before
+
+
+def segmented_logps(trainer: Any, score: Any, input_ids: Any, attention_mask: Any, logits_to_keep: int, compute_entropy: bool,
+                    layouts: list[Any]) -> tuple[Any, Any]:
+    """Per-token log-probs (and entropies) of each row, a restarted rollout's segments each scored after its own
+    prompt; `score(ids, mask, keep)` is TRL's own computation for one unpadded sequence. A restart prompt's tokens
+    (in the completion, never trained) get 0."""
+    import torch
+
+    width = input_ids.size(1)
+    prompt_width = width - logits_to_keep
+    logps = torch.zeros(input_ids.size(0), logits_to_keep, device=input_ids.device)
+    entropies = torch.zeros_like(logps) if compute_entropy else None
+    for row, layout in enumerate(layouts):
+        used = attention_mask[row].bool()
+        prompt = input_ids[row, :prompt_width][used[:prompt_width]]
+        completion = input_ids[row, prompt_width:][used[prompt_width:]]
+        pieces, start = [], 0
+        for offset, length in layout or []:
+            pieces.append((prompt, start, offset))
+            prompt, start = completion[offset : offset + length], offset + length
+        pieces.append((prompt, start, completion.size(0)))
+        for segment_prompt, begin, end in pieces:
+            if end <= begin:
+                continue
+            ids = torch.cat([segment_prompt, completion[begin:end]]).unsqueeze(0)
+            mask = getattr(getattr(trainer, "_scoring", None), "mask", None)
+            with _scored_mask(trainer, None if mask is None else mask[row : row + 1, begin:end]):
+                out, entropy = score(ids, torch.ones_like(ids), end - begin)
+            logps[row, begin:end] = out[0]
+            if entropies is not None and entropy is not None:
+                entropies[row, begin:end] = entropy[0]
+    return logps, entropies
 
 
 def zero_loss(model: Any) -> Any:
@@ -102,6 +167,27 @@ def lean_update_trainer(base: type) -> type:
     """`base` (TRL's GRPOTrainer) computing each micro-batch's loss on its live rows without padding."""
 
     class LeanUpdateGRPOTrainer(base):  # type: ignore[misc, valid-type]
+        restarted_rows: dict[int, list[tuple[int, int]]] = {}  # row_key -> restarts, set by the rollout function each batch
+        _scoring: Any = None
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                               compute_entropy=False, compute_aux_loss=False, **multimodal):
+            layouts = [self.restarted_rows.get(row_key(ids[mask.bool()].tolist())) for ids, mask in zip(input_ids, attention_mask)] \
+                if self.restarted_rows else []
+            if not any(layouts):
+                return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                                                  compute_entropy, compute_aux_loss, **multimodal)
+            if compute_aux_loss or any(v is not None for v in multimodal.values()):
+                raise NotImplementedError("context restarts (agent.context) are trained for text models without MoE aux loss")
+
+            def score(ids, mask, keep):
+                out, entropy, _ = super(LeanUpdateGRPOTrainer, self)._get_per_token_logps_and_entropies(
+                    model, ids, mask, keep, 1, compute_entropy, False)
+                return out, entropy
+
+            logps, entropies = segmented_logps(self, score, input_ids, attention_mask, logits_to_keep, compute_entropy, layouts)
+            return logps, entropies, None
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if set(inputs) - KNOWN:  # a multimodal or newer TRL batch: left as TRL made it
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -113,7 +199,10 @@ def lean_update_trainer(base: type) -> type:
             if not rows:
                 return zero_loss(model)
             inputs = trimmed(inputs, rows)
-            with model_tokens_scored_only(model, inputs):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with model_tokens_scored_only(model, inputs) as self._scoring:
+                try:
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                finally:
+                    self._scoring = None
 
     return LeanUpdateGRPOTrainer

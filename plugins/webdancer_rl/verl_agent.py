@@ -10,6 +10,10 @@ TRL engine train the same thing (webdancer_rl.rollout holds the rules both follo
 - ChatML tokenizers get verl's ChatML token builder whatever their model type (SmolLM2 is `llama`),
   so the newline after `<|im_end|>` is there, as the chat template renders it;
 - `max_turn_tokens` (from agent_loops.yaml) caps each turn's generation;
+- the run's context policy (agent_loops.yaml `context`: agent.context, its options, agent.max_context_tokens) fits the
+  conversation before every turn through the same `RolloutContext` as the TRL engine; a restart ends the segment and
+  the rollout returns one `AgentLoopOutput` per segment, which verl's trainer (0.9.1's default, `trainer.use_v1`)
+  trains as separate rows sharing the final segment's reward and GRPO advantage (ReSum-GRPO);
 - a tool whose backend is down (OutageError, after the circuit breaker's pause) is never an observation: verl turns
   every exception of a tool into its answer, so the loop re-raises it, and the rollout fails; with our verl patch
   (third_party_patches/verl) the trainer then stops, as TRL's engine does, instead of training on without it;
@@ -25,17 +29,19 @@ import socket
 import uuid
 from typing import Any
 
-from verl.experimental.agent_loop.agent_loop import register
-from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
+from verl.experimental.agent_loop.tool_agent_loop import AgentState, ToolAgentLoop
 from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 from verl.tools.schemas import ToolResponse
 from verl.utils.tokenizer.continuous_token import QwenContinuousTokenBuilder
 
 from webdancer.jsonl import JsonlAppender
+from webdancer.plugins import get_plugins
+from webdancer.rewards import plain
 from webdancer.token_trajectories import TOKEN_ROLLOUTS_ENV, TokenRollout
 from webdancer.typed import to_dict
 from webdancer.wire import format_error_observation
-from webdancer_rl.rollout import RolloutLimits, read_turn, turn_budget
+from webdancer_rl.rollout import ChatTokens, Ended, RolloutContext, RolloutLimits, read_turn, turn_budget
 
 PARSER = "webdancer"
 AGENT_LOOP = "webdancer_agent"
@@ -43,10 +49,12 @@ AGENT_LOOP = "webdancer_agent"
 FORMAT_ERROR_CALL = "__webdancer_format_error__"
 # Where WebdancerTool leaves an outage for the loop to re-raise (verl's AgentData.extra_fields: the tools' scratch space).
 OUTAGE_FIELD = "webdancer_outage"
+# How a rollout the context policy ended says so (extra_fields, beside verl's own keys).
+END_FIELD, ERROR_FIELD = "webdancer_end", "webdancer_error"
 _recorders: dict[str, JsonlAppender] = {}
 
 
-def record_rollout(prompt: Any, extra_info: Any, output: Any) -> None:
+def record_rollout(prompt: Any, extra_info: Any, output: Any, segment: int = 0) -> None:
     """Append one verl rollout to this process's file in $WEBDANCER_TOKEN_ROLLOUTS. verl hands agent loops neither the
     step nor the group's fate (dynamic sampling drops groups later), so `step` is None and the loss mask is the model's."""
     folder = os.environ.get(TOKEN_ROLLOUTS_ENV)
@@ -59,7 +67,7 @@ def record_rollout(prompt: Any, extra_info: Any, output: Any) -> None:
     mask = [int(m) for m in output.response_mask]
     logprobs = list(output.response_logprobs) if output.response_logprobs is not None else None
     _recorders[folder].write(to_dict(TokenRollout(
-        id=f"{question_id}:{uuid.uuid4().hex[:8]}", step=None, engine="verl", prompt=[dict(m) for m in prompt],
+        id=f"{question_id}:{uuid.uuid4().hex[:8]}" + (f"#{segment}" if segment else ""), step=None, engine="verl", prompt=[dict(m) for m in prompt],
         prompt_ids=list(output.prompt_ids), completion_ids=list(output.response_ids), loss_mask=mask, model_mask=list(mask),
         logprobs=logprobs, question_id=question_id)))
 
@@ -95,8 +103,11 @@ class WebdancerToolParser(ToolParser):
 class WebdancerAgentLoop(ToolAgentLoop):
     """verl's tool agent loop with our turn rules, whatever `multi_turn.format` says."""
 
-    def __init__(self, *args, max_turn_tokens: int = 0, **kwargs):
+    def __init__(self, *args, max_turn_tokens: int = 0, context: Any = None, **kwargs):
         super().__init__(*args, **kwargs)
+        context = plain(context) or {"name": "blank_old", "options": {}, "max_tokens": 10**9}  # agent_loops.yaml's, from `rl prepare`
+        self.context_policy = get_plugins().build("context_policies", context["name"], context.get("options") or None, f"context.{context['name']}")
+        self.context_tokens = int(context["max_tokens"])
         self.tool_parser = ToolParser.get_tool_parser(PARSER, self.tokenizer)
         self.tool_parser.full_parameters = {
             name: tool.webdancer_parameters for name, tool in self.tools.items() if hasattr(tool, "webdancer_parameters")
@@ -106,6 +117,7 @@ class WebdancerAgentLoop(ToolAgentLoop):
         if self.tokenizer.eos_token == "<|im_end|>" and not isinstance(self.continuous_token_builder, QwenContinuousTokenBuilder):
             self.continuous_token_builder = QwenContinuousTokenBuilder(self.tokenizer, chat_template_kwargs=self.apply_chat_template_kwargs)
         multi_turn = self.rollout_config.multi_turn
+        self.chat = ChatTokens(self.tokenizer, self.apply_chat_template_kwargs)
         self.limits = RolloutLimits(
             max_turns=self.max_assistant_turns or 0, max_prompt_length=self.prompt_length, max_response_length=self.response_length,
             max_turn_tokens=int(max_turn_tokens), max_tool_response_length=self.max_tool_response_length,
@@ -113,14 +125,61 @@ class WebdancerAgentLoop(ToolAgentLoop):
         )
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
-        output = await super().run(sampling_params, **kwargs)
-        record_rollout(kwargs.get("raw_prompt") or [], kwargs.get("extra_info"), output)
-        return output
+        self._context = RolloutContext(self.context_policy, list(kwargs["raw_prompt"]), self.context_tokens, self.chat.count)
+        self._finished: list[AgentLoopOutput] = []  # the segments before a restart
+        self._prompts: list[list[dict[str, Any]]] = [list(kwargs["raw_prompt"])]  # the messages each segment's prompt renders
+        try:
+            output = await super().run(sampling_params, **kwargs)
+        finally:
+            await self.context_policy.aclose()
+        output.extra_fields.setdefault(END_FIELD, "")  # every row of a batch has the same extra fields
+        output.extra_fields.setdefault(ERROR_FIELD, "")
+        segments = [*self._finished, output]
+        for index, segment in enumerate(segments):
+            if output.extra_fields.get(END_FIELD) == "policy_error":  # the context policy's doing, not the model's: no training
+                segment.response_mask = [0] * len(segment.response_mask)
+            record_rollout(self._prompts[index], kwargs.get("extra_info"), segment, index)
+        return segments if self._finished else output
 
     async def _handle_generating_state(self, agent_data, sampling_params: dict[str, Any], ignore_termination: bool = False):
+        try:
+            restart = await self._context.next_prompt()
+        except Ended as ended:
+            agent_data.extra_fields[END_FIELD] = ended.end
+            agent_data.extra_fields[ERROR_FIELD] = ended.error or ""
+            return AgentState.TERMINATED
+        if restart is not None:
+            self._restart(agent_data, self.chat.prompt(restart), restart)
         if self.limits.max_turn_tokens > 0:
             sampling_params = {**sampling_params, "max_tokens": turn_budget(self.limits, len(agent_data.prompt_ids))}
-        return await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+        state = await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+        if state == AgentState.PROCESSING_TOOLS:
+            self._context.model_turn(self.chat.decode(agent_data.response_ids))
+        return state
+
+    async def _handle_processing_tools_state(self, agent_data) -> Any:
+        shown = len(agent_data.messages)
+        state = await super()._handle_processing_tools_state(agent_data)
+        if state == AgentState.GENERATING:  # the observations went into the sequence
+            for message in agent_data.messages[shown:]:
+                self._context.observation(message["content"])
+        return state
+
+    def _restart(self, agent_data, prompt_ids: list[int], messages: list[dict[str, Any]]) -> None:
+        """End the current segment (kept as an output of its own) and go on from `prompt_ids` (`messages` rendered)."""
+        if not agent_data.response_mask:  # nothing followed the current prompt: it is replaced
+            self._prompts[-1] = messages
+        else:
+            self._prompts.append(messages)
+            response = len(agent_data.response_mask)
+            self._finished.append(AgentLoopOutput(
+                prompt_ids=agent_data.prompt_ids[:-response], response_ids=agent_data.prompt_ids[-response:],
+                response_mask=list(agent_data.response_mask),
+                response_logprobs=list(agent_data.response_logprobs) if agent_data.response_logprobs else None,
+                num_turns=agent_data.user_turns + agent_data.assistant_turns + 1, metrics=agent_data.metrics,
+                extra_fields={**agent_data.extra_fields, END_FIELD: "restart", ERROR_FIELD: "",
+                              "turn_scores": list(agent_data.turn_scores), "tool_rewards": list(agent_data.tool_rewards)}))
+        agent_data.prompt_ids, agent_data.response_mask, agent_data.response_logprobs = list(prompt_ids), [], []
 
     async def _call_tool(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data) -> tuple[ToolResponse, float, dict]:
         if tool_call.name == FORMAT_ERROR_CALL:

@@ -17,6 +17,10 @@ from webdancer_synth.llm import ask_json, make_client
 from webdancer_synth.pages import PageFacts, facts, year_in
 
 KINDS = ["identify", "multi_hop", "comparison", "temporal", "counting"]
+# Long-horizon: `chain_hops` entries read one after another, each naming the next (not in the default mix).
+LONG_KINDS = ["chain"]
+CHAIN_PAGE_CHARS = 5000  # a chain page's text must fit the visit tool's answer (visit.max_tokens x 4 = 6,000 chars) whole
+CHAIN_PHRASE_WORDS = 4
 
 
 @dataclass
@@ -35,6 +39,7 @@ class CrawlQAConfig(CrawlConfig):
     prompt_file: str = "configs/prompts/crawlqa.txt"
     max_page_chars: int = 1500
     max_llm_calls: int = 0  # 0 = five per wanted item
+    chain_hops: int = 6  # kind `chain`: entries read before the answer, each found in the text of the one before
 
 
 class CrawlQA(Synthesizer):
@@ -43,12 +48,16 @@ class CrawlQA(Synthesizer):
 
     def __init__(self, config: Optional[CrawlQAConfig] = None):
         super().__init__(config)
-        unknown = [k for k in self.config.kinds if k not in KINDS]
+        unknown = [k for k in self.config.kinds if k not in KINDS + LONG_KINDS]
         if unknown or not self.config.kinds:
             from webdancer.errors import ConfigError
 
             raise ConfigError(f"synth.crawlqa.kinds={self.config.kinds}: {'unknown kind(s) ' + ', '.join(unknown) if unknown else 'empty'}; "
-                              f"the kinds are {', '.join(KINDS)}")
+                              f"the kinds are {', '.join(KINDS + LONG_KINDS)}")
+        if self.config.chain_hops < 2:
+            from webdancer.errors import ConfigError
+
+            raise ConfigError(f"synth.crawlqa.chain_hops={self.config.chain_hops}: a chain reads at least 2 entries")
         self.gate = QualityGate()
         self.pages: list[CrawledPage] = []
 
@@ -82,7 +91,7 @@ class CrawlQA(Synthesizer):
         if not urls:
             return
         made, attempts = 0, 0
-        kinds = [k for k in KINDS if k in cfg.kinds]
+        kinds = [k for k in KINDS + LONG_KINDS if k in cfg.kinds]
         while made < cfg.num_items and attempts < cfg.num_items * 40:
             kind = kinds[attempts % len(kinds)]
             attempts += 1
@@ -148,6 +157,32 @@ class CrawlQA(Synthesizer):
         q = f'On {self.config.site_name}, how many years apart were the last updates of the entries for "{x.name}" and "{y.name}"?'
         return q, str(gap), [x.url, y.url], 2, [x.updated, y.updated]
 
+    def _q_chain(self, rng, urls, info, links):
+        """Read `chain_hops` entries in turn: each one's text names the next right after a phrase the question quotes,
+        so every hop is found in what the visit tool shows (the page's text; it has no links), and the answer, the
+        entry the last one names, is known only after reading all of them."""
+        hops = self.config.chain_hops
+        chain = [rng.choice(urls)]
+        phrases: list[str] = []
+        while len(chain) <= hops:
+            options = [(target, phrase) for target in links.get(chain[-1], []) if target not in chain
+                       for phrase in [_lead_in(self._text(chain[-1]), info[target].name)] if phrase]
+            if not options:
+                return None
+            target, phrase = rng.choice(sorted(options))
+            chain.append(target)
+            phrases.append(phrase)
+        first, answer = info[chain[0]], info[chain[-1]].name
+        steps = "; in that entry, ".join(f'the entry named right after the words "{p}"' for p in phrases)
+        q = (f'Start at the {self.config.site_name} entry "{first.name}". In its text, find {steps}. '
+             f"Which entry does the last one name there?")
+        return q, answer, chain[:-1], hops, None
+
+    def _text(self, url: str) -> str:
+        if not hasattr(self, "_texts"):
+            self._texts = {p.url: p.text for p in self.pages}
+        return self._texts.get(url, "")
+
     def _q_counting(self, rng, urls, info, links):
         candidates = [u for u in urls if info[u].senses >= 2]
         if not candidates:
@@ -202,6 +237,24 @@ class CrawlQA(Synthesizer):
                 )
         finally:
             await client.aclose()
+
+
+def _lead_in(text: str, name: str) -> str:
+    """The CHAIN_PHRASE_WORDS words before the one place `name` appears in `text` (as a whole word, on one line), when
+    those words and the name after them appear nowhere else: what a reader can find without the page's links."""
+    if len(text) > CHAIN_PAGE_CHARS or len(name) < 3:
+        return ""
+    found = list(re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text))
+    if len(found) != 1:
+        return ""
+    line_start = text.rfind("\n", 0, found[0].start()) + 1
+    words = text[line_start : found[0].start()].split()
+    if len(words) < CHAIN_PHRASE_WORDS:
+        return ""
+    phrase = " ".join(words[-CHAIN_PHRASE_WORDS:])
+    if '"' in phrase or " ".join(text.split()).count(phrase) != 1:
+        return ""
+    return phrase
 
 
 def _sentence_with(text: str, answer: str) -> str:

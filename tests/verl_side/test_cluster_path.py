@@ -75,7 +75,8 @@ async def test_a_tool_outage_in_a_verl_rollout_is_raised_not_shown_to_the_model(
              render_assistant("Done.", answer="Jack Kilby")]
     server = ScriptedServer(tokenizer, turns)
     with pytest.raises(OutageError, match="serper search failed"):
-        await verl_loop(tokenizer, serper_down, server).run({}, raw_prompt=[{"role": "user", "content": QUESTION.question}], extra_info={})
+        await verl_loop(tokenizer, serper_down, server).run(
+            {}, raw_prompt=[{"role": "system", "content": "s"}, {"role": "user", "content": QUESTION.question}], extra_info={})
     assert len(server.prompts) == 1  # the model never got a turn after the failed call
 
 

@@ -255,7 +255,7 @@ async def test_agent_loop_masks_tool_responses_on_real_tokens(prepared, tokenize
     assert "<tool_response>" in tokenizer.decode(server.prompts[1]) and len(server.prompts[1]) > len(server.prompts[0])
 
 
-def verl_loop(tokenizer, data, server, **rollout):
+def verl_loop(tokenizer, data, server, context=None, **rollout):
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
     from verl.tools.tool_registry import initialize_tools_from_config
     from verl.utils.dataset.rl_dataset import RLHFDataset
@@ -268,7 +268,7 @@ def verl_loop(tokenizer, data, server, **rollout):
     return WebdancerAgentLoop(trainer_config=DictConfigWrap(OmegaConf.create({"actor_rollout_ref": {"rollout": config}})),
                               server_manager=server, tokenizer=tokenizer, processor=None, dataset_cls=RLHFDataset,
                               data_config=DictConfigWrap(OmegaConf.create({})), tools=ToolListWrap(initialize_tools_from_config(str(data.tool_config))),
-                              hf_model_type="llama", max_turn_tokens=loops.max_turn_tokens)
+                              hf_model_type="llama", max_turn_tokens=loops.max_turn_tokens, context=context or loops.context)
 
 
 async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer, tmp_path, monkeypatch):
@@ -315,6 +315,52 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer, tm
     assert check(record, tokenizer) is None
 
 
+async def test_verl_and_trl_restart_rollouts_into_the_same_segments(prepared, tokenizer, tmp_path, monkeypatch):
+    """ReSum-GRPO on both engines: keep_last_k with k=0 restarts the rollout after each observation; verl's agent loop
+    returns one AgentLoopOutput per segment (what verl's default trainer trains as rows sharing the final segment's
+    reward and GRPO advantage) and those are, token for token, the TRL engine's segments for the same replies; each
+    recorded segment renders back through the chat template after its own prompt."""
+    import pyarrow.parquet as pq
+    from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
+    from webdancer_rl.rollout import ChatTokens, RolloutContext, RolloutLimits, run_rollouts
+
+    from webdancer.context import KeepLastK, KeepLastKConfig
+    from webdancer.records import record_from_dict
+    from webdancer.token_trajectories import TokenRollout, check
+    from webdancer.tools import ToolBox
+
+    cfg, data = prepared
+    prompt = pq.read_table(data.train).to_pylist()[0]["prompt"]
+    turns = [render_assistant("I will search.", tool_call=ToolCall("search", {"query": ["integrated circuit Kilby"]})),
+             "<think>x</think><tool_call>{bad json</tool_call>",  # a format error's observation is blanked too
+             render_assistant("The results name Jack Kilby.", answer="Jack Kilby")]
+    monkeypatch.setenv("WEBDANCER_TOKEN_ROLLOUTS", str(tmp_path / "token_rollouts"))
+    context = {"name": "keep_last_k", "options": {"k": 0}, "max_tokens": 10**6}
+    verl_out = await verl_loop(tokenizer, data, ScriptedServer(tokenizer, turns), context=context).run({}, raw_prompt=prompt, extra_info={"question_id": "q7"})
+    assert isinstance(verl_out, list) and len(verl_out) == 3 and all(isinstance(o, AgentLoopOutput) for o in verl_out)
+    assert [o.extra_fields["webdancer_end"] for o in verl_out] == ["restart", "restart", ""]
+
+    script, chat = list(turns), ChatTokens(tokenizer)
+
+    async def generate(sequences, budgets):
+        return [tokenizer(script.pop(0) + "<|im_end|>")["input_ids"][:b] for b in budgets]
+
+    limits = RolloutLimits(max_turns=4, max_prompt_length=4096, max_response_length=2048, max_tool_response_length=300)
+    async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
+        [trl_out] = await run_rollouts([chat.prompt(prompt)], generate, toolbox, chat, limits,
+                                       contexts=[RolloutContext(KeepLastK(KeepLastKConfig(k=0)), prompt, 10**6, chat.count)])
+    segments = trl_out.segments()
+    assert len(segments) == 3
+    for (segment_prompt, start, end), out in zip(segments, verl_out):
+        assert segment_prompt == out.prompt_ids
+        assert trl_out.completion_ids[start:end] == out.response_ids and trl_out.env_mask[start:end] == out.response_mask
+    assert "removed to fit" in tokenizer.decode(verl_out[2].prompt_ids)  # both earlier observations blanked
+    records = [record_from_dict(TokenRollout, json.loads(line)) for path in (tmp_path / "token_rollouts").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert [r.id.split("#")[1:] for r in records] == [[], ["1"], ["2"]]
+    assert all(check(r, tokenizer) is None for r in records)
+
+
 async def test_max_turn_tokens_caps_each_verl_turn(prepared, tokenizer):
     cfg, data = prepared
     server = ScriptedServer(tokenizer, [render_assistant("done", answer="x")])
@@ -328,7 +374,7 @@ async def test_max_turn_tokens_caps_each_verl_turn(prepared, tokenizer):
     server.generate = record
     loop = verl_loop(tokenizer, data, server)
     loop.limits = type(loop.limits)(**{**loop.limits.__dict__, "max_turn_tokens": 64})
-    await loop.run({}, raw_prompt=[{"role": "user", "content": "q"}], extra_info={})
+    await loop.run({}, raw_prompt=[{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], extra_info={})
     assert seen == [64]
 
 

@@ -145,7 +145,9 @@ async def test_chain_questions_need_six_entries_each_found_in_what_a_visit_shows
             phrases = [p.split('"')[0] for p in item.question.split('right after the words "')[1:]]
             names = [page_name(titles[u]) for u in item.source_urls[1:]] + [item.answer]  # the entry each hop names
             shown = [" ".join(s.tool_result.content.split()) for s in visits]
-            assert len(phrases) == 6 and all(f"{p} {n}" in text for p, n, text in zip(phrases, names, shown)), item.question
+            assert len(phrases) == 6
+            for phrase, name, text in zip(phrases, names, shown):
+                assert f"{phrase} {name}" in text, (phrase, name, text[max(0, text.find(phrase) - 100) :][:400])
             assert "I could not confirm" not in traj.steps[-1].thought  # the answer was in what it read
 
 

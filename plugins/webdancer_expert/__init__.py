@@ -48,14 +48,19 @@ class ExpertPolicy(Policy):
             raise ValueError("the expert policy needs a QA item with provenance (it demonstrates, it does not reason)")
         observations = [o for o in (unwrap_tool_response(m.content) for m in messages if m.role == "user") if o is not None]
         pages = list(dict.fromkeys(task.provenance.get("hop_path") or task.source_urls))
-        if not observations:
+        if len(messages) <= 2:  # nothing done yet
             query = search_query(task.question, self.config.max_query_words)
             thought = f"I need to find the facts this question depends on. I will search for: {query}."
             return PolicyOutput(render_assistant(thought, tool_call=ToolCall("search", {"query": [query]})))
-        step = len(observations)  # 1 = after the search, then one page per step
-        if step <= len(pages):
-            url = pages[step - 1]
-            seen = "The results list this page" if url in observations[-1] else "This page is where the facts should be"
+        # Where it is: the pages its own turns (or a summary of them) name, not the tool results, which a context
+        # policy may have blanked or summarized away, and whose search results name pages it has not read.
+        own = " ".join(m.content for m in messages[2:] if m.role == "assistant" or unwrap_tool_response(m.content) is None)
+        read = 0
+        while read < len(pages) and re.search(re.escape(pages[read]) + r"(?![\w/.#?%-])", own):
+            read += 1
+        if read < len(pages):
+            url = pages[read]
+            seen = "The results list this page" if observations and url in observations[-1] else "This page is where the facts should be"
             thought = f"{seen}: {url}. I will read it with the question as my goal."
             return PolicyOutput(render_assistant(thought, tool_call=ToolCall("visit", {"url": [url], "goal": task.question})))
         found = any(f" {normalize_answer(task.answer)} " in f" {normalize_answer(o)} " for o in observations)

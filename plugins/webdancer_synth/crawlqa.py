@@ -14,7 +14,7 @@ from webdancer.synth import Synthesizer
 from webdancer_synth.checks import QualityGate
 from webdancer_synth.crawl import CrawlConfig, CrawledPage, crawl
 from webdancer_synth.llm import ask_json, make_client
-from webdancer_synth.pages import PageFacts, facts, year_in
+from webdancer_synth.pages import PageFacts, facts, page_name, year_in
 
 KINDS = ["identify", "multi_hop", "comparison", "temporal", "counting"]
 # Long-horizon: `chain_hops` entries read one after another, each naming the next (not in the default mix).
@@ -115,7 +115,7 @@ class CrawlQA(Synthesizer):
                     "kind": kind,
                     "generator": "structural",
                     "hop_path": path,
-                    "supporting_sentences": [_sentence_with(texts[u], answer) or info[u].first_sentence for u in path],
+                    "supporting_sentences": [_sentence_with(texts[u], answer) or (info[u].first_sentence if u in info else "") for u in path],
                 },
             )
 
@@ -162,26 +162,53 @@ class CrawlQA(Synthesizer):
         so every hop is found in what the visit tool shows (the page's text; it has no links), and the answer, the
         entry the last one names, is known only after reading all of them."""
         hops = self.config.chain_hops
-        chain = [rng.choice(urls)]
-        phrases: list[str] = []
-        while len(chain) <= hops:
-            options = [(target, phrase) for target in links.get(chain[-1], []) if target not in chain
-                       for phrase in [_lead_in(self._text(chain[-1]), info[target].name)] if phrase]
-            if not options:
-                return None
-            target, phrase = rng.choice(sorted(options))
-            chain.append(target)
-            phrases.append(phrase)
-        first, answer = info[chain[0]], info[chain[-1]].name
+        names = self._names()
+        budget = [500]  # pages tried per question: a depth-first walk that backs out of dead ends
+
+        def extend(chain: list[str], phrases: list[str]) -> bool:
+            if len(chain) > hops:
+                return True
+            text = self._text(chain[-1])
+            options = sorted((target, phrase) for target in set(self._links(chain[-1])) if target not in chain and target in names
+                             for phrase in [_lead_in(text, names[target])] if phrase)
+            rng.shuffle(options)
+            for target, phrase in options:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    return False
+                chain.append(target)
+                phrases.append(phrase)
+                if extend(chain, phrases):
+                    return True
+                chain.pop()
+                phrases.pop()
+            return False
+
+        chain, phrases = [rng.choice(sorted(names))], []
+        if not extend(chain, phrases):
+            return None
+        first, answer = names[chain[0]], names[chain[-1]]
         steps = "; in that entry, ".join(f'the entry named right after the words "{p}"' for p in phrases)
-        q = (f'Start at the {self.config.site_name} entry "{first.name}". In its text, find {steps}. '
+        q = (f'Start at the {self.config.site_name} entry "{first}". In its text, find {steps}. '
              f"Which entry does the last one name there?")
         return q, answer, chain[:-1], hops, None
 
     def _text(self, url: str) -> str:
-        if not hasattr(self, "_texts"):
-            self._texts = {p.url: p.text for p in self.pages}
-        return self._texts.get(url, "")
+        return self._page(url).text if self._page(url) else ""
+
+    def _links(self, url: str) -> list[str]:
+        return self._page(url).links if self._page(url) else []
+
+    def _page(self, url: str) -> Optional[CrawledPage]:
+        if getattr(self, "_by_url", None) is None:
+            self._by_url = {p.url: p for p in self.pages}
+        return self._by_url.get(url)
+
+    def _names(self) -> dict[str, str]:
+        """Every crawled page's entry name (a chain may pass through pages without a usable description)."""
+        if getattr(self, "_page_names", None) is None:
+            self._page_names = {p.url: page_name(p.title) for p in self.pages if page_name(p.title)}
+        return self._page_names
 
     def _q_counting(self, rng, urls, info, links):
         candidates = [u for u in urls if info[u].senses >= 2]
@@ -240,21 +267,22 @@ class CrawlQA(Synthesizer):
 
 
 def _lead_in(text: str, name: str) -> str:
-    """The CHAIN_PHRASE_WORDS words before the one place `name` appears in `text` (as a whole word, on one line), when
-    those words and the name after them appear nowhere else: what a reader can find without the page's links."""
+    """The CHAIN_PHRASE_WORDS words before a place `name` appears in `text` (as a whole word, on one line), when
+    those words appear nowhere else: what a reader finds without the page's links."""
     if len(text) > CHAIN_PAGE_CHARS or len(name) < 3:
         return ""
-    found = list(re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text))
-    if len(found) != 1:
-        return ""
-    line_start = text.rfind("\n", 0, found[0].start()) + 1
-    words = text[line_start : found[0].start()].split()
-    if len(words) < CHAIN_PHRASE_WORDS:
-        return ""
-    phrase = " ".join(words[-CHAIN_PHRASE_WORDS:])
-    if '"' in phrase or " ".join(text.split()).count(phrase) != 1:
-        return ""
-    return phrase
+    flat = " ".join(text.split())
+    for found in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text):
+        if text[found.start() - 1 : found.start()] != " ":  # the phrase, a space, the name: nothing glued to it
+            continue
+        line_start = text.rfind("\n", 0, found.start()) + 1
+        words = text[line_start : found.start()].split()
+        if len(words) < CHAIN_PHRASE_WORDS:
+            continue
+        phrase = " ".join(words[-CHAIN_PHRASE_WORDS:])
+        if '"' not in phrase and flat.count(phrase) == 1:
+            return phrase
+    return ""
 
 
 def _sentence_with(text: str, answer: str) -> str:

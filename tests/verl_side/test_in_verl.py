@@ -315,49 +315,75 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer, tm
     assert check(record, tokenizer) is None
 
 
-async def test_verl_and_trl_restart_rollouts_into_the_same_segments(prepared, tokenizer, tmp_path, monkeypatch):
-    """ReSum-GRPO on both engines: keep_last_k with k=0 restarts the rollout after each observation; verl's agent loop
-    returns one AgentLoopOutput per segment (what verl's default trainer trains as rows sharing the final segment's
-    reward and GRPO advantage) and those are, token for token, the TRL engine's segments for the same replies; each
-    recorded segment renders back through the chat template after its own prompt."""
+@pytest.mark.parametrize("policy", ["keep_last_k", "summarize", "newest_exchange"])
+async def test_verl_and_trl_restart_rollouts_into_the_same_segments(policy, plugins, prepared, tokenizer, tmp_path, monkeypatch):
+    """ReSum-GRPO on both engines, for each kind of restart: keep_last_k (k=0: every observation blanked), summarize
+    (a summary after each exchange, from a summarizer on loopback) and a third-party policy (the test package's
+    newest_exchange, registered as its entry point would). verl's agent loop returns one AgentLoopOutput per segment
+    (what verl's default trainer trains as rows sharing the final segment's reward and GRPO advantage) and those are,
+    token for token, the TRL engine's segments for the same replies; each recorded segment renders back through the
+    chat template after its own prompt."""
+    import sys
+
     import pyarrow.parquet as pq
     from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
     from webdancer_rl.rollout import ChatTokens, RolloutContext, RolloutLimits, run_rollouts
 
-    from webdancer.context import KeepLastK, KeepLastKConfig
     from webdancer.records import record_from_dict
+    from webdancer.testing.fake_openai import FakeOpenAIServer
     from webdancer.token_trajectories import TokenRollout, check
     from webdancer.tools import ToolBox
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packages" / "webdancer-context-newest"))
+    import webdancer_context_newest
+
+    if "newest_exchange" not in plugins.registry.get("context_policies", {}):  # unless its egg-info made it an entry point already
+        plugins.register(webdancer_context_newest)
     cfg, data = prepared
     prompt = pq.read_table(data.train).to_pylist()[0]["prompt"]
     turns = [render_assistant("I will search.", tool_call=ToolCall("search", {"query": ["integrated circuit Kilby"]})),
-             "<think>x</think><tool_call>{bad json</tool_call>",  # a format error's observation is blanked too
+             "<think>x</think><tool_call>{bad json</tool_call>",  # a format error's observation counts as one too
              render_assistant("The results name Jack Kilby.", answer="Jack Kilby")]
-    monkeypatch.setenv("WEBDANCER_TOKEN_ROLLOUTS", str(tmp_path / "token_rollouts"))
-    context = {"name": "keep_last_k", "options": {"k": 0}, "max_tokens": 10**6}
-    verl_out = await verl_loop(tokenizer, data, ScriptedServer(tokenizer, turns), context=context).run({}, raw_prompt=prompt, extra_info={"question_id": "q7"})
-    assert isinstance(verl_out, list) and len(verl_out) == 3 and all(isinstance(o, AgentLoopOutput) for o in verl_out)
-    assert [o.extra_fields["webdancer_end"] for o in verl_out] == ["restart", "restart", ""]
+    chat = ChatTokens(tokenizer)
+    head = sum(chat.count(m["content"]) for m in prompt)
+    with FakeOpenAIServer(default="Searched for the integrated circuit; Kilby is named.") as summarizer:
+        options = {"keep_last_k": {"k": 0}, "newest_exchange": {},
+                   "summarize": {"threshold": (head + 10) / (10 * head), "model": {"base_url": summarizer.base_url, "model": "s"}}}[policy]
+        context = {"name": policy, "options": options, "max_tokens": 10 * head}
+        monkeypatch.setenv("WEBDANCER_TOKEN_ROLLOUTS", str(tmp_path / "token_rollouts"))
+        verl_out = await verl_loop(tokenizer, data, ScriptedServer(tokenizer, turns), context=context).run(
+            {}, raw_prompt=prompt, extra_info={"question_id": "q7"})
 
-    script, chat = list(turns), ChatTokens(tokenizer)
+        script = list(turns)
 
-    async def generate(sequences, budgets):
-        return [tokenizer(script.pop(0) + "<|im_end|>")["input_ids"][:b] for b in budgets]
+        async def generate(sequences, budgets):
+            return [tokenizer(script.pop(0) + "<|im_end|>")["input_ids"][:b] for b in budgets]
 
-    limits = RolloutLimits(max_turns=4, max_prompt_length=4096, max_response_length=2048, max_tool_response_length=300)
-    async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
-        [trl_out] = await run_rollouts([chat.prompt(prompt)], generate, toolbox, chat, limits,
-                                       contexts=[RolloutContext(KeepLastK(KeepLastKConfig(k=0)), prompt, 10**6, chat.count)])
+        limits = RolloutLimits(max_turns=4, max_prompt_length=4096, max_response_length=2048, max_tool_response_length=300)
+        built = plugins.build("context_policies", policy, options, f"context.{policy}")
+        async with ToolBox.from_config(cfg.agent.tools, cfg.tools, 30) as toolbox:
+            [trl_out] = await run_rollouts([chat.prompt(prompt)], generate, toolbox, chat, limits,
+                                           contexts=[RolloutContext(built, prompt, 10 * head, chat.count)])
+        await built.aclose()
+        summaries = [r for r in summarizer.state.requests if r["messages"][0]["content"].startswith("You are helping")]
+    restarts = 1 if policy == "newest_exchange" else 2  # it first changes the prompt when a second exchange comes
+    assert isinstance(verl_out, list) and len(verl_out) == restarts + 1 and all(isinstance(o, AgentLoopOutput) for o in verl_out)
+    assert [o.extra_fields["webdancer_end"] for o in verl_out] == ["restart"] * restarts + [""]
     segments = trl_out.segments()
-    assert len(segments) == 3
+    assert len(segments) == restarts + 1 and trl_out.end == "answer"
     for (segment_prompt, start, end), out in zip(segments, verl_out):
         assert segment_prompt == out.prompt_ids
         assert trl_out.completion_ids[start:end] == out.response_ids and trl_out.env_mask[start:end] == out.response_mask
-    assert "removed to fit" in tokenizer.decode(verl_out[2].prompt_ids)  # both earlier observations blanked
+    last_prompt = tokenizer.decode(verl_out[-1].prompt_ids)
+    if policy == "summarize":
+        assert len(summaries) == 4 and "Kilby is named" in last_prompt  # 2 restarts on each engine
+    elif policy == "keep_last_k":
+        assert "removed to fit" in last_prompt  # both earlier observations blanked
+    else:
+        assert "I will search." not in last_prompt and "bad json" in last_prompt  # only the newest exchange
     records = [record_from_dict(TokenRollout, json.loads(line)) for path in (tmp_path / "token_rollouts").glob("*.jsonl")
                for line in path.read_text().splitlines()]
-    assert [r.id.split("#")[1:] for r in records] == [[], ["1"], ["2"]]
+    assert [r.id.split("#")[1:] for r in records] == [[], ["1"], ["2"]][: restarts + 1]
     assert all(check(r, tokenizer) is None for r in records)
 
 

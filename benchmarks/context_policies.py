@@ -1,0 +1,146 @@
+"""Context policies on long-horizon questions (issue 41): what each policy does where a ReAct context overflows.
+
+Questions: CrawlQA's `chain` kind over the offline web's FOLDOC (6 entries read in turn, each naming the next).
+Policies: each of `agent.context` (blank_old, keep_last_k, summarize), one after another, same questions, same
+budget (`agent.max_context_tokens`, BENCH_CONTEXT_TOKENS, default 3000: the expert's 8-turn trajectories pass it, a
+model with SmolLM2's 8,192-token window must stay under it). Rollout policies: the expert demonstrator (the
+ceiling: it reads every page of the chain) and the quickstart's fine-tuned tiny model (runs/quickstart/sft, else
+the base model), served by our batched server, which also summarizes for `summarize` (ReSum without a separate
+summarizer). Per policy and rollout policy: Pass@1 (the configured rewards' correctness), rollouts ended by
+`context_overflow`, peak and mean prompt tokens per turn (counted as the policies count them), model tokens per
+answered question, wall time. Ratios against blank_old in the same run.
+
+Targets (issue 41): keep_last_k and summarize end no rollout by overflow where blank_old ends more than 10 %, at
+equal or better Pass@1, and cut mean prompt tokens per turn by at least 30 %.
+
+Needs the quickstart's outputs (scripts/quickstart.sh, or `webdancer pipeline configs/quickstart.yaml` up to `sft`).
+Run it alone: it measures the CPU. BENCH_CHAIN_QUESTIONS (default 24) sets the questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BASE_MODEL, QUICKSTART_CONFIG, ROOT, Row, emit, need_quickstart, tuned_or_base_model
+from _common import WEB_ROOT as WEB
+
+sys.path.insert(0, str(ROOT / "plugins"))
+
+POLICIES = ("blank_old", "keep_last_k", "summarize")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def chain_questions(base_url: str, folder: Path, count: int) -> list:
+    from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
+
+    from webdancer.jsonl import read_records
+    from webdancer.records import QAItem
+    from webdancer.synth import run_synthesizer
+
+    out = folder / "chain.jsonl"
+    cfg = CrawlQAConfig(root_url=f"{base_url}/foldoc/python.html", crawl_store=str(folder / "crawl.jsonl"), max_pages=1500,
+                        num_items=count, kinds=["chain"], seed=41)
+    await run_synthesizer(CrawlQA(cfg), out)
+    return list(read_records(out, QAItem))
+
+
+async def run_policy(cfg, rollout_policy: str, items: list) -> dict:
+    """Every question once with `rollout_policy` under cfg's context policy; the measures of the docstring."""
+    from webdancer.agent import configured_agent, run_many
+    from webdancer.rewards import RewardSet, reward_input
+
+    prompts: list[int] = []
+    started = time.perf_counter()
+    async with configured_agent(cfg, policy=rollout_policy) as agent:
+        act, count = agent.policy.act, agent.policy.count_tokens
+
+        async def recording(messages, task=None):
+            prompts.append(sum(count(m.content) for m in messages))  # the prompt this turn, as the context policy counted it
+            return await act(messages, task)
+
+        agent.policy.act = recording
+        trajs = await run_many(agent, [(item, 0) for item in items], cfg.agent.concurrency)
+    wall = time.perf_counter() - started
+    rewards = RewardSet.from_config(cfg)
+    try:
+        correct = [(await rewards.score(reward_input(t))).correct for t in trajs]
+    finally:
+        await rewards.aclose()
+    answered = [t for t in trajs if t.termination == "answered"]
+    ends: dict[str, int] = {}
+    for t in trajs:
+        ends[t.termination] = ends.get(t.termination, 0) + 1
+    return {"pass_at_1": statistics.fmean(correct), "overflow": ends.get("context_overflow", 0) / len(trajs), "ends": ends,
+            "peak_prompt": max(prompts), "mean_prompt": statistics.fmean(prompts),
+            "model_tokens_per_answered": sum(t.usage.completion_tokens for t in trajs) / len(answered) if answered else float("nan"),
+            "segments": statistics.fmean(len(t.segments) + 1 for t in trajs), "wall_s": wall}
+
+
+def main() -> None:
+    from webdancer_models.config import ServeConfig
+    from webdancer_models.serve import served_model_name, start_server
+    from webdancer_web.server import LocalWebServer
+
+    from webdancer.config_loader import load_config
+
+    need_quickstart(BASE_MODEL / "config.json", WEB / "manifest.json")
+    model_dir = tuned_or_base_model()
+    budget = int(os.environ.get("BENCH_CONTEXT_TOKENS", "3000"))
+    count = int(os.environ.get("BENCH_CHAIN_QUESTIONS", "24"))
+    port = free_port()
+    results: dict[tuple[str, str], dict] = {}
+    with tempfile.TemporaryDirectory() as tmp, LocalWebServer(WEB, "127.0.0.1", port):
+        items = asyncio.run(chain_questions(f"http://127.0.0.1:{port}", Path(tmp), count))
+        print(f"{len(items)} chain questions ({items[0].hops if items else 0} hops each)", flush=True)
+        serve = ServeConfig(backend="batched", model_path=str(model_dir), port=free_port(), health_timeout_s=300)
+        with start_server(serve, Path(tmp) / "logs") as server:
+            endpoint = {"base_url": server.base_url, "model": served_model_name(serve)}
+            for rollout_policy in ("expert", "model"):
+                for context in POLICIES:
+                    overrides = [f"web.root={WEB}", f"web.port={port}", "tools.visit.cache_dir=null", "agent.max_turns=12",
+                                 f"agent.max_context_tokens={budget}", f"agent.context={context}", f"model.base_url={endpoint['base_url']}",
+                                 f"model.model={endpoint['model']}", "model.max_tokens=256", "tracking.backend=none",
+                                 f"context.summarize.model={json.dumps(endpoint)}", "context.summarize.max_tokens=200"]
+                    cfg = load_config(QUICKSTART_CONFIG, overrides)
+                    name = "expert" if rollout_policy == "expert" else cfg.agent.policy
+                    results[(rollout_policy, context)] = measured = asyncio.run(run_policy(cfg, name, items))
+                    print(rollout_policy, context, json.dumps(measured), flush=True)
+    rows = []
+    for rollout_policy, label in (("expert", "expert"), ("model", f"tiny model ({model_dir.name})")):
+        base = results[(rollout_policy, "blank_old")]
+        for context in POLICIES:
+            r = results[(rollout_policy, context)]
+            mean_ratio = r["mean_prompt"] / base["mean_prompt"]
+            who = f"{label}, {context}"
+            rows += [
+                Row("context_policies", f"Pass@1, {who}", r["pass_at_1"], "", r["pass_at_1"] - base["pass_at_1"], "minus blank_old's",
+                    ">= blank_old" if context != "blank_old" else "report", context == "blank_old" or r["pass_at_1"] >= base["pass_at_1"]),
+                Row("context_policies", f"context_overflow, {who}", r["overflow"] * 100, "%", base["overflow"] * 100, "blank_old's %",
+                    "0 where blank_old > 10 %" if context != "blank_old" else "report",
+                    context == "blank_old" or base["overflow"] <= 0.10 or r["overflow"] == 0),
+                Row("context_policies", f"mean prompt tokens/turn, {who}", r["mean_prompt"], "tokens", mean_ratio, "of blank_old's",
+                    "<= 0.7" if context != "blank_old" else "report", context == "blank_old" or mean_ratio <= 0.7),
+                Row("context_policies", f"peak prompt tokens/turn, {who}", r["peak_prompt"], "tokens", r["peak_prompt"] / budget,
+                    "of agent.max_context_tokens", "report", True),
+                Row("context_policies", f"model tokens/answered, {who}", r["model_tokens_per_answered"], "tokens",
+                    r["segments"], "segments per rollout", "report", True),
+                Row("context_policies", f"wall time, {who}", r["wall_s"], "s", r["wall_s"] / base["wall_s"], "of blank_old's", "report", True),
+            ]
+    emit(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,11 +2,14 @@
 
 Questions: CrawlQA's `chain` kind over the offline web's FOLDOC (6 entries read in turn, each naming the next).
 Policies: each of `agent.context` (blank_old, keep_last_k, summarize), one after another, same questions, same
-budget (`agent.max_context_tokens`, BENCH_CONTEXT_TOKENS, default 3000: the expert's 8-turn trajectories pass it, a
-model with SmolLM2's 8,192-token window must stay under it). Rollout policies: the expert demonstrator (the
-ceiling: it reads every page of the chain) and the quickstart's fine-tuned tiny model (runs/quickstart/sft, else
-the base model), served by our batched server, which also summarizes for `summarize` (ReSum without a separate
-summarizer). Per policy and rollout policy: Pass@1 (the configured rewards' correctness), rollouts ended by
+budget (`agent.max_context_tokens`, BENCH_CONTEXT_TOKENS, default 6000: the configs' own for SmolLM2's 8,192-token
+window; the expert's 8-turn chain trajectories pass it). Rollout policies: the expert demonstrator (the ceiling: it
+reads every page of the chain) and the quickstart's fine-tuned tiny model (runs/quickstart/sft, else the base
+model), served by our batched server. The tiny model summarizes its own rollouts for `summarize` (ReSum without a
+separate summarizer); the expert, which is no model, gets an extractive summarizer on loopback speaking the OpenAI
+protocol (the earlier summary and the agent's own turns, with the pages they read: a stand-in for a strong
+summarizer such as ReSum's, which cannot run here; the tiny model's summaries lose the pages read, and the expert
+then starts over). Per policy and rollout policy: Pass@1 (the configured rewards' correctness), rollouts ended by
 `context_overflow`, peak and mean prompt tokens per turn (counted as the policies count them), model tokens per
 answered question, wall time. Ratios against blank_old in the same run.
 
@@ -14,7 +17,7 @@ Targets (issue 41): keep_last_k and summarize end no rollout by overflow where b
 equal or better Pass@1, and cut mean prompt tokens per turn by at least 30 %.
 
 Needs the quickstart's outputs (scripts/quickstart.sh, or `webdancer pipeline configs/quickstart.yaml` up to `sft`).
-Run it alone: it measures the CPU. BENCH_CHAIN_QUESTIONS (default 24) sets the questions.
+Run it alone: it measures the CPU (~25 min here). BENCH_CHAIN_QUESTIONS (default 12) sets the questions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import sys
@@ -35,6 +39,16 @@ from _common import WEB_ROOT as WEB
 sys.path.insert(0, str(ROOT / "plugins"))
 
 POLICIES = ("blank_old", "keep_last_k", "summarize")
+
+
+def extractive_summary(request: dict) -> str:
+    """The summarizer prompt's earlier summary and agent turns (their thoughts and tool calls, so the pages read)."""
+    text = request["messages"][0]["content"]
+    previous = text.split("Summary of the research before this part:\n", 1)[-1].split("\n\nThis part of the research", 1)[0].strip()
+    evidence = text.split("tool results it got):\n", 1)[-1].split("\n\nWrite the new summary", 1)[0]
+    # The turns' tool calls without their thoughts (the summarize policy keeps what follows a summary's last </think>).
+    turns = [re.sub(r"<think>.*?</think>", "", t, flags=re.S).strip() for t in re.findall(r"\[agent\]\n(.*?)(?=\n\n\[|\Z)", evidence, re.S)]
+    return "\n".join(([previous] if previous and previous != "(none yet)" else []) + turns)
 
 
 def free_port() -> int:
@@ -98,28 +112,31 @@ def main() -> None:
 
     need_quickstart(BASE_MODEL / "config.json", WEB / "manifest.json")
     model_dir = tuned_or_base_model()
-    budget = int(os.environ.get("BENCH_CONTEXT_TOKENS", "3000"))
-    count = int(os.environ.get("BENCH_CHAIN_QUESTIONS", "24"))
+    from webdancer.testing.fake_openai import FakeOpenAIServer
+
+    budget = int(os.environ.get("BENCH_CONTEXT_TOKENS", "6000"))
+    count = int(os.environ.get("BENCH_CHAIN_QUESTIONS", "12"))
     port = free_port()
     results: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp, LocalWebServer(WEB, "127.0.0.1", port):
         items = asyncio.run(chain_questions(f"http://127.0.0.1:{port}", Path(tmp), count))
         print(f"{len(items)} chain questions ({items[0].hops if items else 0} hops each)", flush=True)
         serve = ServeConfig(backend="batched", model_path=str(model_dir), port=free_port(), health_timeout_s=300)
-        with start_server(serve, Path(tmp) / "logs") as server:
+        with start_server(serve, Path(tmp) / "logs") as server, FakeOpenAIServer(default=extractive_summary) as extractive:
             endpoint = {"base_url": server.base_url, "model": served_model_name(serve)}
             for rollout_policy in ("expert", "model"):
+                summarizer = {"base_url": extractive.base_url, "model": "extractive"} if rollout_policy == "expert" else endpoint
                 for context in POLICIES:
                     overrides = [f"web.root={WEB}", f"web.port={port}", "tools.visit.cache_dir=null", "agent.max_turns=12",
                                  f"agent.max_context_tokens={budget}", f"agent.context={context}", f"model.base_url={endpoint['base_url']}",
                                  f"model.model={endpoint['model']}", "model.max_tokens=256", "tracking.backend=none",
-                                 f"context.summarize.model={json.dumps(endpoint)}", "context.summarize.max_tokens=200"]
+                                 f"context.summarize.model={json.dumps(summarizer)}", "context.summarize.max_tokens=200"]
                     cfg = load_config(QUICKSTART_CONFIG, overrides)
                     name = "expert" if rollout_policy == "expert" else cfg.agent.policy
                     results[(rollout_policy, context)] = measured = asyncio.run(run_policy(cfg, name, items))
                     print(rollout_policy, context, json.dumps(measured), flush=True)
     rows = []
-    for rollout_policy, label in (("expert", "expert"), ("model", f"tiny model ({model_dir.name})")):
+    for rollout_policy, label in (("expert", "expert"), ("model", f"tiny {model_dir.name}")):
         base = results[(rollout_policy, "blank_old")]
         for context in POLICIES:
             r = results[(rollout_policy, context)]

@@ -16,7 +16,8 @@ from _common import RESULTS
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["agent_throughput.py", "web_tools.py", "tiny_model_serving.py", "serve_engines.py", "agent_context_decode.py", "synth_throughput.py", "sample_filter.py", "sft_launcher.py",
-              "rl_adapters.py", "rl_step.py", "rl_rollout_engines.py", "rl_rollouts.py", "web_server.py", "tool_store.py", "corpus_scale.py"]
+              "rl_adapters.py", "rl_step.py", "rl_rollout_engines.py", "rl_rollouts.py", "web_server.py", "tool_store.py", "corpus_scale.py",
+              "context_policies.py"]
 # Benchmarks of code that runs inside verl need verl's environment.
 RL_PYTHON = HERE.parent / ".venvs" / "rl" / "bin" / "python"
 NEEDS_RL = {"rl_adapters.py"}

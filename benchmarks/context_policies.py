@@ -17,7 +17,8 @@ Targets (issue 41): keep_last_k and summarize end no rollout by overflow where b
 equal or better Pass@1, and cut mean prompt tokens per turn by at least 30 %.
 
 Needs the quickstart's outputs (scripts/quickstart.sh, or `webdancer pipeline configs/quickstart.yaml` up to `sft`).
-Run it alone: it measures the CPU (~25 min here). BENCH_CHAIN_QUESTIONS (default 12) sets the questions.
+Run it alone: it measures the CPU (~25 min here). BENCH_CHAIN_QUESTIONS (default 12) sets the questions,
+BENCH_CHAIN_HOPS (default 6) their length, BENCH_ROLLOUT_POLICIES (default "expert,model") who answers them.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def chain_questions(base_url: str, folder: Path, count: int) -> list:
+async def chain_questions(base_url: str, folder: Path, count: int, hops: int) -> list:
     from webdancer_synth.crawlqa import CrawlQA, CrawlQAConfig
 
     from webdancer.jsonl import read_records
@@ -66,7 +67,7 @@ async def chain_questions(base_url: str, folder: Path, count: int) -> list:
 
     out = folder / "chain.jsonl"
     cfg = CrawlQAConfig(root_url=f"{base_url}/foldoc/python.html", crawl_store=str(folder / "crawl.jsonl"), max_pages=1500,
-                        num_items=count, kinds=["chain"], seed=41)
+                        num_items=count, kinds=["chain"], chain_hops=hops, seed=41)
     await run_synthesizer(CrawlQA(cfg), out)
     return list(read_records(out, QAItem))
 
@@ -116,18 +117,20 @@ def main() -> None:
 
     budget = int(os.environ.get("BENCH_CONTEXT_TOKENS", "6000"))
     count = int(os.environ.get("BENCH_CHAIN_QUESTIONS", "12"))
+    hops = int(os.environ.get("BENCH_CHAIN_HOPS", "6"))
+    who = [p for p in os.environ.get("BENCH_ROLLOUT_POLICIES", "expert,model").split(",") if p in ("expert", "model")]
     port = free_port()
     results: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp, LocalWebServer(WEB, "127.0.0.1", port):
-        items = asyncio.run(chain_questions(f"http://127.0.0.1:{port}", Path(tmp), count))
+        items = asyncio.run(chain_questions(f"http://127.0.0.1:{port}", Path(tmp), count, hops))
         print(f"{len(items)} chain questions ({items[0].hops if items else 0} hops each)", flush=True)
         serve = ServeConfig(backend="batched", model_path=str(model_dir), port=free_port(), health_timeout_s=300)
         with start_server(serve, Path(tmp) / "logs") as server, FakeOpenAIServer(default=extractive_summary) as extractive:
             endpoint = {"base_url": server.base_url, "model": served_model_name(serve)}
-            for rollout_policy in ("expert", "model"):
+            for rollout_policy in who:
                 summarizer = {"base_url": extractive.base_url, "model": "extractive"} if rollout_policy == "expert" else endpoint
                 for context in POLICIES:
-                    overrides = [f"web.root={WEB}", f"web.port={port}", "tools.visit.cache_dir=null", "agent.max_turns=12",
+                    overrides = [f"web.root={WEB}", f"web.port={port}", "tools.visit.cache_dir=null", f"agent.max_turns={hops + 6}",
                                  f"agent.max_context_tokens={budget}", f"agent.context={context}", f"model.base_url={endpoint['base_url']}",
                                  f"model.model={endpoint['model']}", "model.max_tokens=256", "tracking.backend=none",
                                  f"context.summarize.model={json.dumps(summarizer)}", "context.summarize.max_tokens=200"]
@@ -136,7 +139,10 @@ def main() -> None:
                     results[(rollout_policy, context)] = measured = asyncio.run(run_policy(cfg, name, items))
                     print(rollout_policy, context, json.dumps(measured), flush=True)
     rows = []
-    for rollout_policy, label in (("expert", "expert"), ("model", f"tiny {model_dir.name}")):
+    length = "" if hops == 6 else f", {hops} hops"  # the default's rows keep their names
+    for rollout_policy, label in (("expert", f"expert{length}"), ("model", f"tiny {model_dir.name}{length}")):
+        if rollout_policy not in who:
+            continue
         base = results[(rollout_policy, "blank_old")]
         for context in POLICIES:
             r = results[(rollout_policy, context)]

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Iterator, Optional
 
 from webdancer.context import ContextPolicy, ContextView, fit_prompt
 from webdancer.errors import OutageError
-from webdancer.records import Message, Segment, ToolCall
+from webdancer.records import Message, ToolCall
 from webdancer.tools import ToolBox
 from webdancer.wire import format_error_observation, parse_assistant, render_tool_response, unwrap_tool_response
 from webdancer_rl.config import RlConfig
@@ -178,8 +178,7 @@ class RolloutContext:
             raise ValueError(f"a rollout's prompt must be the system prompt and the question (as `webdancer rl prepare` writes it), got roles "
                              f"{[m.role for m in self.messages]}: the context policy (agent.context) keeps those two as they are")
         self.head = (self.messages[0].content, self.messages[1].content)
-        self.segments: list[Segment] = []
-        self.view = ContextView(max_tokens, count, self.segments, None)
+        self.view = ContextView(max_tokens, count)  # no model endpoint: the policy in training generates
         self._held = self._key(self.messages)  # what the current segment's tokens render
 
     @staticmethod
@@ -242,6 +241,10 @@ class TokenRollout:
     @property
     def model_tokens(self) -> int:
         return sum(self.env_mask)
+
+    def sequence(self) -> list[int]:
+        """The current segment's tokens (its prompt and what followed): what the next turn continues."""
+        return self.completion_ids[self.restarts[-1][0] :] if self.restarts else self.prompt_ids + self.completion_ids
 
     @property
     def sequence_length(self) -> int:
@@ -423,9 +426,7 @@ async def run_rollouts(
         r = rollouts[index]
         context = contexts[index] if contexts else None
         while await fit(r, context) and (budget := turn_budget(limits, r.sequence_length)) > 0:
-            start = r.restarts[-1][0] if r.restarts else 0
-            sequence = r.prompt_ids + r.completion_ids if not r.restarts else r.completion_ids[start:]
-            out = await next_turn(index, sequence, budget)
+            out = await next_turn(index, r.sequence(), budget)
             times.generated_tokens += len(out)
             r.completion_ids += out
             r.env_mask += [1] * len(out)

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from _common import BASE_MODEL, QUICKSTART_CONFIG, ROOT, Row, emit, need_quickstart, tuned_or_base_model
 from _common import WEB_ROOT as WEB
+from tiny_model_serving import free_port
 
 sys.path.insert(0, str(ROOT / "plugins"))
 
@@ -51,11 +51,6 @@ def extractive_summary(request: dict) -> str:
     turns = [re.sub(r"<think>.*?</think>", "", t, flags=re.S).strip() for t in re.findall(r"\[agent\]\n(.*?)(?=\n\n\[|\Z)", evidence, re.S)]
     return "\n".join(([previous] if previous and previous != "(none yet)" else []) + turns)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def chain_questions(base_url: str, folder: Path, count: int, hops: int) -> list:

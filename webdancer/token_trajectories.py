@@ -43,22 +43,29 @@ class TokenRollout:
     restart_prompts: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
+def segment_spans(prompt_ids: Any, completion_ids: Any, restarts: Any) -> list[tuple[Any, int, int]]:
+    """Each segment of a rollout laid out as one row (`restarts`: [offset, length] of each later segment's prompt in
+    the completion) as (its prompt ids, where its tokens start and end in the completion). Lists or tensors."""
+    out, prompt, start = [], prompt_ids, 0
+    for offset, length in restarts or []:
+        out.append((prompt, start, offset))
+        prompt, start = completion_ids[offset : offset + length], offset + length
+    out.append((prompt, start, len(completion_ids)))
+    return out
+
+
 def segment_records(record: TokenRollout) -> list[TokenRollout]:
     """A rollout the context policy restarted, as one record per segment (each checked against its own prompt)."""
     if not record.restarts:
         return [record]
-    out, prompt, prompt_ids, start = [], record.prompt, record.prompt_ids, 0
-    ends = [offset for offset, _ in record.restarts] + [len(record.completion_ids)]
-    for index, end in enumerate(ends):
-        out.append(TokenRollout(
-            id=record.id if index == 0 else f"{record.id}#{index}", step=record.step, engine=record.engine, prompt=prompt,
-            prompt_ids=list(prompt_ids), completion_ids=record.completion_ids[start:end], loss_mask=record.loss_mask[start:end],
-            model_mask=record.model_mask[start:end], logprobs=record.logprobs[start:end] if record.logprobs else None,
-            reward=record.reward, end=record.end if index == len(ends) - 1 else "restart", question_id=record.question_id))
-        if index < len(record.restarts):
-            offset, length = record.restarts[index]
-            prompt, prompt_ids, start = record.restart_prompts[index], record.completion_ids[offset : offset + length], offset + length
-    return out
+    spans = segment_spans(record.prompt_ids, record.completion_ids, record.restarts)
+    prompts = [record.prompt, *record.restart_prompts]
+    return [TokenRollout(
+        id=record.id if index == 0 else f"{record.id}#{index}", step=record.step, engine=record.engine, prompt=prompts[index],
+        prompt_ids=list(prompt_ids), completion_ids=record.completion_ids[start:end], loss_mask=record.loss_mask[start:end],
+        model_mask=record.model_mask[start:end], logprobs=record.logprobs[start:end] if record.logprobs else None,
+        reward=record.reward, end=record.end if index == len(spans) - 1 else "restart", question_id=record.question_id)
+        for index, (prompt_ids, start, end) in enumerate(spans)]
 
 
 @dataclass

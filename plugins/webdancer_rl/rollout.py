@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Iterator, Optional
 from webdancer.context import ContextPolicy, ContextView, fit_prompt
 from webdancer.errors import OutageError
 from webdancer.records import Message, ToolCall
+from webdancer.token_trajectories import segment_spans
 from webdancer.tools import ToolBox
 from webdancer.wire import format_error_observation, parse_assistant, render_tool_response, unwrap_tool_response
 from webdancer_rl.config import RlConfig
@@ -281,12 +282,7 @@ class TokenRollout:
 
     def segments(self) -> list[tuple[list[int], int, int]]:
         """Each segment as (its prompt ids, where its tokens start and end in completion_ids)."""
-        out, prompt, start = [], self.prompt_ids, 0
-        for offset, length in self.restarts:
-            out.append((prompt, start, offset))
-            prompt, start = self.completion_ids[offset : offset + length], offset + length
-        out.append((prompt, start, len(self.completion_ids)))
-        return out
+        return segment_spans(self.prompt_ids, self.completion_ids, self.restarts)
 
     def response_ids(self) -> list[int]:
         """The tokens after each segment's prompt, segment after segment: what the rollout wrote and was shown."""

@@ -132,6 +132,8 @@ def segmented_logps(trainer: Any, score: Any, input_ids: Any, attention_mask: An
     (in the completion, never trained) get 0."""
     import torch
 
+    from webdancer.token_trajectories import segment_spans
+
     width = input_ids.size(1)
     prompt_width = width - logits_to_keep
     logps = torch.zeros(input_ids.size(0), logits_to_keep, device=input_ids.device)
@@ -140,12 +142,7 @@ def segmented_logps(trainer: Any, score: Any, input_ids: Any, attention_mask: An
         used = attention_mask[row].bool()
         prompt = input_ids[row, :prompt_width][used[:prompt_width]]
         completion = input_ids[row, prompt_width:][used[prompt_width:]]
-        pieces, start = [], 0
-        for offset, length in layout or []:
-            pieces.append((prompt, start, offset))
-            prompt, start = completion[offset : offset + length], offset + length
-        pieces.append((prompt, start, completion.size(0)))
-        for segment_prompt, begin, end in pieces:
+        for segment_prompt, begin, end in segment_spans(prompt, completion, layout):
             if end <= begin:
                 continue
             ids = torch.cat([segment_prompt, completion[begin:end]]).unsqueeze(0)

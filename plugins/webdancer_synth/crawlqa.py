@@ -87,6 +87,9 @@ class CrawlQA(Synthesizer):
                 info[page.url] = f
         texts = {p.url: p.text for p in self.pages}
         links = {p.url: [l for l in p.links if l in info] for p in self.pages}
+        # `chain` walks every crawled page (a chain may pass through pages without a usable description), by its links
+        self._all_links = {p.url: p.links for p in self.pages}
+        self._texts, self._names = texts, {p.url: page_name(p.title) for p in self.pages if page_name(p.title)}
         urls = sorted(info)
         if not urls:
             return
@@ -161,15 +164,14 @@ class CrawlQA(Synthesizer):
         """Read `chain_hops` entries in turn: each one's text names the next right after a phrase the question quotes,
         so every hop is found in what the visit tool shows (the page's text; it has no links), and the answer, the
         entry the last one names, is known only after reading all of them."""
-        hops = self.config.chain_hops
-        names = self._names()
+        hops, names = self.config.chain_hops, self._names
         budget = [500]  # pages tried per question: a depth-first walk that backs out of dead ends
 
         def extend(chain: list[str], phrases: list[str]) -> bool:
             if len(chain) > hops:
                 return True
-            text = self._text(chain[-1])
-            options = sorted((target, phrase) for target in set(self._links(chain[-1])) if target not in chain and target in names
+            text = self._texts[chain[-1]]
+            options = sorted((target, phrase) for target in set(self._all_links[chain[-1]]) if target not in chain and target in names
                              for phrase in [_lead_in(text, names[target])] if phrase)
             rng.shuffle(options)
             for target, phrase in options:
@@ -192,23 +194,6 @@ class CrawlQA(Synthesizer):
         q = (f'Start at the {self.config.site_name} entry "{first}". In its text, find {steps}. '
              f"Which entry does the last one name there?")
         return q, answer, chain[:-1], hops, None
-
-    def _text(self, url: str) -> str:
-        return self._page(url).text if self._page(url) else ""
-
-    def _links(self, url: str) -> list[str]:
-        return self._page(url).links if self._page(url) else []
-
-    def _page(self, url: str) -> Optional[CrawledPage]:
-        if getattr(self, "_by_url", None) is None:
-            self._by_url = {p.url: p for p in self.pages}
-        return self._by_url.get(url)
-
-    def _names(self) -> dict[str, str]:
-        """Every crawled page's entry name (a chain may pass through pages without a usable description)."""
-        if getattr(self, "_page_names", None) is None:
-            self._page_names = {p.url: page_name(p.title) for p in self.pages if page_name(p.title)}
-        return self._page_names
 
     def _q_counting(self, rng, urls, info, links):
         candidates = [u for u in urls if info[u].senses >= 2]

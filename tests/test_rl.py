@@ -208,17 +208,48 @@ def test_the_heldout_gap_alarm_and_a_nan_loss_stop():
         stop_on_bad_loss({"step": 4, "loss": float("nan")}, lambda: "checkpoint-3 is intact.")
 
 
-def test_verl_steps_get_their_alarms_in_metrics_jsonl(tmp_path):
+def test_verl_steps_get_their_alarms_in_metrics_jsonl(tmp_path, monkeypatch):
+    """verl logs no tool calls, answered rate or reward components per training step: what our agent loop and
+    compute_score record of each rollout (rl/rollout_stats) is joined per step, so every alarm can fire on verl too."""
     from webdancer_rl.alarms import Alarms
     from webdancer_rl.metrics import add_verl_metrics
+    from webdancer_rl.rollout_stats import ROLLOUT_STATS_ENV, RolloutStats, record_rollout, record_score, score_key
+
+    stats = tmp_path / "rollout_stats"
+    monkeypatch.setenv(ROLLOUT_STATS_ENV, str(stats))
+    # Steps 1-3 of 4 rollouts: the policy stops searching and answers every time, more and more often wrongly.
+    for step, calls, answered, right in ((1, 3, 2, 2), (2, 1, 4, 1), (3, 0, 4, 0)):
+        for i in range(4):
+            text = f"rollout {step}.{i}"
+            record_rollout(RolloutStats(turns=calls + 1, well_formed_turns=calls + 1, tool_calls=calls, tool_errors=0, format_errors=0,
+                                        end="answer" if i < answered else "max_turns", model_tokens=100, response_length=300,
+                                        step=step, question_id=f"q{i}", key=score_key(f"q{i}", text)))
+            correct = float(i < right)
+            record_score(f"q{i}", text, {"format": float(i < answered), "answer": correct, "score": 0.1 * (i < answered) + 0.9 * correct,
+                                         "judge_failed": 0.0})
+    for step, right in ((0, 1), (3, 0)):  # verl's validation (val_before_train, then trainer.test_freq): held-out rollouts
+        for i in range(2):
+            record_rollout(RolloutStats(turns=2, well_formed_turns=2, tool_calls=1, tool_errors=0, format_errors=0, end="answer",
+                                        model_tokens=50, response_length=200, step=step, split="test", question_id=f"v{i}",
+                                        key=score_key(f"v{i}", f"val {step}.{i}")))
+            record_score(f"v{i}", f"val {step}.{i}", {"format": 1.0, "answer": float(i < right), "score": 0.1 + 0.9 * (i < right), "judge_failed": 0.0})
+    record_rollout(RolloutStats(turns=1, well_formed_turns=0, tool_calls=0, tool_errors=0, format_errors=0, end="cut",
+                                model_tokens=10, response_length=10, step=None))  # a trainer that does not say the step: left out
 
     verl_log, metrics = tmp_path / "verl_metrics.jsonl", tmp_path / "metrics.jsonl"
-    lines = [{"step": s, "data": {"critic/score/mean": 0.2, "response_length/mean": 300.0 if s < 2 else 900.0}} for s in (1, 2, 3)]
+    lines = [{"step": 0, "data": {"val-core/webdancer/acc/mean@1": 0.5}}]
+    lines += [{"step": s, "data": {"critic/score/mean": 0.2, "response_length/mean": 300.0 if s < 2 else 900.0}} for s in (1, 2, 3)]
     verl_log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     said = []
-    assert add_verl_metrics(verl_log, metrics, Alarms(dataclasses.replace(default_alarms(), window=1), said.append).check) == 3
-    assert [json.loads(line)["alarms"] for line in metrics.read_text().splitlines()] == [[], ["length"], ["length"]]
-    assert len(said) == 1 and said[0].startswith("alarm length: mean response length 900 tokens")
+    check = Alarms(dataclasses.replace(default_alarms(), window=1), said.append).check
+    assert add_verl_metrics(verl_log, metrics, check, stats) == 4
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert rows[0]["heldout/reward/mean"] == pytest.approx(0.55) and "reward/mean" not in rows[0]
+    assert rows[1]["tool_calls/mean"] == 3.0 and rows[1]["answered_rate"] == 0.5 and rows[1]["reward/answer/mean"] == 0.5
+    assert rows[1]["reward/mean"] == 0.2 and rows[1]["judge_failed/mean"] == 0.0 and "reward/judge_failed/mean" not in rows[1]
+    assert rows[1]["response_length/mean"] == 300.0 and rows[3]["heldout/reward/mean"] == pytest.approx(0.1)
+    assert [r["alarms"] for r in rows] == [[], [], ["tool_calls", "answer_sooner"], ["tool_calls", "format_only", "answer_sooner"]]
+    assert [line.split(":")[0] for line in said] == ["alarm tool_calls", "alarm answer_sooner", "alarm format_only"]
 
 
 def test_prepare_can_keep_a_small_stable_training_set(tmp_path):

@@ -26,7 +26,8 @@ class TokenRollout:
     """One RL rollout as it was trained (`token_rollouts.jsonl`, one line each)."""
 
     id: str
-    step: Optional[int]  # the update that trained it (sampled by the policy of step - 1); None from verl, which does not say
+    step: Optional[int]  # the update that trained it (sampled by the policy of step - 1); from verl, the step its trainer
+    # dispatched the prompt at (None where verl's trainer does not say)
     engine: str
     prompt: list[dict[str, Any]]  # the messages the prompt ids render
     prompt_ids: list[int]

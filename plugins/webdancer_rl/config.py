@@ -100,6 +100,6 @@ class RlConfig:
     eval_every: int = 10
     eval_questions: int = 8
     # Every rollout as it was trained: TRL in rl/token_rollouts.jsonl (prompt and completion ids, loss mask, the sampler's
-    # log-probs, the step), verl in rl/token_rollouts/<host>-<pid>.jsonl (no step: verl does not tell agent loops);
+    # log-probs, the step), verl in rl/token_rollouts/<host>-<pid>.jsonl (the step its trainer dispatched the prompt at);
     # `webdancer traj check` re-renders them with the model's chat template.
     record_tokens: bool = True

@@ -12,6 +12,7 @@ from statistics import fmean
 from typing import Any, Callable, Optional
 
 from webdancer.jsonl import JsonlAppender, atomic_write_text, iter_json_lines
+from webdancer_rl.rollout_stats import rollout_means, step_metrics
 
 # What verl logs (verl/trainer/ppo/metric_utils.py, 0.9.1) -> our name.
 VERL_NAMES = {
@@ -39,22 +40,11 @@ TRL_NAMES = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "learnin
 
 def batch_metrics(rollouts: list[Any], scores: list[dict[str, float]], reward_names: list[str], kept: list[bool]) -> dict[str, float]:
     """Means over one batch of rollouts (webdancer_rl.rollout.TokenRollout) and their compute_score results."""
-    turns = sum(r.turns for r in rollouts)
     out = {
         "reward/mean": fmean(s["reward"] for s in scores),
         "reward/overlong/mean": fmean(s["overlong"] for s in scores),
         "judge_failed/mean": fmean(s.get("judge_failed", 0.0) for s in scores),
-        "valid_turn_rate": sum(r.well_formed_turns for r in rollouts) / turns if turns else 0.0,
-        "answered_rate": fmean(r.end == "answer" for r in rollouts),
-        "turns/mean": fmean(r.turns for r in rollouts),
-        "tool_calls/mean": fmean(r.tool_calls for r in rollouts),
-        "tool_errors/mean": fmean(r.tool_errors for r in rollouts),
-        "format_errors/mean": fmean(r.format_errors for r in rollouts),
-        "response_length/mean": fmean(len(r.response_ids()) for r in rollouts),
-        "segments/mean": fmean(len(r.restarts) + 1 for r in rollouts),
-        "context_overflow_rate": fmean(r.end == "context_overflow" for r in rollouts),
-        "policy_error_rate": fmean(r.end == "policy_error" for r in rollouts),
-        "model_tokens/mean": fmean(r.model_tokens for r in rollouts),
+        **rollout_means([r.stats() for r in rollouts]),
         "filtered_groups": 1.0 - fmean(kept) if kept else 0.0,
     }
     for name in reward_names:
@@ -72,23 +62,30 @@ def from_verl(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def add_verl_metrics(verl_log: Path, metrics: Path, check: Optional[Callable[[dict[str, Any]], list[str]]] = None) -> int:
-    """Append the steps of verl's file log not yet in metrics.jsonl, in our names, each with the `alarms` that `check`
-    finds in it (webdancer_rl.alarms.Alarms.check); returns how many."""
+def add_verl_metrics(verl_log: Path, metrics: Path, check: Optional[Callable[[dict[str, Any]], list[str]]] = None,
+                     stats: Optional[Path] = None) -> int:
+    """Append the steps of verl's file log not yet in metrics.jsonl, in our names, with what our workers recorded of
+    that step's rollouts in `stats` (webdancer_rl.rollout_stats: tool calls, answered rate, reward components, held-out
+    reward), each with the `alarms` that `check` finds in it (webdancer_rl.alarms.Alarms.check); returns how many."""
     if not verl_log.is_file():
         return 0
     done = {obj.get("step") for _, obj in iter_json_lines(metrics)} if metrics.is_file() else set()
+    new = [row for row in (from_verl(record) for _, record in iter_json_lines(verl_log)) if row["step"] is not None and row["step"] not in done]
+    if not new:
+        return 0
+    ours = step_metrics(stats) if stats is not None and stats.is_dir() else {}
     out = JsonlAppender(metrics, key=lambda r: r["step"])
     added = 0
     try:
-        for _, record in iter_json_lines(verl_log):
-            row = from_verl(record)
-            if row["step"] is not None and row["step"] not in done:
-                if check:
-                    row["alarms"] = check(row)
-                out.write(row)
-                done.add(row["step"])
-                added += 1
+        for row in new:
+            if row["step"] in done:
+                continue
+            row.update(ours.get(row["step"], {}))
+            if check:
+                row["alarms"] = check(row)
+            out.write(row)
+            done.add(row["step"])
+            added += 1
     finally:
         out.close()
     return added

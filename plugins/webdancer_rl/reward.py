@@ -16,6 +16,7 @@ from typing import Any, Optional
 from webdancer.config import DEFAULT_REWARD_WEIGHTS
 from webdancer.rewards import RewardInput, RewardSet, plain
 from webdancer.wire import final_turn, parse_assistant
+from webdancer_rl.rollout_stats import record_score
 
 
 def reward_weights(weights: Optional[dict[str, float]]) -> dict[str, float]:
@@ -43,14 +44,17 @@ async def compute_score(
     options: Optional[dict[str, dict[str, Any]]] = None,
     **_: Any,
 ) -> dict[str, float]:
-    """{"score": weighted sum, <reward name>: its score, ..., "judge_failed": 0|1}: verl logs every key per step."""
+    """{"score": weighted sum, <reward name>: its score, ..., "judge_failed": 0|1}. verl logs the keys for validation
+    only; with WEBDANCER_ROLLOUT_STATS set they are recorded for `rl train`'s per-step metrics too."""
     rewards = reward_set(reward_weights(plain(weights)), plain(options) or {})
     extra_info = dict(extra_info or {})
     reference = ground_truth["target"] if isinstance(ground_truth, dict) else str(ground_truth)
     answer = parse_assistant(final_turn(solution_str), {}).answer
     sample = RewardInput(question=str(extra_info.get("question", "")), response=solution_str, reference=reference, answer=answer, extra=extra_info)
     scored = await rewards.score(sample)  # a judge outage raises: never a reward; training stops, a rerun resumes
-    return {**scored.parts, "score": scored.score, "judge_failed": float(bool(scored.judge_error))}
+    out = {**scored.parts, "score": scored.score, "judge_failed": float(bool(scored.judge_error))}
+    record_score(str(extra_info.get("question_id", "")), solution_str, out)  # for `rl train`'s step metrics (verl logs none)
+    return out
 
 
 def overlong_penalty(response_length: int, max_length: int, buffer: int, factor: float) -> float:

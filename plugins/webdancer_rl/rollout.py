@@ -33,6 +33,7 @@ from webdancer.token_trajectories import segment_spans
 from webdancer.tools import ToolBox
 from webdancer.wire import format_error_observation, parse_assistant, render_tool_response, unwrap_tool_response
 from webdancer_rl.config import RlConfig
+from webdancer_rl.rollout_stats import RolloutStats
 
 # A rollout ends for one of these reasons (the last two: the context policy's, as in sampling).
 ENDS = ("answer", "max_turns", "length", "cut", "wrote_tool_response", "context_overflow", "policy_error")
@@ -106,6 +107,16 @@ def read_turn(text: str, ended: bool, tools: dict[str, dict[str, Any]]) -> Turn:
     if parsed.error is not None:
         return Turn("format_error", text, parsed.thought, error=parsed.error)
     return Turn("call", text, parsed.thought, call=parsed.tool_call)
+
+
+def turn_end(turn: Turn, turns: int, response_length: int, limits: RolloutLimits) -> str:
+    """How the rollout ends after this turn ("" if it goes on): the response budget spent, then the turn limit
+    (rl.max_turns; 0: none), then a turn that does not continue (answer, cut, wrote_tool_response)."""
+    if response_length >= limits.max_response_length:
+        return "length"
+    if limits.max_turns and turns >= limits.max_turns:
+        return "max_turns" if turn.continues else turn.kind
+    return "" if turn.continues else turn.kind
 
 
 async def observation_text(turn: Turn, toolbox: ToolBox, limits: RolloutLimits) -> tuple[str, bool]:
@@ -280,6 +291,11 @@ class TokenRollout:
         if self.logprobs is not None:
             self.logprobs += [0.0] * len(prompt_ids)
 
+    def stats(self) -> RolloutStats:
+        return RolloutStats(turns=self.turns, well_formed_turns=self.well_formed_turns, tool_calls=self.tool_calls,
+                            tool_errors=self.tool_errors, format_errors=self.format_errors, end=self.end,
+                            model_tokens=self.model_tokens, response_length=len(self.response_ids()), segments=len(self.restarts) + 1)
+
     def segments(self) -> list[tuple[list[int], int, int]]:
         """Each segment as (its prompt ids, where its tokens start and end in completion_ids)."""
         return segment_spans(self.prompt_ids, self.completion_ids, self.restarts)
@@ -434,12 +450,7 @@ async def run_rollouts(
             text = chat.decode(out)
             turn = read_turn(text, bool(out) and out[-1] in chat.eos_ids, params)
             r.well_formed_turns += turn.kind in ("answer", "call")
-            if r.response_length >= limits.max_response_length:
-                r.end = "length"
-            elif r.turns >= limits.max_turns:
-                r.end = "max_turns" if turn.continues else turn.kind
-            elif not turn.continues:
-                r.end = turn.kind
+            r.end = turn_end(turn, r.turns, r.response_length, limits)
             if r.end:
                 return
             with tooling():

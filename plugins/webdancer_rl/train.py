@@ -28,9 +28,11 @@ from webdancer_rl.hydra_overrides import override
 from webdancer_rl.metrics import add_verl_metrics, read_metrics
 from webdancer_rl.prepare import check_prepared, read_rows
 from webdancer_rl.ray_job import RAY_JOB_ENV, job_config
+from webdancer_rl.rollout_stats import ROLLOUT_STATS_ENV
 
 REWARD_MODULE = Path(__file__).resolve().with_name("reward.py")
 VERL_METRICS = "verl_metrics.jsonl"  # verl's file logger, in verl's names; metrics.jsonl has ours
+ROLLOUT_STATS = "rollout_stats"  # what our verl workers record of each rollout and score (webdancer_rl.rollout_stats)
 
 
 def default_model_path(cfg: WebdancerConfig) -> str:
@@ -154,7 +156,8 @@ def worker_env(cfg: WebdancerConfig, output_dir: Path) -> dict[str, str]:
     webdancer from the RL environment (scripts/setup_rl.sh installs this checkout there)."""
     record = {TOKEN_ROLLOUTS_ENV: str(output_dir.resolve() / "token_rollouts")} if cfg.rl.record_tokens else {}
     return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "VERL_FILE_LOGGER_PATH": str(output_dir.resolve() / VERL_METRICS), **record, **Reporting.of(cfg).env}
+            "VERL_FILE_LOGGER_PATH": str(output_dir.resolve() / VERL_METRICS), ROLLOUT_STATS_ENV: str(output_dir.resolve() / ROLLOUT_STATS),
+            **record, **Reporting.of(cfg).env}
 
 
 def api_key_names(cfg: WebdancerConfig) -> list[str]:
@@ -277,10 +280,10 @@ def run_verl(cfg: WebdancerConfig, data_dir: Path, output_dir: Path, echo: Calla
         echo(line)
         if time.monotonic() - last[0] > 5:
             last[0] = time.monotonic()
-            add_verl_metrics(output_dir / VERL_METRICS, metrics, alarms.check)
+            add_verl_metrics(output_dir / VERL_METRICS, metrics, alarms.check, output_dir / ROLLOUT_STATS)
 
     code = run_logged(command, output_dir / "train.log", env, watch)
-    add_verl_metrics(output_dir / VERL_METRICS, metrics, alarms.check)
+    add_verl_metrics(output_dir / VERL_METRICS, metrics, alarms.check, output_dir / ROLLOUT_STATS)
     Reporting.of(cfg).relay("rl", output_dir / "metrics.jsonl")
     if code != 0:
         raise WebdancerError(f"verl exited with code {code}; last lines:\n" + log_tail(output_dir / "train.log"))

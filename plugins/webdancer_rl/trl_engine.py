@@ -38,6 +38,7 @@ from webdancer_rl.metrics import TRL_NAMES, MetricsLog, batch_metrics, progress_
 from webdancer_rl.prepare import read_rows
 from webdancer_rl.reward import compute_score, overlong_penalty
 from webdancer_rl.rollout import ChatTokens, Generate, RolloutContext, RolloutLimits, RolloutTimes, run_rollouts
+from webdancer_rl.rollout_stats import heldout_metrics
 from webdancer_rl.trl_update import lean_update_trainer, row_key
 
 # verl's loss_agg_mode -> TRL's loss_type (same aggregation of the token losses).
@@ -315,8 +316,7 @@ class WebdancerRollouts:
         rollouts = self._roll_out(rows, trainer, RolloutTimes())
         scores = self.loop.run(self._score(rollouts, rows))
         measured = batch_metrics(rollouts, scores, list(self.weights), [True] * len(rollouts))
-        keep = ("reward/", "answered_rate", "tool_calls/mean", "valid_turn_rate", "response_length/mean")
-        return {**{f"heldout/{k}": v for k, v in measured.items() if k.startswith(keep)}, "time/heldout_s": time.perf_counter() - started}
+        return {**heldout_metrics(measured), "time/heldout_s": time.perf_counter() - started}
 
     def _roll_out(self, rows: list[dict[str, Any]], trainer: Any, times: RolloutTimes) -> list[Any]:
         """One rollout of each row's prompt with the policy, under the rollout rules."""

@@ -17,6 +17,8 @@ TRL engine train the same thing (webdancer_rl.rollout holds the rules both follo
 - a tool whose backend is down (OutageError, after the circuit breaker's pause) is never an observation: verl turns
   every exception of a tool into its answer, so the loop re-raises it, and the rollout fails; with our verl patch
   (third_party_patches/verl) the trainer then stops, as TRL's engine does, instead of training on without it;
+- with `WEBDANCER_ROLLOUT_STATS` set (`rl train` always sets it), what each rollout did (turns, tool calls, how it
+  ended) is appended for `rl train`'s step metrics and alarms (webdancer_rl.rollout_stats: verl logs none of it);
 - with `WEBDANCER_TOKEN_ROLLOUTS` set (`rl train`, `rl.record_tokens`), every rollout is appended as a `TokenRollout` to
   a file of its own process in that folder (`<host>-<pid>.jsonl`: workers on several nodes never share a file).
 """
@@ -27,7 +29,7 @@ import json
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, Optional
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.tool_agent_loop import AgentState, ToolAgentLoop
@@ -41,7 +43,9 @@ from webdancer.rewards import plain
 from webdancer.token_trajectories import TOKEN_ROLLOUTS_ENV, TokenRollout
 from webdancer.typed import to_dict
 from webdancer.wire import format_error_observation
-from webdancer_rl.rollout import ChatTokens, Ended, RolloutContext, RolloutLimits, read_turn, turn_budget
+from webdancer_rl.rollout import ChatTokens, Ended, RolloutContext, RolloutLimits, read_turn, turn_budget, turn_end
+from webdancer_rl.rollout_stats import TRAIN, RolloutStats, score_key
+from webdancer_rl.rollout_stats import record_rollout as record_stats
 
 PARSER = "webdancer"
 AGENT_LOOP = "webdancer_agent"
@@ -54,9 +58,10 @@ END_FIELD, ERROR_FIELD = "webdancer_end", "webdancer_error"
 _recorders: dict[str, JsonlAppender] = {}
 
 
-def record_rollout(prompt: Any, extra_info: Any, output: Any, segment: int = 0) -> None:
-    """Append one verl rollout to this process's file in $WEBDANCER_TOKEN_ROLLOUTS. verl hands agent loops neither the
-    step nor the group's fate (dynamic sampling drops groups later), so `step` is None and the loss mask is the model's."""
+def record_rollout(prompt: Any, extra_info: Any, output: Any, segment: int = 0, step: Optional[int] = None) -> None:
+    """Append one verl rollout to this process's file in $WEBDANCER_TOKEN_ROLLOUTS. `step`: the one verl dispatched its
+    prompt at (its default trainer says; None otherwise). verl does not hand agent loops the group's fate (dynamic
+    sampling drops groups later), so the loss mask is the model's."""
     folder = os.environ.get(TOKEN_ROLLOUTS_ENV)
     if not folder:
         return
@@ -67,7 +72,7 @@ def record_rollout(prompt: Any, extra_info: Any, output: Any, segment: int = 0) 
     mask = [int(m) for m in output.response_mask]
     logprobs = list(output.response_logprobs) if output.response_logprobs is not None else None
     _recorders[folder].write(to_dict(TokenRollout(
-        id=f"{question_id}:{uuid.uuid4().hex[:8]}" + (f"#{segment}" if segment else ""), step=None, engine="verl", prompt=[dict(m) for m in prompt],
+        id=f"{question_id}:{uuid.uuid4().hex[:8]}" + (f"#{segment}" if segment else ""), step=step, engine="verl", prompt=[dict(m) for m in prompt],
         prompt_ids=list(output.prompt_ids), completion_ids=list(output.response_ids), loss_mask=mask, model_mask=list(mask),
         logprobs=logprobs, question_id=question_id)))
 
@@ -126,6 +131,7 @@ class WebdancerAgentLoop(ToolAgentLoop):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> Any:
         self._context = RolloutContext(self.context_policy, list(kwargs["raw_prompt"]), self.context_tokens, self.chat.count)
+        self._stats = RolloutStats(turns=0, well_formed_turns=0, tool_calls=0, tool_errors=0, format_errors=0, end="", model_tokens=0, response_length=0)
         self._finished: list[AgentLoopOutput] = []  # the segments before a restart
         self._prompts: list[list[dict[str, Any]]] = [list(kwargs["raw_prompt"])]  # the messages each segment's prompt renders
         try:
@@ -135,11 +141,26 @@ class WebdancerAgentLoop(ToolAgentLoop):
         output.extra_fields.setdefault(END_FIELD, "")  # every row of a batch has the same extra fields
         output.extra_fields.setdefault(ERROR_FIELD, "")
         segments = [*self._finished, output]
+        self._record_stats(segments, kwargs)
         for index, segment in enumerate(segments):
             if output.extra_fields.get(END_FIELD) == "policy_error":  # the context policy's doing, not the model's: no training
                 segment.response_mask = [0] * len(segment.response_mask)
-            record_rollout(self._prompts[index], kwargs.get("extra_info"), segment, index)
+            record_rollout(self._prompts[index], kwargs.get("extra_info"), segment, index, self._stats.step)
         return segments if self._finished else output
+
+    def _record_stats(self, segments: list[AgentLoopOutput], kwargs: dict[str, Any]) -> None:
+        """The rollout's RolloutStats for `rl train`'s metrics (webdancer_rl.rollout_stats), tagged with the step verl
+        dispatched the prompt at (the `global_steps` its trainer puts beside every prompt) and keyed by the text verl's
+        reward manager will score: the last segment's response, decoded as it decodes it."""
+        stats, extra = self._stats, dict(kwargs.get("extra_info") or {})
+        stats.end = segments[-1].extra_fields.get(END_FIELD) or stats.end or "length"  # no end after the last turn: its observation overflowed
+        stats.model_tokens = sum(sum(s.response_mask) for s in segments)
+        stats.response_length, stats.segments = sum(len(s.response_ids) for s in segments), len(segments)
+        step = kwargs.get("global_steps")
+        stats.step = int(step) if step is not None else None
+        stats.split, stats.question_id = str(extra.get("split", TRAIN)), str(extra.get("question_id", ""))
+        stats.key = score_key(stats.question_id, self.tokenizer.decode(segments[-1].response_ids, skip_special_tokens=True))
+        record_stats(stats)
 
     async def _handle_generating_state(self, agent_data, sampling_params: dict[str, Any], ignore_termination: bool = False):
         try:
@@ -153,6 +174,11 @@ class WebdancerAgentLoop(ToolAgentLoop):
         if self.limits.max_turn_tokens > 0:
             sampling_params = {**sampling_params, "max_tokens": turn_budget(self.limits, len(agent_data.prompt_ids))}
         state = await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
+        ids = agent_data.response_ids  # this turn's tokens, read by the rules the TRL engine counts with
+        turn = read_turn(self.chat.decode(ids), bool(ids) and ids[-1] == self.tokenizer.eos_token_id, self.tool_parser.full_parameters)
+        self._stats.turns += 1
+        self._stats.well_formed_turns += turn.kind in ("answer", "call")
+        self._stats.end = turn_end(turn, self._stats.turns, len(agent_data.response_mask), self.limits)
         if state == AgentState.PROCESSING_TOOLS:
             self._context.model_turn(self.chat.decode(agent_data.response_ids))
         return state
@@ -183,9 +209,12 @@ class WebdancerAgentLoop(ToolAgentLoop):
 
     async def _call_tool(self, tool_call: FunctionCall, tools_kwargs: dict[str, Any], agent_data) -> tuple[ToolResponse, float, dict]:
         if tool_call.name == FORMAT_ERROR_CALL:
+            self._stats.format_errors += 1
             return ToolResponse(text=format_error_observation(json.loads(tool_call.arguments)["error"])), 0.0, {"format_error": 1}
         answer = await super()._call_tool(tool_call, tools_kwargs, agent_data)
         outage = agent_data.extra_fields.pop(OUTAGE_FIELD, None)
         if outage is not None:
             raise outage
+        self._stats.tool_calls += 1
+        self._stats.tool_errors += int(bool(answer[2].get("error")))
         return answer

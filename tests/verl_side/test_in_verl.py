@@ -287,7 +287,10 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer, tm
              render_assistant("The results name Jack Kilby.", answer="Jack Kilby")]
     server = ScriptedServer(tokenizer, turns)
     monkeypatch.setenv("WEBDANCER_TOKEN_ROLLOUTS", str(tmp_path / "token_rollouts"))
-    verl_out = await verl_loop(tokenizer, data, server).run({}, raw_prompt=prompt, extra_info={"question_id": "q7"})
+    monkeypatch.setenv("WEBDANCER_ROLLOUT_STATS", str(tmp_path / "rollout_stats"))
+    extra_info = {"question_id": "q7", "split": "train", "question": "Who invented the integrated circuit?"}
+    # verl's default trainer puts the step it dispatched the prompt at beside every prompt (`global_steps`)
+    verl_out = await verl_loop(tokenizer, data, server).run({}, raw_prompt=prompt, extra_info=extra_info, global_steps=3)
 
     script = list(turns)
     chat = ChatTokens(tokenizer)
@@ -307,12 +310,38 @@ async def test_verl_and_trl_rollouts_are_the_same_tokens(prepared, tokenizer, tm
     assert "<|im_end|>\n<|im_start|>user\n<tool_response>\n[format error]" in text
     from webdancer.records import record_from_dict
     from webdancer.token_trajectories import TokenRollout, check
+    from webdancer.typed import to_dict
 
     [recorded] = [json.loads(line) for path in (tmp_path / "token_rollouts").glob("*.jsonl") for line in path.read_text().splitlines()]
     record = record_from_dict(TokenRollout, recorded)
-    assert record.engine == "verl" and record.step is None and record.id.startswith("q7:") and record.prompt == prompt
+    assert record.engine == "verl" and record.step == 3 and record.id.startswith("q7:") and record.prompt == prompt
     assert record.prompt_ids == trl_out.prompt_ids and record.completion_ids == trl_out.completion_ids and record.loss_mask == trl_out.env_mask
     assert check(record, tokenizer) is None
+    # What `rl train` makes verl's step metrics of: the rollout as the TRL engine counts it, and its reward components,
+    # scored by verl's own DAPO manager on verl's own layout of the rollout and joined back to it.
+    from verl import DataProto
+    from verl.experimental.reward_loop.reward_manager.dapo import DAPORewardManager
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from webdancer_rl import reward as reward_module
+    from webdancer_rl.rollout_stats import RolloutStats, step_metrics
+
+    [stats] = [record_from_dict(RolloutStats, json.loads(line)) for line in next((tmp_path / "rollout_stats").glob("rollouts-*")).read_text().splitlines()]
+    assert (stats.step, stats.split, stats.question_id) == (3, "train", "q7")
+    assert {**to_dict(stats), "step": None, "question_id": "", "key": ""} == to_dict(trl_out.stats())
+    assert (stats.turns, stats.well_formed_turns, stats.tool_calls, stats.format_errors, stats.end) == (3, 2, 1, 1, "answer")
+    config = OmegaConf.create({"reward": {"custom_reward_function": {"path": reward_module.__file__, "name": "compute_score",
+                                                                     "reward_kwargs": {"weights": {"format": 0.1, "answer": 0.9}}},
+                                          "reward_kwargs": {"overlong_buffer_cfg": {"enable": False, "len": 64, "penalty_factor": 1.0, "log": False},
+                                                            "max_resp_len": 2048}}})
+    response = torch.tensor(verl_out.response_ids + [tokenizer.pad_token_id or 0] * 5)  # right-padded, as verl batches it
+    mask = torch.tensor([1] * (len(verl_out.prompt_ids) + len(verl_out.response_ids)) + [0] * 5)
+    batch = {"prompts": torch.tensor(verl_out.prompt_ids)[None], "responses": response[None], "attention_mask": mask[None]}
+    scored = await DAPORewardManager(config, tokenizer, get_custom_reward_fn(config)).run_single(DataProto.from_dict(
+        tensors=batch, non_tensors={"data_source": ["webdancer/crawlqa"], "reward_model": [{"ground_truth": "Jack Kilby"}], "extra_info": [extra_info]}))
+    assert scored["reward_score"] == pytest.approx(1.0)
+    step = step_metrics(tmp_path / "rollout_stats")[3]
+    assert step["reward/answer/mean"] == 1.0 and step["reward/format/mean"] == 1.0 and step["tool_calls/mean"] == 1.0
+    assert step["answered_rate"] == 1.0 and step["valid_turn_rate"] == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("policy", ["keep_last_k", "summarize", "newest_exchange"])
@@ -351,6 +380,7 @@ async def test_verl_and_trl_restart_rollouts_into_the_same_segments(policy, plug
                    "summarize": {"threshold": (head + 10) / (10 * head), "model": {"base_url": summarizer.base_url, "model": "s"}}}[policy]
         context = {"name": policy, "options": options, "max_tokens": 10 * head}
         monkeypatch.setenv("WEBDANCER_TOKEN_ROLLOUTS", str(tmp_path / "token_rollouts"))
+        monkeypatch.setenv("WEBDANCER_ROLLOUT_STATS", str(tmp_path / "rollout_stats"))
         verl_out = await verl_loop(tokenizer, data, ScriptedServer(tokenizer, turns), context=context).run(
             {}, raw_prompt=prompt, extra_info={"question_id": "q7"})
 
@@ -385,6 +415,12 @@ async def test_verl_and_trl_restart_rollouts_into_the_same_segments(policy, plug
                for line in path.read_text().splitlines()]
     assert [r.id.split("#")[1:] for r in records] == [[], ["1"], ["2"]][: restarts + 1]
     assert all(check(r, tokenizer) is None for r in records)
+    from webdancer_rl.rollout_stats import RolloutStats
+
+    from webdancer.typed import to_dict
+
+    [stats] = [record_from_dict(RolloutStats, json.loads(line)) for line in next((tmp_path / "rollout_stats").glob("rollouts-*")).read_text().splitlines()]
+    assert {**to_dict(stats), "question_id": "", "key": ""} == to_dict(trl_out.stats()) and stats.segments == restarts + 1
 
 
 async def test_max_turn_tokens_caps_each_verl_turn(prepared, tokenizer):

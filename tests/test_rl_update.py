@@ -125,13 +125,15 @@ def test_a_micro_batch_of_dead_rows_gives_zero_gradients_without_a_forward(train
     assert got.keys() == want.keys() and all(not g.any() for g in got.values())
 
 
-def test_a_restarted_rollout_trains_as_its_segments_would_as_rows_of_their_own(trainers):
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "dr_grpo"])
+def test_a_restarted_rollout_trains_as_its_segments_would_as_rows_of_their_own(trainers, loss_type):
     """ReSum-GRPO: a rollout the context policy restarted is one row (its segments end to end, the second segment's
     prompt masked), each segment scored after its own prompt; loss and gradient equal TRL's on the segments as separate
-    rows sharing the rollout's advantage, and the labelled tokens are still the model's own only."""
+    rows sharing the rollout's advantage (as verl trains them), for a token mean and for losses that average per
+    sequence alike, and the labelled tokens are still the model's own only."""
     from webdancer_rl.trl_update import row_key
 
-    trl, lean = trainers("dapo")
+    trl, lean = trainers(loss_type)
     torch.manual_seed(2)
     p1, c1, p2, c2, other_p, other_c = (torch.randint(10, 1000, (n,)) for n in (5, 6, 4, 5, 3, 7))
     m1 = torch.tensor([1, 1, 0, 0, 1, 1])  # an observation inside the first segment
@@ -154,6 +156,7 @@ def test_a_restarted_rollout_trains_as_its_segments_would_as_rows_of_their_own(t
     separate = batch([(p1, c1, m1), (p2, c2, m2), (other_p, other_c, torch.ones(7, dtype=torch.long))], [0.7, 0.7, -0.4])
     assert packed["num_items_in_batch"] == separate["num_items_in_batch"]
     lean.restarted_rows = {row_key(torch.cat([p1, c1, p2, c2]).tolist()): [(6, 4)]}
+    lean.segment_scale = 2 / 3  # 2 rows, 3 segments
     try:
         seen = []
         hook = lean.model.register_forward_hook(lambda module, args, out: seen.append(int(out.label_mask.sum())))
@@ -162,7 +165,7 @@ def test_a_restarted_rollout_trains_as_its_segments_would_as_rows_of_their_own(t
         finally:
             hook.remove()
     finally:
-        lean.restarted_rows = {}
+        lean.restarted_rows, lean.segment_scale = {}, 1.0
     want_loss, want = loss_and_grads(trl, separate)
     assert torch.allclose(got_loss, want_loss, atol=1e-6, rtol=1e-4)
     for name in want:

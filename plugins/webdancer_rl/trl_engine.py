@@ -283,6 +283,7 @@ class WebdancerRollouts:
             self.token_records = [self._token_record(rows[i], rollouts[i], scores[i], kept[i], i % group) for i in range(len(rollouts))]
         # Where the context policy restarted a rollout, each segment is scored in its own context (the trainer reads this).
         trainer.restarted_rows = {row_key(r.prompt_ids + r.completion_ids): list(r.restarts) for r in rollouts if r.restarts}
+        trainer.segment_scale = len(rollouts) / sum(len(r.restarts) + 1 for r in rollouts)
         self.last = {
             **batch_metrics(rollouts, scores, list(self.weights), kept),
             **self._store_metrics(),

@@ -14,7 +14,11 @@ the tokens the model wrote are scored. The loss is the same sum over the same to
 A rollout the context policy restarted (webdancer_rl.rollout: its segments laid end to end in one row) has each
 segment's log-probs computed in that segment's own context, for the loss, the old and the reference log-probs alike:
 TRL has no public way to train several contexts of one rollout as one sample, so `_get_per_token_logps_and_entropies`
-(through which all three go) is overridden for such rows; other rows take TRL's own path.
+(through which all three go) is overridden for such rows; other rows take TRL's own path. verl trains each segment
+as a sample of its own; with a loss that averages per sequence (`grpo`, verl's seq-mean-token-mean) such a row would
+instead weigh its tokens as one sequence and count once, so its advantage is weighted per token to make the row's
+loss the sum of its segments' means, and every row's by rows/segments of the generated batch: each segment then
+weighs what it does in verl (`dr_grpo`, seq-mean-token-sum-norm, needs the latter only; `dapo`'s token mean, neither).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ KNOWN = {*PROMPT_COLUMNS, *COMPLETION_COLUMNS, *PER_ROW, "num_items_in_batch"}
 # Losses that divide a sum over tokens by a count fixed for the whole generated batch (num_items_in_batch): a row
 # that contributes no token loss can leave the micro-batch without changing the loss.
 BATCH_NORMALIZED = {"dapo", "cispo"}
+# Losses that average per sequence: a restarted rollout's segments must count as the sequences verl makes of them.
+SEQUENCE_MEAN = {"grpo": True, "dr_grpo": False}  # loss type -> whether each sequence's tokens are averaged
 
 
 def loss_mask(inputs: dict[str, Any]) -> Any:
@@ -155,6 +161,28 @@ def segmented_logps(trainer: Any, score: Any, input_ids: Any, attention_mask: An
     return logps, entropies
 
 
+def segment_weighted_advantages(inputs: dict[str, Any], layouts: list[Any], scale: float, per_segment_mean: bool) -> Any:
+    """(rows, completion width) advantages under which a sequence-mean loss weighs each segment of a restarted row as
+    a sequence of its own (its tokens' mean, with `per_segment_mean`) and every row by `scale` (rows / segments of the
+    generated batch), as verl weighs the segments it trains as separate samples."""
+    import torch
+
+    from webdancer.token_trajectories import segment_spans
+
+    mask = loss_mask(inputs)
+    weights = torch.full(mask.shape, float(scale), dtype=torch.float32, device=mask.device)
+    for row, layout in enumerate(layouts):
+        if not layout or not per_segment_mean:
+            continue
+        width = int(inputs["completion_mask"][row].sum())
+        total = mask[row].sum().clamp(min=1)
+        for _, begin, end in segment_spans([], list(range(width)), layout):
+            tokens = mask[row, begin:end].sum()
+            if tokens > 0:
+                weights[row, begin:end] *= total / tokens
+    return inputs["advantages"].reshape(-1, 1).to(weights.dtype) * weights
+
+
 def zero_loss(model: Any) -> Any:
     """A loss of 0 whose gradient is 0 for every trainable weight, as a micro-batch of dead rows gives in TRL."""
     return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
@@ -165,12 +193,17 @@ def lean_update_trainer(base: type) -> type:
 
     class LeanUpdateGRPOTrainer(base):  # type: ignore[misc, valid-type]
         restarted_rows: dict[int, list[tuple[int, int]]] = {}  # row_key -> restarts, set by the rollout function each batch
+        segment_scale: float = 1.0  # rows / segments of the generated batch, set with restarted_rows
         _scoring: Any = None
+
+        def _layouts(self, input_ids: Any, attention_mask: Any) -> list[Any]:
+            if not self.restarted_rows:
+                return []
+            return [self.restarted_rows.get(row_key(ids[mask.bool()].tolist())) for ids, mask in zip(input_ids, attention_mask)]
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                                compute_entropy=False, compute_aux_loss=False, **multimodal):
-            layouts = [self.restarted_rows.get(row_key(ids[mask.bool()].tolist())) for ids, mask in zip(input_ids, attention_mask)] \
-                if self.restarted_rows else []
+            layouts = self._layouts(input_ids, attention_mask)
             if not any(layouts):
                 return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
                                                                   compute_entropy, compute_aux_loss, **multimodal)
@@ -196,6 +229,12 @@ def lean_update_trainer(base: type) -> type:
             if not rows:
                 return zero_loss(model)
             inputs = trimmed(inputs, rows)
+            if self.loss_type in SEQUENCE_MEAN and self.restarted_rows and inputs["advantages"].dim() == 1:
+                import torch
+
+                layouts = self._layouts(torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1),
+                                        torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1))
+                inputs["advantages"] = segment_weighted_advantages(inputs, layouts, self.segment_scale, SEQUENCE_MEAN[self.loss_type])
             with model_tokens_scored_only(model, inputs) as self._scoring:
                 try:
                     return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

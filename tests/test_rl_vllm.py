@@ -41,6 +41,10 @@ def test_vllm_settings_for_trl(tmp_path):
     cpu, gpu = grpo_settings(cfg, tmp_path, cpu=True), grpo_settings(cfg, tmp_path)
     assert (cpu["use_vllm"], cpu["vllm_mode"], cpu["vllm_max_model_length"], cpu["vllm_dtype"]) == (True, "colocate", 2560, "float32")
     assert "vllm_dtype" not in gpu  # vLLM's auto: the model's own dtype on a GPU
+    from trl import GRPOConfig
+
+    on_gpu = GRPOConfig(**gpu, use_cpu=True)  # TRL's own parser takes the one-GPU settings (use_cpu: no device check here)
+    assert (on_gpu.use_vllm, on_gpu.vllm_mode, on_gpu.vllm_max_model_length) == (True, "colocate", 2560)
     assert rollout_generation(cfg, cpu, gpu=False) == "vllm" == rollout_generation(cfg, gpu, gpu=True)  # top_k: vLLM samples it
     check_trl_options({"vllm_dtype": "bfloat16"})  # our patch's field, accepted where the core's TRL lacks it
     for options, said in (({"use_vllm": True}, "rl.trl_rollouts=vllm"), ({"vllm_mode": "server"}, "colocated")):

@@ -175,12 +175,14 @@ class WebdancerAgentLoop(ToolAgentLoop):
             sampling_params = {**sampling_params, "max_tokens": turn_budget(self.limits, len(agent_data.prompt_ids))}
         state = await super()._handle_generating_state(agent_data, sampling_params, ignore_termination)
         ids = agent_data.response_ids  # this turn's tokens, read by the rules the TRL engine counts with
-        turn = read_turn(self.chat.decode(ids), bool(ids) and ids[-1] == self.tokenizer.eos_token_id, self.tool_parser.full_parameters)
+        text = self.chat.decode(ids)
+        params = self.tool_parser.full_parameters or tool_parameters([tool.tool_schema for tool in self.tools.values()])  # the parser's
+        turn = read_turn(text, bool(ids) and ids[-1] == self.tokenizer.eos_token_id, params)
         self._stats.turns += 1
         self._stats.well_formed_turns += turn.kind in ("answer", "call")
         self._stats.end = turn_end(turn, self._stats.turns, len(agent_data.response_mask), self.limits)
         if state == AgentState.PROCESSING_TOOLS:
-            self._context.model_turn(self.chat.decode(agent_data.response_ids))
+            self._context.model_turn(text)
         return state
 
     async def _handle_processing_tools_state(self, agent_data) -> Any:

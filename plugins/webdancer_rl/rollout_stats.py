@@ -73,15 +73,23 @@ def rollout_means(rollouts: list[RolloutStats]) -> dict[str, float]:
 _appenders: dict[str, JsonlAppender] = {}
 
 
-def append(kind: str, record: dict[str, Any]) -> None:
-    """Append to this process's `<kind>-<host>-<pid>.jsonl` in $WEBDANCER_ROLLOUT_STATS (nothing when it is unset)."""
-    folder = os.environ.get(ROLLOUT_STATS_ENV)
+def process_log(env: str, prefix: str = "") -> Optional[JsonlAppender]:
+    """This process's `<prefix><host>-<pid>.jsonl` in the folder $env names (None when it is unset): a file per worker
+    process, so workers on several nodes never share one."""
+    folder = os.environ.get(env)
     if not folder:
-        return
-    path = os.path.join(folder, f"{kind}-{socket.gethostname()}-{os.getpid()}.jsonl")
+        return None
+    path = os.path.join(folder, f"{prefix}{socket.gethostname()}-{os.getpid()}.jsonl")
     if path not in _appenders:
         _appenders[path] = JsonlAppender(path, key=None)
-    _appenders[path].write(record)
+    return _appenders[path]
+
+
+def append(kind: str, record: dict[str, Any]) -> None:
+    """Append to this process's `<kind>-<host>-<pid>.jsonl` in $WEBDANCER_ROLLOUT_STATS (nothing when it is unset)."""
+    log = process_log(ROLLOUT_STATS_ENV, f"{kind}-")
+    if log is not None:
+        log.write(record)
 
 
 def record_rollout(stats: RolloutStats) -> None:

@@ -26,8 +26,6 @@ TRL engine train the same thing (webdancer_rl.rollout holds the rules both follo
 from __future__ import annotations
 
 import json
-import os
-import socket
 import uuid
 from typing import Any, Optional
 
@@ -37,14 +35,13 @@ from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
 from verl.tools.schemas import ToolResponse
 from verl.utils.tokenizer.continuous_token import QwenContinuousTokenBuilder
 
-from webdancer.jsonl import JsonlAppender
 from webdancer.plugins import get_plugins
 from webdancer.rewards import plain
 from webdancer.token_trajectories import TOKEN_ROLLOUTS_ENV, TokenRollout
 from webdancer.typed import to_dict
 from webdancer.wire import format_error_observation
 from webdancer_rl.rollout import ChatTokens, Ended, RolloutContext, RolloutLimits, read_turn, turn_budget, turn_end
-from webdancer_rl.rollout_stats import TRAIN, RolloutStats, score_key
+from webdancer_rl.rollout_stats import TRAIN, RolloutStats, process_log, score_key
 from webdancer_rl.rollout_stats import record_rollout as record_stats
 
 PARSER = "webdancer"
@@ -55,23 +52,19 @@ FORMAT_ERROR_CALL = "__webdancer_format_error__"
 OUTAGE_FIELD = "webdancer_outage"
 # How a rollout the context policy ended says so (extra_fields, beside verl's own keys).
 END_FIELD, ERROR_FIELD = "webdancer_end", "webdancer_error"
-_recorders: dict[str, JsonlAppender] = {}
 
 
 def record_rollout(prompt: Any, extra_info: Any, output: Any, segment: int = 0, step: Optional[int] = None) -> None:
     """Append one verl rollout to this process's file in $WEBDANCER_TOKEN_ROLLOUTS. `step`: the one verl dispatched its
     prompt at (its default trainer says; None otherwise). verl does not hand agent loops the group's fate (dynamic
     sampling drops groups later), so the loss mask is the model's."""
-    folder = os.environ.get(TOKEN_ROLLOUTS_ENV)
-    if not folder:
+    log = process_log(TOKEN_ROLLOUTS_ENV)
+    if log is None:
         return
-    if folder not in _recorders:
-        os.makedirs(folder, exist_ok=True)
-        _recorders[folder] = JsonlAppender(os.path.join(folder, f"{socket.gethostname()}-{os.getpid()}.jsonl"), key=lambda r: None)
     question_id = str((extra_info or {}).get("question_id", ""))
     mask = [int(m) for m in output.response_mask]
     logprobs = list(output.response_logprobs) if output.response_logprobs is not None else None
-    _recorders[folder].write(to_dict(TokenRollout(
+    log.write(to_dict(TokenRollout(
         id=f"{question_id}:{uuid.uuid4().hex[:8]}" + (f"#{segment}" if segment else ""), step=step, engine="verl", prompt=[dict(m) for m in prompt],
         prompt_ids=list(output.prompt_ids), completion_ids=list(output.response_ids), loss_mask=mask, model_mask=list(mask),
         logprobs=logprobs, question_id=question_id)))
